@@ -1,0 +1,43 @@
+# The two commands of the README: `make run` (the main job on the embedded default) and
+# `make test` (the whole test suite). Both create/update the virtual environment first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export TF_USE_LEGACY_KERAS := 1
+
+.PHONY: venv run up stop status test bench lock clean
+
+$(STAMP): requirements.txt requirements-lock.txt requirements-nodeps.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q uv==0.13.8
+	$(BIN)/uv pip install --python $(BIN)/python -r requirements.txt -c requirements-lock.txt -e .
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps -r requirements-nodeps.txt
+	touch $@
+
+venv: $(STAMP)
+
+run: venv  ## start the stack (reusing what runs) and run tf_offline_retrain once
+	$(BIN)/python scripts/stack.py run
+
+up: venv  ## start the stack only
+	$(BIN)/python scripts/stack.py up
+
+stop:  ## stop every service of the stack
+	@test -x $(BIN)/python && $(BIN)/python scripts/stack.py stop || true
+
+status:
+	@$(BIN)/python scripts/stack.py status
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python benchmarks/bench_dag_parse.py
+	$(BIN)/python benchmarks/bench_offline_pipeline.py
+
+lock: venv  ## refresh the full resolved pin set after changing requirements.txt
+	$(BIN)/uv pip freeze --python $(BIN)/python --exclude-editable > requirements-lock.txt
+
+clean: stop
+	rm -rf var

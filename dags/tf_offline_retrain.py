@@ -1,0 +1,103 @@
+"""Offline retraining: full retrain on all data, gated, registered in MLflow and served."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, Param
+
+from tfmlops_airflow.operators import (
+    DeployModelOperator,
+    EvaluateModelOperator,
+    ExportSavedModelOperator,
+    ModelGateOperator,
+    PromoteModelOperator,
+    RegisterModelOperator,
+    TrainModelOperator,
+    ValidateDatasetOperator,
+)
+
+DOC = """
+### Offline retraining of a TensorFlow classifier
+
+Retrains the model from scratch on the whole dataset (weekly, or now from **Trigger ▸ with
+config**), and deploys the result only if it is good enough:
+
+1. **validate data** — shape against the model input, dtype, NaN/inf, label range, empty splits,
+   train/test overlap; a bad file fails here, naming the file and the problem.
+2. **train** — a new MLflow run (experiment = model name) with params, per-epoch metrics,
+   training curves and the model.
+3. **evaluate** — accuracy, macro precision/recall/F1, confusion matrix on the test split.
+4. **gate** — the candidate needs `min_accuracy` and must not be worse than the current
+   `champion` (re-evaluated on the same test data) by more than `tolerance`. A rejected candidate
+   skips everything after the gate: the champion and the served version stay as they are.
+5. **export** — SavedModel with a `serving_default` signature, reloaded and checked.
+6. **register** — a new version in the MLflow model registry, alias `challenger`, lineage tags.
+7. **deploy** — published as version *N* (= registry version) in the serving base path; waits
+   until TF Serving reports it AVAILABLE; REST smoke test against the exported predictions.
+8. **promote** — alias `champion` → *N* (the old champion becomes `previous`).
+
+Connections: `mlflow_default`, `tf_serving_default`, `aws_default` (for `s3://` datasets).
+"""
+
+PARAMS = {
+    "model_name": Param("mnist_mlp", type="string", minLength=1, maxLength=100, pattern=r"^[A-Za-z0-9_.-]+$",
+                        title="Model name", description="Registered model name in MLflow, and the served model's name."),
+    "dataset_uri": Param("mnist", type="string", minLength=1, title="Dataset URI",
+                         description="'mnist' (bundled, hash-checked), or a .npz/.parquet file: local path or s3://bucket/key."),
+    "epochs": Param(5, type="integer", minimum=1, maximum=100, title="Epochs", description="Training epochs."),
+    "batch_size": Param(128, type="integer", minimum=8, maximum=4096, title="Batch size",
+                        description="Training batch size."),
+    "learning_rate": Param(0.001, type="number", exclusiveMinimum=0, maximum=1, title="Learning rate",
+                           description="Adam learning rate."),
+    "sample_fraction": Param(1.0, type="number", exclusiveMinimum=0, maximum=1, title="Sample fraction",
+                             description="Share of the train and test splits to use (1 = all data)."),
+    "min_accuracy": Param(0.9, type="number", minimum=0, maximum=1, title="Minimum accuracy",
+                          description="Gate: test accuracy the candidate must reach."),
+    "tolerance": Param(0.005, type="number", minimum=0, maximum=1, title="Tolerance vs champion",
+                       description="Gate: how much worse than the champion the candidate may be."),
+}
+
+with DAG(
+    dag_id="tf_offline_retrain",
+    description="Full retrain → evaluate → gate → export → register → deploy to TF Serving → champion",
+    doc_md=DOC,
+    schedule="@weekly",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    params=PARAMS,
+    render_template_as_native_obj=True,
+    tags=["tensorflow", "retraining", "mlflow", "serving"],
+    default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(minutes=1)},
+) as dag:
+    data = {"dataset_uri": "{{ params.dataset_uri }}", "sample_fraction": "{{ params.sample_fraction }}"}
+
+    validate = ValidateDatasetOperator(task_id="validate_data", task_display_name="Validate data", **data)
+    train = TrainModelOperator(
+        task_id="train", task_display_name="Train", experiment="{{ params.model_name }}",
+        epochs="{{ params.epochs }}", batch_size="{{ params.batch_size }}",
+        learning_rate="{{ params.learning_rate }}", **data)
+    evaluate = EvaluateModelOperator(
+        task_id="evaluate", task_display_name="Evaluate", run_id=train.output["run_id"],
+        model_uri=train.output["model_uri"], **data)
+    gate = ModelGateOperator(
+        task_id="gate", task_display_name="Validation gate", model_name="{{ params.model_name }}",
+        run_id=train.output["run_id"], accuracy=evaluate.output["accuracy"],
+        min_accuracy="{{ params.min_accuracy }}", tolerance="{{ params.tolerance }}", **data)
+    export = ExportSavedModelOperator(
+        task_id="export", task_display_name="Export SavedModel", run_id=train.output["run_id"],
+        model_uri=train.output["model_uri"], **data)
+    register = RegisterModelOperator(
+        task_id="register", task_display_name="Register in MLflow", model_name="{{ params.model_name }}",
+        run_id=train.output["run_id"], model_uri=train.output["model_uri"], metrics=evaluate.output,
+        dataset_fingerprint=train.output["dataset_fingerprint"])
+    deploy = DeployModelOperator(
+        task_id="deploy", task_display_name="Deploy to TF Serving", model_name="{{ params.model_name }}",
+        version=register.output["version"], serving_artifact_uri=export.output["serving_artifact_uri"])
+    promote = PromoteModelOperator(
+        task_id="promote", task_display_name="Set champion", model_name="{{ params.model_name }}",
+        version=register.output["version"])
+
+    validate >> train
+    gate >> export >> register >> deploy >> promote

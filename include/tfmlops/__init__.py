@@ -1,0 +1,11 @@
+"""Core library of the project: plain Python + TensorFlow, no Airflow import.
+
+Importing this package is cheap (no TensorFlow import). It pins the Keras flavour for the
+whole process and its children: the project runs on tf_keras (Keras 2), because
+tensorflow-model-optimization and TF.js layers exports reject Keras 3 models. The variable
+must be set before TensorFlow is first imported.
+"""
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")

@@ -1,0 +1,51 @@
+"""Read and write bytes at a local path or an ``s3://bucket/key`` URI (boto3).
+
+TensorFlow 2.21's ``tf.io.gfile`` has no S3 scheme, so S3 goes through a boto3 client that the
+caller builds (the Airflow hook builds it from the ``aws_default`` connection).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"not an s3://bucket/key URI: {uri!r}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def _client(s3_client):
+    if s3_client is not None:
+        return s3_client
+    import boto3
+
+    return boto3.client("s3")
+
+
+def read_bytes(uri: str, s3_client=None) -> bytes:
+    """Raise FileNotFoundError when the object or file does not exist."""
+    if uri.startswith("s3://"):
+        bucket, key = split_s3_uri(uri)
+        client = _client(s3_client)
+        try:
+            return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except client.exceptions.NoSuchKey as exc:
+            raise FileNotFoundError(uri) from exc
+        except client.exceptions.NoSuchBucket as exc:
+            raise FileNotFoundError(uri) from exc
+    return Path(uri).read_bytes()
+
+
+def write_bytes(uri: str, payload: bytes, s3_client=None) -> None:
+    if uri.startswith("s3://"):
+        bucket, key = split_s3_uri(uri)
+        _client(s3_client).put_object(Bucket=bucket, Key=key, Body=payload)
+        return
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(payload)
+    tmp.replace(path)

@@ -1,0 +1,226 @@
+"""The embedded default stack: ``up`` | ``run`` | ``stop`` | ``status`` (driven by ``make``).
+
+Everything lives in the project: ``var/airflow`` (AIRFLOW_HOME, SQLite), ``var/mlflow`` (MLflow
+SQLite backend + artifacts), ``var/serving`` (model versions + ModelServerConfig file),
+``var/run`` (PIDs and logs). All servers listen on 127.0.0.1 only. Ports can be moved with the
+environment variables AIRFLOW_PORT, MLFLOW_PORT, SERVING_REST_PORT and SERVING_GRPC_PORT.
+
+``run`` brings the stack up (reusing what already runs), runs ``tf_offline_retrain`` once through
+the scheduler and prints where to look. ``stop`` stops every service and its workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from tfmlops import localstack
+
+ROOT = Path(__file__).resolve().parents[1]
+VAR = ROOT / "var"
+RUN = VAR / "run"
+AIRFLOW_HOME = VAR / "airflow"
+SERVING = VAR / "serving"
+CONFIG_FILE = SERVING / "models.config"
+MODELS_ROOT = SERVING / "models"
+DAG_ID = "tf_offline_retrain"
+USER = "admin"
+
+PORTS = {name: int(os.environ.get(var, default)) for name, var, default in (
+    ("airflow", "AIRFLOW_PORT", 8080), ("mlflow", "MLFLOW_PORT", 5000),
+    ("rest", "SERVING_REST_PORT", 8501), ("grpc", "SERVING_GRPC_PORT", 8500))}
+AIRFLOW_URL = f"http://127.0.0.1:{PORTS['airflow']}"
+MLFLOW_URL = f"http://127.0.0.1:{PORTS['mlflow']}"
+REST_URL = f"http://127.0.0.1:{PORTS['rest']}"
+AIRFLOW_SERVICES = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor")
+ALL_SERVICES = ("mlflow", "tf-serving-local", *AIRFLOW_SERVICES)
+
+
+def airflow_env() -> dict[str, str]:
+    AIRFLOW_HOME.mkdir(parents=True, exist_ok=True)
+    secret_file = AIRFLOW_HOME / "jwt_secret"
+    if not secret_file.exists():  # every component must sign/verify task tokens with the same key
+        secret_file.write_text(secrets.token_urlsafe(32))
+    return {
+        "TF_USE_LEGACY_KERAS": "1",
+        "AIRFLOW_HOME": str(AIRFLOW_HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "2",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{AIRFLOW_URL}/execution/",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}",
+        "AIRFLOW__API_AUTH__JWT_SECRET": secret_file.read_text().strip(),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(PORTS["airflow"]),
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        "AIRFLOW_CONN_MLFLOW_DEFAULT": json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": PORTS["mlflow"]}),
+        "AIRFLOW_CONN_TF_SERVING_DEFAULT": json.dumps({
+            "conn_type": "http", "host": "127.0.0.1", "port": PORTS["rest"],
+            "extra": {"grpc_port": PORTS["grpc"], "models_root": str(MODELS_ROOT),
+                      "model_config_file": str(CONFIG_FILE)}}),
+        "MLFLOW_TRACKING_URI": MLFLOW_URL,
+    }
+
+
+def _start(name: str, argv: list[str], env: dict | None = None) -> None:
+    pid, started = localstack.start(name, argv, RUN, env=env, cwd=ROOT)
+    print(f"  {name:<22} {'started' if started else 'already running'} (pid {pid}, log var/run/{name}.log)")
+
+
+def up() -> None:
+    print("Starting the embedded default stack:")
+    _start("mlflow", localstack.mlflow_server_argv(VAR / "mlflow", PORTS["mlflow"]))
+    _start("tf-serving-local", localstack.serving_argv(CONFIG_FILE, PORTS["rest"], PORTS["grpc"]),
+           env={"TF_USE_LEGACY_KERAS": "1"})
+    env = airflow_env()
+    airflow = str(localstack.BIN / "airflow")
+    if not any(localstack.running_pid(name, RUN) for name in AIRFLOW_SERVICES):
+        print("  airflow db migrate ...")
+        localstack.subprocess.run([airflow, "db", "migrate"], env={**os.environ, **env}, check=True,
+                                  stdout=localstack.subprocess.DEVNULL)
+    _start("airflow-api-server", [airflow, "api-server", "--host", "127.0.0.1", "--port", str(PORTS["airflow"])], env)
+    _start("airflow-scheduler", [airflow, "scheduler"], env)
+    _start("airflow-dag-processor", [airflow, "dag-processor"], env)
+    localstack.wait_http(f"{MLFLOW_URL}/health", 120, "mlflow", RUN)
+    localstack.wait_http(f"{REST_URL}/v1/models/_", 120, "tf-serving-local", RUN, any_status=True)
+    localstack.wait_http(f"{AIRFLOW_URL}/api/v2/monitor/health", 180, "airflow-api-server", RUN)
+    print("Stack is up.")
+
+
+class AirflowAPI:
+    """Just what ``run`` needs of Airflow's REST API (v2), with the simple auth manager's token."""
+
+    def __init__(self):
+        self.session = requests.Session()
+        token = self.session.post(f"{AIRFLOW_URL}/auth/token", json={"username": USER, "password": password()},
+                                  timeout=30)
+        token.raise_for_status()
+        self.session.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+
+    def call(self, method: str, path: str, **kwargs) -> dict:
+        response = self.session.request(method, f"{AIRFLOW_URL}/api/v2{path}", timeout=30, **kwargs)
+        if response.status_code >= 400:
+            raise RuntimeError(f"Airflow API {method} {path}: {response.status_code} {response.text[:500]}")
+        return response.json()
+
+
+def password() -> str:
+    generated = AIRFLOW_HOME / "simple_auth_manager_passwords.json.generated"
+    deadline = time.monotonic() + 60
+    while not generated.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return json.loads(generated.read_text())[USER]
+
+
+def run_dag(conf: dict, timeout_s: float) -> dict:
+    api = AirflowAPI()
+    deadline = time.monotonic() + 180
+    while True:  # the dag-processor parses dags/ shortly after it starts
+        try:
+            api.call("GET", f"/dags/{DAG_ID}")
+            break
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{DAG_ID} did not appear in Airflow; see var/run/airflow-dag-processor.log")
+            time.sleep(2)
+    run_id = None
+    if api.call("GET", f"/dags/{DAG_ID}")["is_paused"]:
+        # Unpausing a scheduled DAG makes the scheduler create the run of the latest interval
+        # (catchup=False): on a fresh stack, follow that one rather than queueing a second run.
+        api.call("PATCH", f"/dags/{DAG_ID}", json={"is_paused": False})
+        wait_for_scheduled = time.monotonic() + 30
+        while run_id is None and time.monotonic() < wait_for_scheduled:
+            active = api.call("GET", f"/dags/{DAG_ID}/dagRuns", params={"state": ["queued", "running"]})["dag_runs"]
+            run_id = active[0]["dag_run_id"] if active else None
+            time.sleep(2)
+    if run_id is None or conf:
+        run_id = api.call("POST", f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": conf})["dag_run_id"]
+    print(f"Triggered {DAG_ID} run {run_id}; following it (Airflow UI: {AIRFLOW_URL}/dags/{DAG_ID}) ...")
+    seen: dict[str, str] = {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        tis = api.call("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")["task_instances"]
+        for ti in sorted(tis, key=lambda t: t.get("start_date") or "9"):
+            if ti["state"] and seen.get(ti["task_id"]) != ti["state"]:
+                seen[ti["task_id"]] = ti["state"]
+                print(f"  {ti['task_id']:<14} {ti['state']}")
+        state = api.call("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
+        if state in ("success", "failed"):
+            return {"run_id": run_id, "state": state, "tasks": seen}
+        time.sleep(3)
+    raise TimeoutError(f"{DAG_ID} run {run_id} did not finish within {timeout_s:.0f} s")
+
+
+def summary(model_name: str, outcome: dict) -> int:
+    from mlflow import MlflowClient
+
+    mlf = MlflowClient(MLFLOW_URL)
+    try:
+        champion = mlf.get_model_version_by_alias(model_name, "champion")
+    except Exception:  # no registered model or no alias yet
+        champion = None
+    sample = SERVING / "sample_request.json"
+    if champion is not None and not sample.exists():
+        from tfmlops.data import load_mnist
+
+        x = load_mnist().x_test[:3].reshape(3, -1) / 255.0
+        sample.write_text(json.dumps({"instances": x.round(4).tolist()}))
+    print()
+    print(f"Run {outcome['run_id']}: {outcome['state']}")
+    print(f"  Airflow UI   {AIRFLOW_URL}  (user {USER}, password {password()}; "
+          f"also in var/airflow/simple_auth_manager_passwords.json.generated)")
+    print(f"  MLflow UI    {MLFLOW_URL}/#/models/{model_name}")
+    if champion is None:
+        print(f"  No champion version of {model_name} yet: see the task logs in the Airflow UI.")
+        return 1
+    accuracy = champion.tags.get("test_accuracy", "?")
+    print(f"  Registered   {model_name} version {champion.version} (alias champion, test accuracy {accuracy})")
+    print(f"  Served       {REST_URL}/v1/models/{model_name}  (gRPC on 127.0.0.1:{PORTS['grpc']})")
+    print("  Predict:")
+    print(f"    curl -s -X POST {REST_URL}/v1/models/{model_name}:predict -d @{sample.relative_to(ROOT)}")
+    return 0 if outcome["state"] == "success" else 1
+
+
+def stop() -> None:
+    for name in reversed(ALL_SERVICES):
+        if localstack.stop(name, RUN):
+            print(f"  stopped {name}")
+
+
+def status() -> None:
+    for name in ALL_SERVICES:
+        pid = localstack.running_pid(name, RUN)
+        print(f"  {name:<22} {'running (pid %d)' % pid if pid else 'stopped'}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("up", "run", "stop", "status"))
+    parser.add_argument("--conf", default="{}", help="JSON conf for the DAG run (its Params), e.g. '{\"epochs\": 3}'")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the DAG run")
+    args = parser.parse_args()
+    if args.command == "stop":
+        stop()
+    elif args.command == "status":
+        status()
+    else:
+        up()
+        if args.command == "run":
+            conf = json.loads(args.conf)
+            return summary(conf.get("model_name", "mnist_mlp"), run_dag(conf, args.timeout))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Test harness: an isolated Airflow home, and real servers as subprocesses on free loopback ports.
+
+The environment is set here, before anything imports Airflow or TensorFlow: tf_keras, a
+throw-away AIRFLOW_HOME with its own SQLite database, the project's dags/ and plugins/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="tfmlops-airflow-"))
+os.environ.update({
+    "TF_USE_LEGACY_KERAS": "1",
+    "AIRFLOW_HOME": str(_AIRFLOW_HOME),
+    "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+    "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}",
+})
+for folder in ("plugins", "dags"):  # as Airflow puts them on sys.path
+    if str(ROOT / folder) not in sys.path:
+        sys.path.insert(0, str(ROOT / folder))
+
+from tfmlops import localstack  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """Migrate the throw-away Airflow metadata database once per session."""
+    subprocess.run([str(localstack.BIN / "airflow"), "db", "migrate"], check=True, stdout=subprocess.DEVNULL,
+                   env=os.environ.copy())
+    return _AIRFLOW_HOME
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` (SQLite backend, local artifacts) on a free port."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = localstack.free_port()
+    localstack.start("mlflow", localstack.mlflow_server_argv(root, port), root)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        localstack.wait_http(f"{url}/health", 120, "mlflow", root)
+        yield url
+    finally:
+        localstack.stop("mlflow", root)
+
+
+@pytest.fixture(scope="session")
+def serving_server(tmp_path_factory):
+    """The TF Serving-compatible local server on an (initially empty) model config file."""
+    root = tmp_path_factory.mktemp("serving")
+    rest, grpc = localstack.free_port(), localstack.free_port()
+    config_file = root / "models.config"
+    localstack.start("tf-serving-local", localstack.serving_argv(config_file, rest, grpc), root)
+    try:
+        localstack.wait_http(f"http://127.0.0.1:{rest}/v1/models/_", 120, "tf-serving-local", root, any_status=True)
+        yield {"rest_port": rest, "grpc_port": grpc, "models_root": root / "models", "config_file": config_file,
+               "run_dir": root}
+    finally:
+        localstack.stop("tf-serving-local", root)
+
+
+@pytest.fixture
+def airflow_connections(monkeypatch, mlflow_server, serving_server):
+    """``mlflow_default`` and ``tf_serving_default`` pointing at the session's servers."""
+    host, port = mlflow_server.removeprefix("http://").split(":")
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps({"conn_type": "http", "host": host, "port": int(port)}))
+    monkeypatch.setenv("AIRFLOW_CONN_TF_SERVING_DEFAULT", json.dumps({
+        "conn_type": "http", "host": "127.0.0.1", "port": serving_server["rest_port"],
+        "extra": {"grpc_port": serving_server["grpc_port"], "models_root": str(serving_server["models_root"]),
+                  "model_config_file": str(serving_server["config_file"])}}))
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    """A real S3 protocol endpoint (``moto_server``) on loopback; yields a boto3 client factory."""
+    import boto3
+
+    root = tmp_path_factory.mktemp("s3")
+    port = localstack.free_port()
+    localstack.start("moto", [str(localstack.BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], root)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        localstack.wait_http(f"{url}/moto-api/", 60, "moto", root, any_status=True)
+        yield {"endpoint_url": url,
+               "client": lambda: boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                                              aws_access_key_id="testing", aws_secret_access_key="testing")}
+    finally:
+        localstack.stop("moto", root)
