@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+from tfmlops.localstack import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin" / "tf-serving-local"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def server_cmd() -> list[str]:
