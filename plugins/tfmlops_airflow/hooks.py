@@ -86,11 +86,30 @@ class TFServingHook(BaseHook):
         return ServingClient(host=conn.host or "127.0.0.1", rest_port=int(conn.port or 8501),
                              grpc_port=int(self.extra.get("grpc_port", 8500)), timeout=self.timeout)
 
+    # The serving API, over the connection's endpoint (see tfmlops.serving.client for details).
     def status(self, model: str, version: int | None = None, label: str | None = None) -> dict:
+        """Model status JSON, as ``GET /v1/models/{model}[/versions/{n}]`` returns it."""
         return self.client.status(model, version=version, label=label)
 
+    def metadata(self, model: str, version: int | None = None, label: str | None = None) -> dict:
+        return self.client.metadata(model, version=version, label=label)
+
+    def predict_rest(self, model: str, instances, version: int | None = None, label: str | None = None,
+                     signature_name: str | None = None):
+        return self.client.predict_rest(model, instances, version=version, label=label,
+                                        signature_name=signature_name)
+
+    def predict_grpc(self, model: str, inputs, version: int | None = None, label: str | None = None,
+                     signature_name: str = "serving_default") -> dict:
+        return self.client.predict_grpc(model, inputs, version=version, label=label, signature_name=signature_name)
+
     def wait_until_available(self, model: str, version: int, timeout_s: float = 120.0) -> None:
+        """Raise ``ModelNotAvailableError`` (state, error) if ``version`` ends or times out first."""
         self.client.wait_until_available(model, version, timeout_s=timeout_s)
+
+    def reload_config(self, model_server_config) -> None:
+        """``ModelService.HandleReloadConfigRequest`` with a ModelServerConfig (or its text)."""
+        self.client.reload_config(model_server_config)
 
 
 def s3_client_for(uri: str, aws_conn_id: str = "aws_default"):
