@@ -81,3 +81,17 @@ def test_offline_retrain_then_rejected_candidate(dag, airflow_db, airflow_connec
     assert [v["version"] for v in served_status(serving_server["rest_port"])["model_version_status"]] == ["1"]
     runs = mlf.search_runs([mlf.get_experiment_by_name(MODEL).experiment_id], "tags.gate = 'rejected'")
     assert len(runs) == 1 and "worse than the champion" in runs[0].data.tags["gate_reason"]
+
+
+def test_bad_dataset_fails_validation_naming_file_and_problem(dag, airflow_db, tmp_path, capfd):
+    bad = tmp_path / "bad.npz"
+    rng = np.random.default_rng(0)
+    x_train = rng.random((20, 784))
+    x_train[4, 7] = np.nan
+    np.savez(bad, x_train=x_train, y_train=rng.integers(0, 10, 20), x_test=rng.random((5, 784)),
+             y_test=rng.integers(0, 10, 5))
+    run = dag.test(run_conf={"model_name": MODEL, "dataset_uri": str(bad)})
+    task_states = states(run)
+    assert str(run.state) == "failed" and task_states["validate_data"] == "failed", task_states
+    assert task_states["train"] in ("upstream_failed", "None"), task_states
+    assert f"{bad}: x_train has NaN or inf values in 1 rows" in "".join(capfd.readouterr())
