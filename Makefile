@@ -6,14 +6,22 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: venv run up stop status test bench lock clean
+.PHONY: venv browser run up stop status test bench lock clean
 
-$(STAMP): requirements.txt requirements-lock.txt requirements-nodeps.txt pyproject.toml
+$(STAMP): requirements.txt requirements-lock.txt requirements-nodeps.txt pyproject.toml web/package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv==0.13.8
 	$(BIN)/uv pip install --python $(BIN)/python -r requirements.txt -c requirements-lock.txt -e .
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps -r requirements-nodeps.txt
+	npm ci --prefix web --no-audit --no-fund
 	touch $@
+
+# TF.js exports are checked in headless Chromium (Debian's package; needs root to install).
+# Without it, the browser checks skip and say so.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "chromium is not installed (needs root: apt-get install chromium); browser checks will skip"
 
 venv: $(STAMP)
 
@@ -29,12 +37,14 @@ stop:  ## stop every service of the stack
 status:
 	@$(BIN)/python scripts/stack.py status
 
-test: venv
+test: venv browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: venv
 	$(BIN)/python benchmarks/bench_dag_parse.py
 	$(BIN)/python benchmarks/bench_offline_pipeline.py
+	$(BIN)/python benchmarks/bench_serving.py
+	$(BIN)/python benchmarks/bench_formats.py
 
 lock: venv  ## refresh the full resolved pin set after changing requirements.txt
 	$(BIN)/uv pip freeze --python $(BIN)/python --exclude-editable > requirements-lock.txt

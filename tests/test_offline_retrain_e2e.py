@@ -15,8 +15,9 @@ SAMPLE = {"sample_fraction": 0.1, "batch_size": 64}
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def dag():
+def load_dag():
+    """A freshly parsed DAG for every ``dag.test()``: in-process runs render templates into the
+    operator objects, so a DAG object must not be reused for a second run."""
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[1] / "dags" / "tf_offline_retrain.py"))
@@ -32,13 +33,13 @@ def served_status(port: int) -> dict:
     return requests.get(f"http://127.0.0.1:{port}/v1/models/{MODEL}", timeout=10).json()
 
 
-def test_offline_retrain_then_rejected_candidate(dag, airflow_db, airflow_connections, mlflow_server,
+def test_offline_retrain_then_rejected_candidate(airflow_db, airflow_connections, mlflow_server,
                                                  serving_server):
     import mlflow.tensorflow
     from mlflow import MlflowClient
 
     # 1. A first run trains, passes the gate (no champion yet) and is served as version 1.
-    run = dag.test(run_conf={"model_name": MODEL, "epochs": 3, "min_accuracy": 0.8, **SAMPLE})
+    run = load_dag().test(run_conf={"model_name": MODEL, "epochs": 3, "min_accuracy": 0.8, **SAMPLE})
     assert str(run.state) == "success", states(run)
     assert set(states(run).values()) == {"success"}
 
@@ -53,6 +54,15 @@ def test_offline_retrain_then_rejected_candidate(dag, airflow_db, airflow_connec
     assert len(mlf.get_metric_history(champion.run_id, "val_accuracy")) == 3
     artifacts = {a.path for a in mlf.list_artifacts(champion.run_id, "plots")}
     assert artifacts == {"plots/training_curves.png", "plots/confusion_matrix.png"}
+
+    # promote announced the new champion on the asset that schedules tf_optimize_export
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        events = (session.query(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                  .filter(AssetModel.name == "tfmlops_champion").all())
+        assert [e.extra for e in events] == [{"model_name": MODEL, "version": 1}]
 
     status = served_status(serving_server["rest_port"])
     assert status["model_version_status"] == [
@@ -71,7 +81,7 @@ def test_offline_retrain_then_rejected_candidate(dag, airflow_db, airflow_connec
 
     # 2. A much worse candidate is rejected by the gate: nothing after it runs, the champion and
     #    the served version stay as they were, and the reason is on the MLflow run.
-    rejected = dag.test(run_conf={"model_name": MODEL, "epochs": 1, "learning_rate": 1e-5, "min_accuracy": 0.0,
+    rejected = load_dag().test(run_conf={"model_name": MODEL, "epochs": 1, "learning_rate": 1e-5, "min_accuracy": 0.0,
                                   "tolerance": 0.0, **SAMPLE})
     task_states = states(rejected)
     assert task_states["gate"] == "skipped", task_states
@@ -83,14 +93,14 @@ def test_offline_retrain_then_rejected_candidate(dag, airflow_db, airflow_connec
     assert len(runs) == 1 and "worse than the champion" in runs[0].data.tags["gate_reason"]
 
 
-def test_bad_dataset_fails_validation_naming_file_and_problem(dag, airflow_db, tmp_path, capfd):
+def test_bad_dataset_fails_validation_naming_file_and_problem(airflow_db, tmp_path, capfd):
     bad = tmp_path / "bad.npz"
     rng = np.random.default_rng(0)
     x_train = rng.random((20, 784))
     x_train[4, 7] = np.nan
     np.savez(bad, x_train=x_train, y_train=rng.integers(0, 10, 20), x_test=rng.random((5, 784)),
              y_test=rng.integers(0, 10, 5))
-    run = dag.test(run_conf={"model_name": MODEL, "dataset_uri": str(bad)})
+    run = load_dag().test(run_conf={"model_name": MODEL, "dataset_uri": str(bad)})
     task_states = states(run)
     assert str(run.state) == "failed" and task_states["validate_data"] == "failed", task_states
     assert task_states["train"] in ("upstream_failed", "None"), task_states

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
+from tfmlops_airflow.assets import CHAMPION
 from tfmlops_airflow.hooks import MLflowHook, TFServingHook, s3_client_for
 
 DATA_FIELDS = ("dataset_uri", "sample_fraction", "seed")
@@ -211,12 +212,14 @@ class DeployModelOperator(BaseOperator):
 
 
 class PromoteModelOperator(BaseOperator):
-    """Point the ``champion`` alias at the deployed version (the old one becomes ``previous``)."""
+    """Point the ``champion`` alias at the deployed version (the old one becomes ``previous``) and
+    emit an event on the ``CHAMPION`` asset naming the model and version."""
 
     template_fields: Sequence[str] = ("model_name", "version")
 
     def __init__(self, *, model_name: str, version: int | str, mlflow_conn_id: str = "mlflow_default", **kwargs):
         kwargs.setdefault("multiple_outputs", True)
+        kwargs.setdefault("outlets", [CHAMPION])
         super().__init__(**kwargs)
         self.model_name = model_name
         self.version = version
@@ -225,4 +228,7 @@ class PromoteModelOperator(BaseOperator):
     def execute(self, context) -> dict[str, Any]:
         from tfmlops.pipeline import promote
 
-        return promote(MLflowHook(self.mlflow_conn_id).tracking_uri, self.model_name, int(self.version))
+        result = promote(MLflowHook(self.mlflow_conn_id).tracking_uri, self.model_name, int(self.version))
+        if CHAMPION in self.outlets:
+            context["outlet_events"][CHAMPION].extra = {"model_name": self.model_name, "version": int(self.version)}
+        return result

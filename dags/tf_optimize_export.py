@@ -1,0 +1,132 @@
+"""Optimize a registered model version and export it in every format, each verified in its runtime."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, Param
+
+from tfmlops_airflow.assets import CHAMPION
+from tfmlops_airflow.optimize_operators import (
+    ExportFormatOperator,
+    FormatReportOperator,
+    OptimizeModelOperator,
+    ResolveModelVersionOperator,
+)
+
+VARIANTS = ["dynamic_range", "float16", "int8", "pruned", "distilled"]
+FORMATS = ["saved_model", "keras", "h5", "tflite", "onnx", "tfjs_layers", "tfjs_layers_uint8",
+           "tfjs_layers_float16", "tfjs_graph"]
+
+DOC = """
+### Optimize and export a registered TensorFlow model
+
+For one registered version (a number, or an alias: `champion` by default) of a model in the
+MLflow registry — trigger it from **Trigger ▸ with config**. It also runs by itself whenever
+`tf_offline_retrain` promotes a new champion (asset `tfmlops_champion`): that run optimizes the
+model and version named by the asset event, with the default Params for the rest.
+
+1. **resolve** — the version, its MLflow run and `models:/<name>/<N>`.
+2. **optimize** (one task per variant, independent of each other):
+   `dynamic_range`, `float16`, `int8` (post-training quantization to TFLite; int8 is fully
+   integer, calibrated on *int8 sample size* real training rows), `pruned` (magnitude pruning to
+   the *target sparsity*, fine-tuned; fails if the sparsity is not reached), `distilled` (the
+   seed MLP trained on a teacher's outputs softened by *temperature*, weighted by *alpha*).
+   Each must stay within *max accuracy drop* of the float model. A variant that is not selected,
+   rejected or failed is **skipped** with the reason (in the log and in
+   `optimization/<variant>/result.json` on the run) and is not exported; the others go on.
+3. **export** (one task per artifact): the float model as SavedModel, `.keras`, `.h5`, TFLite,
+   ONNX, TF.js layers (float32, uint8, float16 weights) and TF.js graph model; each optimized
+   variant as TFLite. Every artifact is loaded back **in the runtime that will use it** —
+   TensorFlow, tf_keras (`safe_mode`), LiteRT, onnxruntime, TF.js in Node and in headless
+   Chromium (a page that classifies a digit drawn on a canvas) — and compared with its source
+   on a fixed held-out batch (max |diff| ≤ 1e-5 for float artifacts, argmax agreement ≥ 99 %
+   for quantized ones), with accuracy on the test split, size and latency. A failed check fails
+   its task with the numbers; only verified artifacts are attached to the version's run, under
+   `formats/<variant>-<format>/`.
+4. **report** — `formats/report/` on the run: a table (format, runtime, bytes, gzipped bytes,
+   accuracy, max |diff|, latency per example) as JSON and Markdown, and a size-vs-accuracy PNG.
+
+Connections: `mlflow_default`, `aws_default` (for `s3://` datasets). Needs `node` with
+`web/node_modules` (`npm ci --prefix web`) and Debian's `chromium` for the TF.js checks.
+"""
+
+PARAMS = {
+    "model_name": Param("mnist_mlp", type="string", minLength=1, maxLength=100, pattern=r"^[A-Za-z0-9_.-]+$",
+                        title="Model name", description="Registered model name in MLflow."),
+    "version": Param("champion", type="string", minLength=1, maxLength=100, pattern=r"^[A-Za-z0-9_.-]+$",
+                     title="Version or alias",
+                     description="A registered version number (e.g. 3) or an alias (champion, challenger...)."),
+    "variants": Param(VARIANTS, type="array", items={"type": "string", "enum": VARIANTS}, uniqueItems=True,
+                      title="Variants", description="Optimized variants to build, gate and export as TFLite."),
+    "formats": Param(FORMATS, type="array", items={"type": "string", "enum": FORMATS}, uniqueItems=True,
+                     title="Formats", description="Formats to export the float model in."),
+    "dataset_uri": Param("mnist", type="string", minLength=1, title="Dataset URI",
+                         description="Data for calibration, fine-tuning and the checks: 'mnist', or a .npz/.parquet "
+                                     "file (local path or s3://bucket/key)."),
+    "sample_fraction": Param(1.0, type="number", exclusiveMinimum=0, maximum=1, title="Sample fraction",
+                             description="Share of the train and test splits to use (1 = all data)."),
+    "int8_samples": Param(200, type="integer", minimum=10, maximum=5000, title="int8 sample size",
+                          description="Training rows used to calibrate the full-integer (int8) quantization."),
+    "target_sparsity": Param(0.8, type="number", minimum=0.05, maximum=0.99, title="Pruning target sparsity",
+                             description="Share of Dense kernel weights set to zero; the pruned variant fails below it."),
+    "pruning_epochs": Param(2, type="integer", minimum=1, maximum=50, title="Pruning epochs",
+                            description="Fine-tuning epochs while pruning."),
+    "teacher": Param("trained", type="string", enum=["trained", "source"], title="Distillation teacher",
+                     description="'trained': a larger MLP (256-128) trained here; 'source': the version being "
+                                 "optimized (e.g. the champion)."),
+    "temperature": Param(4.0, type="number", exclusiveMinimum=0, maximum=50, title="Distillation temperature",
+                         description="Softens the teacher's and student's distributions."),
+    "alpha": Param(0.1, type="number", minimum=0, maximum=1, title="Distillation alpha",
+                   description="Weight of the hard-label loss (1 - alpha goes to the teacher's soft targets)."),
+    "distill_epochs": Param(3, type="integer", minimum=1, maximum=50, title="Distillation epochs",
+                            description="Epochs of student training."),
+    "max_accuracy_drop": Param(0.01, type="number", minimum=0, maximum=1, title="Max accuracy drop",
+                               description="Gate: a variant may lose at most this much test accuracy vs the float "
+                                           "model (0.01 = 1 percentage point)."),
+    "min_agreement": Param(0.99, type="number", minimum=0.5, maximum=1, title="Min argmax agreement",
+                           description="Check of quantized artifacts: share of the held-out batch whose predicted "
+                                       "class matches the float model."),
+}
+
+with DAG(
+    dag_id="tf_optimize_export",
+    description="Quantize / prune / distill a registered version; export every format, verified in its runtime",
+    doc_md=DOC,
+    schedule=[CHAMPION],
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    params=PARAMS,
+    render_template_as_native_obj=True,
+    tags=["tensorflow", "optimization", "export", "mlflow", "tfjs"],
+    default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(minutes=1)},
+) as dag:
+    data = {"dataset_uri": "{{ params.dataset_uri }}", "sample_fraction": "{{ params.sample_fraction }}"}
+
+    resolve = ResolveModelVersionOperator(task_id="resolve", task_display_name="Resolve model version",
+                                          model_name="{{ params.model_name }}", version="{{ params.version }}")
+    model = {"model_name": resolve.output["model_name"], "version": resolve.output["version"],
+             "run_id": resolve.output["run_id"], "model_uri": resolve.output["model_uri"]}
+    check = {"max_abs_diff": 1e-5, "min_agreement": "{{ params.min_agreement }}"}
+
+    exports = [
+        ExportFormatOperator(task_id=f"export_float_{fmt}", task_display_name=f"Export {fmt}", variant="float",
+                             fmt=fmt, formats="{{ params.formats }}", **model, **check, **data)
+        for fmt in FORMATS
+    ]
+    for variant in VARIANTS:
+        optimize = OptimizeModelOperator(
+            task_id=f"optimize_{variant}", task_display_name=f"Optimize: {variant}", variant=variant,
+            variants="{{ params.variants }}", int8_samples="{{ params.int8_samples }}",
+            target_sparsity="{{ params.target_sparsity }}", pruning_epochs="{{ params.pruning_epochs }}",
+            teacher="{{ params.teacher }}", temperature="{{ params.temperature }}", alpha="{{ params.alpha }}",
+            distill_epochs="{{ params.distill_epochs }}", max_accuracy_drop="{{ params.max_accuracy_drop }}",
+            **model, **data)
+        export = ExportFormatOperator(task_id=f"export_{variant}_tflite", task_display_name=f"Export {variant} TFLite",
+                                      variant=variant, fmt="tflite", **model, **check, **data)
+        optimize >> export
+        exports.append(export)
+
+    report = FormatReportOperator(task_id="report", task_display_name="Trade-off report", **model, **data)
+    exports >> report

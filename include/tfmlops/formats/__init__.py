@@ -1,0 +1,81 @@
+"""Multi-format export, each artifact verified in the runtime that will use it.
+
+An *artifact* is one model (a *variant*: ``float`` — the registered model itself —, or an
+optimized one from :mod:`tfmlops.optimize`) written in one *format*:
+
+============================  ===========================  ==================================
+format                        files                        verified in
+============================  ===========================  ==================================
+``saved_model``               ``saved_model/``, smoke.json  TensorFlow, ``serving_default``
+``keras``                     ``model.keras``              tf_keras ``load_model(safe_mode)``
+``h5``                        ``model.h5``                 tf_keras ``load_model(safe_mode)``
+``tflite``                    ``model.tflite``             LiteRT (``ai_edge_litert``)
+``onnx``                      ``model.onnx``               onnxruntime
+``tfjs_layers``               ``model.json`` + shards      @tensorflow/tfjs in Node + Chromium
+``tfjs_layers_uint8``         idem, uint8 weights          idem
+``tfjs_layers_float16``       idem, float16 weights        idem
+``tfjs_graph``                idem (from the SavedModel)   idem
+============================  ===========================  ==================================
+
+The float model gets every format; each optimized variant gets ``tflite`` (see
+:data:`ARTIFACTS`). Every check loads the artifact back, predicts the test split and
+compares the first rows (a fixed held-out batch) with the *source* model — the Keras variant
+it was written from, or the float model for the post-training quantizations — within the
+artifact's tolerance (:func:`tolerance_for`): ``max |diff| <= 1e-5`` for float artifacts,
+argmax agreement ``>= 99 %`` for quantized ones. It also measures accuracy on the whole test
+split, bytes, gzipped bytes and the median one-row latency in that runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FLOAT_FORMATS = ("saved_model", "keras", "h5", "tflite", "onnx", "tfjs_layers", "tfjs_layers_uint8",
+                 "tfjs_layers_float16", "tfjs_graph")
+TFJS_FORMATS = ("tfjs_layers", "tfjs_layers_uint8", "tfjs_layers_float16", "tfjs_graph")
+RUNTIMES = {
+    "saved_model": ("tensorflow",), "keras": ("tf_keras",), "h5": ("tf_keras",), "tflite": ("litert",),
+    "onnx": ("onnxruntime",), **{fmt: ("tfjs-node", "chromium") for fmt in TFJS_FORMATS},
+}
+# The post-training quantizations exist only as TFLite flatbuffers; pruned/distilled are Keras models.
+TFLITE_VARIANTS = ("dynamic_range", "float16", "int8")
+KERAS_VARIANTS = ("float", "pruned", "distilled")
+LOSSY = {("dynamic_range", "tflite"), ("float16", "tflite"), ("int8", "tflite"),
+         ("float", "tfjs_layers_uint8"), ("float", "tfjs_layers_float16")}
+
+
+def artifacts(variants=("dynamic_range", "float16", "int8", "pruned", "distilled"),
+              formats=FLOAT_FORMATS) -> list[tuple[str, str]]:
+    """The (variant, format) pairs to export: every requested format of the float model, and
+    the TFLite flatbuffer of each optimized variant."""
+    unknown = set(formats) - set(FLOAT_FORMATS)
+    if unknown:
+        raise ValueError(f"unknown formats {sorted(unknown)}; choose from {list(FLOAT_FORMATS)}")
+    return [("float", fmt) for fmt in formats] + [(variant, "tflite") for variant in variants]
+
+
+ARTIFACTS = artifacts()
+
+
+def artifact_name(variant: str, fmt: str) -> str:
+    return f"{variant}-{fmt}"
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """A float artifact must match within ``max_abs_diff``; a quantized one must agree on the
+    predicted class for at least ``min_agreement`` of the held-out batch."""
+
+    max_abs_diff: float | None = 1e-5
+    min_agreement: float | None = None
+
+    def describe(self) -> str:
+        if self.max_abs_diff is not None:
+            return f"max |diff| <= {self.max_abs_diff:g}"
+        return f"argmax agreement >= {self.min_agreement:.2%}"
+
+
+def tolerance_for(variant: str, fmt: str, max_abs_diff: float = 1e-5, min_agreement: float = 0.99) -> Tolerance:
+    if (variant, fmt) in LOSSY:
+        return Tolerance(max_abs_diff=None, min_agreement=min_agreement)
+    return Tolerance(max_abs_diff=max_abs_diff)

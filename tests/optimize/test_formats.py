@@ -1,0 +1,125 @@
+"""Every export format loaded back in its own runtime and compared with its source model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tfmlops import optimize
+from tfmlops.formats import FLOAT_FORMATS, TFJS_FORMATS, artifacts, tolerance_for
+from tfmlops.formats import report as report_lib
+from tfmlops.formats.verify import FormatCheckError, export_and_verify
+
+from .conftest import require_tfjs_runtimes
+
+PYTHON_FORMATS = [f for f in FLOAT_FORMATS if f not in TFJS_FORMATS]
+
+
+def test_artifact_matrix_and_tolerances():
+    pairs = artifacts(variants=["int8", "pruned"], formats=["onnx"])
+    assert pairs == [("float", "onnx"), ("int8", "tflite"), ("pruned", "tflite")]
+    assert tolerance_for("float", "onnx").max_abs_diff == 1e-5
+    assert tolerance_for("int8", "tflite").min_agreement == 0.99
+    assert tolerance_for("pruned", "tflite").max_abs_diff == 1e-5
+    with pytest.raises(ValueError):
+        artifacts(formats=["pickle"])
+
+
+@pytest.mark.parametrize("fmt", PYTHON_FORMATS)
+def test_float_formats_reproduce_the_model_in_their_runtime(small, float_model, float_predict, tmp_path, fmt):
+    row = export_and_verify("float", fmt, tmp_path / fmt, small.x_test, small.y_test, float_predict,
+                            model=float_model)
+    float_accuracy = optimize.accuracy(float_predict(small.x_test), small.y_test)
+    (check,) = row["checks"]
+    assert check["passed"] and check["max_abs_diff"] <= 1e-5 and check["argmax_agreement"] == 1.0
+    assert check["accuracy"] == pytest.approx(float_accuracy)
+    assert check["latency_ms"] > 0 and row["bytes"] > row["gzipped_bytes"] > 0
+    assert {"saved_model": "tensorflow", "keras": "tf_keras", "h5": "tf_keras", "tflite": "litert",
+            "onnx": "onnxruntime"}[fmt] == check["runtime"]
+    assert json.loads((tmp_path / fmt / "verification.json").read_text())["passed"]
+
+
+@pytest.mark.parametrize("mode", ["dynamic_range", "float16", "int8"])
+def test_quantized_tflite_checked_in_litert_against_the_float_model(small, float_model, float_predict, tmp_path,
+                                                                     mode):
+    content = optimize.to_tflite(float_model, mode, small.x_train[:300])
+    row = export_and_verify(mode, "tflite", tmp_path / mode, small.x_test, small.y_test, float_predict,
+                            tflite_content=content)
+    (check,) = row["checks"]
+    assert check["runtime"] == "litert" and check["argmax_agreement"] >= 0.99
+    assert check["details"]["input"] == ("int8" if mode == "int8" else "float32")
+    assert (tmp_path / mode / "model.tflite").read_bytes() == content
+
+
+def test_a_check_that_fails_raises_with_the_numbers(small, float_model, tmp_path):
+    other = optimize._copy(float_model)
+    other.set_weights([w * 1.5 for w in float_model.get_weights()])
+    with pytest.raises(FormatCheckError, match=r"max\|diff\|=") as caught:
+        export_and_verify("float", "onnx", tmp_path / "onnx", small.x_test, small.y_test,
+                          lambda x: other.predict(x, verbose=0), model=float_model)
+    row = caught.value.rows[0]
+    assert not row["passed"] and row["checks"][0]["max_abs_diff"] > 1e-3
+
+
+def test_keras_files_load_with_safe_mode(small, float_model, tmp_path):
+    """A .keras file with a Lambda layer (arbitrary code) is refused by the runtime check."""
+    import tf_keras as keras
+
+    inputs = keras.Input((784,), name="pixels")
+    outputs = keras.layers.Lambda(lambda t: t * 0 + 0.1)(keras.layers.Dense(10)(inputs))
+    with pytest.raises(FormatCheckError, match="safe_mode|Lambda|unsafe"):
+        export_and_verify("float", "keras", tmp_path / "k", small.x_test, small.y_test,
+                          lambda x: np.full((len(x), 10), 0.1, np.float32), model=keras.Model(inputs, outputs))
+
+
+@pytest.mark.parametrize("fmt", TFJS_FORMATS)
+def test_tfjs_in_node_and_chromium_with_the_canvas_page(small, float_model, float_predict, tmp_path, fmt):
+    require_tfjs_runtimes(browser=True)
+    row = export_and_verify("float", fmt, tmp_path / fmt, small.x_test, small.y_test, float_predict,
+                            model=float_model)
+    node, browser = row["checks"]
+    assert (node["runtime"], browser["runtime"]) == ("tfjs-node", "chromium")
+    lossy = fmt in ("tfjs_layers_uint8", "tfjs_layers_float16")
+    for check in (node, browser):
+        assert check["passed"]
+        assert check["argmax_agreement"] >= 0.99 if lossy else check["max_abs_diff"] <= 1e-5
+        assert check["details"]["kind"] == ("graph" if fmt == "tfjs_graph" else "layers")
+    canvas = browser["canvas"]
+    assert canvas["passed"] and canvas["ink_pixels"] > 20
+    assert canvas["displayed"] == str(canvas["tensorflow_label"])
+    assert (tmp_path / fmt / "chromium.png").stat().st_size > 1000
+    if fmt == "tfjs_layers_uint8":
+        assert row["bytes"] < 0.35 * float_model.count_params() * 4  # 1 byte a weight instead of 4
+
+
+def test_report_table_markdown_and_chart(tmp_path):
+    rows = [{"artifact": "float-onnx", "variant": "float", "format": "onnx", "bytes": 200_000,
+             "gzipped_bytes": 180_000, "tolerance": "max |diff| <= 1e-05", "passed": True,
+             "checks": [{"runtime": "onnxruntime", "passed": True, "accuracy": 0.9, "max_abs_diff": 2e-7,
+                         "argmax_agreement": 1.0, "latency_ms": 0.01}]},
+            {"artifact": "int8-tflite", "variant": "int8", "format": "tflite", "bytes": 55_000,
+             "gzipped_bytes": 52_000, "tolerance": "argmax agreement >= 99.00%", "passed": False,
+             "checks": [{"runtime": "litert", "passed": False, "accuracy": 0.88, "max_abs_diff": 0.01,
+                         "argmax_agreement": 0.97, "latency_ms": 0.02}]}]
+    variants = [{"variant": "pruned", "status": "rejected", "accuracy": 0.8, "accuracy_drop": 0.1,
+                 "reason": "too far"}]
+    written = report_lib.write(rows, tmp_path, variants)
+    table = json.loads((tmp_path / "report.json").read_text())["rows"]
+    assert [r["artifact"] for r in table] == ["float-onnx", "int8-tflite"]
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| float-onnx | onnxruntime | 200,000 | 180,000 | 0.9000 |" in markdown
+    assert "**no**" in markdown and "| pruned | rejected |" in markdown
+    assert (tmp_path / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert written["rows"] == table
+
+
+def test_tfjs_compat_imports_tensorflowjs_without_leaving_placeholders():
+    import sys
+
+    from tfmlops.tfjs_compat import import_tensorflowjs
+
+    tfjs = import_tensorflowjs()
+    assert import_tensorflowjs() is tfjs and hasattr(tfjs.converters, "save_keras_model")
+    assert not {"jax", "jax.experimental", "jax.experimental.jax2tf", "tensorflow_decision_forests"} & set(sys.modules)

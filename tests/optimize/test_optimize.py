@@ -1,0 +1,107 @@
+"""Each optimization on a small MNIST sample, with checks that it really did what it says."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tfmlops import optimize
+from tfmlops.formats.runtimes import LiteRTModel
+
+
+def _agreement(a, b):
+    return float(np.mean(np.argmax(a, 1) == np.argmax(b, 1)))
+
+
+def test_int8_model_is_fully_integer_and_calibrated_on_training_rows(small, float_model, float_predict):
+    sample = optimize.representative_sample(small.x_train, 150, seed=1)
+    assert sample.shape == (150, 784) and sample.dtype == np.float32
+    rows = {r.tobytes() for r in small.x_train}
+    assert all(r.tobytes() in rows for r in sample)  # real training rows, not noise
+
+    content = optimize.to_tflite(float_model, "int8", sample)
+    interpreter = LiteRTModel(content)
+    dtypes = interpreter.tensor_dtypes()
+    assert dtypes["input"] == "int8" and dtypes["output"] == "int8"
+    weights = optimize.tflite_weight_dtypes(content)
+    matmuls = {k: v for k, v in weights.items() if "MatMul" in k}
+    assert matmuls and set(matmuls.values()) == {"int8"}, weights
+    assert "float32" not in set(weights.values()), weights
+
+    probs = interpreter(small.x_test)
+    assert _agreement(probs, float_predict(small.x_test)) >= 0.97
+    float_bytes = len(optimize.to_tflite(float_model))
+    assert len(content) < 0.35 * float_bytes
+
+
+@pytest.mark.parametrize("mode, weight_dtype", [("dynamic_range", "int8"), ("float16", "float16")])
+def test_dynamic_range_and_float16_quantize_the_weights(small, float_model, float_predict, mode, weight_dtype):
+    content = optimize.to_tflite(float_model, mode)
+    weights = optimize.tflite_weight_dtypes(content)
+    assert weight_dtype in set(weights.values()), weights
+    probs = LiteRTModel(content)(small.x_test)
+    assert LiteRTModel(content).tensor_dtypes()["input"] == "float32"
+    assert _agreement(probs, float_predict(small.x_test)) >= 0.98
+
+
+def test_pruning_reaches_the_target_sparsity_and_keeps_the_source(small, float_model):
+    before = optimize.kernel_sparsity(float_model)
+    pruned, report = optimize.prune(float_model, small.x_train, small.y_train, target_sparsity=0.75, epochs=2,
+                                    batch_size=64, frequency=10)
+    assert before < 0.01 and optimize.kernel_sparsity(float_model) == before  # source untouched
+    assert report["sparsity"] >= 0.75 and optimize.kernel_sparsity(pruned) >= 0.75
+    assert [type(layer).__name__ for layer in pruned.layers] == ["InputLayer", "Dense", "Dense"]  # stripped
+    accuracy = optimize.accuracy(pruned.predict(small.x_test, verbose=0), small.y_test)
+    assert accuracy > 0.6
+    # the zeros pay off once compressed
+    import gzip
+
+    dense = gzip.compress(optimize.to_tflite(float_model))
+    sparse = gzip.compress(optimize.to_tflite(pruned))
+    assert len(sparse) < 0.6 * len(dense)
+
+
+def test_pruning_below_target_is_an_error(small, float_model):
+    with pytest.raises(optimize.OptimizationError, match="too few"):
+        optimize.prune(float_model, small.x_train[:200], small.y_train[:200], 0.8, epochs=1, batch_size=64,
+                       frequency=10)
+
+
+def test_distilled_student_learns_the_teachers_outputs_not_the_labels(small, float_model, float_predict):
+    """Labels are deliberately wrong ((y + 1) mod 10): with alpha = 0 the student can only have
+    learned from the teacher's soft targets; with alpha = 1 it follows the labels instead."""
+    wrong = (small.y_train + 1) % 10
+    teacher_weights = [w.copy() for w in float_model.get_weights()]
+    teacher_probs = float_predict(small.x_test)
+
+    student, history = optimize.distill(float_model, small.x_train, wrong, temperature=3.0, alpha=0.0, epochs=3,
+                                        batch_size=64)
+    assert all(np.array_equal(a, b) for a, b in zip(teacher_weights, float_model.get_weights()))  # frozen
+    assert history["distillation_loss"][-1] < history["distillation_loss"][0]
+    student_probs = student.predict(small.x_test, verbose=0)
+    assert _agreement(student_probs, teacher_probs) >= 0.8
+    assert float(np.mean(np.argmax(student_probs, 1) == (small.y_test + 1) % 10)) < 0.2
+
+    labels_only, _ = optimize.distill(float_model, small.x_train, wrong, temperature=3.0, alpha=1.0, epochs=3,
+                                      batch_size=64)
+    assert _agreement(labels_only.predict(small.x_test, verbose=0), teacher_probs) < 0.3
+
+
+def test_gate_compares_with_the_float_model():
+    assert optimize.gate(0.95, 0.945, 0.01).passed
+    decision = optimize.gate(0.95, 0.93, 0.01)
+    assert not decision.passed and "2.00 pp" in decision.reason
+
+
+def test_a_failing_variant_does_not_block_the_others(small, float_model):
+    config = optimize.OptimizeConfig(int8_samples=100, pruning_epochs=1, batch_size=1024, max_accuracy_drop=0.03,
+                                     teacher="source", distill_epochs=1, temperature=2.0, alpha=0.5)
+    config_strict = optimize.OptimizeConfig(**{**config.to_dict(), "max_accuracy_drop": -1.0})
+    passed, results = optimize.optimize(float_model, small, ["pruned", "int8"], config)
+    status = {r["variant"]: r["status"] for r in results}
+    assert status == {"pruned": "failed", "int8": "passed"}, results
+    assert "too few" in results[0]["reason"]
+    assert list(passed) == ["int8"] and passed["int8"].tflite
+
+    _, rejected = optimize.optimize(float_model, small, ["float16"], config_strict)
+    assert rejected[0]["status"] == "rejected" and "below the float model" in rejected[0]["reason"]

@@ -1,0 +1,100 @@
+"""The optimization/export steps against a real ``mlflow server``: artifacts land on the
+registered version's run, failed checks are not attached, and the DAG runs end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tfmlops import registry
+
+from .conftest import require_tfjs_runtimes
+
+MODEL = "optimize_e2e"
+DATA = {"sample_fraction": 0.03}
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def registered(mlflow_server, small, float_model):
+    """``float_model`` registered as version 1 of MODEL, alias champion."""
+    run_id = registry.start_run(mlflow_server, MODEL, "seed", {"purpose": "test"})
+    model_uri = registry.log_keras_model(mlflow_server, run_id, float_model, small.x_test[:8])
+    version = registry.register(mlflow_server, MODEL, model_uri, run_id, {})
+    registry.set_alias(mlflow_server, MODEL, registry.CHAMPION, version)
+    return {"version": version, "run_id": run_id}
+
+
+def paths(mlflow_server, run_id, path):
+    return {a.path for a in registry.client(mlflow_server).list_artifacts(run_id, path)}
+
+
+def test_steps_attach_verified_artifacts_and_report(mlflow_server, registered):
+    from tfmlops.formats import pipeline
+    from tfmlops.formats.verify import FormatCheckError
+    from tfmlops.optimize import OptimizeConfig
+    from tfmlops.pipeline import DataSpec
+
+    spec = DataSpec(**DATA)
+    model = pipeline.resolve(mlflow_server, MODEL, "champion")
+    assert model == pipeline.resolve(mlflow_server, MODEL, str(registered["version"]))
+    assert model["run_id"] == registered["run_id"] and model["model_uri"] == f"models:/{MODEL}/1"
+    with pytest.raises(LookupError):
+        pipeline.resolve(mlflow_server, MODEL, "nosuchalias")
+
+    config = OptimizeConfig(int8_samples=100, target_sparsity=0.99, max_accuracy_drop=0.02)
+    int8 = pipeline.optimize_variant(mlflow_server, model, "int8", spec, config, stamp="s1")
+    pruned = pipeline.optimize_variant(mlflow_server, model, "pruned", spec, config, stamp="s1")
+    assert int8["status"] == "passed" and pruned["status"] == "rejected", (int8, pruned)
+    assert paths(mlflow_server, model["run_id"], "optimization/int8") == {
+        "optimization/int8/model.tflite", "optimization/int8/result.json"}
+    assert paths(mlflow_server, model["run_id"], "optimization/pruned") == {"optimization/pruned/result.json"}
+
+    row = pipeline.export_format(mlflow_server, model, "int8", "tflite", spec, stamp="s1")
+    assert row["checks"][0]["argmax_agreement"] >= 0.99
+    pipeline.export_format(mlflow_server, model, "float", "onnx", spec, stamp="s1")
+    with pytest.raises(FormatCheckError, match="float-tflite failed"):  # an impossible tolerance
+        pipeline.export_format(mlflow_server, model, "float", "tflite", spec, max_abs_diff=0.0, stamp="s1")
+
+    assert paths(mlflow_server, model["run_id"], "formats") == {"formats/int8-tflite", "formats/float-onnx"}
+    assert "formats/float-onnx/model.onnx" in paths(mlflow_server, model["run_id"], "formats/float-onnx")
+    assert paths(mlflow_server, model["run_id"], "format_checks") == {
+        f"format_checks/{n}.json" for n in ("int8-tflite", "float-onnx", "float-tflite")}
+
+    summary = pipeline.report(mlflow_server, model, stamp="s1")
+    assert summary["verified"] == ["float-onnx", "int8-tflite"] and summary["failed_checks"] == ["float-tflite"]
+    assert summary["variants"] == {"int8": "passed", "pruned": "rejected"}
+    assert paths(mlflow_server, model["run_id"], "formats/report") == {
+        f"formats/report/{f}" for f in ("report.json", "report.md", "tradeoff.png")}
+    metrics = registry.client(mlflow_server).get_run(model["run_id"]).data.metrics
+    assert metrics["format.float-onnx.onnxruntime.max_abs_diff"] <= 1e-5
+    assert "optimize.int8.accuracy" in metrics
+
+
+def test_dag_optimizes_and_exports_a_registered_version(mlflow_server, registered, airflow_db, monkeypatch):
+    import json
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    require_tfjs_runtimes(browser=True)
+    host, port = mlflow_server.removeprefix("http://").split(":")
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps({"conn_type": "http", "host": host,
+                                                                  "port": int(port)}))
+    bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags" / "tf_optimize_export.py"))
+    assert not bag.import_errors
+    dag = bag.get_dag("tf_optimize_export")
+    run = dag.test(run_conf={"model_name": MODEL, "version": "1", "variants": ["float16", "pruned"],
+                             "formats": ["saved_model", "tfjs_layers"], "target_sparsity": 0.99,
+                             "max_accuracy_drop": 0.02, **DATA})
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert states["optimize_float16"] == "success" and states["export_float16_tflite"] == "success", states
+    assert states["optimize_pruned"] == "skipped" and states["export_pruned_tflite"] == "skipped", states
+    assert states["optimize_int8"] == "skipped" and states["export_float_onnx"] == "skipped", states
+    assert states["export_float_saved_model"] == "success" and states["export_float_tfjs_layers"] == "success"
+    assert states["report"] == "success" and str(run.state) == "success", states
+
+    run_files = paths(mlflow_server, registered["run_id"], "formats")
+    assert {"formats/float-saved_model", "formats/float-tfjs_layers", "formats/float16-tflite",
+            "formats/report"} <= run_files
