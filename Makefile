@@ -45,6 +45,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_offline_pipeline.py
 	$(BIN)/python benchmarks/bench_serving.py
 	$(BIN)/python benchmarks/bench_formats.py
+	$(BIN)/python benchmarks/bench_rollout.py
 
 lock: venv  ## refresh the full resolved pin set after changing requirements.txt
 	$(BIN)/uv pip freeze --python $(BIN)/python --exclude-editable > requirements-lock.txt

@@ -7,11 +7,11 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Param
 
 from tfmlops_airflow.assets import CHAMPION
+from tfmlops_airflow.operators import ResolveModelVersionOperator
 from tfmlops_airflow.optimize_operators import (
     ExportFormatOperator,
     FormatReportOperator,
     OptimizeModelOperator,
-    ResolveModelVersionOperator,
 )
 
 VARIANTS = ["dynamic_range", "float16", "int8", "pruned", "distilled"]

@@ -86,9 +86,11 @@ def up() -> None:
     env = airflow_env()
     airflow = str(localstack.BIN / "airflow")
     if not any(localstack.running_pid(name, RUN) for name in AIRFLOW_SERVICES):
-        print("  airflow db migrate ...")
-        localstack.subprocess.run([airflow, "db", "migrate"], env={**os.environ, **env}, check=True,
-                                  stdout=localstack.subprocess.DEVNULL)
+        print("  airflow db migrate, pools ...")
+        for step in (["db", "migrate"],
+                     ["pools", "set", "tf_serving_rollout", "1", "Serializes TF Serving rollouts of a model"]):
+            localstack.subprocess.run([airflow, *step], env={**os.environ, **env}, check=True,
+                                      stdout=localstack.subprocess.DEVNULL)
     _start("airflow-api-server", [airflow, "api-server", "--host", "127.0.0.1", "--port", str(PORTS["airflow"])], env)
     _start("airflow-scheduler", [airflow, "scheduler"], env)
     _start("airflow-dag-processor", [airflow, "dag-processor"], env)

@@ -41,6 +41,15 @@ class DataSpec:
                                    max_overlap_fraction=self.max_overlap_fraction)
 
 
+def resolve(tracking_uri: str, model_name: str, version_or_alias: str | int) -> dict:
+    """``"champion"`` / ``"3"`` → the registered version, its run, model URI and serving artifact."""
+    found = registry.get_version(tracking_uri, model_name, version_or_alias)
+    version = int(found.version)
+    return {"model_name": model_name, "version": version, "run_id": found.run_id,
+            "model_uri": f"models:/{model_name}/{version}",
+            "serving_artifact_uri": f"runs:/{found.run_id}/{SERVING_ARTIFACT}"}
+
+
 def validate_data(spec: DataSpec) -> dict:
     _, report = spec.load()
     log.info("dataset %s is valid: %d train rows, %d test rows, fingerprint %s", spec.uri,

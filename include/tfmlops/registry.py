@@ -176,3 +176,67 @@ def plot_confusion_matrix(matrix: list[list[int]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------ serving rollouts
+PREVIOUS = "previous"
+
+
+def get_version(tracking_uri: str, name: str, version_or_alias: str | int):
+    """The ModelVersion for a number (``3``, ``"3"``) or an alias (``champion``); LookupError if none."""
+    ref = str(version_or_alias).strip()
+    if ref.isdigit():
+        try:
+            return client(tracking_uri).get_model_version(name, ref)
+        except MlflowException as exc:
+            raise LookupError(f"registered model {name!r} has no version {ref}") from exc
+    found = alias_version(tracking_uri, name, ref)
+    if found is None:
+        raise LookupError(f"registered model {name!r} has no alias {ref!r}")
+    return found
+
+
+def set_version_tags(tracking_uri: str, name: str, version: int, tags: dict) -> None:
+    mlf = client(tracking_uri)
+    for key, value in tags.items():
+        mlf.set_model_version_tag(name, str(version), key, str(value))
+
+
+def delete_alias(tracking_uri: str, name: str, alias: str) -> None:
+    try:
+        client(tracking_uri).delete_registered_model_alias(name, alias)
+    except MlflowException:
+        pass
+
+
+def record_rollout(tracking_uri: str, name: str, version: int, result: dict) -> dict:
+    """MLflow as the source of truth after a rollout: tags on the version (serving version,
+    endpoints, strategy, outcome, reason) and the aliases. Promoted: ``champion`` → version (the
+    old champion becomes ``previous``). Rolled back: ``champion`` goes back to the version that
+    serves again if it had been moved to this one; ``challenger`` is dropped from it. Idempotent."""
+    promoted = result["outcome"] == "promoted"
+    set_version_tags(tracking_uri, name, version, {
+        "serving.version": version, "serving.strategy": result["strategy"], "serving.outcome": result["outcome"],
+        "serving.endpoints": ",".join(result["endpoints"] or result.get("rolled_back") or []),
+        "serving.reason": (result.get("reason") or "")[:4000]})
+    champion = alias_version(tracking_uri, name, CHAMPION)
+    champion_v = int(champion.version) if champion is not None else None
+    if promoted:
+        if champion_v is not None and champion_v != version:
+            set_alias(tracking_uri, name, PREVIOUS, champion_v)
+        set_alias(tracking_uri, name, CHAMPION, version)
+        champion_v = version
+    else:
+        challenger = alias_version(tracking_uri, name, CHALLENGER)
+        if challenger is not None and int(challenger.version) == version:
+            delete_alias(tracking_uri, name, CHALLENGER)
+        if champion_v == version:
+            serving = sorted({v for old in result.get("old_versions", {}).values() for v in old if v != version})
+            back = serving[-1] if serving else None
+            if back is not None:
+                set_alias(tracking_uri, name, CHAMPION, back)
+            else:
+                delete_alias(tracking_uri, name, CHAMPION)
+            champion_v = back
+    previous = alias_version(tracking_uri, name, PREVIOUS)
+    return {"champion": champion_v, "previous": int(previous.version) if previous is not None else None}

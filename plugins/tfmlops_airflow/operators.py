@@ -13,7 +13,7 @@ from functools import cached_property
 from typing import Any, Sequence
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from tfmlops_airflow.assets import CHAMPION
 from tfmlops_airflow.hooks import MLflowHook, TFServingHook, s3_client_for
@@ -56,6 +56,36 @@ def lineage(context) -> dict[str, str]:
     return {"airflow.dag_id": ti.dag_id, "airflow.run_id": context["run_id"], "airflow.task_id": ti.task_id}
 
 
+class ResolveModelVersionOperator(BaseOperator):
+    """Resolve ``version`` (a number or an alias such as ``champion``) of a registered model.
+
+    In a run triggered by the ``CHAMPION`` asset, the model and version named by the newest
+    triggering event are used instead of the arguments."""
+
+    template_fields: Sequence[str] = ("model_name", "version")
+
+    def __init__(self, *, model_name: str, version: str | int = "champion", mlflow_conn_id: str = "mlflow_default",
+                 **kwargs):
+        kwargs.setdefault("multiple_outputs", True)
+        super().__init__(**kwargs)
+        self.model_name = model_name
+        self.version = version
+        self.mlflow_conn_id = mlflow_conn_id
+
+    def execute(self, context) -> dict[str, Any]:
+        from tfmlops.pipeline import resolve
+
+        model_name, version = self.model_name, self.version
+        events = (context.get("triggering_asset_events") or {}).get(CHAMPION) or []
+        if events:
+            model_name, version = events[-1].extra["model_name"], events[-1].extra["version"]
+            self.log.info("triggered by a new champion: %s version %s", model_name, version)
+        try:
+            return resolve(MLflowHook(self.mlflow_conn_id).tracking_uri, model_name, version)
+        except LookupError as exc:
+            raise AirflowFailException(str(exc)) from exc
+
+
 class ValidateDatasetOperator(_DatasetOperator):
     """Load the dataset and run every check (shape, dtype, NaN/inf, labels, emptiness, overlap)."""
 
@@ -66,8 +96,6 @@ class ValidateDatasetOperator(_DatasetOperator):
         try:
             return validate_data(self.data_spec())
         except DatasetError as exc:  # a data problem will not fix itself: no retries
-            from airflow.sdk.exceptions import AirflowFailException
-
             raise AirflowFailException(str(exc)) from exc
 
 

@@ -2,7 +2,6 @@
 ``tfmlops.formats.pipeline`` (TensorFlow, tfmot, tf2onnx, tensorflowjs and MLflow are imported
 inside ``execute``, never at DAG parse time).
 
-- :class:`ResolveModelVersionOperator` — ``name`` + version number or alias → version, run, URI.
 - :class:`OptimizeModelOperator` — one variant (quantization, pruning, distillation), gated
   against the float model. A variant that is not selected, rejected by the gate or that failed
   skips this task (and its export) with the reason; it never fails the other variants.
@@ -20,41 +19,10 @@ from typing import Any, Sequence
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from tfmlops_airflow.assets import CHAMPION
 from tfmlops_airflow.hooks import MLflowHook
 from tfmlops_airflow.operators import DATA_FIELDS, _DatasetOperator
 
 MODEL_FIELDS = ("model_name", "version", "run_id", "model_uri")
-
-
-class ResolveModelVersionOperator(BaseOperator):
-    """Resolve ``version`` (a number or an alias such as ``champion``) of a registered model.
-
-    In a run triggered by the ``CHAMPION`` asset, the model and version named by the newest
-    triggering event are used instead of the arguments."""
-
-    template_fields: Sequence[str] = ("model_name", "version")
-
-    def __init__(self, *, model_name: str, version: str | int = "champion", mlflow_conn_id: str = "mlflow_default",
-                 **kwargs):
-        kwargs.setdefault("multiple_outputs", True)
-        super().__init__(**kwargs)
-        self.model_name = model_name
-        self.version = version
-        self.mlflow_conn_id = mlflow_conn_id
-
-    def execute(self, context) -> dict[str, Any]:
-        from tfmlops.formats.pipeline import resolve
-
-        model_name, version = self.model_name, self.version
-        events = (context.get("triggering_asset_events") or {}).get(CHAMPION) or []
-        if events:
-            model_name, version = events[-1].extra["model_name"], events[-1].extra["version"]
-            self.log.info("triggered by a new champion: %s version %s", model_name, version)
-        try:
-            return resolve(MLflowHook(self.mlflow_conn_id).tracking_uri, model_name, version)
-        except LookupError as exc:
-            raise AirflowFailException(str(exc)) from exc
 
 
 class _ModelVersionOperator(_DatasetOperator):

@@ -25,6 +25,7 @@ import numpy as np
 
 from tfmlops import registry
 from tfmlops.formats import artifact_name, tolerance_for
+from tfmlops.pipeline import resolve  # noqa: F401  (the first step of the optimize/export DAG)
 
 log = logging.getLogger(__name__)
 
@@ -32,20 +33,6 @@ OPTIMIZATION_ARTIFACT = "optimization"
 CHECKS_ARTIFACT = "format_checks"
 FORMATS_ARTIFACT = "formats"
 REPORT_ARTIFACT = "formats/report"
-
-
-def resolve(tracking_uri: str, model_name: str, version_or_alias: str | int) -> dict:
-    """``"champion"`` / ``"3"`` → the version, its run and a ``models:/name/N`` URI."""
-    ref = str(version_or_alias).strip()
-    if ref.isdigit():
-        found = registry.client(tracking_uri).get_model_version(model_name, ref)
-    else:
-        found = registry.alias_version(tracking_uri, model_name, ref)
-        if found is None:
-            raise LookupError(f"registered model {model_name!r} has no alias {ref!r}")
-    version = int(found.version)
-    return {"model_name": model_name, "version": version, "run_id": found.run_id,
-            "model_uri": f"models:/{model_name}/{version}"}
 
 
 def optimize_variant(tracking_uri: str, model: dict, variant: str, spec, config, stamp: str = "") -> dict:

@@ -36,6 +36,9 @@ FLAGS = {
     "grpc_max_threads": (int, 64, "Max gRPC server threads."),
     "host": (str, "127.0.0.1", "Address both servers bind to (tf-serving-local only; TF Serving binds 0.0.0.0)"),
     "rest_api_max_body_bytes": (int, 256 * 1024 * 1024, "Max REST request body (tf-serving-local only)."),
+    "s3_cache_dir": (str, "", "Local cache for s3:// base paths (tf-serving-local only; default "
+                              "$TF_SERVING_LOCAL_S3_CACHE or a temp dir). S3 endpoint and credentials come "
+                              "from the AWS_* environment variables (e.g. AWS_ENDPOINT_URL_S3)."),
 }
 TRUE, FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
 
@@ -111,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
 
     _setup_logging()
     log = logging.getLogger("tfmlops.serving")
+    if flags["s3_cache_dir"]:
+        os.environ["TF_SERVING_LOCAL_S3_CACHE"] = flags["s3_cache_dir"]
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -23,16 +23,27 @@ AspiredVersionsManager(AvailabilityPreservingPolicy) + ServableStateMonitor, in 
   from each new config *before* it is applied and may only point at AVAILABLE versions;
   with ``allow_version_labels_for_unavailable_models`` a label that is new (or keeps its
   version) may point at a version that is not available yet.
+* ``s3://bucket/prefix`` base paths (tf-serving-local only; TF 2.21 has no S3 filesystem) are
+  served through a local cache (``TF_SERVING_LOCAL_S3_CACHE``, default a temp dir): each poll lists
+  the prefix with boto3 (endpoint and credentials from the usual ``AWS_*`` variables, e.g.
+  ``AWS_ENDPOINT_URL_S3``), downloads the aspired versions that carry the publisher's completion
+  marker (``tfmlops.serving.publish.COMPLETE_MARKER``) into the cache atomically, and drops cached
+  versions that left S3. A version without its marker (an upload in progress or killed) is
+  ignored.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import os
 import re
+import shutil
+import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 
 from .config import ModelServerConfig, model_platform, validate_model_config_list
@@ -111,6 +122,69 @@ def aspired_versions(model_config, available) -> set:
     return set(avail[-n:])
 
 
+def _validate(cfg: ModelServerConfig) -> None:
+    """ServerCore's checks, with ``s3://`` base paths allowed (served through the S3 cache)."""
+    if any(mc.base_path.startswith("s3://") for mc in cfg.model_config_list.config):
+        cfg = copy.deepcopy(cfg)
+        for mc in cfg.model_config_list.config:
+            if mc.base_path.startswith("s3://"):
+                mc.base_path = "/s3/" + mc.base_path[len("s3://"):]
+    validate_model_config_list(cfg)
+
+
+class S3VersionCache:
+    """Mirror of the complete versions under S3 base paths, one local directory per base path."""
+
+    def __init__(self, root: str | None = None, s3_client=None):
+        self.root = root or os.environ.get("TF_SERVING_LOCAL_S3_CACHE") or tempfile.mkdtemp(prefix="tfsl-s3-cache-")
+        self._client = s3_client
+        self._warned: set = set()
+
+    def client(self):
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client("s3")
+        return self._client
+
+    def local_base(self, base_uri: str) -> str:
+        digest = hashlib.sha256(base_uri.encode()).hexdigest()[:16]
+        return os.path.join(self.root, digest)
+
+    def sync(self, base_uri: str, mc) -> str | None:
+        """Bring the cache of ``base_uri`` up to date; returns its local directory (None if S3 failed
+        before anything was cached)."""
+        from .publish import complete_s3_versions, download_s3_version
+
+        local = self.local_base(base_uri)
+        try:
+            complete = complete_s3_versions(base_uri, self.client())
+        except Exception as exc:  # noqa: BLE001 - keep serving what is cached
+            if base_uri not in self._warned:
+                log.warning("Could not list S3 base path %s: %s", base_uri, exc)
+                self._warned.add(base_uri)
+            return local if os.path.isdir(local) else None
+        self._warned.discard(base_uri)
+        os.makedirs(local, exist_ok=True)
+        wanted = aspired_versions(mc, complete)
+        for v in sorted(wanted, reverse=True):
+            if not os.path.isdir(os.path.join(local, str(v))):
+                try:
+                    download_s3_version(base_uri, v, complete[v]["files"], local, self.client())
+                    log.info("Cached %s/%d from S3", base_uri, v)
+                except Exception as exc:  # noqa: BLE001 - retried on the next poll
+                    log.warning("Could not download %s/%d: %s", base_uri, v, exc)
+        for entry in os.listdir(local):
+            path = os.path.join(local, entry)
+            if entry.isdigit() and int(entry) not in complete:
+                trash = os.path.join(local, f".gone-{entry}-{uuid.uuid4().hex}")
+                os.rename(path, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            elif entry.startswith(".tmp-"):
+                shutil.rmtree(path, ignore_errors=True)
+        return local
+
+
 def _load_error(exc: BaseException) -> StatusError:
     if isinstance(exc, StatusError) or hasattr(exc, "error_code"):
         return from_tf_exception(exc)
@@ -157,7 +231,13 @@ class ModelManager:
         else:
             servable = self._latest.get(name)
             desc = f"Latest({name})"
-        if servable is None or not servable.acquire():
+        if servable is not None and not servable.acquire():
+            # Lost a race with an unload: the snapshot was swapped before the servable closed, so
+            # a fresh look finds the version that replaced it (TF Serving's handles are ref-counted
+            # and never fail here).
+            retry = self._serving.get(name, {}).get(version) if version is not None else self._latest.get(name)
+            servable = retry if retry is not None and retry is not servable and retry.acquire() else None
+        if servable is None:
             raise not_found(f"Servable not found for request: {desc}")
         return servable
 
@@ -211,7 +291,7 @@ class ModelManager:
                 return
             if new_case != "model_config_list":
                 raise invalid_argument("ModelServer does not yet support custom model config.")
-            validate_model_config_list(new_config)
+            _validate(new_config)
             if old_case == "model_config_list":
                 old_platforms = {mc.name: model_platform(mc) for mc in old.model_config_list.config}
                 for mc in new_config.model_config_list.config:
@@ -319,6 +399,12 @@ class ModelManager:
 
     def _sync_model(self, name: str, mc) -> None:
         base = mc.base_path
+        if base.startswith("s3://"):
+            if not hasattr(self, "_s3_cache"):
+                self._s3_cache = S3VersionCache()
+            base = self._s3_cache.sync(base, mc)
+            if base is None:
+                return
         try:
             entries = os.listdir(base)
         except OSError as exc:

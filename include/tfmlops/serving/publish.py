@@ -5,15 +5,25 @@ appears atomically: it is copied into a hidden temporary directory on the same f
 renamed to ``<N>``; a server that polls the base path never sees a partial version. A number is
 never reused: publishing the same content again is a no-op, other content under an existing
 number is an error.
+
+On ``s3://bucket/prefix`` (no rename there) a version is uploaded file by file: everything else
+first, ``saved_model.pb`` last (a TF Serving that polls S3 only considers a version once its
+``saved_model.pb`` exists), then the completion marker ``<N>/_tfmlops_complete.json`` (file list,
+sizes, content hash). ``tf-serving-local`` serves an S3 base path through a local cache and only
+takes versions whose marker is there. A killed upload is simply redone by the next call.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Callable
+
+COMPLETE_MARKER = "_tfmlops_complete.json"
 
 
 class PublishError(RuntimeError):
@@ -40,11 +50,17 @@ def check_saved_model(directory: str | Path) -> None:
         raise PublishError(f"{directory}: not a complete SavedModel (no variables/ directory)")
 
 
-def publish_version(saved_model_dir: str | Path, models_root: str | Path, model_name: str, version: int) -> dict:
+def publish_version(saved_model_dir: str | Path, models_root: str | Path, model_name: str, version: int,
+                    *, s3_client=None, on_file: Callable[[str], None] | None = None) -> dict:
     """Copy ``saved_model_dir`` to ``<models_root>/<model_name>/<version>`` atomically.
 
+    ``models_root`` may be ``s3://bucket/prefix`` (see :func:`publish_version_s3`). ``on_file`` is
+    called with each relative path just before it is copied (progress reporting).
     Returns ``{"path", "version", "content_hash", "published"}``; ``published`` is False when the
     same content was already there."""
+    if str(models_root).startswith("s3://"):
+        return publish_version_s3(saved_model_dir, str(models_root), model_name, version, s3_client=s3_client,
+                                  on_file=on_file)
     if version < 1:
         raise PublishError(f"version must be a positive integer, got {version}")
     check_saved_model(saved_model_dir)
@@ -58,9 +74,17 @@ def publish_version(saved_model_dir: str | Path, models_root: str | Path, model_
                                "version numbers are never reused")
         return {"path": str(target), "version": version, "content_hash": digest, "published": False}
     base.mkdir(parents=True, exist_ok=True)
+    for stale in base.glob(f".tmp-{version}-*"):  # left by a publish that was killed midway
+        shutil.rmtree(stale, ignore_errors=True)
     staging = base / f".tmp-{version}-{uuid.uuid4().hex}"
     try:
-        shutil.copytree(saved_model_dir, staging)
+        if on_file is None:
+            shutil.copytree(saved_model_dir, staging)
+        else:
+            def _copy(src, dst):
+                on_file(Path(src).relative_to(saved_model_dir).as_posix())
+                return shutil.copy2(src, dst)
+            shutil.copytree(saved_model_dir, staging, copy_function=_copy)
         _fsync_tree(staging)
         os.rename(staging, target)  # atomic on one filesystem; fails if target appeared meanwhile
     except OSError as exc:
@@ -76,7 +100,10 @@ def _fsync_tree(directory: Path) -> None:
                 os.fsync(handle.fileno())
 
 
-def published_versions(models_root: str | Path, model_name: str) -> list[int]:
+def published_versions(models_root: str | Path, model_name: str, *, s3_client=None) -> list[int]:
+    """Complete versions under the model's base path (on S3: those with the completion marker)."""
+    if str(models_root).startswith("s3://"):
+        return sorted(complete_s3_versions(f"{str(models_root).rstrip('/')}/{model_name}", s3_client))
     base = Path(models_root) / model_name
     if not base.is_dir():
         return []
@@ -101,3 +128,145 @@ def ensure_model_config(config_file: str | Path, model_name: str, base_path: str
         entry.name, entry.base_path, entry.model_platform = model_name, base_path, "tensorflow"
     write_config(config_file, config)
     return config, True
+
+
+def remove_version(models_root: str | Path, model_name: str, version: int, *, s3_client=None) -> bool:
+    """Delete a published version (retirement). Local: renamed aside first (atomic for a poller),
+    then deleted. S3: the marker goes first, so a server never takes a half-deleted version."""
+    if str(models_root).startswith("s3://"):
+        bucket, prefix = _split(f"{str(models_root).rstrip('/')}/{model_name}/{int(version)}")
+        client = _s3(s3_client)
+        keys = _list_keys(client, bucket, prefix + "/")
+        if not keys:
+            return False
+        marker = f"{prefix}/{COMPLETE_MARKER}"
+        if marker in keys:
+            client.delete_object(Bucket=bucket, Key=marker)
+        for key in keys:
+            if key != marker:
+                client.delete_object(Bucket=bucket, Key=key)
+        return True
+    target = Path(models_root) / model_name / str(int(version))
+    if not target.exists():
+        return False
+    trash = target.parent / f".retired-{version}-{uuid.uuid4().hex}"
+    os.rename(target, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+    return True
+
+
+# ---------------------------------------------------------------------------------- S3
+def _split(uri: str) -> tuple[str, str]:
+    from tfmlops.storage import split_s3_uri
+
+    bucket, key = split_s3_uri(uri)
+    return bucket, key.strip("/")
+
+
+def _s3(s3_client):
+    if s3_client is not None:
+        return s3_client
+    import boto3
+
+    return boto3.client("s3")
+
+
+def _list_keys(client, bucket: str, prefix: str) -> dict[str, int]:
+    """{key: size} of every object under ``prefix``."""
+    keys: dict[str, int] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            keys[obj["Key"]] = obj["Size"]
+    return keys
+
+
+def read_marker(base_uri: str, version: int, s3_client=None) -> dict | None:
+    """The completion marker of ``<base_uri>/<version>``, or None when the version is incomplete."""
+    bucket, prefix = _split(f"{base_uri.rstrip('/')}/{int(version)}")
+    client = _s3(s3_client)
+    try:
+        body = client.get_object(Bucket=bucket, Key=f"{prefix}/{COMPLETE_MARKER}")["Body"].read()
+    except client.exceptions.NoSuchKey:
+        return None
+    return json.loads(body)
+
+
+def complete_s3_versions(base_uri: str, s3_client=None) -> dict[int, dict]:
+    """{version: {relative file: size}} of the versions under ``base_uri`` that carry the marker
+    (one listing; the marker's own file list is read for each)."""
+    bucket, prefix = _split(base_uri)
+    client = _s3(s3_client)
+    keys = _list_keys(client, bucket, prefix + "/")
+    found: dict[int, dict] = {}
+    for key in keys:
+        rel = key[len(prefix) + 1:]
+        head, _, name = rel.partition("/")
+        if name == COMPLETE_MARKER and head.isascii() and head.isdigit():
+            marker = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+            files = marker.get("files", {})
+            # every listed object must be there with its size (a re-upload in progress is not complete)
+            if all(keys.get(f"{prefix}/{head}/{f}") == size for f, size in files.items()):
+                found[int(head)] = {"files": files, "content_hash": marker.get("content_hash")}
+    return found
+
+
+def publish_version_s3(saved_model_dir: str | Path, models_root: str, model_name: str, version: int, *,
+                       s3_client=None, on_file: Callable[[str], None] | None = None) -> dict:
+    """Upload ``saved_model_dir`` to ``<models_root>/<model_name>/<version>/`` on S3: every other
+    file first, ``saved_model.pb`` last, then the completion marker. Idempotent: the same content
+    already complete is a no-op; other content under a completed number is an error; an
+    incomplete upload (killed midway) is redone."""
+    if version < 1:
+        raise PublishError(f"version must be a positive integer, got {version}")
+    check_saved_model(saved_model_dir)
+    saved_model_dir = Path(saved_model_dir)
+    base_uri = f"{models_root.rstrip('/')}/{model_name}"
+    target = f"{base_uri}/{version}"
+    digest = content_hash(saved_model_dir)
+    client = _s3(s3_client)
+    marker = read_marker(base_uri, version, client)
+    if marker is not None:
+        if marker.get("content_hash") != digest:
+            raise PublishError(f"{target} already holds other content (hash {str(marker.get('content_hash'))[:12]}, "
+                               f"new {digest[:12]}); version numbers are never reused")
+        return {"path": target, "version": version, "content_hash": digest, "published": False}
+    bucket, prefix = _split(target)
+    files = sorted((p.relative_to(saved_model_dir).as_posix() for p in saved_model_dir.rglob("*") if p.is_file()),
+                   key=lambda rel: (rel == "saved_model.pb", rel))  # saved_model.pb last
+    sizes = {}
+    try:
+        for rel in files:
+            if on_file is not None:
+                on_file(rel)
+            path = saved_model_dir / rel
+            client.upload_file(str(path), bucket, f"{prefix}/{rel}")
+            sizes[rel] = path.stat().st_size
+        body = json.dumps({"model": model_name, "version": version, "content_hash": digest, "files": sizes},
+                          sort_keys=True).encode()
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{COMPLETE_MARKER}", Body=body)
+    except Exception as exc:  # botocore errors: the next call redoes the upload
+        raise PublishError(f"could not publish {saved_model_dir} as {target}: {exc}") from exc
+    return {"path": target, "version": version, "content_hash": digest, "published": True}
+
+
+def download_s3_version(base_uri: str, version: int, files: dict, dst: str | Path, s3_client=None) -> Path:
+    """Download a complete S3 version into ``dst/<version>`` atomically (temp dir + rename)."""
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    target = dst / str(int(version))
+    if target.exists():
+        return target
+    bucket, prefix = _split(f"{base_uri.rstrip('/')}/{int(version)}")
+    client = _s3(s3_client)
+    staging = dst / f".tmp-{version}-{uuid.uuid4().hex}"
+    try:
+        for rel in files:
+            local = staging / rel
+            local.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, f"{prefix}/{rel}", str(local))
+        staging.mkdir(parents=True, exist_ok=True)
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target

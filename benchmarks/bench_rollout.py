@@ -1,0 +1,178 @@
+"""Rollout under load: requests/s, failures, p50/p99 before, during and after a ``replace`` and a
+``canary`` rollout on the local TF Serving-compatible server (one endpoint, tiny 4→3 MLPs).
+
+Goal: 0 failed requests and p99 during a rollout ≤ 2× the steady p99. A steady client loop
+(2 REST + 2 gRPC threads) runs throughout; the replace phase sends unversioned requests, the canary
+phase addresses the ``stable`` label. Writes benchmarks/results/rollout.json and rollout.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+MODEL = "bench_roll"
+X = np.array([[1.0, 2.0, 3.0, 4.0], [0.5, -1.0, 0.25, 2.0]], np.float32)
+
+
+def build(path: Path, scale: float) -> dict:
+    import tensorflow as tf
+    import tf_keras as keras
+
+    rng = np.random.default_rng(1)
+    model = keras.Sequential([keras.layers.Input((4,), name="x"), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(3)])
+    for layer, factor in zip(model.layers, (1.0, scale)):
+        layer.set_weights([rng.normal(size=w.shape).astype(np.float32) * factor for w in layer.get_weights()])
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+    def serve(x):
+        return {"y": model(x, training=False)}
+
+    tf.saved_model.save(model, str(path), signatures={"serving_default": serve})
+    expected = tf.saved_model.load(str(path)).signatures["serving_default"](x=tf.constant(X))["y"].numpy()
+    return {"signature_name": "serving_default", "output": "y", "instances": X.tolist(),
+            "expected": expected.tolist(), "tolerance": 1e-5}
+
+
+class Load:
+    def __init__(self, rest: int, grpc: int):
+        self.rest, self.grpc, self.label = rest, grpc, None
+        self.samples: list[tuple[float, float, bool]] = []  # (t, latency ms, ok)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(api,), daemon=True)
+                        for api in ("rest", "rest", "grpc", "grpc")]
+
+    def _run(self, api: str) -> None:
+        from tfmlops.serving.client import ServingClient
+
+        client = ServingClient("127.0.0.1", self.rest, self.grpc, timeout=30)
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                if api == "rest":
+                    client.predict_rest(MODEL, X.tolist(), label=self.label)
+                else:
+                    client.predict_grpc(MODEL, {"x": X}, label=self.label)
+                ok = True
+            except Exception:  # noqa: BLE001
+                ok = False
+            with self._lock:
+                self.samples.append((time.monotonic(), (time.perf_counter() - t0) * 1000, ok))
+        client.close()
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+
+    def stop(self):
+        self._stop.set()
+        for t in self.threads:
+            t.join(30)
+
+
+def stats(samples, t0, t1) -> dict:
+    sel = [(lat, ok) for t, lat, ok in samples if t0 <= t < t1]
+    lats = np.array([lat for lat, ok in sel if ok]) if sel else np.array([0.0])
+    return {"seconds": round(t1 - t0, 2), "requests": len(sel), "rps": round(len(sel) / max(t1 - t0, 1e-9), 1),
+            "failures": sum(1 for _, ok in sel if not ok), "p50_ms": round(float(np.percentile(lats, 50)), 2),
+            "p99_ms": round(float(np.percentile(lats, 99)), 2)}
+
+
+def main() -> None:
+    from tfmlops import localstack
+    from tfmlops.serving.publish import publish_version
+    from tfmlops.serving.rollout import (CanaryChecks, Candidate, Endpoint, apply_config, find_entry, read_config,
+                                         rollout, with_versions)
+
+    work = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
+    smokes = {v: build(work / "staging" / str(v), 1.0 + v / 2) for v in (1, 2, 3)}
+    models_root, config_file = work / "models", work / "models.config"
+    publish_version(work / "staging" / "1", models_root, MODEL, 1)
+    config_file.write_text(f'model_config_list {{ config {{ name: "{MODEL}" base_path: "{models_root / MODEL}" '
+                           'model_platform: "tensorflow" } }\n')
+    rest, grpc = localstack.free_port(), localstack.free_port()
+    argv = [str(localstack.BIN / "tf-serving-local"), f"--port={grpc}", f"--rest_api_port={rest}",
+            f"--model_config_file={config_file}", "--file_system_poll_wait_seconds=1"]
+    localstack.start("serving", argv, work)
+    phases, marks = {}, []
+    try:
+        localstack.wait_http(f"http://127.0.0.1:{rest}/v1/models/{MODEL}", 120, "serving", work)
+        ep = Endpoint("bench", rest_port=rest, grpc_port=grpc, models_root=str(models_root),
+                      model_config_file=str(config_file), timeout=60)
+        load = Load(rest, grpc)
+        load.start()
+        results = {}
+        for strategy, version in (("replace", 2), ("canary", 3)):
+            if strategy == "canary":  # canary clients address the stable label
+                cfg = read_config(ep)
+                apply_config(ep, with_versions(cfg, MODEL, find_entry(cfg, MODEL).base_path, [2], {"stable": 2}))
+                load.label = "stable"
+            t0 = time.monotonic()
+            time.sleep(8)
+            t1 = time.monotonic()
+            res = rollout(Candidate(MODEL, version, str(work / "staging" / str(version)), smokes[version]), [ep],
+                          strategy, CanaryChecks(latency_budget_ms=1000, latency_requests=20))
+            t2 = time.monotonic()
+            time.sleep(8)
+            t3 = time.monotonic()
+            phases[strategy] = {"before": stats(load.samples, t0, t1), "during": stats(load.samples, t1, t2),
+                                "after": stats(load.samples, t2, t3)}
+            results[strategy] = {"outcome": res.outcome, "reason": res.reason, "rollout_s": res.seconds}
+            marks.append((strategy, t0, t1, t2, t3))
+        load.stop()
+        ep.close()
+    finally:
+        localstack.stop("serving", work)
+
+    failures = sum(p["failures"] for ph in phases.values() for p in ph.values())
+    ratio = {s: round(ph["during"]["p99_ms"] / max(ph["before"]["p99_ms"], 1e-9), 2) for s, ph in phases.items()}
+    out = {"phases": phases, "rollouts": results, "failures_total": failures, "p99_during_over_steady": ratio,
+           "goal": {"failures": 0, "p99_ratio_max": 2.0},
+           "goal_met": failures == 0 and all(r <= 2.0 for r in ratio.values()),
+           "cpu_count": os.cpu_count(), "python": sys.version.split()[0]}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "rollout.json").write_text(json.dumps(out, indent=2))
+    plot(load.samples, marks, RESULTS / "rollout.png")
+    print(json.dumps(out, indent=2))
+
+
+def plot(samples, marks, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t_start = samples[0][0] if samples else 0
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ok = [(t - t_start, lat) for t, lat, good in samples if good]
+    bad = [(t - t_start, lat) for t, lat, good in samples if not good]
+    if ok:
+        ax.scatter(*zip(*ok), s=2, alpha=0.4, label="ok")
+    if bad:
+        ax.scatter(*zip(*bad), s=8, color="red", label="failed")
+    for strategy, _t0, t1, t2, _t3 in marks:
+        ax.axvspan(t1 - t_start, t2 - t_start, alpha=0.2, label=f"{strategy} rollout")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title("predict latency under load during rollouts")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Roll a registered MLflow model version out to TF Serving: replace or canary, promote or roll back."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, Param
+
+from tfmlops_airflow.operators import ResolveModelVersionOperator
+from tfmlops_airflow.rollout_operators import (
+    PublishServingVersionOperator,
+    ServingRolloutOperator,
+)
+
+POOL = "tf_serving_rollout"
+
+DOC = """
+### Rolling version update of a TensorFlow Serving model
+
+Puts a registered MLflow model version (a number, or an alias such as `champion` /
+`challenger`) into TF Serving without dropping a request, and takes it back out by itself when
+it is bad. Run it from **Trigger ▸ with config**; daily it reconciles serving with `champion`.
+
+1. **resolve** — version number or alias → registered version *N* and its `serving/` artifact.
+2. **publish** — the SavedModel becomes version *N* in every target's base path: local /
+   shared volume via a temp directory + atomic rename; `s3://` with `saved_model.pb` uploaded
+   last plus a completion marker. Re-running is a no-op (content hash); numbers are never reused.
+3. **rollout** — one endpoint at a time (capacity never drops below all-but-one):
+   - `replace`: *N* is loaded next to the old version, checked (REST + gRPC predictions equal to
+     the registered model's), then the policy goes to `latest` and the old version unloads;
+   - `canary`: versions {old, *N*}, labels `stable`→old and `canary`→*N*; checks through the
+     `canary` label (smoke parity, accuracy on the holdout, p99 latency budget); promote =
+     `stable`→*N*, then old is dropped.
+   A failed check, a version that fails to load (state END) or any error rolls back every
+   endpoint touched (config back to the old version only), moves the MLflow aliases back and
+   fails the task with the reason (also in the `serving.reason` tag of the version).
+   On success: `champion`→*N* (the old one becomes `previous`), `serving.*` tags, and version
+   directories beyond **keep** are retired once nothing references them.
+
+Clients should address the `stable` label: unversioned requests go to the highest loaded version.
+`max_active_runs=1` and the `tf_serving_rollout` pool (1 slot) serialize rollouts.
+Connections: `mlflow_default`, the target TF Serving connections (`tf_serving_default`),
+`aws_default` for `s3://` base paths and holdouts. Target `docker:<fleet>` = the
+`tensorflow/serving` containers of a docker SDK fleet.
+"""
+
+PARAMS = {
+    "model_name": Param("mnist_mlp", type="string", minLength=1, maxLength=100, pattern=r"^[A-Za-z0-9_.-]+$",
+                        title="Model name", description="Registered model name in MLflow = served model name."),
+    "version": Param("champion", type="string", minLength=1, maxLength=100, pattern=r"^[A-Za-z0-9_.-]+$",
+                     title="Version or alias", description="A registered version number, or an alias "
+                                                           "(champion, challenger, previous)."),
+    "strategy": Param("replace", type="string", enum=["replace", "canary"], title="Strategy",
+                      description="replace: load, check, switch; canary: stable/canary labels, checks, promote."),
+    "holdout_uri": Param("", type="string", maxLength=1000, title="Holdout dataset",
+                         description="Canary accuracy check: .npz with x/y (or x_test/y_test), local or s3://. "
+                                     "Empty: no accuracy check."),
+    "min_accuracy": Param(0.9, type="number", minimum=0, maximum=1, title="Minimum canary accuracy",
+                          description="Accuracy the canary must reach on the holdout through the server."),
+    "latency_budget_ms": Param(250, type="number", exclusiveMinimum=0, maximum=60000,
+                               title="Canary p99 latency budget (ms)",
+                               description="p99 of single-row REST predicts on the canary label."),
+    "keep": Param(2, type="integer", minimum=1, maximum=50, title="Versions to keep",
+                  description="Version directories kept in the base path (referenced ones are always kept)."),
+    "targets": Param(["tf_serving_default"], type="array", items={"type": "string"}, minItems=1, maxItems=20,
+                     title="Target endpoints", description="TF Serving connection ids, rolled one at a time, "
+                                                           "or docker:<fleet> for a docker SDK fleet."),
+}
+
+with DAG(
+    dag_id="tf_serving_rollout",
+    description="Registered MLflow version → TF Serving: safe publish, replace/canary, promote or roll back",
+    doc_md=DOC,
+    schedule="@daily",  # reconcile serving with the champion alias
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    params=PARAMS,
+    render_template_as_native_obj=True,
+    tags=["tensorflow", "serving", "rollout", "mlflow"],
+    default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(seconds=30), "pool": POOL},
+) as dag:
+    common = {"model_name": "{{ params.model_name }}", "targets": "{{ params.targets }}"}
+    resolve = ResolveModelVersionOperator(task_id="resolve", task_display_name="Resolve version",
+                                          model_name="{{ params.model_name }}", version="{{ params.version }}")
+    publish = PublishServingVersionOperator(task_id="publish", task_display_name="Publish SavedModel",
+                                            version=resolve.output["version"], **common)
+    roll = ServingRolloutOperator(
+        task_id="rollout", task_display_name="Roll out, promote or roll back", version=resolve.output["version"],
+        strategy="{{ params.strategy }}", holdout_uri="{{ params.holdout_uri }}",
+        min_accuracy="{{ params.min_accuracy }}", latency_budget_ms="{{ params.latency_budget_ms }}",
+        keep="{{ params.keep }}", **common)
+    resolve >> publish >> roll

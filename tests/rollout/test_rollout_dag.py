@@ -1,0 +1,113 @@
+"""``tf_serving_rollout`` end to end with ``dag.test()`` against a real ``mlflow server`` and the
+local TF Serving-compatible server (config-file polling on), with MLflow aliases and tags."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "dagroll"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags" / "tf_serving_rollout.py"))
+    assert not bag.import_errors
+    return bag.get_dag("tf_serving_rollout")
+
+
+def register(tracking_uri: str, zoo, name: str, smoke: str | None = None) -> int:
+    """A registered version whose run holds ``serving/saved_model`` + ``serving/smoke.json``."""
+    import tempfile
+
+    from tfmlops import registry
+
+    with tempfile.TemporaryDirectory() as tmp:
+        serving = Path(tmp) / "serving"
+        shutil.copytree(zoo.path[name], serving / "saved_model")
+        (serving / "smoke.json").write_text(json.dumps(zoo.smoke[smoke or name]))
+        run_id = registry.start_run(tracking_uri, MODEL, f"rollout-{name}", {})
+        uri = registry.log_files(tracking_uri, run_id, serving, "serving")
+    return registry.register(tracking_uri, MODEL, uri, run_id, {})
+
+
+def states(run) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+
+
+def test_rollout_dag_replace_canary_rerun_and_rollback(dag, zoo, airflow_db, airflow_connections, mlflow_server,
+                                                       serving_server, tmp_path):
+    from mlflow import MlflowClient
+
+    from tfmlops.serving.client import ServingClient
+    from tfmlops.serving.config import load_config
+
+    mlf = MlflowClient(mlflow_server)
+    client = ServingClient("127.0.0.1", serving_server["rest_port"], serving_server["grpc_port"])
+    holdout = tmp_path / "holdout.npz"
+    np.savez(holdout, x=zoo.holdout_x, y=zoo.holdout_y)
+    conf = {"model_name": MODEL, "holdout_uri": str(holdout), "min_accuracy": 0.9, "latency_budget_ms": 5000}
+
+    # 1. first deployment of version 1 by number, replace
+    assert register(mlflow_server, zoo, "v1") == 1
+    run = dag.test(run_conf={**conf, "version": "1", "strategy": "replace"})
+    assert str(run.state) == "success", states(run)
+    assert [int(s["version"]) for s in client.status(MODEL)["model_version_status"]] == [1]
+    assert mlf.get_model_version_by_alias(MODEL, "champion").version == "1"
+
+    # 2. version 2 by alias, canary with holdout accuracy and latency checks
+    assert register(mlflow_server, zoo, "v2") == 2
+    mlf.set_registered_model_alias(MODEL, "challenger", "2")
+    run = dag.test(run_conf={**conf, "version": "challenger", "strategy": "canary"})
+    assert str(run.state) == "success", states(run)
+    v2 = mlf.get_model_version(MODEL, "2")
+    assert {k: v2.tags[k] for k in ("serving.outcome", "serving.strategy", "serving.version")} == {
+        "serving.outcome": "promoted", "serving.strategy": "canary", "serving.version": "2"}
+    assert v2.tags["serving.endpoints"] == "tf_serving_default"
+    assert mlf.get_model_version_by_alias(MODEL, "champion").version == "2"
+    assert mlf.get_model_version_by_alias(MODEL, "previous").version == "1"
+    np.testing.assert_allclose(client.predict_rest(MODEL, zoo.smoke["v2"]["instances"], label="stable"),
+                               zoo.out["v2"], atol=1e-5)
+
+    # 3. re-running the same rollout leaves serving and registry as they are
+    config_before = load_config(serving_server["config_file"])
+    run = dag.test(run_conf={**conf, "version": "2", "strategy": "canary"})
+    assert str(run.state) == "success", states(run)
+    assert load_config(serving_server["config_file"]) == config_before
+    assert mlf.get_model_version_by_alias(MODEL, "champion").version == "2"
+    assert mlf.get_model_version_by_alias(MODEL, "previous").version == "1"
+
+    # 4. a version whose outputs differ from its registered model's: rolled back, task failed
+    assert register(mlflow_server, zoo, "bad", smoke="v3") == 3
+    mlf.set_registered_model_alias(MODEL, "challenger", "3")
+    run = dag.test(run_conf={**conf, "version": "challenger", "strategy": "canary"})
+    assert states(run)["rollout"] == "failed", states(run)
+    v3 = mlf.get_model_version(MODEL, "3")
+    assert v3.tags["serving.outcome"] == "rolled_back" and "differ from the registered model" in \
+        v3.tags["serving.reason"]
+    assert mlf.get_model_version_by_alias(MODEL, "champion").version == "2"
+    assert "challenger" not in mlf.get_registered_model(MODEL).aliases
+    served = {int(s["version"]): s["state"] for s in client.status(MODEL)["model_version_status"]}
+    assert served[2] == "AVAILABLE" and served[3] == "END"
+    assert load_config(serving_server["config_file"]) == config_before
+    client.close()
+
+
+def test_rollout_dag_contract(airflow_db, dag):
+    """Two rollouts never interleave: one active run, every task in the 1-slot rollout pool."""
+    assert dag.max_active_runs == 1
+    assert {t.task_id: t.pool for t in dag.tasks} == {t: "tf_serving_rollout" for t in ("resolve", "publish",
+                                                                                         "rollout")}
+    assert {"model_name", "version", "strategy", "holdout_uri", "min_accuracy", "latency_budget_ms", "keep",
+            "targets"} <= set(dag.params)
+    assert dag.params.get_param("strategy").schema["enum"] == ["replace", "canary"]
+    assert all(t.retries >= 1 for t in dag.tasks) and dag.owner == "ml-platform"
