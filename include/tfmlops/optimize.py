@@ -9,6 +9,10 @@ Each *variant* is built from the float tf_keras model and gated against it:
 - ``pruned`` — magnitude pruning with tensorflow-model-optimization (PolynomialDecay to a target
   sparsity, fine-tuning with its callbacks, ``strip_pruning``); the measured sparsity of the
   Dense kernels must reach the target, else :class:`OptimizationError`;
+- ``pruned_int8`` — the pruned (stripped) model, then full-int8 post-training quantization with
+  the same representative rows as ``int8``; the zeros survive quantization (symmetric int8
+  weights, zero point 0), so the flatbuffer compresses well — its int8 weight sparsity must
+  still reach the target;
 - ``distilled`` — a student (the seed MLP by default) trained on a teacher's softened outputs
   (temperature, alpha) by :class:`Distiller`, a ``keras.Model`` with its own ``train_step``;
   the teacher is a larger MLP trained here, or a given model (e.g. the current champion).
@@ -38,7 +42,7 @@ from tfmlops.evaluation import GateDecision
 log = logging.getLogger(__name__)
 
 QUANTIZATIONS = ("dynamic_range", "float16", "int8")
-VARIANTS = (*QUANTIZATIONS, "pruned", "distilled")
+VARIANTS = (*QUANTIZATIONS, "pruned", "pruned_int8", "distilled")
 TEACHERS = ("trained", "source")
 
 
@@ -120,6 +124,31 @@ def tflite_weight_dtypes(content: bytes) -> dict[str, str]:
             continue
         weights[detail["name"]] = np.dtype(detail["dtype"]).name
     return weights
+
+
+def tflite_weight_sparsity(content: bytes) -> float:
+    """Share of exact zeros in the int8 weight matrices (constant tensors of rank >= 2) of a
+    TFLite model; 0.0 when it has none."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=content)
+    zeros = total = 0
+    for detail in interpreter.get_tensor_details():
+        if np.dtype(detail["dtype"]) != np.int8 or len(detail["shape"]) < 2:
+            continue
+        try:
+            values = interpreter.get_tensor(detail["index"])  # constants are readable before allocation
+        except ValueError:
+            continue
+        zeros += int(np.sum(values == 0))
+        total += values.size
+    return zeros / total if total else 0.0
+
+
+def gzipped_size(content: bytes) -> int:
+    import gzip
+
+    return len(gzip.compress(content, compresslevel=9, mtime=0))
 
 
 # --- pruning ------------------------------------------------------------------------------------
@@ -255,7 +284,8 @@ def distill(teacher, x: np.ndarray, y: np.ndarray, student=None, temperature: fl
 
 @dataclass
 class Variant:
-    """An optimized model: a tf_keras ``model`` (pruned, distilled) or ``tflite`` bytes."""
+    """An optimized model: a tf_keras ``model`` (pruned, distilled), ``tflite`` bytes (the
+    quantizations), or both (``pruned_int8``: the pruned Keras model it was quantized from)."""
 
     name: str
     accuracy: float
@@ -264,7 +294,7 @@ class Variant:
     details: dict = field(default_factory=dict)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        if self.model is not None:
+        if self.tflite is None:
             return self.model.predict(x, batch_size=1024, verbose=0)
         from tfmlops.formats.runtimes import LiteRTModel
 
@@ -275,8 +305,10 @@ def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(probs, axis=1) == y))
 
 
-def build_variant(name: str, model, dataset, config: OptimizeConfig, teacher=None) -> Variant:
-    """Build one variant of the float ``model`` on ``dataset`` (a :class:`tfmlops.data.Dataset`)."""
+def build_variant(name: str, model, dataset, config: OptimizeConfig, teacher=None,
+                  cache: dict | None = None) -> Variant:
+    """Build one variant of the float ``model`` on ``dataset`` (a :class:`tfmlops.data.Dataset`).
+    ``cache`` (a dict shared across calls) lets ``pruned_int8`` reuse the ``pruned`` run."""
     from tfmlops.formats.runtimes import LiteRTModel
 
     start = time.perf_counter()
@@ -285,16 +317,33 @@ def build_variant(name: str, model, dataset, config: OptimizeConfig, teacher=Non
             if name == "int8" else None
         content = to_tflite(model, name, representative)
         probs = LiteRTModel(content)(np.ascontiguousarray(dataset.x_test, np.float32))
-        details = {"tflite_bytes": len(content)}
+        details = {"tflite_bytes": len(content), "tflite_gzipped_bytes": gzipped_size(content)}
         if representative is not None:
             details["calibration_rows"] = len(representative)
         variant = Variant(name, accuracy(probs, dataset.y_test), tflite=content, details=details)
-    elif name == "pruned":
-        pruned, report = prune(model, dataset.x_train, dataset.y_train, config.target_sparsity,
-                               config.pruning_epochs, config.batch_size, config.pruning_learning_rate,
-                               config.pruning_frequency, config.seed)
-        variant = Variant(name, accuracy(pruned.predict(dataset.x_test, verbose=0), dataset.y_test), model=pruned,
-                          details=report)
+    elif name in ("pruned", "pruned_int8"):
+        cache = {} if cache is None else cache
+        if "pruned" not in cache:  # pruned and pruned_int8 share one (deterministic) pruning run
+            cache["pruned"] = prune(model, dataset.x_train, dataset.y_train, config.target_sparsity,
+                                    config.pruning_epochs, config.batch_size, config.pruning_learning_rate,
+                                    config.pruning_frequency, config.seed)
+        pruned, report = cache["pruned"]
+        pruned_accuracy = accuracy(pruned.predict(dataset.x_test, verbose=0), dataset.y_test)
+        if name == "pruned":
+            variant = Variant(name, pruned_accuracy, model=pruned, details=dict(report))
+        else:
+            representative = representative_sample(dataset.x_train, config.int8_samples, config.seed)
+            content = to_tflite(pruned, "int8", representative)
+            int8_sparsity = tflite_weight_sparsity(content)
+            if int8_sparsity < config.target_sparsity - 1e-3:
+                raise OptimizationError(f"int8 weights of the pruned model have {int8_sparsity:.2%} zeros, below "
+                                        f"the target {config.target_sparsity:.2%}")
+            probs = LiteRTModel(content)(np.ascontiguousarray(dataset.x_test, np.float32))
+            variant = Variant(name, accuracy(probs, dataset.y_test), model=pruned, tflite=content,
+                              details={**report, "int8_weight_sparsity": round(int8_sparsity, 6),
+                                       "pruned_accuracy": pruned_accuracy, "tflite_bytes": len(content),
+                                       "tflite_gzipped_bytes": gzipped_size(content),
+                                       "calibration_rows": len(representative)})
     elif name == "distilled":
         if teacher is None:
             if config.teacher == "source":
@@ -334,7 +383,7 @@ def gate(float_accuracy: float, variant_accuracy: float, max_drop: float) -> Gat
 
 
 def optimize_one(name: str, model, dataset, config: OptimizeConfig, float_accuracy: float | None = None,
-                 teacher=None) -> tuple[Variant | None, dict]:
+                 teacher=None, cache: dict | None = None) -> tuple[Variant | None, dict]:
     """Build and gate one variant. Never raises for a variant problem: returns ``(variant, result)``
     with ``result["status"]`` = ``passed``, ``rejected`` (gate; variant returned for the record)
     or ``failed`` (no variant)."""
@@ -342,7 +391,7 @@ def optimize_one(name: str, model, dataset, config: OptimizeConfig, float_accura
         float_accuracy = accuracy(model.predict(dataset.x_test, verbose=0), dataset.y_test)
     result = {"variant": name, "float_accuracy": float_accuracy, "max_accuracy_drop": config.max_accuracy_drop}
     try:
-        variant = build_variant(name, model, dataset, config, teacher=teacher)
+        variant = build_variant(name, model, dataset, config, teacher=teacher, cache=cache)
     except (OptimizationError, ValueError, tf.errors.OpError) as exc:
         log.warning("variant %s failed: %s", name, exc)
         return None, {**result, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
@@ -358,9 +407,9 @@ def optimize(model, dataset, variants=VARIANTS, config: OptimizeConfig | None = 
     """Every requested variant, each gated; returns ``({name: Variant that passed}, [result, ...])``."""
     config = config or OptimizeConfig()
     float_accuracy = accuracy(model.predict(dataset.x_test, verbose=0), dataset.y_test)
-    passed, results = {}, []
+    passed, results, cache = {}, [], {}
     for name in variants:
-        variant, result = optimize_one(name, model, dataset, config, float_accuracy, teacher=teacher)
+        variant, result = optimize_one(name, model, dataset, config, float_accuracy, teacher=teacher, cache=cache)
         results.append(result)
         if result["status"] == "passed":
             passed[name] = variant

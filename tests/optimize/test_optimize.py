@@ -105,3 +105,30 @@ def test_a_failing_variant_does_not_block_the_others(small, float_model):
 
     _, rejected = optimize.optimize(float_model, small, ["float16"], config_strict)
     assert rejected[0]["status"] == "rejected" and "below the float model" in rejected[0]["reason"]
+
+
+def test_pruned_int8_is_fully_integer_and_keeps_the_zeros(small, float_model):
+    config = optimize.OptimizeConfig(int8_samples=100, target_sparsity=0.75, pruning_epochs=2, batch_size=64,
+                                     pruning_frequency=10)
+    cache = {}
+    pruned = optimize.build_variant("pruned", float_model, small, config, cache=cache)
+    variant = optimize.build_variant("pruned_int8", float_model, small, config, cache=cache)
+    assert variant.model is pruned.model  # one pruning run, shared
+    content = variant.tflite
+    dtypes = LiteRTModel(content).tensor_dtypes()
+    assert dtypes["input"] == "int8" and dtypes["output"] == "int8"
+    weights = optimize.tflite_weight_dtypes(content)
+    matmuls = {k: v for k, v in weights.items() if "MatMul" in k}
+    assert matmuls and set(matmuls.values()) == {"int8"}, weights
+    assert "float32" not in set(weights.values()), weights
+    # the zeros of the pruned kernels are still exact zeros in the int8 weights
+    assert optimize.tflite_weight_sparsity(content) >= 0.75
+    assert variant.details["int8_weight_sparsity"] >= 0.75 and variant.details["sparsity"] >= 0.75
+    assert optimize.tflite_weight_sparsity(optimize.to_tflite(float_model, "int8",
+                                                              optimize.representative_sample(small.x_train, 100))) < 0.1
+    # it reproduces the pruned model it was quantized from, and compresses far below plain int8
+    agreement = _agreement(variant.predict(small.x_test), pruned.model.predict(small.x_test, verbose=0))
+    assert agreement >= 0.95 and abs(variant.accuracy - pruned.accuracy) < 0.03
+    plain_int8 = optimize.build_variant("int8", float_model, small, config)
+    assert variant.details["tflite_gzipped_bytes"] < 0.6 * plain_int8.details["tflite_gzipped_bytes"]
+    assert variant.details["tflite_gzipped_bytes"] == optimize.gzipped_size(content)

@@ -37,14 +37,15 @@ RUNTIMES = {
     "saved_model": ("tensorflow",), "keras": ("tf_keras",), "h5": ("tf_keras",), "tflite": ("litert",),
     "onnx": ("onnxruntime",), **{fmt: ("tfjs-node", "chromium") for fmt in TFJS_FORMATS},
 }
-# The post-training quantizations exist only as TFLite flatbuffers; pruned/distilled are Keras models.
-TFLITE_VARIANTS = ("dynamic_range", "float16", "int8")
+# The post-training quantizations exist only as TFLite flatbuffers (pruned_int8's source is the
+# pruned Keras model it was quantized from); pruned/distilled are Keras models.
+TFLITE_VARIANTS = ("dynamic_range", "float16", "int8", "pruned_int8")
 KERAS_VARIANTS = ("float", "pruned", "distilled")
-LOSSY = {("dynamic_range", "tflite"), ("float16", "tflite"), ("int8", "tflite"),
+LOSSY = {("dynamic_range", "tflite"), ("float16", "tflite"), ("int8", "tflite"), ("pruned_int8", "tflite"),
          ("float", "tfjs_layers_uint8"), ("float", "tfjs_layers_float16")}
 
 
-def artifacts(variants=("dynamic_range", "float16", "int8", "pruned", "distilled"),
+def artifacts(variants=("dynamic_range", "float16", "int8", "pruned", "pruned_int8", "distilled"),
               formats=FLOAT_FORMATS) -> list[tuple[str, str]]:
     """The (variant, format) pairs to export: every requested format of the float model, and
     the TFLite flatbuffer of each optimized variant."""

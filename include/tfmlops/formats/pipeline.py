@@ -4,7 +4,8 @@ Everything lands on the MLflow run of the registered version being optimized:
 
 - ``optimization/<variant>/`` — ``result.json`` (status passed / rejected / failed, accuracy, drop,
   reason, details) for every requested variant, and the candidate model when it passed
-  (``model.tflite`` for the quantizations, ``model.keras`` for pruned / distilled);
+  (``model.tflite`` for the quantizations, ``model.keras`` for pruned / distilled, both for
+  ``pruned_int8``: the flatbuffer and the pruned model it is checked against);
 - ``format_checks/<variant>-<format>.json`` — the numbers of every format check, passed or not;
 - ``formats/<variant>-<format>/`` — only the artifacts that passed their check (one folder each,
   with ``verification.json`` and, for TF.js, ``chromium.png``);
@@ -51,7 +52,7 @@ def optimize_variant(tracking_uri: str, model: dict, variant: str, spec, config,
         if result["status"] == "passed":
             if candidate.tflite is not None:
                 (folder / "model.tflite").write_bytes(candidate.tflite)
-            else:
+            if candidate.model is not None:
                 candidate.model.save(str(folder / "model.keras"))
         (folder / "result.json").write_text(json.dumps(result, indent=2, default=str))
         result["artifact_uri"] = registry.log_files(tracking_uri, model["run_id"], folder,
@@ -71,13 +72,15 @@ def _source(tracking_uri: str, model: dict, variant: str, tmp: Path):
     if variant == "float":
         return float_model, None, float_predict
     local = registry.download(tracking_uri, f"runs:/{model['run_id']}/{OPTIMIZATION_ARTIFACT}/{variant}", tmp)
-    if (local / "model.tflite").exists():  # post-training quantization: the float model is the source
-        return None, (local / "model.tflite").read_bytes(), float_predict
+    tflite = (local / "model.tflite").read_bytes() if (local / "model.tflite").exists() else None
+    if tflite is not None and not (local / "model.keras").exists():
+        return None, tflite, float_predict  # post-training quantization: the float model is the source
     if not (local / "model.keras").exists():
         raise FileNotFoundError(f"{variant} has no candidate model on run {model['run_id']} (status: "
                                 f"{json.loads((local / 'result.json').read_text()).get('status')})")
+    # pruned_int8: the flatbuffer is checked against the pruned Keras model it was quantized from
     variant_model = keras.models.load_model(str(local / "model.keras"), safe_mode=True)
-    return variant_model, None, lambda x: variant_model.predict(x, batch_size=1024, verbose=0)
+    return variant_model, tflite, lambda x: variant_model.predict(x, batch_size=1024, verbose=0)
 
 
 def export_format(tracking_uri: str, model: dict, variant: str, fmt: str, spec, max_abs_diff: float = 1e-5,
