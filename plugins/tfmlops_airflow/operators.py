@@ -127,8 +127,8 @@ class TrainModelOperator(_DatasetOperator):
                                               learning_rate=float(self.learning_rate), seed=spec.seed))
 
 
-class EvaluateModelOperator(_DatasetOperator):
-    """Accuracy, macro precision/recall/F1 and the confusion matrix on the test split."""
+class _RunModelOperator(_DatasetOperator):
+    """A step on the model logged by a training run (``run_id``, ``model_uri``) and the dataset."""
 
     template_fields: Sequence[str] = (*DATA_FIELDS, "run_id", "model_uri")
 
@@ -136,6 +136,10 @@ class EvaluateModelOperator(_DatasetOperator):
         super().__init__(**kwargs)
         self.run_id = run_id
         self.model_uri = model_uri
+
+
+class EvaluateModelOperator(_RunModelOperator):
+    """Accuracy, macro precision/recall/F1 and the confusion matrix on the test split."""
 
     def execute(self, context) -> dict[str, Any]:
         from tfmlops.pipeline import evaluate
@@ -170,15 +174,8 @@ class ModelGateOperator(_DatasetOperator):
         return decision
 
 
-class ExportSavedModelOperator(_DatasetOperator):
+class ExportSavedModelOperator(_RunModelOperator):
     """Export the serving SavedModel (``serving_default`` signature), verified by reloading it."""
-
-    template_fields: Sequence[str] = (*DATA_FIELDS, "run_id", "model_uri")
-
-    def __init__(self, *, run_id: str, model_uri: str, **kwargs):
-        super().__init__(**kwargs)
-        self.run_id = run_id
-        self.model_uri = model_uri
 
     def execute(self, context) -> dict[str, Any]:
         from tfmlops.pipeline import export
