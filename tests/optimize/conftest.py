@@ -21,7 +21,7 @@ def float_model(small):
     from tfmlops.models import ModelConfig, TrainConfig, build_model, train
 
     model = build_model(ModelConfig())
-    train(model, small.x_train, small.y_train, TrainConfig(epochs=6, batch_size=64))
+    train(model, small.x_train, small.y_train, TrainConfig(epochs=10, batch_size=64))
     return model
 
 

@@ -3,6 +3,7 @@ registered version's run, failed checks are not attached, and the DAG runs end t
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,7 @@ def test_steps_attach_verified_artifacts_and_report(mlflow_server, registered):
     with pytest.raises(LookupError):
         pipeline.resolve(mlflow_server, MODEL, "nosuchalias")
 
-    config = OptimizeConfig(int8_samples=100, target_sparsity=0.99, max_accuracy_drop=0.02)
+    config = OptimizeConfig(int8_samples=300, target_sparsity=0.99, max_accuracy_drop=0.02)
     int8 = pipeline.optimize_variant(mlflow_server, model, "int8", spec, config, stamp="s1")
     pruned = pipeline.optimize_variant(mlflow_server, model, "pruned", spec, config, stamp="s1")
     assert int8["status"] == "passed" and pruned["status"] == "rejected", (int8, pruned)
@@ -98,3 +99,32 @@ def test_dag_optimizes_and_exports_a_registered_version(mlflow_server, registere
     run_files = paths(mlflow_server, registered["run_id"], "formats")
     assert {"formats/float-saved_model", "formats/float-tfjs_layers", "formats/float16-tflite",
             "formats/report"} <= run_files
+    assert states["optimize_pruned_int8"] == "skipped" and states["export_pruned_int8_tflite"] == "skipped", states
+
+
+def test_pruned_int8_lands_with_its_pruned_source_and_is_checked_against_it(mlflow_server, registered):
+    """pruned_int8 keeps both the flatbuffer and the pruned Keras model; its TFLite check compares
+    the int8 flatbuffer with that pruned model (argmax agreement), not with the float model."""
+    from tfmlops.formats import pipeline
+    from tfmlops.optimize import OptimizeConfig
+    from tfmlops.pipeline import DataSpec
+
+    spec = DataSpec(**DATA)
+    model = pipeline.resolve(mlflow_server, MODEL, "champion")
+    # the gate is not under test here (1 800 rows prune poorly): let the variant pass it
+    config = OptimizeConfig(int8_samples=100, target_sparsity=0.5, pruning_epochs=3, batch_size=64,
+                            max_accuracy_drop=1.0)
+    result = pipeline.optimize_variant(mlflow_server, model, "pruned_int8", spec, config, stamp="s3")
+    assert result["status"] == "passed", result
+    assert result["details"]["int8_weight_sparsity"] >= 0.5
+    assert paths(mlflow_server, model["run_id"], "optimization/pruned_int8") == {
+        f"optimization/pruned_int8/{f}" for f in ("model.tflite", "model.keras", "result.json")}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        keras_model, tflite, source = pipeline._source(mlflow_server, model, "pruned_int8", Path(tmp))
+        assert keras_model is not None and tflite is not None
+        assert [type(layer).__name__ for layer in keras_model.layers] == ["InputLayer", "Dense", "Dense"]
+    row = pipeline.export_format(mlflow_server, model, "pruned_int8", "tflite", spec, min_agreement=0.95,
+                                 stamp="s3")
+    assert row["passed"] and row["checks"][0]["details"]["input"] == "int8"
+    assert "formats/pruned_int8-tflite" in paths(mlflow_server, model["run_id"], "formats")
