@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: venv browser run up stop status test bench lock clean
+.PHONY: venv system-deps run up stop status test bench lock clean
 
 $(STAMP): requirements.txt requirements-lock.txt requirements-nodeps.txt pyproject.toml web/package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,12 +16,17 @@ $(STAMP): requirements.txt requirements-lock.txt requirements-nodeps.txt pyproje
 	npm ci --prefix web --no-audit --no-fund
 	touch $@
 
-# TF.js exports are checked in headless Chromium (Debian's package; needs root to install).
-# Without it, the browser checks skip and say so.
-browser:
-	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
-	  echo "chromium is not installed (needs root: apt-get install chromium); browser checks will skip"
+# System packages some tests use, from Debian (installed only when missing and running as root;
+# otherwise those tests skip and say what to install): chromium (TF.js in a real browser),
+# postgresql (the Postgres-backed end-to-end run), docker-compose (`config -q` of the stack).
+SYSTEM_PACKAGES := chromium:chromium postgresql:/usr/lib/postgresql docker-compose:docker-compose
+system-deps:
+	@missing=""; for entry in $(SYSTEM_PACKAGES); do pkg=$${entry%%:*}; probe=$${entry#*:}; \
+	  { command -v $$probe >/dev/null || [ -e $$probe ]; } || missing="$$missing $$pkg"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else echo "not installed:$$missing (needs root: apt-get install$$missing); the tests that need them skip"; fi
 
 venv: $(STAMP)
 
@@ -37,7 +42,7 @@ stop:  ## stop every service of the stack
 status:
 	@$(BIN)/python scripts/stack.py status
 
-test: venv browser
+test: venv system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: venv

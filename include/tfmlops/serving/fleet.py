@@ -23,7 +23,7 @@ import requests
 from .rollout import Endpoint
 
 LABEL = "tfmlops.fleet"
-DEFAULT_IMAGE = "tensorflow/serving:2.18.0"
+DEFAULT_IMAGE = "tensorflow/serving:2.19.0"
 
 
 class FleetError(RuntimeError):

@@ -1,0 +1,96 @@
+"""Monitoring: serving health, quality on new labeled data, drift → retrain."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import DAG, Param, task
+
+from tfmlops_airflow.monitor_operators import ModelQualityDriftOperator, ServingHealthOperator, alert_on_failure
+
+DEFAULT_ROOT = str(Path(__file__).resolve().parents[1] / "var" / "partitions")
+
+DOC = """
+### Monitoring of the served model (closes the loop)
+
+Every 15 minutes, or from **Trigger ▸ with config**:
+
+- **health** — for each target endpoint and each AVAILABLE version of the model, `requests`
+  sequential single-row predicts over REST and over gRPC: latency p50/p95/p99, throughput,
+  error rate. Over `max_p99_ms` or `max_error_rate` **fails the task with the numbers** (an
+  alert through the failure callback; no retry, the next run probes again).
+- **quality & drift** — the newest labeled partitions (`<root>/<dataset>/incoming/`) sent through
+  the served `champion`: accuracy, precision, recall, F1 (macro and per class), confusion matrix;
+  PSI of input statistics (intensity, ink, centre of mass, second moments) and of the predicted
+  classes against the version's training reference (`monitoring/reference.json` on its MLflow
+  run; computed from a sample of its training data the first time).
+- **retrain** — when accuracy is under `min_accuracy` or a PSI over its threshold,
+  `tf_offline_retrain` is triggered with `conf.reason` naming the breach.
+
+Everything goes to one MLflow run per model (experiment `<model>-monitoring`, step = time),
+with trend charts (`charts/monitoring_trends.png`) and the last confusion matrix.
+Connections: `mlflow_default`, `tf_serving_default` (and the other targets), `aws_default`.
+"""
+
+PARAMS = {
+    "model_name": Param("mnist_mlp", type="string", minLength=1, maxLength=100, pattern=r"^[A-Za-z0-9_.-]+$",
+                        title="Model name", description="Registered and served model name."),
+    "targets": Param(["tf_serving_default"], type="array", items={"type": "string"}, minItems=1, maxItems=20,
+                     title="Target endpoints", description="TF Serving connection ids to probe."),
+    "requests": Param(50, type="integer", minimum=5, maximum=2000, title="Probe requests",
+                      description="Requests per endpoint, version and API (REST, gRPC) in the health probe."),
+    "max_p99_ms": Param(500, type="number", exclusiveMinimum=0, maximum=60000, title="Max p99 latency (ms)",
+                        description="Health: p99 latency above this fails the task."),
+    "max_error_rate": Param(0.01, type="number", minimum=0, maximum=1, title="Max error rate",
+                            description="Health: share of failed requests above this fails the task."),
+    "root": Param(DEFAULT_ROOT, type="string", minLength=1, maxLength=1000, title="Partitions root",
+                  description="Local folder or s3://bucket/prefix holding <dataset>/incoming/<partition-id>/."),
+    "dataset": Param("mnist_stream", type="string", minLength=1, maxLength=100, pattern=r"^[A-Za-z0-9_.-]+$",
+                     title="Dataset", description="Dataset name: the folder under the root."),
+    "newest": Param(1, type="integer", minimum=1, maximum=100, title="Newest partitions",
+                    description="How many of the newest partitions the quality and drift checks use."),
+    "min_accuracy": Param(0.85, type="number", minimum=0, maximum=1, title="Min accuracy",
+                          description="Quality: accuracy under this triggers a retrain."),
+    "max_input_psi": Param(0.25, type="number", exclusiveMinimum=0, maximum=100, title="Max input PSI",
+                           description="Drift: PSI of any input statistic above this triggers a retrain."),
+    "max_prediction_psi": Param(0.25, type="number", exclusiveMinimum=0, maximum=100, title="Max prediction PSI",
+                                description="Drift: PSI of the predicted classes above this triggers a retrain."),
+    "reference_rows": Param(2000, type="integer", minimum=100, maximum=60000, title="Reference rows",
+                            description="Training rows sampled when a version's drift reference is first built."),
+}
+
+with DAG(
+    dag_id="tf_model_monitor",
+    description="Serving latency/throughput/errors, accuracy on new data, PSI drift → tf_offline_retrain",
+    doc_md=DOC,
+    schedule="*/15 * * * *",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    params=PARAMS,
+    render_template_as_native_obj=True,
+    tags=["tensorflow", "monitoring", "mlflow", "serving"],
+    default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(minutes=1),
+                  "on_failure_callback": alert_on_failure},
+) as dag:
+    health = ServingHealthOperator(
+        task_id="health", task_display_name="Serving health (REST + gRPC)", model_name="{{ params.model_name }}",
+        targets="{{ params.targets }}", requests="{{ params.requests }}", max_p99_ms="{{ params.max_p99_ms }}",
+        max_error_rate="{{ params.max_error_rate }}")
+    quality = ModelQualityDriftOperator(
+        task_id="quality_drift", task_display_name="Quality and drift on new data",
+        model_name="{{ params.model_name }}", root="{{ params.root }}", dataset="{{ params.dataset }}",
+        newest="{{ params.newest }}", min_accuracy="{{ params.min_accuracy }}",
+        max_input_psi="{{ params.max_input_psi }}", max_prediction_psi="{{ params.max_prediction_psi }}",
+        reference_rows="{{ params.reference_rows }}")
+
+    @task.short_circuit(task_display_name="Retrain needed?")
+    def retrain_needed(retrain: bool) -> bool:
+        return bool(retrain)
+
+    trigger = TriggerDagRunOperator(
+        task_id="trigger_retrain", task_display_name="Trigger tf_offline_retrain", trigger_dag_id="tf_offline_retrain",
+        conf={"model_name": "{{ params.model_name }}", "reason": quality.output["reason"]})
+    retrain_needed(quality.output["retrain"]) >> trigger

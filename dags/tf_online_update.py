@@ -1,0 +1,108 @@
+"""Online update: fine-tune the champion on new data partitions, gate, register, canary rollout."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from airflow.sdk import DAG, Param
+
+from tfmlops_airflow.assets import NEW_PARTITIONS
+from tfmlops_airflow.online_operators import IngestPartitionsOperator, OnlineUpdateOperator
+from tfmlops_airflow.rollout_operators import ServingRolloutOperator
+
+DEFAULT_ROOT = str(Path(__file__).resolve().parents[1] / "var" / "partitions")
+
+DOC = """
+### Online update of the champion on new data partitions
+
+Runs for every event on the asset `tfmlops_new_partitions` (e.g. from `tf_data_simulator`), or
+from **Trigger ▸ with config**:
+
+1. **ingest** — every new partition under `<root>/<dataset>/incoming/` (or the ones named) is
+   validated with the training-data checks (shape, dtype, NaN/inf, label range, empty splits,
+   overlap). A bad partition is moved to `<root>/<dataset>/quarantine/<id>/` with `reason.json`
+   and does not block the good ones. Partitions already in `<root>/<dataset>/ledger.json` are
+   skipped: with nothing new, the run is a no-op (the later tasks are skipped).
+2. **update** — fine-tunes the current `champion` on the new partitions plus a replay sample of
+   earlier data (its training dataset and the partitions consumed before; `replay_fraction` of
+   the fine-tuning rows) with a low learning rate. Gate: accuracy on the new data (the partitions'
+   test splits) above the champion's by more than `min_improvement`, and on the fixed holdout
+   (`mnist` = the first 5 000 MNIST test rows, never in a simulated partition) not worse than the
+   champion's by more than `tolerance`. A passing candidate is exported and registered as
+   `challenger`, tagged `online.parent_version`, `online.partitions`, `airflow.run_id`. The
+   partitions go to the ledger whatever the gate said; a rejection skips the rollout.
+3. **rollout** — the `tf_serving_rollout` logic, in this run (canary by default: `stable`/`canary`
+   labels, smoke parity over REST and gRPC, p99 latency budget, promote to `champion` or roll back).
+   It runs here rather than through a TriggerDagRun so the run's outcome is the rollout's
+   outcome (a failed canary fails this run), in the `tf_serving_rollout` pool.
+
+Connections: `mlflow_default`, `tf_serving_default` (targets), `aws_default` for `s3://` roots.
+"""
+
+PARAMS = {
+    "model_name": Param("mnist_mlp", type="string", minLength=1, maxLength=100, pattern=r"^[A-Za-z0-9_.-]+$",
+                        title="Model name", description="Registered model whose champion is updated (= served name)."),
+    "root": Param(DEFAULT_ROOT, type="string", minLength=1, maxLength=1000, title="Partitions root",
+                  description="Local folder or s3://bucket/prefix holding <dataset>/incoming/<partition-id>/."),
+    "dataset": Param("mnist_stream", type="string", minLength=1, maxLength=100, pattern=r"^[A-Za-z0-9_.-]+$",
+                     title="Dataset", description="Dataset name: the folder under the root."),
+    "partitions": Param("", type="string", maxLength=4000, title="Partitions",
+                        description="Comma-separated partition ids; empty = every partition not consumed yet."),
+    "replay_fraction": Param(0.5, type="number", minimum=0, maximum=0.9, title="Replay fraction",
+                             description="Share of the fine-tuning rows drawn from earlier data (against forgetting)."),
+    "learning_rate": Param(0.0003, type="number", exclusiveMinimum=0, maximum=0.01, title="Learning rate",
+                           description="Adam learning rate of the fine-tuning (low: it starts from the champion)."),
+    "epochs": Param(3, type="integer", minimum=1, maximum=50, title="Epochs", description="Fine-tuning epochs."),
+    "batch_size": Param(64, type="integer", minimum=8, maximum=4096, title="Batch size",
+                        description="Fine-tuning batch size."),
+    "min_improvement": Param(0.0, type="number", minimum=0, maximum=1, title="Minimum improvement",
+                             description="Gate: accuracy gain on the new data the candidate must exceed."),
+    "tolerance": Param(0.01, type="number", minimum=0, maximum=1, title="Holdout tolerance",
+                       description="Gate: accuracy the candidate may lose vs the champion on the holdout."),
+    "holdout_uri": Param("mnist", type="string", minLength=1, maxLength=1000, title="Holdout",
+                         description="'mnist' (first 5000 MNIST test rows) or a dataset file whose test split is used."),
+    "holdout_rows": Param(2000, type="integer", minimum=100, maximum=10000, title="Holdout rows",
+                          description="Holdout rows evaluated by the gate."),
+    "strategy": Param("canary", type="string", enum=["canary", "replace"], title="Rollout strategy",
+                      description="canary: stable/canary labels, checks, promote; replace: load, check, switch."),
+    "latency_budget_ms": Param(250, type="number", exclusiveMinimum=0, maximum=60000, title="Canary p99 budget (ms)",
+                               description="p99 of single-row REST predicts on the canary label."),
+    "canary_holdout_uri": Param("", type="string", maxLength=1000, title="Canary holdout",
+                                description="Canary accuracy check through the server: .npz with x/y (or "
+                                            "x_test/y_test) as float features, local or s3://. Empty: no check."),
+    "canary_min_accuracy": Param(0.8, type="number", minimum=0, maximum=1, title="Canary minimum accuracy",
+                                 description="Accuracy the canary must reach on the canary holdout."),
+    "targets": Param(["tf_serving_default"], type="array", items={"type": "string"}, minItems=1, maxItems=20,
+                     title="Target endpoints", description="TF Serving connection ids, rolled one at a time."),
+}
+
+with DAG(
+    dag_id="tf_online_update",
+    description="New partitions → validate/quarantine → fine-tune champion with replay → gate → challenger → canary",
+    doc_md=DOC,
+    schedule=[NEW_PARTITIONS],
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    params=PARAMS,
+    render_template_as_native_obj=True,
+    tags=["tensorflow", "online", "mlflow", "serving"],
+    default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(seconds=30)},
+) as dag:
+    data = {"root": "{{ params.root }}", "dataset": "{{ params.dataset }}"}
+    ingest = IngestPartitionsOperator(task_id="ingest", task_display_name="Validate / quarantine partitions",
+                                      partitions="{{ params.partitions }}", **data)
+    update = OnlineUpdateOperator(
+        task_id="update", task_display_name="Fine-tune, gate, register challenger",
+        model_name="{{ params.model_name }}", partition_ids=ingest.output["valid_ids"],
+        replay_fraction="{{ params.replay_fraction }}", learning_rate="{{ params.learning_rate }}",
+        epochs="{{ params.epochs }}", batch_size="{{ params.batch_size }}",
+        min_improvement="{{ params.min_improvement }}", tolerance="{{ params.tolerance }}",
+        holdout_uri="{{ params.holdout_uri }}", holdout_rows="{{ params.holdout_rows }}", **data)
+    rollout = ServingRolloutOperator(
+        task_id="rollout", task_display_name="Roll out (canary)", pool="tf_serving_rollout",
+        model_name="{{ params.model_name }}", version=update.output["version"], targets="{{ params.targets }}",
+        strategy="{{ params.strategy }}", latency_budget_ms="{{ params.latency_budget_ms }}",
+        holdout_uri="{{ params.canary_holdout_uri }}", min_accuracy="{{ params.canary_min_accuracy }}")
+    ingest >> update >> rollout

@@ -1,0 +1,385 @@
+"""Monitoring of a served model: serving health, quality on new labeled data, drift.
+
+- **Health** — per endpoint and loaded version, a bounded probe of single-row predicts over REST
+  and over gRPC: latency p50/p95/p99, throughput (sequential requests per second), error rate.
+- **Quality** — the newest labeled partitions (``<root>/<dataset>/incoming/``, see
+  :mod:`tfmlops.online`) sent through the served model: accuracy, macro and per-class
+  precision/recall/F1, confusion matrix.
+- **Drift** — population stability index (PSI) of per-image input statistics (mean intensity,
+  ink share, centre of mass, second moments: a rotation moves ``cov_xy``, noise moves the
+  intensity) and of the predicted-class distribution, against a *reference* stored with the
+  registered version (``monitoring/reference.json`` in its MLflow run). When the version has none,
+  it is computed from a sample of the version's training dataset (its ``dataset_uri`` tag),
+  predicted through the served version, and stored.
+
+Everything is logged to one MLflow run per model (experiment ``<model>-monitoring``), with the
+time (seconds) as the step, and the trends are drawn as PNG charts on that run. The decision
+(which thresholds are breached) is returned, not acted on: the Airflow operators fail the task
+(health) or trigger a retrain (quality / drift). No TensorFlow import except through the gRPC
+client; no Airflow import.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tfmlops import data, evaluation
+
+log = logging.getLogger(__name__)
+
+REFERENCE_ARTIFACT = "monitoring/reference.json"
+MONITOR_TAG = "tfmlops.monitor"
+STAT_NAMES = ("mean", "ink", "cx", "cy", "var_x", "var_y", "cov_xy")
+PSI_EPS = 1e-4
+
+
+@dataclass
+class Thresholds:
+    min_accuracy: float = 0.85
+    max_input_psi: float = 0.25
+    max_prediction_psi: float = 0.25
+    max_p99_ms: float = 500.0
+    max_error_rate: float = 0.01
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------ drift
+def input_stats(x: np.ndarray, side: int = 28) -> dict[str, np.ndarray]:
+    """Per-row statistics of (N, side*side) images in [0, 1]."""
+    img = np.asarray(x, np.float32).reshape(len(x), side, side)
+    mass = img.sum(axis=(1, 2)) + 1e-6
+    ys, xs = np.mgrid[0:side, 0:side].astype(np.float32) / (side - 1)
+    cx = (img * xs).sum(axis=(1, 2)) / mass
+    cy = (img * ys).sum(axis=(1, 2)) / mass
+    dx, dy = xs[None] - cx[:, None, None], ys[None] - cy[:, None, None]
+    return {"mean": img.mean(axis=(1, 2)), "ink": (img > 0.5).mean(axis=(1, 2)), "cx": cx, "cy": cy,
+            "var_x": (img * dx * dx).sum(axis=(1, 2)) / mass, "var_y": (img * dy * dy).sum(axis=(1, 2)) / mass,
+            "cov_xy": (img * dx * dy).sum(axis=(1, 2)) / mass}
+
+
+def psi_from_fractions(expected: np.ndarray, actual: np.ndarray) -> float:
+    e = np.clip(np.asarray(expected, float), PSI_EPS, None)
+    a = np.clip(np.asarray(actual, float), PSI_EPS, None)
+    e, a = e / e.sum(), a / a.sum()
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def _bin_fractions(values: np.ndarray, edges: list[float]) -> np.ndarray:
+    inner = np.asarray(edges, float)[1:-1]
+    counts = np.bincount(np.searchsorted(inner, values, side="right"), minlength=len(edges) - 1)
+    return counts / max(1, len(values))
+
+
+def build_reference(x: np.ndarray, predicted: np.ndarray, num_classes: int, bins: int = 10,
+                    source: str = "") -> dict:
+    """Quantile bins and bin shares of each input statistic, and the predicted-class shares."""
+    stats = {}
+    for name, values in input_stats(x).items():
+        edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)))
+        if len(edges) < 2:
+            edges = np.array([values.min() - 1e-6, values.max() + 1e-6])
+        edges[0], edges[-1] = -np.inf, np.inf
+        stats[name] = {"edges": [float(e) for e in edges], "fractions": _bin_fractions(values, edges).tolist()}
+    return {"rows": int(len(x)), "source": source, "stats": stats,
+            "prediction_fractions": (np.bincount(predicted, minlength=num_classes) / len(predicted)).tolist()}
+
+
+def _finite(edges: list) -> list[float]:
+    return [float(e) for e in edges]
+
+
+def drift(reference: dict, x: np.ndarray, predicted: np.ndarray, num_classes: int) -> dict:
+    """PSI of every input statistic and of the predicted classes vs the reference."""
+    current = input_stats(x)
+    per_stat = {name: psi_from_fractions(ref["fractions"], _bin_fractions(current[name], _finite(ref["edges"])))
+                for name, ref in reference["stats"].items()}
+    prediction_psi = psi_from_fractions(reference["prediction_fractions"],
+                                        np.bincount(predicted, minlength=num_classes) / len(predicted))
+    worst = max(per_stat, key=per_stat.get)
+    return {"input_psi": per_stat, "input_psi_max": per_stat[worst], "input_psi_worst": worst,
+            "prediction_psi": prediction_psi}
+
+
+# ---------------------------------------------------------------------------------- quality
+def quality(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict:
+    """classification_metrics plus per-class precision, recall and F1."""
+    metrics = evaluation.classification_metrics(y_true, y_pred, num_classes)
+    matrix = np.asarray(metrics["confusion_matrix"], float)
+    tp, predicted, actual = np.diag(matrix), matrix.sum(axis=0), matrix.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(actual > 0, tp / actual, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    return {**metrics, "per_class": {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist()},
+            "rows": int(len(y_true))}
+
+
+def served_probabilities(client, model: str, x: np.ndarray, version: int | None = None, label: str | None = None,
+                         batch: int = 256) -> np.ndarray:
+    out = []
+    for i in range(0, len(x), batch):
+        got = client.predict_rest(model, np.asarray(x[i:i + batch], np.float32).tolist(), version=version, label=label)
+        out.append(np.asarray(got[sorted(got)[0]] if isinstance(got, dict) else got))
+    return np.concatenate(out)
+
+
+# ----------------------------------------------------------------------------------- health
+def _percentiles(times_ms: list[float]) -> dict:
+    if not times_ms:
+        return {"p50_ms": float("nan"), "p95_ms": float("nan"), "p99_ms": float("nan")}
+    p50, p95, p99 = np.percentile(times_ms, [50, 95, 99])
+    return {"p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99)}
+
+
+def probe(client, model: str, row: np.ndarray, requests: int, version: int | None = None) -> dict:
+    """``requests`` sequential single-row predicts over REST and over gRPC on ``version``."""
+    result = {}
+    calls = {"rest": lambda: client.predict_rest(model, [row.tolist()], version=version),
+             "grpc": lambda: client.predict_grpc(model, row[None, :], version=version)}
+    for api, call in calls.items():
+        times, errors, last_error = [], 0, ""
+        t_start = time.perf_counter()
+        for _ in range(max(1, requests)):
+            t0 = time.perf_counter()
+            try:
+                call()
+                times.append((time.perf_counter() - t0) * 1000.0)
+            except Exception as exc:  # noqa: BLE001 - any failure counts as an error, the rest continues
+                errors += 1
+                last_error = f"{type(exc).__name__}: {exc}"[:300]
+        elapsed = time.perf_counter() - t_start
+        n = max(1, requests)
+        result[api] = {**_percentiles(times), "throughput_rps": (n - errors) / elapsed if elapsed > 0 else 0.0,
+                       "error_rate": errors / n, "requests": n, "errors": errors, "last_error": last_error}
+    return result
+
+
+def available_versions(client, model: str) -> list[int]:
+    status = client.status(model)
+    return sorted(int(v["version"]) for v in status.get("model_version_status", []) if v.get("state") == "AVAILABLE")
+
+
+def health(endpoints: dict, model: str, row: np.ndarray, requests: int = 50) -> dict:
+    """``endpoints``: ``{name: ServingClient}`` → ``{name: {version: {rest: {...}, grpc: {...}}}}``.
+    An endpoint that does not answer its status call counts as one version ``0`` with error rate 1."""
+    out: dict = {}
+    for name, client in endpoints.items():
+        try:
+            versions = available_versions(client, model)
+        except Exception as exc:  # noqa: BLE001
+            out[name] = {0: {api: {**_percentiles([]), "throughput_rps": 0.0, "error_rate": 1.0, "requests": 1,
+                                   "errors": 1, "last_error": f"status: {exc}"[:300]} for api in ("rest", "grpc")}}
+            continue
+        out[name] = {v: probe(client, model, row, requests, version=v) for v in versions} or {
+            0: {api: {**_percentiles([]), "throughput_rps": 0.0, "error_rate": 1.0, "requests": 1, "errors": 1,
+                      "last_error": "no AVAILABLE version"} for api in ("rest", "grpc")}}
+    return out
+
+
+def health_breaches(result: dict, thresholds: Thresholds) -> list[str]:
+    breaches = []
+    for name, versions in result.items():
+        for version, apis in versions.items():
+            for api, m in apis.items():
+                where = f"{name} version {version} {api.upper()}"
+                if m["error_rate"] > thresholds.max_error_rate:
+                    breaches.append(f"{where}: error rate {m['error_rate']:.2%} > {thresholds.max_error_rate:.2%} "
+                                    f"({m['errors']}/{m['requests']} requests; last: {m['last_error']})")
+                if np.isfinite(m["p99_ms"]) and m["p99_ms"] > thresholds.max_p99_ms:
+                    breaches.append(f"{where}: p99 latency {m['p99_ms']:.1f} ms > {thresholds.max_p99_ms:.1f} ms "
+                                    f"(p50 {m['p50_ms']:.1f}, p95 {m['p95_ms']:.1f}, {m['requests']} requests)")
+    return breaches
+
+
+# ---------------------------------------------------------------------------------- MLflow
+def monitoring_run(tracking_uri: str, model_name: str) -> str:
+    """The one monitoring run of ``model_name`` (created on first use)."""
+    from tfmlops import registry
+
+    mlf = registry.client(tracking_uri)
+    experiment = f"{model_name}-monitoring"
+    found = mlf.get_experiment_by_name(experiment)
+    if found is not None:
+        runs = mlf.search_runs([found.experiment_id], f"tags.`{MONITOR_TAG}` = '{model_name}'", max_results=1)
+        if runs:
+            return runs[0].info.run_id
+    return registry.start_run(tracking_uri, experiment, f"monitor-{model_name}", {MONITOR_TAG: model_name})
+
+
+def health_metrics(result: dict) -> dict[str, float]:
+    flat = {}
+    for name, versions in result.items():
+        for version, apis in versions.items():
+            for api, m in apis.items():
+                for key in ("p50_ms", "p95_ms", "p99_ms", "throughput_rps", "error_rate"):
+                    if np.isfinite(m[key]):
+                        flat[f"health.{name}.v{version}.{api}.{key}"] = m[key]
+    return flat
+
+
+def quality_metrics(q: dict, d: dict | None) -> dict[str, float]:
+    flat = {f"quality.{k}": q[k] for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro")}
+    for kind, values in q["per_class"].items():
+        flat.update({f"quality.{kind}.class_{c}": v for c, v in enumerate(values)})
+    if d is not None:
+        flat["drift.input_psi_max"] = d["input_psi_max"]
+        flat["drift.prediction_psi"] = d["prediction_psi"]
+        flat.update({f"drift.input_psi.{k}": v for k, v in d["input_psi"].items()})
+    return flat
+
+
+def log_step(tracking_uri: str, run_id: str, metrics: dict[str, float], step: int | None = None) -> int:
+    from tfmlops import registry
+
+    step = int(time.time()) if step is None else step
+    registry.log_metrics(tracking_uri, run_id, metrics, step=step)
+    return step
+
+
+def plot_trends(tracking_uri: str, run_id: str, path: Path) -> Path:
+    """One panel per metric family: health p99 and error rate, quality, drift PSI, over time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from datetime import datetime, timezone
+
+    from tfmlops import registry
+
+    mlf = registry.client(tracking_uri)
+    keys = sorted(mlf.get_run(run_id).data.metrics)
+    panels = [("latency p99 (ms)", lambda k: k.startswith("health.") and k.endswith(".p99_ms")),
+              ("error rate", lambda k: k.startswith("health.") and k.endswith(".error_rate")),
+              ("throughput (req/s)", lambda k: k.startswith("health.") and k.endswith(".throughput_rps")),
+              ("quality", lambda k: k in ("quality.accuracy", "quality.f1_macro", "quality.precision_macro",
+                                          "quality.recall_macro")),
+              ("drift PSI", lambda k: k in ("drift.input_psi_max", "drift.prediction_psi"))]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3 * len(panels)), sharex=True)
+    for ax, (title, wanted) in zip(axes, panels):
+        for key in filter(wanted, keys):
+            history = sorted(mlf.get_metric_history(run_id, key), key=lambda m: m.step)
+            ax.plot([datetime.fromtimestamp(m.step, tz=timezone.utc) for m in history],
+                    [m.value for m in history], marker="o", label=key.split(".", 1)[1])
+        ax.set_title(title)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    axes[-1].set_xlabel("time (UTC)")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def log_trend_charts(tracking_uri: str, run_id: str) -> str:
+    from tfmlops import registry
+
+    with tempfile.TemporaryDirectory() as tmp:
+        png = plot_trends(tracking_uri, run_id, Path(tmp) / "monitoring_trends.png")
+        registry.client(tracking_uri).log_artifact(run_id, str(png), artifact_path="charts")
+    return f"runs:/{run_id}/charts/monitoring_trends.png"
+
+
+# ------------------------------------------------------------------------------- reference
+def ensure_reference(tracking_uri: str, model_name: str, version: int, client, rows: int = 2000,
+                     n_features: int = 784, num_classes: int = 10, s3_client=None) -> dict:
+    """The version's drift reference; computed and stored on its run when it has none."""
+    from tfmlops import registry
+
+    mlf = registry.client(tracking_uri)
+    found = registry.get_version(tracking_uri, model_name, version)
+    artifacts = {a.path for a in mlf.list_artifacts(found.run_id, "monitoring")}
+    if REFERENCE_ARTIFACT in artifacts:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = registry.download(tracking_uri, f"runs:/{found.run_id}/{REFERENCE_ARTIFACT}", tmp)
+            return json.loads(Path(local).read_text())
+    uri = mlf.get_run(found.run_id).data.tags.get("dataset_uri", "mnist")
+    dataset, _ = data.load_validated(uri, n_features, num_classes, s3_client=s3_client)
+    pick = np.random.default_rng(0).choice(len(dataset.y_train), size=min(rows, len(dataset.y_train)), replace=False)
+    x = dataset.x_train[np.sort(pick)]
+    predicted = np.argmax(served_probabilities(client, model_name, x, version=int(found.version)), axis=1)
+    reference = {**build_reference(x, predicted, num_classes, source=uri), "version": int(found.version)}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(REFERENCE_ARTIFACT).name
+        path.write_text(json.dumps(reference))
+        mlf.log_artifact(found.run_id, str(path), artifact_path=str(Path(REFERENCE_ARTIFACT).parent))
+    log.info("stored the drift reference of %s version %s (%d rows of %s)", model_name, found.version, len(x), uri)
+    return reference
+
+
+# ------------------------------------------------------------------------------ entry points
+def check_health(tracking_uri: str, model_name: str, endpoints: dict, thresholds: Thresholds, requests: int = 50,
+                 n_features: int = 784) -> dict:
+    """Probe every endpoint/version, log the numbers as one time step, redraw the charts."""
+    row = data.load_mnist().x_test[0].reshape(-1)[:n_features].astype(np.float32) / 255.0
+    result = health(endpoints, model_name, row, requests)
+    run_id = monitoring_run(tracking_uri, model_name)
+    step = log_step(tracking_uri, run_id, health_metrics(result))
+    breaches = health_breaches(result, thresholds)
+    charts = log_trend_charts(tracking_uri, run_id)
+    return {"model_name": model_name, "run_id": run_id, "step": step, "breaches": breaches, "charts": charts,
+            "health": {ep: {str(v): apis for v, apis in versions.items()} for ep, versions in result.items()}}
+
+
+def newest_partitions(root: str, dataset: str, count: int, s3_client=None) -> dict[str, str]:
+    from tfmlops.online import list_partitions
+
+    found = list_partitions(root, dataset, s3_client=s3_client)
+    return dict(list(found.items())[-count:]) if count > 0 else {}
+
+
+def check_quality_drift(tracking_uri: str, model_name: str, client, root: str, dataset: str,
+                        thresholds: Thresholds, newest: int = 1, reference_rows: int = 2000, n_features: int = 784,
+                        num_classes: int = 10, s3_client=None) -> dict:
+    """Quality and drift of the served ``champion`` on the newest partitions (all their rows)."""
+    from tfmlops import registry
+
+    partitions = newest_partitions(root, dataset, newest, s3_client)
+    if not partitions:
+        return {"model_name": model_name, "retrain": False, "breaches": [], "partitions": [],
+                "reason": f"no partition in {root}/{dataset}/incoming: nothing to evaluate"}
+    champion = registry.get_version(tracking_uri, model_name, registry.CHAMPION)
+    version = int(champion.version)
+    if version not in available_versions(client, model_name):
+        raise LookupError(f"{model_name} champion version {version} is not AVAILABLE on the server")
+    sets = [data.load_validated(uri, n_features, num_classes, s3_client=s3_client)[0] for uri in partitions.values()]
+    x = np.concatenate([np.concatenate([d.x_train, d.x_test]) for d in sets])
+    y = np.concatenate([np.concatenate([d.y_train, d.y_test]) for d in sets])
+    predicted = np.argmax(served_probabilities(client, model_name, x, version=version), axis=1)
+    q = quality(y, predicted, num_classes)
+    reference = ensure_reference(tracking_uri, model_name, version, client, reference_rows, n_features, num_classes,
+                                 s3_client)
+    d = drift(reference, x, predicted, num_classes)
+    breaches = []
+    if q["accuracy"] < thresholds.min_accuracy:
+        breaches.append(f"accuracy {q['accuracy']:.4f} < {thresholds.min_accuracy:.4f} on {len(y)} rows")
+    if d["input_psi_max"] > thresholds.max_input_psi:
+        breaches.append(f"input drift: PSI of {d['input_psi_worst']} {d['input_psi_max']:.3f} > "
+                        f"{thresholds.max_input_psi:.3f}")
+    if d["prediction_psi"] > thresholds.max_prediction_psi:
+        breaches.append(f"prediction drift: PSI {d['prediction_psi']:.3f} > {thresholds.max_prediction_psi:.3f}")
+    run_id = monitoring_run(tracking_uri, model_name)
+    step = log_step(tracking_uri, run_id, {**quality_metrics(q, d), "quality.rows": len(y),
+                                           "quality.served_version": version})
+    registry.log_confusion_matrix(tracking_uri, run_id, q["confusion_matrix"])
+    registry.set_tags(tracking_uri, run_id, {"last_partitions": ",".join(partitions), "last_breaches":
+                                             "; ".join(breaches)[:4000] or "none"})
+    charts = log_trend_charts(tracking_uri, run_id)
+    reason = (f"{model_name} version {version} on partitions {list(partitions)}: " + "; ".join(breaches)) \
+        if breaches else ""
+    log.info("quality %s, drift %s, breaches %s", {k: q[k] for k in ("accuracy", "f1_macro")},
+             {k: d[k] for k in ("input_psi_max", "prediction_psi")}, breaches)
+    return {"model_name": model_name, "version": version, "run_id": run_id, "step": step,
+            "partitions": list(partitions), "retrain": bool(breaches), "breaches": breaches, "reason": reason,
+            "quality": {k: q[k] for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "rows")},
+            "per_class_f1": q["per_class"]["f1"], "confusion_matrix": q["confusion_matrix"], "drift": d,
+            "charts": charts}

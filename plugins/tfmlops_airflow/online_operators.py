@@ -1,0 +1,152 @@
+"""Operators of ``tf_data_simulator`` and ``tf_online_update``: thin wrappers over
+``tfmlops.simulate`` and ``tfmlops.online``.
+
+Partitions live under a root (local folder or ``s3://``; ``aws_default``) as
+``<root>/<dataset>/incoming/<partition-id>/data.npz``. Nothing heavy is imported at module level.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any, Sequence
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from tfmlops_airflow.assets import NEW_PARTITIONS
+from tfmlops_airflow.hooks import MLflowHook, s3_client_for
+from tfmlops_airflow.operators import lineage
+
+
+def _ids(value) -> list[str]:
+    if value in (None, "", "None"):
+        return []
+    if isinstance(value, str):
+        value = value.split(",")
+    return [str(v).strip() for v in value if str(v).strip()]
+
+
+class _PartitionsOperator(BaseOperator):
+    template_fields: Sequence[str] = ("root", "dataset")
+
+    def __init__(self, *, root: str, dataset: str = "mnist_stream", aws_conn_id: str = "aws_default", **kwargs):
+        kwargs.setdefault("multiple_outputs", True)
+        super().__init__(**kwargs)
+        self.root = root
+        self.dataset = dataset
+        self.aws_conn_id = aws_conn_id
+
+    @cached_property
+    def s3_client(self):
+        return s3_client_for(str(self.root), self.aws_conn_id)
+
+
+class SimulatePartitionOperator(_PartitionsOperator):
+    """Write one partition drawn from the MNIST test pool (optionally drifted) and announce it on
+    the ``NEW_PARTITIONS`` asset (extra: dataset, partition_id, uri, root, drift)."""
+
+    template_fields: Sequence[str] = (*_PartitionsOperator.template_fields, "size", "drift", "amount", "seed")
+
+    def __init__(self, *, size: int | str = 500, drift: str = "none", amount: float | str = 0.0,
+                 seed: int | str | None = None, **kwargs):
+        kwargs.setdefault("outlets", [NEW_PARTITIONS])
+        super().__init__(**kwargs)
+        self.size = size
+        self.drift = drift
+        self.amount = amount
+        self.seed = seed
+
+    def execute(self, context) -> dict[str, Any]:
+        from tfmlops.simulate import simulate
+
+        seed = None if self.seed in (None, "", "None", -1, "-1") else int(self.seed)
+        result = simulate(str(self.root), str(self.dataset), int(self.size), str(self.drift), float(self.amount),
+                          seed, s3_client=self.s3_client)
+        if NEW_PARTITIONS in self.outlets:
+            context["outlet_events"][NEW_PARTITIONS].extra = {
+                k: result[k] for k in ("dataset", "partition_id", "uri", "drift", "amount")} | {"root": str(self.root)}
+        self.log.info("wrote partition %s", result)
+        return result
+
+
+class IngestPartitionsOperator(_PartitionsOperator):
+    """Validate the new partitions (``partitions``; empty = every partition not yet consumed, plus
+    those named by triggering ``NEW_PARTITIONS`` events) with the training-data checks. A bad
+    partition is quarantined with its reason and does not block the others. With no valid new
+    partition the task is skipped, and with it the update: re-running on consumed data is a no-op."""
+
+    template_fields: Sequence[str] = (*_PartitionsOperator.template_fields, "partitions")
+
+    def __init__(self, *, partitions: list[str] | str = (), n_features: int = 784, num_classes: int = 10, **kwargs):
+        super().__init__(**kwargs)
+        self.partitions = partitions
+        self.n_features = n_features
+        self.num_classes = num_classes
+
+    def execute(self, context) -> dict[str, Any]:
+        from tfmlops.online import ingest
+
+        wanted = _ids(self.partitions)
+        events = (context.get("triggering_asset_events") or {}).get(NEW_PARTITIONS) or []
+        announced = [e.extra["partition_id"] for e in events
+                     if (e.extra or {}).get("dataset") == str(self.dataset) and (e.extra or {}).get("partition_id")]
+        if wanted and announced:
+            wanted = list(dict.fromkeys(wanted + announced))
+        result = ingest(str(self.root), str(self.dataset), wanted or None, self.n_features, self.num_classes,
+                        s3_client=self.s3_client)
+        for bad in result["quarantined"]:
+            self.log.warning("quarantined %s: %s", bad["partition_id"], bad["reason"])
+        result["valid_ids"] = [p["partition_id"] for p in result["valid"]]
+        if not result["valid_ids"]:
+            raise AirflowSkipException(
+                f"no new valid partition in {self.root}/{self.dataset}: quarantined "
+                f"{[q['partition_id'] for q in result['quarantined']]}, already consumed {result['consumed']}, "
+                f"missing {result['missing']}")
+        return result
+
+
+class OnlineUpdateOperator(_PartitionsOperator):
+    """Fine-tune the ``champion`` on the partitions + a replay sample of earlier data, gate it
+    (better on the new data, no regression beyond ``tolerance`` on the holdout) and register it as
+    ``challenger`` with lineage. A rejected candidate (or already-consumed partitions) skips the
+    task and the rollout after it, with the reason in the log and on the MLflow run."""
+
+    template_fields: Sequence[str] = (*_PartitionsOperator.template_fields, "model_name", "partition_ids",
+                                      "replay_fraction", "learning_rate", "epochs", "batch_size",
+                                      "min_improvement", "tolerance", "holdout_uri", "holdout_rows")
+
+    def __init__(self, *, model_name: str, partition_ids: list[str] | str, replay_fraction: float | str = 0.5,
+                 learning_rate: float | str = 1e-4, epochs: int | str = 2, batch_size: int | str = 64,
+                 min_improvement: float | str = 0.0, tolerance: float | str = 0.01, holdout_uri: str = "mnist",
+                 holdout_rows: int | str = 2000, mlflow_conn_id: str = "mlflow_default", **kwargs):
+        super().__init__(**kwargs)
+        self.model_name = model_name
+        self.partition_ids = partition_ids
+        self.replay_fraction = replay_fraction
+        self.learning_rate = learning_rate
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.min_improvement = min_improvement
+        self.tolerance = tolerance
+        self.holdout_uri = holdout_uri
+        self.holdout_rows = holdout_rows
+        self.mlflow_conn_id = mlflow_conn_id
+
+    def execute(self, context) -> dict[str, Any]:
+        from tfmlops.online import OnlineConfig, OnlineUpdateError, update
+
+        config = OnlineConfig(replay_fraction=float(self.replay_fraction), learning_rate=float(self.learning_rate),
+                              epochs=int(self.epochs), batch_size=int(self.batch_size),
+                              min_improvement=float(self.min_improvement), tolerance=float(self.tolerance),
+                              holdout_uri=str(self.holdout_uri), holdout_rows=int(self.holdout_rows))
+        try:
+            result = update(MLflowHook(self.mlflow_conn_id).tracking_uri, str(self.model_name), str(self.root),
+                            str(self.dataset), _ids(self.partition_ids), config, tags=lineage(context),
+                            s3_client=self.s3_client)
+        except OnlineUpdateError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        if result["status"] == "noop":
+            raise AirflowSkipException(f"partitions {result['partitions']} already consumed: nothing to do")
+        if result["status"] != "registered":
+            raise AirflowSkipException(f"online update rejected by the gate: {result['gate']['reason']}")
+        return result

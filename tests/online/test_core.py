@@ -1,0 +1,109 @@
+"""Partitions, ingestion/quarantine, the ledger, the simulator and the drift/health maths —
+without Airflow, TensorFlow or servers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tfmlops import monitoring, online, simulate
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return simulate.pool()
+
+
+def test_simulator_command_writes_a_valid_partition(tmp_path):
+    simulate.main(["--root", str(tmp_path), "--dataset", "ds", "--size", "50", "--drift", "rotation",
+                   "--amount", "0.5", "--seed", "3"])
+    (pid, uri), = online.list_partitions(str(tmp_path), "ds").items()
+    assert uri == str(tmp_path / "ds" / "incoming" / pid / "data.npz")
+    with np.load(uri) as npz:
+        assert npz["x_train"].shape == (35, 28, 28) and npz["x_test"].shape == (15, 28, 28)
+
+
+def test_drift_kinds(pool):
+    x, y = pool
+    clean = simulate.make_partition(x, y, 400, seed=1)
+    assert np.array_equal(simulate.make_partition(x, y, 400, seed=1)["x_train"], clean["x_train"])
+    noisy = simulate.make_partition(x, y, 400, "label_noise", 0.5, seed=1)
+    assert 0.35 < np.mean(noisy["y_train"] != clean["y_train"]) < 0.65
+    imbalanced = simulate.make_partition(x, y, 400, "imbalance", 0.9, seed=1)
+    assert np.mean(imbalanced["y_train"] >= 5) < 0.2 < np.mean(clean["y_train"] >= 5)
+    turned = simulate.rotate(x[:1], 90)
+    np.testing.assert_array_equal(turned[0], np.rot90(x[0], k=-1))  # turning is about the centre
+
+
+def test_ingest_quarantines_bad_partition_without_blocking_good_ones(tmp_path, pool):
+    x, y = pool
+    root = str(tmp_path)
+    simulate.write_partition(root, "ds", "p1-good", simulate.make_partition(x, y, 60, seed=1))
+    bad = simulate.make_partition(x, y, 60, seed=2)
+    bad["y_train"] = bad["y_train"] + 10  # labels out of range
+    simulate.write_partition(root, "ds", "p2-bad", bad)
+    result = online.ingest(root, "ds")
+    assert [p["partition_id"] for p in result["valid"]] == ["p1-good"]
+    assert [q["partition_id"] for q in result["quarantined"]] == ["p2-bad"]
+    assert "labels span" in result["quarantined"][0]["reason"]
+    reason = json.loads((tmp_path / "ds" / "quarantine" / "p2-bad" / "reason.json").read_text())
+    assert reason["reason"] == result["quarantined"][0]["reason"]
+    assert (tmp_path / "ds" / "quarantine" / "p2-bad" / "data.npz").exists()
+    assert list(online.list_partitions(root, "ds")) == ["p1-good"]
+    # the ledger makes consumed partitions a no-op
+    online.write_ledger(root, "ds", {"partitions": {"p1-good": {"outcome": "registered"}}})
+    again = online.ingest(root, "ds")
+    assert again["valid"] == [] and again["consumed"] == ["p1-good"]
+    assert online.update("http://unused", "m", root, "ds", ["p1-good"])["status"] == "noop"
+
+
+def test_psi_separates_clean_from_drifted(pool):
+    x, y = pool
+    from tfmlops.data import load_mnist
+
+    mnist = load_mnist()
+    ref_x = mnist.x_train[:2000].reshape(2000, -1).astype(np.float32) / 255.0
+    reference = monitoring.build_reference(ref_x, mnist.y_train[:2000].astype(int), 10)
+
+    def psi(drift, amount):
+        p = simulate.make_partition(x, y, 300, drift, amount, seed=5)
+        rows = np.concatenate([p["x_train"], p["x_test"]]).reshape(300, -1).astype(np.float32) / 255.0
+        return monitoring.drift(reference, rows, np.concatenate([p["y_train"], p["y_test"]]), 10)
+
+    clean = psi("none", 0)
+    assert clean["input_psi_max"] < 0.25 and clean["prediction_psi"] < 0.25
+    assert psi("rotation", 0.75)["input_psi_max"] > 0.25
+    assert psi("noise", 0.3)["input_psi_max"] > 0.25
+    assert psi("imbalance", 0.9)["prediction_psi"] > 0.25
+
+
+def test_health_breaches_name_the_numbers():
+    m = {"p50_ms": 3.0, "p95_ms": 9.0, "p99_ms": 700.0, "throughput_rps": 50.0, "error_rate": 0.1, "requests": 10,
+         "errors": 1, "last_error": "ServingError: boom"}
+    breaches = monitoring.health_breaches({"ep": {2: {"rest": m}}}, monitoring.Thresholds(max_p99_ms=500))
+    assert breaches == ["ep version 2 REST: error rate 10.00% > 1.00% (1/10 requests; last: ServingError: boom)",
+                        "ep version 2 REST: p99 latency 700.0 ms > 500.0 ms (p50 3.0, p95 9.0, 10 requests)"]
+    q = monitoring.quality(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), 3)
+    assert q["accuracy"] == 0.75 and q["per_class"]["recall"] == [0.5, 1.0, 0.0]
+
+
+def test_s3_partitions_quarantine_and_ledger(s3_endpoint, pool):
+    x, y = pool
+    s3 = s3_endpoint["client"]()
+    s3.create_bucket(Bucket="parts")
+    root = "s3://parts/stream"
+    simulate.write_partition(root, "ds", "p1", simulate.make_partition(x, y, 40, seed=1), s3_client=s3)
+    bad = simulate.make_partition(x, y, 40, seed=2)
+    bad["x_test"] = bad["x_test"][:, :10]  # wrong shape
+    simulate.write_partition(root, "ds", "p2", bad, s3_client=s3)
+    result = online.ingest(root, "ds", s3_client=s3)
+    assert [p["partition_id"] for p in result["valid"]] == ["p1"]
+    assert "the model expects 784 inputs" in result["quarantined"][0]["reason"]
+    assert list(online.list_partitions(root, "ds", "quarantine", s3_client=s3)) == ["p2"]
+    assert json.loads(s3.get_object(Bucket="parts", Key="stream/ds/quarantine/p2/reason.json")["Body"].read())[
+        "partition_id"] == "p2"
+    assert online.read_ledger(root, "ds", s3_client=s3) == {"partitions": {}}
+    online.write_ledger(root, "ds", {"partitions": {"p1": {}}}, s3_client=s3)
+    assert online.ingest(root, "ds", s3_client=s3)["consumed"] == ["p1"]

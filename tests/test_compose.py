@@ -1,0 +1,436 @@
+"""The production stack (docker-compose.yaml, Dockerfile, docker/): validated offline against the
+compose spec, and checked for consistency with what the DAGs, hooks and the rollout need.
+
+No Docker engine is needed: the compose file is read with its ``${...}`` values taken from
+``.env.example`` (as ``docker compose --env-file .env.example`` would), and the TF Serving
+connections are read back through the project's own ``TFServingHook``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path, PurePosixPath
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yaml"
+SOCKET_OVERRIDE = ROOT / "docker" / "compose.docker-socket.yaml"
+ENV_EXAMPLE = ROOT / ".env.example"
+DOCKERFILE = ROOT / "Dockerfile"
+AIRFLOW_SERVICES = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
+                    "airflow-worker", "airflow-init")
+TF_SERVING_PREFIX = "tf_serving_"
+
+
+# ----------------------------------------------------------------------------------- helpers
+def env_example() -> dict[str, str]:
+    values = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+_VAR = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}|\$(\w+)")
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's variable substitution: ``$$``, ``${V}``, ``${V:-default}``, ``${V-default}``,
+    ``${V:?error}``, ``${V?error}`` and ``$V``."""
+
+    def sub(m: re.Match) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group(1) or m.group(4)
+        op, arg = m.group(2), m.group(3)
+        present = name in env and (env[name] != "" or (op or ":")[0] != ":")
+        if op and op.endswith("-"):
+            return env[name] if present else arg
+        if op and op.endswith("?"):
+            if not present:
+                raise KeyError(f"${{{name}}} is required: {arg}")
+            return env[name]
+        return env.get(name, "")
+
+    return _VAR.sub(sub, value)
+
+
+def _resolve(node, env):
+    if isinstance(node, dict):
+        return {k: _resolve(v, env) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_resolve(v, env) for v in node]
+    if isinstance(node, str):
+        return interpolate(node, env)
+    return node
+
+
+def load_compose(path: Path = COMPOSE, env: dict | None = None) -> dict:
+    return _resolve(yaml.safe_load(path.read_text()), env_example() if env is None else env)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return load_compose()
+
+
+@pytest.fixture(scope="module")
+def services(compose) -> dict:
+    return compose["services"]
+
+
+def environment(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+def mounts(service: dict) -> list[tuple[str, str, bool]]:
+    """(source, target, read_only) of every short-syntax volume of a service."""
+    out = []
+    for spec in service.get("volumes") or []:
+        parts = spec.split(":")
+        out.append((parts[0], parts[1], len(parts) > 2 and "ro" in parts[2].split(",")))
+    return out
+
+
+def volume_of(service: dict, path: str, compose: dict) -> tuple[str, str, bool]:
+    """The named volume and the path inside it that ``path`` is, in ``service``'s file system."""
+    best = None
+    for source, target, ro in mounts(service):
+        target_p, path_p = PurePosixPath(target), PurePosixPath(path)
+        if path_p == target_p or target_p in path_p.parents:
+            if best is None or len(target) > len(best[1]):
+                best = (source, target, ro)
+    assert best is not None, f"{path} is on no volume of the service"
+    source, target, ro = best
+    assert source in (compose.get("volumes") or {}), f"{path} is on {source}, not a named volume"
+    return source, str(PurePosixPath(path).relative_to(target)), ro
+
+
+def command_flags(service: dict) -> dict[str, str]:
+    cmd = service.get("command") or []
+    if isinstance(cmd, str):
+        cmd = cmd.split()
+    return dict(arg.removeprefix("--").split("=", 1) for arg in cmd if arg.startswith("--") and "=" in arg)
+
+
+def init_jobs(services: dict) -> set[str]:
+    """Services others wait for with ``service_completed_successfully``: one-shot jobs."""
+    return {name for svc in services.values() for name, dep in (svc.get("depends_on") or {}).items()
+            if isinstance(dep, dict) and dep.get("condition") == "service_completed_successfully"}
+
+
+def needed_connection_ids() -> set[str]:
+    """Every connection id that the hooks, operators and DAGs use by default."""
+    ids = set()
+    for path in [*(ROOT / "plugins" / "tfmlops_airflow").glob("*.py"), *(ROOT / "dags").glob("*.py")]:
+        text = path.read_text()
+        ids |= set(re.findall(r"conn_id: str = \"(\w+)\"", text))
+        ids |= set(re.findall(r"default_conn_name = \"(\w+)\"", text))
+        ids |= set(re.findall(r"aws_conn_id=\"(\w+)\"", text))
+        for targets in re.findall(r"\"targets\": Param\(\[([^\]]*)\]", text):
+            ids |= set(re.findall(r"\"(\w+)\"", targets))
+    return ids
+
+
+def requirement_pins() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==([^\s;#]+)", line.strip())
+        if m:
+            pins[m.group(1).lower()] = m.group(2)
+    return pins
+
+
+# ----------------------------------------------------------------------------------- validation
+def test_compose_files_validate_against_the_compose_spec():
+    exe = shutil.which("check-jsonschema") or shutil.which("check-jsonschema", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.skip("check-jsonschema is not installed (pip install check-jsonschema==0.39.0)")
+    out = subprocess.run([exe, "--builtin-schema", "vendor.compose-spec", str(COMPOSE), str(SOCKET_OVERRIDE)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _compose_cli() -> list[str] | None:
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, timeout=30)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    return None
+
+
+@pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, SOCKET_OVERRIDE]], ids=["stack", "with-docker-socket"])
+def test_docker_compose_config(files, tmp_path):
+    cli = _compose_cli()
+    if cli is None:
+        pytest.skip("neither docker-compose nor the docker compose plugin is installed "
+                    "(Debian: apt-get install -y docker-compose); no engine is needed for `config -q`")
+    argv = [*cli, "--env-file", str(ENV_EXAMPLE), "--project-directory", str(ROOT)]
+    for f in files:
+        argv += ["-f", str(f)]
+    out = subprocess.run([*argv, "config", "-q"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_required_variables_are_in_env_example_and_secrets_are_not_committed():
+    raw = COMPOSE.read_text()
+    required = set(re.findall(r"(?<!\$)\$\{(\w+):?\?", raw))
+    env = env_example()
+    missing = sorted(v for v in required if v not in env)
+    assert not missing, f"required variables of docker-compose.yaml not set in .env.example: {missing}"
+    documented = ENV_EXAMPLE.read_text()
+    undocumented = sorted(v for v in set(re.findall(r"(?<!\$)\$\{(\w+)", raw)) if v not in documented)
+    assert not undocumented, f"variables of docker-compose.yaml not in .env.example: {undocumented}"
+    with pytest.raises(KeyError):  # without a .env, the secrets are refused, never defaulted
+        load_compose(env={})
+    secret = re.compile(r"PASSWORD|SECRET|FERNET")
+    for key, value in env.items():
+        if secret.search(key):
+            assert value == "" or value.startswith("change-me"), f".env.example sets a real-looking {key}"
+    for line in raw.splitlines():  # no literal credential in the compose file
+        m = re.match(r"\s*(\w*(?:PASSWORD|SECRET|SECRET_KEY|SECRET_ACCESS_KEY)):\s*(.+)$", line)
+        if m:
+            assert "${" in m.group(2), line
+    assert ".env" in (ROOT / ".dockerignore").read_text().split()
+    gitignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=ROOT).returncode == 0
+    tracked = subprocess.run(["git", "ls-files", "--error-unmatch", ".env"], cwd=ROOT,
+                             capture_output=True).returncode == 0
+    assert not tracked, ".env is committed"
+    if not gitignored:
+        pytest.skip("add `.env` to .gitignore (not part of this change)")
+
+
+# ----------------------------------------------------------------------------------- structure
+def test_the_stack_has_every_component(services):
+    expected = {"postgres", "redis", "airflow-init", "airflow-apiserver", "airflow-scheduler",
+                "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "mlflow", "minio", "minio-init",
+                "serving-init"}
+    assert expected <= set(services)
+    assert [s for s in services if s.startswith("tf-serving-")], "no TensorFlow Serving service"
+    assert environment(services["airflow-worker"])["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+
+
+def test_every_service_has_a_healthcheck_or_is_a_one_shot_job(services):
+    jobs = init_jobs(services)
+    assert {"airflow-init", "serving-init", "minio-init"} <= jobs
+    for name, svc in services.items():
+        if name in jobs:
+            assert svc.get("restart") == "no" and not svc.get("ports"), name
+            continue
+        check = svc.get("healthcheck")
+        assert check and check.get("test") and not check.get("disable"), f"{name} has no healthcheck"
+        assert svc.get("restart") == "always", name
+
+
+def test_depends_on_always_uses_conditions(services):
+    for name, svc in services.items():
+        deps = svc.get("depends_on") or {}
+        assert isinstance(deps, dict), f"{name}: depends_on must use the long syntax with conditions"
+        for dep, spec in deps.items():
+            assert dep in services, f"{name} depends on unknown {dep}"
+            assert spec.get("condition") in ("service_healthy", "service_completed_successfully"), (name, dep)
+            if spec["condition"] == "service_healthy":
+                assert services[dep].get("healthcheck"), f"{name} waits for {dep} to be healthy: it has no check"
+    for name in AIRFLOW_SERVICES:
+        deps = services[name]["depends_on"]
+        assert deps["postgres"]["condition"] == deps["redis"]["condition"] == "service_healthy", name
+        if name != "airflow-init":
+            assert deps["airflow-init"]["condition"] == "service_completed_successfully", name
+    for name in (s for s in services if s.startswith("tf-serving-")):
+        assert services[name]["depends_on"]["serving-init"]["condition"] == "service_completed_successfully"
+
+
+def test_images_are_pinned(services):
+    for name, svc in services.items():
+        image = svc.get("image")
+        assert image, f"{name} has no image name"
+        repo, _, tag = image.rpartition(":")
+        assert repo and tag and tag != "latest" and "/" not in tag, f"{name}: image {image!r} is not pinned"
+    serving_images = {svc["image"] for n, svc in services.items() if n.startswith("tf-serving-")}
+    assert len(serving_images) == 1 and next(iter(serving_images)).startswith("tensorflow/serving:")
+    assert env_example()["TF_SERVING_IMAGE"] in serving_images
+    for dockerfile in (DOCKERFILE, ROOT / "docker" / "mlflow" / "Dockerfile"):
+        for ref in re.findall(r"^(?:FROM|ARG \w+_IMAGE=)\s*(\S+)", dockerfile.read_text(), re.M):
+            if not ref.startswith("$"):
+                assert re.search(r":[\w.\-]+$", ref) and not ref.endswith(":latest"), f"{dockerfile.name}: {ref}"
+
+
+def test_images_match_the_project_pins():
+    pins = requirement_pins()
+    text = DOCKERFILE.read_text()
+    assert f"apache/airflow:{pins['apache-airflow']}-python3.11" in text
+    mlflow = (ROOT / "docker" / "mlflow" / "Dockerfile").read_text()
+    assert f"ghcr.io/mlflow/mlflow:v{pins['mlflow']}" in mlflow
+    assert f"boto3=={pins['boto3']}" in mlflow and "psycopg2-binary==" in mlflow
+
+
+# ----------------------------------------------------------------------------------- Airflow
+def test_airflow_services_share_tf_keras_postgres_and_connections(services):
+    needed = needed_connection_ids()
+    assert {"mlflow_default", "tf_serving_default", "aws_default"} <= needed
+    for name in AIRFLOW_SERVICES:
+        env = environment(services[name])
+        assert env.get("TF_USE_LEGACY_KERAS") == "1", f"{name}: TF_USE_LEGACY_KERAS"
+        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://"), name
+        assert "@postgres:5432/" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], name
+        assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://") and "@redis:6379" in \
+            env["AIRFLOW__CELERY__BROKER_URL"], name
+        assert env["AIRFLOW__API_AUTH__JWT_SECRET"], f"{name}: components must share the JWT secret"
+        assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
+        for conn_id in needed:
+            assert f"AIRFLOW_CONN_{conn_id.upper()}" in env, f"{name}: no connection {conn_id}"
+        assert services[name]["user"].startswith("0:") if name == "airflow-init" else \
+            not services[name]["user"].startswith("0:"), f"{name}: user {services[name]['user']}"
+    assert "TF_USE_LEGACY_KERAS=1" in DOCKERFILE.read_text()
+
+
+def test_mlflow_and_s3_connections_point_at_the_stack(services, monkeypatch):
+    from tfmlops_airflow.hooks import MLflowHook
+
+    env = environment(services["airflow-worker"])
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", env["AIRFLOW_CONN_MLFLOW_DEFAULT"])
+    uri = MLflowHook().tracking_uri
+    flags = command_flags(services["mlflow"])
+    assert uri == f"http://mlflow:{flags['port']}"
+    assert flags["backend-store-uri"].startswith("postgresql+psycopg2://") and "@postgres:5432/mlflow" in flags["backend-store-uri"]
+    assert flags["artifacts-destination"].startswith("s3://")
+    mlflow_env = environment(services["mlflow"])
+    assert mlflow_env["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert "mlflow:5000" in mlflow_env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+    bucket = flags["artifacts-destination"].removeprefix("s3://").split("/")[0]
+    assert bucket in environment(services["minio-init"])["MINIO_BUCKETS"].split()
+
+    aws = json.loads(env["AIRFLOW_CONN_AWS_DEFAULT"])
+    assert aws["conn_type"] == "aws" and aws["login"] and aws["password"]
+    assert aws["extra"]["endpoint_url"] == "http://minio:9000"
+
+
+def test_rollout_pool_is_created_by_the_init_job(services):
+    pool = re.search(r'^POOL = "(\w+)"', (ROOT / "dags" / "tf_serving_rollout.py").read_text(), re.M).group(1)
+    init = services["airflow-init"]
+    script = init["entrypoint"][-1]
+    assert script.startswith("/opt/tfmlops/docker/")
+    text = (ROOT / "docker" / PurePosixPath(script).relative_to("/opt/tfmlops/docker")).read_text()
+    assert re.search(rf"airflow pools set {pool} 1 ", text)
+    assert "airflow db migrate" in text
+    assert "COPY --chown=airflow:0 docker /opt/tfmlops/docker" in DOCKERFILE.read_text()
+
+
+# ----------------------------------------------------------------------------------- serving
+def serving_connections(services) -> dict[str, str]:
+    env = environment(services["airflow-worker"])
+    return {k.removeprefix("AIRFLOW_CONN_").lower(): v for k, v in env.items()
+            if k.startswith(f"AIRFLOW_CONN_{TF_SERVING_PREFIX.upper()}")}
+
+
+def test_every_serving_replica_has_a_connection(services):
+    hosts = set()
+    for conn_id, uri in serving_connections(services).items():
+        hosts.add(uri.split("://", 1)[1].split(":", 1)[0].split("/", 1)[0])
+    replicas = {n for n in services if n.startswith("tf-serving-")}
+    assert hosts == replicas
+    assert set(environment(services["serving-init"])["TF_SERVING_REPLICAS"].split()) == replicas
+
+
+@pytest.mark.parametrize("worker", ["airflow-worker", "airflow-scheduler"])
+def test_the_config_file_the_rollout_writes_is_the_one_tf_serving_reads(services, compose, worker, monkeypatch):
+    """Each tf_serving_* connection, read through TFServingHook as the operators do: its
+    models_root and model_config_file (worker side) must be the same volume files that its TF
+    Serving replica reads at server_models_root and --model_config_file, and its ports the
+    replica's."""
+    from tfmlops_airflow.hooks import TFServingHook
+
+    for conn_id, uri in serving_connections(services).items():
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", uri)
+        hook = TFServingHook(conn_id)
+        conn = hook.connection
+        server = services[conn.host]
+        flags = command_flags(server)
+        assert int(conn.port) == int(flags["rest_api_port"]) and int(hook.extra["grpc_port"]) == int(flags["port"])
+
+        worker_svc = services[worker]
+        models_vol, models_sub, models_ro = volume_of(worker_svc, hook.models_root, compose)
+        server_vol, server_sub, _ = volume_of(server, hook.server_models_root, compose)
+        assert (models_vol, models_sub) == (server_vol, server_sub), conn_id
+        assert not models_ro, f"{worker} must be able to publish versions into {hook.models_root}"
+        assert hook.server_models_root != hook.models_root  # the base paths written are the server's
+
+        written = volume_of(worker_svc, hook.model_config_file, compose)
+        read = volume_of(server, flags["model_config_file"], compose)
+        assert written[:2] == read[:2], f"{conn_id}: writes {hook.model_config_file}, server reads " \
+                                        f"{flags['model_config_file']}"
+        assert not written[2], f"{worker} must be able to rewrite {hook.model_config_file}"
+        assert PurePosixPath(written[1]).parts[0] == conn.host  # one config file per replica
+        assert int(flags["model_config_file_poll_wait_seconds"]) > 0
+
+
+def test_serving_init_seeds_the_config_files_the_replicas_read(services, compose):
+    init = services["serving-init"]
+    env = environment(init)
+    assert init["user"].startswith("0:")
+    for name in env["TF_SERVING_REPLICAS"].split():
+        seeded = f"{env['SERVING_CONFIG_ROOT']}/{name}/models.config"
+        read = command_flags(services[name])["model_config_file"]
+        assert volume_of(init, seeded, compose)[:2] == volume_of(services[name], read, compose)[:2]
+    script = (ROOT / "docker" / "serving" / "init.sh").read_text()
+    assert "model_config_list {" in script and "chown -R" in script
+
+
+def test_seeded_config_is_a_valid_empty_model_server_config(tmp_path):
+    env = {**os.environ, "AIRFLOW_UID": str(os.getuid()), "SERVING_MODELS_ROOT": str(tmp_path / "models"),
+           "SERVING_CONFIG_ROOT": str(tmp_path / "config"), "TF_SERVING_REPLICAS": "tf-serving-0 tf-serving-1"}
+    out = subprocess.run(["bash", str(ROOT / "docker" / "serving" / "init.sh")], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    from tfmlops.serving.config import load_config
+
+    for name in ("tf-serving-0", "tf-serving-1"):
+        cfg = load_config(str(tmp_path / "config" / name / "models.config"))
+        assert len(cfg.model_config_list.config) == 0
+    (tmp_path / "config" / "tf-serving-0" / "models.config").write_text(
+        'model_config_list {\n  config {\n    name: "m"\n    base_path: "/models/m"\n  }\n}\n')
+    assert subprocess.run(["bash", str(ROOT / "docker" / "serving" / "init.sh")], env=env, timeout=60).returncode == 0
+    kept = load_config(str(tmp_path / "config" / "tf-serving-0" / "models.config"))
+    assert [c.name for c in kept.model_config_list.config] == ["m"], "the init job must keep the serving state"
+
+
+# ----------------------------------------------------------------------------------- image
+def test_dockerfile_installs_the_pinned_project():
+    text = DOCKERFILE.read_text()
+    assert re.search(r"-r /opt/tfmlops/requirements\.txt -c /opt/tfmlops/requirements-lock\.txt", text)
+    assert re.search(r"--no-deps -r /opt/tfmlops/requirements-nodeps\.txt", text)
+    assert re.search(r"pip install --no-cache-dir --no-deps /opt/tfmlops/src", text)
+    assert "npm ci --prefix /opt/tfmlops/web" in text
+    users = re.findall(r"^USER (\S+)", text, re.M)
+    assert users and users[-1] == "airflow", "the image must end as the non-root airflow user"
+    for copied in re.findall(r"^COPY (?!--from)(?:--chown=\S+ )?(.+) \S+$", text, re.M):
+        for src in copied.split():
+            if not src.startswith("--"):
+                assert (ROOT / src).exists(), f"Dockerfile copies missing {src}"
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for needed in ("dags", "plugins", "include", "docker", "data", "requirements.txt"):
+        assert needed not in ignored
+    assert "web/node_modules" in ignored and ".venv" in ignored
+
+
+def test_docker_socket_is_optional(services):
+    for name, svc in services.items():
+        assert not any("docker.sock" in src for src, _, _ in mounts(svc)), f"{name} mounts the docker socket"
+    override = load_compose(SOCKET_OVERRIDE)
+    worker = override["services"]["airflow-worker"]
+    assert "/var/run/docker.sock:/var/run/docker.sock" in worker["volumes"]
+    assert worker["environment"]["DOCKER_HOST"] == "unix:///var/run/docker.sock"
