@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from airflow.sdk import DAG, Param
 
+from tfmlops_airflow import params
 from tfmlops_airflow.online_operators import SimulatePartitionOperator
-
-DEFAULT_ROOT = str(Path(__file__).resolve().parents[1] / "var" / "partitions")
 
 DOC = """
 ### New data partitions for the demo
@@ -17,9 +15,10 @@ DOC = """
 Draws a partition from the MNIST test pool (after the first 5 000 rows, which are the online
 update's fixed holdout) and writes it as `<root>/<dataset>/incoming/<partition-id>/data.npz`
 (`x_train`, `y_train`, `x_test`, `y_test`, uint8 28×28 images; 30 % of the rows are the test
-split) — local folder or `s3://` (connection `aws_default`). Then it emits an event on the asset
-`tfmlops_new_partitions` (extra: dataset, partition id, URI, drift), which schedules
-`tf_online_update`.
+split) — local folder or `s3://` (connection `aws_default`). Then it emits an event on the
+partitioned asset `tfmlops_new_partitions` with the partition key `<dataset>|<partition-id>`
+(extra: dataset, partition id, URI, drift), which schedules one `tf_online_update` run for that
+partition.
 
 **Drift** (strength `amount` in [0, 1]): `rotation` (amount × 60°), `noise` (Gaussian, σ =
 amount × 128 grey levels), `imbalance` (classes 5–9 drawn with weight 1 − amount),
@@ -30,10 +29,7 @@ The same from a shell: `python -m tfmlops.simulate --root var/partitions --drift
 """
 
 PARAMS = {
-    "root": Param(DEFAULT_ROOT, type="string", minLength=1, maxLength=1000, title="Partitions root",
-                  description="Local folder or s3://bucket/prefix holding <dataset>/incoming/<partition-id>/."),
-    "dataset": Param("mnist_stream", type="string", minLength=1, maxLength=100, pattern=r"^[A-Za-z0-9_.-]+$",
-                     title="Dataset", description="Dataset name: the folder under the root."),
+    **params.partitions(),
     "size": Param(500, type="integer", minimum=10, maximum=5000, title="Partition size",
                   description="Rows in the partition (train + test split)."),
     "drift": Param("none", type="string", enum=["none", "rotation", "noise", "imbalance", "label_noise"],

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, Param, task
 
+from tfmlops_airflow import params
 from tfmlops_airflow.monitor_operators import ModelQualityDriftOperator, ServingHealthOperator, alert_on_failure
-
-DEFAULT_ROOT = str(Path(__file__).resolve().parents[1] / "var" / "partitions")
 
 DOC = """
 ### Monitoring of the served model (closes the loop)
@@ -35,20 +33,15 @@ Connections: `mlflow_default`, `tf_serving_default` (and the other targets), `aw
 """
 
 PARAMS = {
-    "model_name": Param("mnist_mlp", type="string", minLength=1, maxLength=100, pattern=r"^[A-Za-z0-9_.-]+$",
-                        title="Model name", description="Registered and served model name."),
-    "targets": Param(["tf_serving_default"], type="array", items={"type": "string"}, minItems=1, maxItems=20,
-                     title="Target endpoints", description="TF Serving connection ids to probe."),
+    "model_name": params.model_name("Registered and served model name."),
+    "targets": params.targets("TF Serving connection ids to probe."),
     "requests": Param(50, type="integer", minimum=5, maximum=2000, title="Probe requests",
                       description="Requests per endpoint, version and API (REST, gRPC) in the health probe."),
     "max_p99_ms": Param(500, type="number", exclusiveMinimum=0, maximum=60000, title="Max p99 latency (ms)",
                         description="Health: p99 latency above this fails the task."),
     "max_error_rate": Param(0.01, type="number", minimum=0, maximum=1, title="Max error rate",
                             description="Health: share of failed requests above this fails the task."),
-    "root": Param(DEFAULT_ROOT, type="string", minLength=1, maxLength=1000, title="Partitions root",
-                  description="Local folder or s3://bucket/prefix holding <dataset>/incoming/<partition-id>/."),
-    "dataset": Param("mnist_stream", type="string", minLength=1, maxLength=100, pattern=r"^[A-Za-z0-9_.-]+$",
-                     title="Dataset", description="Dataset name: the folder under the root."),
+    **params.partitions(),
     "newest": Param(1, type="integer", minimum=1, maximum=100, title="Newest partitions",
                     description="How many of the newest partitions the quality and drift checks use."),
     "min_accuracy": Param(0.85, type="number", minimum=0, maximum=1, title="Min accuracy",

@@ -6,16 +6,16 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param
 
+from tfmlops_airflow import params
 from tfmlops_airflow.operators import (
-    DeployModelOperator,
     EvaluateModelOperator,
     ExportSavedModelOperator,
     ModelGateOperator,
-    PromoteModelOperator,
     RegisterModelOperator,
     TrainModelOperator,
     ValidateDatasetOperator,
 )
+from tfmlops_airflow.rollout_operators import ServingRolloutOperator
 
 DOC = """
 ### Offline retraining of a TensorFlow classifier
@@ -33,16 +33,19 @@ config**), and deploys the result only if it is good enough:
    skips everything after the gate: the champion and the served version stay as they are.
 5. **export** — SavedModel with a `serving_default` signature, reloaded and checked.
 6. **register** — a new version in the MLflow model registry, alias `challenger`, lineage tags.
-7. **deploy** — published as version *N* (= registry version) in the serving base path; waits
-   until TF Serving reports it AVAILABLE; REST smoke test against the exported predictions.
-8. **promote** — alias `champion` → *N* (the old champion becomes `previous`).
+7. **rollout** — the `tf_serving_rollout` logic (`replace` by default, or `canary`): version
+   *N* (= registry version) is published safely into every target's base path, loaded next to
+   the served version, checked over REST and gRPC against the registered model's predictions,
+   then switched to; one endpoint at a time, rolled back by itself on a failed check. On success
+   `champion` → *N* (the old champion becomes `previous`) and an event on the asset
+   `tfmlops_champion` schedules `tf_optimize_export`.
 
-Connections: `mlflow_default`, `tf_serving_default`, `aws_default` (for `s3://` datasets).
+Connections: `mlflow_default`, the target TF Serving connections (`tf_serving_default`),
+`aws_default` (for `s3://` datasets and base paths).
 """
 
 PARAMS = {
-    "model_name": Param("mnist_mlp", type="string", minLength=1, maxLength=100, pattern=r"^[A-Za-z0-9_.-]+$",
-                        title="Model name", description="Registered model name in MLflow, and the served model's name."),
+    "model_name": params.model_name("Registered model name in MLflow, and the served model's name."),
     "dataset_uri": Param("mnist", type="string", minLength=1, title="Dataset URI",
                          description="'mnist' (bundled, hash-checked), or a .npz/.parquet file: local path or s3://bucket/key."),
     "epochs": Param(5, type="integer", minimum=1, maximum=100, title="Epochs", description="Training epochs."),
@@ -56,6 +59,7 @@ PARAMS = {
                           description="Gate: test accuracy the candidate must reach."),
     "tolerance": Param(0.005, type="number", minimum=0, maximum=1, title="Tolerance vs champion",
                        description="Gate: how much worse than the champion the candidate may be."),
+    **params.rollout(),
 }
 
 with DAG(
@@ -92,12 +96,9 @@ with DAG(
         task_id="register", task_display_name="Register in MLflow", model_name="{{ params.model_name }}",
         run_id=train.output["run_id"], model_uri=train.output["model_uri"], metrics=evaluate.output,
         dataset_fingerprint=train.output["dataset_fingerprint"])
-    deploy = DeployModelOperator(
-        task_id="deploy", task_display_name="Deploy to TF Serving", model_name="{{ params.model_name }}",
-        version=register.output["version"], serving_artifact_uri=export.output["serving_artifact_uri"])
-    promote = PromoteModelOperator(
-        task_id="promote", task_display_name="Set champion", model_name="{{ params.model_name }}",
-        version=register.output["version"])
+    rollout = ServingRolloutOperator(
+        task_id="rollout", task_display_name="Roll out to TF Serving, set champion", pool=params.ROLLOUT_POOL,
+        version=register.output["version"], announce_champion=True, **params.rollout_arguments())
 
     validate >> train
-    gate >> export >> register >> deploy >> promote
+    gate >> export >> register >> rollout

@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from pathlib import Path
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, Param, PartitionedAssetTimetable
 
+from tfmlops_airflow import params
 from tfmlops_airflow.assets import NEW_PARTITIONS
 from tfmlops_airflow.online_operators import IngestPartitionsOperator, OnlineUpdateOperator
 from tfmlops_airflow.rollout_operators import ServingRolloutOperator
 
-DEFAULT_ROOT = str(Path(__file__).resolve().parents[1] / "var" / "partitions")
-
 DOC = """
 ### Online update of the champion on new data partitions
 
-Runs for every event on the asset `tfmlops_new_partitions` (e.g. from `tf_data_simulator`), or
-from **Trigger ▸ with config**:
+Runs once for every new partition of the partitioned asset `tfmlops_new_partitions` (e.g. from
+`tf_data_simulator`; the run's partition key `<dataset>|<partition-id>` names it, and it is
+looked for under this DAG's `root`), or from **Trigger ▸ with config**:
 
-1. **ingest** — every new partition under `<root>/<dataset>/incoming/` (or the ones named) is
-   validated with the training-data checks (shape, dtype, NaN/inf, label range, empty splits,
+1. **ingest** — the run's partition (from the UI: the ones named, or every new partition under
+   `<root>/<dataset>/incoming/`) is validated with the training-data checks (shape, dtype, NaN/inf, label range, empty splits,
    overlap). A bad partition is moved to `<root>/<dataset>/quarantine/<id>/` with `reason.json`
    and does not block the good ones. Partitions already in `<root>/<dataset>/ledger.json` are
    skipped: with nothing new, the run is a no-op (the later tasks are skipped).
@@ -35,18 +34,15 @@ from **Trigger ▸ with config**:
 3. **rollout** — the `tf_serving_rollout` logic, in this run (canary by default: `stable`/`canary`
    labels, smoke parity over REST and gRPC, p99 latency budget, promote to `champion` or roll back).
    It runs here rather than through a TriggerDagRun so the run's outcome is the rollout's
-   outcome (a failed canary fails this run), in the `tf_serving_rollout` pool.
+   outcome (a failed canary fails this run), in the `tf_serving_rollout` pool. A promotion
+   emits an event on `tfmlops_champion` (which schedules `tf_optimize_export`).
 
 Connections: `mlflow_default`, `tf_serving_default` (targets), `aws_default` for `s3://` roots.
 """
 
 PARAMS = {
-    "model_name": Param("mnist_mlp", type="string", minLength=1, maxLength=100, pattern=r"^[A-Za-z0-9_.-]+$",
-                        title="Model name", description="Registered model whose champion is updated (= served name)."),
-    "root": Param(DEFAULT_ROOT, type="string", minLength=1, maxLength=1000, title="Partitions root",
-                  description="Local folder or s3://bucket/prefix holding <dataset>/incoming/<partition-id>/."),
-    "dataset": Param("mnist_stream", type="string", minLength=1, maxLength=100, pattern=r"^[A-Za-z0-9_.-]+$",
-                     title="Dataset", description="Dataset name: the folder under the root."),
+    "model_name": params.model_name("Registered model whose champion is updated (= served name)."),
+    **params.partitions(),
     "partitions": Param("", type="string", maxLength=4000, title="Partitions",
                         description="Comma-separated partition ids; empty = every partition not consumed yet."),
     "replay_fraction": Param(0.5, type="number", minimum=0, maximum=0.9, title="Replay fraction",
@@ -64,24 +60,14 @@ PARAMS = {
                          description="'mnist' (first 5000 MNIST test rows) or a dataset file whose test split is used."),
     "holdout_rows": Param(2000, type="integer", minimum=100, maximum=10000, title="Holdout rows",
                           description="Holdout rows evaluated by the gate."),
-    "strategy": Param("canary", type="string", enum=["canary", "replace"], title="Rollout strategy",
-                      description="canary: stable/canary labels, checks, promote; replace: load, check, switch."),
-    "latency_budget_ms": Param(250, type="number", exclusiveMinimum=0, maximum=60000, title="Canary p99 budget (ms)",
-                               description="p99 of single-row REST predicts on the canary label."),
-    "canary_holdout_uri": Param("", type="string", maxLength=1000, title="Canary holdout",
-                                description="Canary accuracy check through the server: .npz with x/y (or "
-                                            "x_test/y_test) as float features, local or s3://. Empty: no check."),
-    "canary_min_accuracy": Param(0.8, type="number", minimum=0, maximum=1, title="Canary minimum accuracy",
-                                 description="Accuracy the canary must reach on the canary holdout."),
-    "targets": Param(["tf_serving_default"], type="array", items={"type": "string"}, minItems=1, maxItems=20,
-                     title="Target endpoints", description="TF Serving connection ids, rolled one at a time."),
+    **params.rollout(strategy="canary"),
 }
 
 with DAG(
     dag_id="tf_online_update",
     description="New partitions → validate/quarantine → fine-tune champion with replay → gate → challenger → canary",
     doc_md=DOC,
-    schedule=[NEW_PARTITIONS],
+    schedule=PartitionedAssetTimetable(assets=NEW_PARTITIONS),  # one run per new partition
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -101,8 +87,6 @@ with DAG(
         min_improvement="{{ params.min_improvement }}", tolerance="{{ params.tolerance }}",
         holdout_uri="{{ params.holdout_uri }}", holdout_rows="{{ params.holdout_rows }}", **data)
     rollout = ServingRolloutOperator(
-        task_id="rollout", task_display_name="Roll out (canary)", pool="tf_serving_rollout",
-        model_name="{{ params.model_name }}", version=update.output["version"], targets="{{ params.targets }}",
-        strategy="{{ params.strategy }}", latency_budget_ms="{{ params.latency_budget_ms }}",
-        holdout_uri="{{ params.canary_holdout_uri }}", min_accuracy="{{ params.canary_min_accuracy }}")
+        task_id="rollout", task_display_name="Roll out (canary), set champion", pool=params.ROLLOUT_POOL,
+        version=update.output["version"], announce_champion=True, **params.rollout_arguments())
     ingest >> update >> rollout

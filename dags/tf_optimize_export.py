@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param
 
+from tfmlops_airflow import params
 from tfmlops_airflow.assets import CHAMPION
 from tfmlops_airflow.operators import ResolveModelVersionOperator
 from tfmlops_airflow.optimize_operators import (
@@ -53,8 +54,7 @@ Connections: `mlflow_default`, `aws_default` (for `s3://` datasets). Needs `node
 """
 
 PARAMS = {
-    "model_name": Param("mnist_mlp", type="string", minLength=1, maxLength=100, pattern=r"^[A-Za-z0-9_.-]+$",
-                        title="Model name", description="Registered model name in MLflow."),
+    "model_name": params.model_name("Registered model name in MLflow."),
     "version": Param("champion", type="string", minLength=1, maxLength=100, pattern=r"^[A-Za-z0-9_.-]+$",
                      title="Version or alias",
                      description="A registered version number (e.g. 3) or an alias (champion, challenger...)."),

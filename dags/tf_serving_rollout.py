@@ -6,13 +6,12 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param
 
+from tfmlops_airflow import params
 from tfmlops_airflow.operators import ResolveModelVersionOperator
 from tfmlops_airflow.rollout_operators import (
     PublishServingVersionOperator,
     ServingRolloutOperator,
 )
-
-POOL = "tf_serving_rollout"
 
 DOC = """
 ### Rolling version update of a TensorFlow Serving model
@@ -38,33 +37,20 @@ it is bad. Run it from **Trigger ▸ with config**; daily it reconciles serving 
    directories beyond **keep** are retired once nothing references them.
 
 Clients should address the `stable` label: unversioned requests go to the highest loaded version.
-`max_active_runs=1` and the `tf_serving_rollout` pool (1 slot) serialize rollouts.
+Rollouts never interleave: each locks every endpoint's config file for its whole run, and the
+rollout tasks of every DAG share the `tf_serving_rollout` pool (1 slot); `max_active_runs=1`.
 Connections: `mlflow_default`, the target TF Serving connections (`tf_serving_default`),
 `aws_default` for `s3://` base paths and holdouts. Target `docker:<fleet>` = the
 `tensorflow/serving` containers of a docker SDK fleet.
 """
 
 PARAMS = {
-    "model_name": Param("mnist_mlp", type="string", minLength=1, maxLength=100, pattern=r"^[A-Za-z0-9_.-]+$",
-                        title="Model name", description="Registered model name in MLflow = served model name."),
-    "version": Param("champion", type="string", minLength=1, maxLength=100, pattern=r"^[A-Za-z0-9_.-]+$",
+    "model_name": params.model_name("Registered model name in MLflow = served model name."),
+    "version": Param("champion", type="string", minLength=1, maxLength=100, pattern=params.NAME_PATTERN,
                      title="Version or alias", description="A registered version number, or an alias "
                                                            "(champion, challenger, previous)."),
-    "strategy": Param("replace", type="string", enum=["replace", "canary"], title="Strategy",
-                      description="replace: load, check, switch; canary: stable/canary labels, checks, promote."),
-    "holdout_uri": Param("", type="string", maxLength=1000, title="Holdout dataset",
-                         description="Canary accuracy check: .npz with x/y (or x_test/y_test), local or s3://. "
-                                     "Empty: no accuracy check."),
-    "min_accuracy": Param(0.9, type="number", minimum=0, maximum=1, title="Minimum canary accuracy",
-                          description="Accuracy the canary must reach on the holdout through the server."),
-    "latency_budget_ms": Param(250, type="number", exclusiveMinimum=0, maximum=60000,
-                               title="Canary p99 latency budget (ms)",
-                               description="p99 of single-row REST predicts on the canary label."),
-    "keep": Param(2, type="integer", minimum=1, maximum=50, title="Versions to keep",
-                  description="Version directories kept in the base path (referenced ones are always kept)."),
-    "targets": Param(["tf_serving_default"], type="array", items={"type": "string"}, minItems=1, maxItems=20,
-                     title="Target endpoints", description="TF Serving connection ids, rolled one at a time, "
-                                                           "or docker:<fleet> for a docker SDK fleet."),
+    **params.rollout(targets_description="TF Serving connection ids, rolled one at a time, "
+                                         "or docker:<fleet> for a docker SDK fleet."),
 }
 
 with DAG(
@@ -78,16 +64,14 @@ with DAG(
     params=PARAMS,
     render_template_as_native_obj=True,
     tags=["tensorflow", "serving", "rollout", "mlflow"],
-    default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(seconds=30), "pool": POOL},
+    default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(seconds=30),
+                  "pool": params.ROLLOUT_POOL},
 ) as dag:
-    common = {"model_name": "{{ params.model_name }}", "targets": "{{ params.targets }}"}
     resolve = ResolveModelVersionOperator(task_id="resolve", task_display_name="Resolve version",
                                           model_name="{{ params.model_name }}", version="{{ params.version }}")
     publish = PublishServingVersionOperator(task_id="publish", task_display_name="Publish SavedModel",
-                                            version=resolve.output["version"], **common)
-    roll = ServingRolloutOperator(
-        task_id="rollout", task_display_name="Roll out, promote or roll back", version=resolve.output["version"],
-        strategy="{{ params.strategy }}", holdout_uri="{{ params.holdout_uri }}",
-        min_accuracy="{{ params.min_accuracy }}", latency_budget_ms="{{ params.latency_budget_ms }}",
-        keep="{{ params.keep }}", **common)
+                                            model_name="{{ params.model_name }}", targets="{{ params.targets }}",
+                                            version=resolve.output["version"])
+    roll = ServingRolloutOperator(task_id="rollout", task_display_name="Roll out, promote or roll back",
+                                  version=resolve.output["version"], **params.rollout_arguments())
     resolve >> publish >> roll

@@ -85,7 +85,7 @@ def test_offline_retrain_then_rejected_candidate(airflow_db, airflow_connections
                                   "tolerance": 0.0, **SAMPLE})
     task_states = states(rejected)
     assert task_states["gate"] == "skipped", task_states
-    assert all(task_states[t] == "skipped" for t in ("export", "register", "deploy", "promote")), task_states
+    assert all(task_states[t] == "skipped" for t in ("export", "register", "rollout")), task_states
     assert mlf.get_model_version_by_alias(MODEL, "champion").version == "1"
     assert len(mlf.search_model_versions(f"name='{MODEL}'")) == 1
     assert [v["version"] for v in served_status(serving_server["rest_port"])["model_version_status"]] == ["1"]

@@ -144,62 +144,7 @@ def register(tracking_uri: str, model_name: str, run_id: str, model_uri: str, me
     return {"model_name": model_name, "version": version}
 
 
-class SmokeTestError(RuntimeError):
-    """The served version's predictions differ from the exported model's."""
-
-
-def smoke_check(served: np.ndarray, smoke: dict, where: str) -> float:
-    expected = np.asarray(smoke["expected"], dtype=np.float32)
-    served = np.asarray(served, dtype=np.float32)
-    if served.shape != expected.shape:
-        raise SmokeTestError(f"{where}: predictions have shape {served.shape}, expected {expected.shape}")
-    max_diff = float(np.max(np.abs(served - expected)))
-    if max_diff > smoke["tolerance"]:
-        raise SmokeTestError(f"{where}: predictions differ from the exported model by {max_diff:.3g} "
-                             f"(tolerance {smoke['tolerance']:g})")
-    return max_diff
-
-
 def download_serving_artifact(tracking_uri: str, serving_artifact_uri: str, dst: Path) -> tuple[Path, dict]:
     """Fetch ``serving/`` of a run: returns the SavedModel directory and the smoke batch."""
     local = registry.download(tracking_uri, serving_artifact_uri, dst)
     return local / "saved_model", json.loads((local / "smoke.json").read_text())
-
-
-def promote(tracking_uri: str, model_name: str, version: int) -> dict:
-    previous = registry.alias_version(tracking_uri, model_name, registry.CHAMPION)
-    if previous is not None and int(previous.version) != version:
-        registry.set_alias(tracking_uri, model_name, "previous", int(previous.version))
-    registry.set_alias(tracking_uri, model_name, registry.CHAMPION, version)
-    log.info("%s version %d is now %s", model_name, version, registry.CHAMPION)
-    return {"model_name": model_name, "champion": version,
-            "previous": int(previous.version) if previous is not None else None}
-
-
-def deploy(tracking_uri: str, serving_client, model_name: str, version: int, serving_artifact_uri: str,
-           models_root: str, model_config_file: str | None, server_models_root: str | None = None,
-           timeout_s: float = 180.0) -> dict:
-    """Publish the exported SavedModel as serving version ``version``, make sure the server's
-    config lists the model (file + HandleReloadConfigRequest), wait until the version is
-    AVAILABLE and check its REST predictions against the exported model's."""
-    from tfmlops.serving.publish import ensure_model_config, publish_version
-
-    with tempfile.TemporaryDirectory() as tmp:
-        saved_model, smoke = download_serving_artifact(tracking_uri, serving_artifact_uri, Path(tmp))
-        published = publish_version(saved_model, models_root, model_name, version)
-    log.info("published %s", published)
-    if model_config_file:
-        base_path = f"{(server_models_root or models_root).rstrip('/')}/{model_name}"
-        config, changed = ensure_model_config(model_config_file, model_name, base_path)
-        if changed:
-            serving_client.reload_config(config)
-            log.info("added %s (base path %s) to %s and reloaded the server config", model_name, base_path,
-                     model_config_file)
-    serving_client.wait_until_available(model_name, version, timeout_s=timeout_s)
-    served = serving_client.predict_rest(model_name, smoke["instances"], version=version,
-                                         signature_name=smoke["signature_name"])
-    max_diff = smoke_check(served, smoke, f"{model_name} version {version}")
-    log.info("%s version %d is AVAILABLE and answers like the exported model (max diff %.3g)",
-             model_name, version, max_diff)
-    return {"model_name": model_name, "version": version, "path": published["path"],
-            "content_hash": published["content_hash"], "smoke_max_abs_diff": max_diff}

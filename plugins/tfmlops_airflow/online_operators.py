@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from tfmlops_airflow.assets import NEW_PARTITIONS
+from tfmlops_airflow.assets import NEW_PARTITIONS, partition_key, split_partition_key
 from tfmlops_airflow.hooks import MLflowHook, s3_client_for
 from tfmlops_airflow.operators import lineage
 
@@ -43,7 +43,8 @@ class _PartitionsOperator(BaseOperator):
 
 class SimulatePartitionOperator(_PartitionsOperator):
     """Write one partition drawn from the MNIST test pool (optionally drifted) and announce it on
-    the ``NEW_PARTITIONS`` asset (extra: dataset, partition_id, uri, root, drift)."""
+    the ``NEW_PARTITIONS`` asset: partition key ``<dataset>|<partition-id>``, extra: dataset,
+    partition_id, uri, root, drift."""
 
     template_fields: Sequence[str] = (*_PartitionsOperator.template_fields, "size", "drift", "amount", "seed")
 
@@ -63,17 +64,20 @@ class SimulatePartitionOperator(_PartitionsOperator):
         result = simulate(str(self.root), str(self.dataset), int(self.size), str(self.drift), float(self.amount),
                           seed, s3_client=self.s3_client)
         if NEW_PARTITIONS in self.outlets:
-            context["outlet_events"][NEW_PARTITIONS].extra = {
-                k: result[k] for k in ("dataset", "partition_id", "uri", "drift", "amount")} | {"root": str(self.root)}
+            event = context["outlet_events"][NEW_PARTITIONS]
+            event.extra = {k: result[k] for k in ("dataset", "partition_id", "uri", "drift", "amount")} | {
+                "root": str(self.root)}
+            event.add_partitions(partition_key(result["dataset"], result["partition_id"]))
         self.log.info("wrote partition %s", result)
         return result
 
 
 class IngestPartitionsOperator(_PartitionsOperator):
-    """Validate the new partitions (``partitions``; empty = every partition not yet consumed, plus
-    those named by triggering ``NEW_PARTITIONS`` events) with the training-data checks. A bad
-    partition is quarantined with its reason and does not block the others. With no valid new
-    partition the task is skipped, and with it the update: re-running on consumed data is a no-op."""
+    """Validate the new partitions with the training-data checks: in a run for one partition of
+    the ``NEW_PARTITIONS`` asset (its ``partition_key``), that partition; otherwise the ones named
+    in ``partitions``, or every partition not yet consumed. A bad partition is quarantined with
+    its reason and does not block the others. With no valid new partition the task is skipped,
+    and with it the update: re-running on consumed data is a no-op."""
 
     template_fields: Sequence[str] = (*_PartitionsOperator.template_fields, "partitions")
 
@@ -87,11 +91,16 @@ class IngestPartitionsOperator(_PartitionsOperator):
         from tfmlops.online import ingest
 
         wanted = _ids(self.partitions)
-        events = (context.get("triggering_asset_events") or {}).get(NEW_PARTITIONS) or []
-        announced = [e.extra["partition_id"] for e in events
-                     if (e.extra or {}).get("dataset") == str(self.dataset) and (e.extra or {}).get("partition_id")]
-        if wanted and announced:
-            wanted = list(dict.fromkeys(wanted + announced))
+        key = context.get("partition_key")
+        if key:
+            try:
+                dataset, partition_id = split_partition_key(key)
+            except ValueError as exc:
+                raise AirflowFailException(str(exc)) from exc
+            if dataset != str(self.dataset):
+                raise AirflowSkipException(f"partition {key!r} belongs to dataset {dataset!r}; this run updates on "
+                                           f"{self.dataset!r} (set the dataset param)")
+            wanted = [partition_id]
         result = ingest(str(self.root), str(self.dataset), wanted or None, self.n_features, self.num_classes,
                         s3_client=self.s3_client)
         for bad in result["quarantined"]:

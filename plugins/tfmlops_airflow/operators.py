@@ -16,7 +16,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from tfmlops_airflow.assets import CHAMPION
-from tfmlops_airflow.hooks import MLflowHook, TFServingHook, s3_client_for
+from tfmlops_airflow.hooks import MLflowHook, s3_client_for
 
 DATA_FIELDS = ("dataset_uri", "sample_fraction", "seed")
 
@@ -204,56 +204,3 @@ class RegisterModelOperator(BaseOperator):
 
         return register(MLflowHook(self.mlflow_conn_id).tracking_uri, self.model_name, self.run_id, self.model_uri,
                         dict(self.metrics), {**lineage(context), "dataset_fingerprint": self.dataset_fingerprint})
-
-
-class DeployModelOperator(BaseOperator):
-    """Publish a registered version to the serving endpoint as version N, make sure the model is
-    in the server's config, wait until N is AVAILABLE and smoke-test it over REST."""
-
-    template_fields: Sequence[str] = ("model_name", "version", "serving_artifact_uri", "timeout_s")
-
-    def __init__(self, *, model_name: str, version: int | str, serving_artifact_uri: str,
-                 timeout_s: float | str = 180, mlflow_conn_id: str = "mlflow_default",
-                 tf_serving_conn_id: str = "tf_serving_default", **kwargs):
-        kwargs.setdefault("multiple_outputs", True)
-        super().__init__(**kwargs)
-        self.model_name = model_name
-        self.version = version
-        self.serving_artifact_uri = serving_artifact_uri
-        self.timeout_s = timeout_s
-        self.mlflow_conn_id = mlflow_conn_id
-        self.tf_serving_conn_id = tf_serving_conn_id
-
-    @cached_property
-    def serving(self) -> TFServingHook:
-        return TFServingHook(self.tf_serving_conn_id)
-
-    def execute(self, context) -> dict[str, Any]:
-        from tfmlops.pipeline import deploy
-
-        return deploy(MLflowHook(self.mlflow_conn_id).tracking_uri, self.serving.client, self.model_name,
-                      int(self.version), self.serving_artifact_uri, self.serving.models_root,
-                      self.serving.model_config_file, self.serving.server_models_root, float(self.timeout_s))
-
-
-class PromoteModelOperator(BaseOperator):
-    """Point the ``champion`` alias at the deployed version (the old one becomes ``previous``) and
-    emit an event on the ``CHAMPION`` asset naming the model and version."""
-
-    template_fields: Sequence[str] = ("model_name", "version")
-
-    def __init__(self, *, model_name: str, version: int | str, mlflow_conn_id: str = "mlflow_default", **kwargs):
-        kwargs.setdefault("multiple_outputs", True)
-        kwargs.setdefault("outlets", [CHAMPION])
-        super().__init__(**kwargs)
-        self.model_name = model_name
-        self.version = version
-        self.mlflow_conn_id = mlflow_conn_id
-
-    def execute(self, context) -> dict[str, Any]:
-        from tfmlops.pipeline import promote
-
-        result = promote(MLflowHook(self.mlflow_conn_id).tracking_uri, self.model_name, int(self.version))
-        if CHAMPION in self.outlets:
-            context["outlet_events"][CHAMPION].extra = {"model_name": self.model_name, "version": int(self.version)}
-        return result

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from tfmlops_airflow.assets import CHAMPION
 from tfmlops_airflow.hooks import MLflowHook, TFServingHook, s3_client_for
 
 
@@ -98,14 +99,18 @@ class ServingRolloutOperator(_RolloutBase):
     """Roll the version out endpoint by endpoint (``replace`` or ``canary`` with checks), promote
     or roll back, retire beyond ``keep`` versions, and record the outcome in MLflow (aliases
     ``champion``/``challenger``/``previous``, ``serving.*`` tags). A rollback fails the task with
-    the reason (no retry)."""
+    the reason (no retry). With ``announce_champion`` (the retraining DAGs), a promotion emits an
+    event on the ``CHAMPION`` asset naming the model and version (it schedules
+    ``tf_optimize_export``); ``tf_serving_rollout``'s daily reconciliation does not."""
 
     template_fields: Sequence[str] = (*_RolloutBase.template_fields, "strategy", "holdout_uri", "min_accuracy",
                                       "latency_budget_ms", "keep", "timeout_s")
 
     def __init__(self, *, strategy: str = "replace", holdout_uri: str | None = None,
                  min_accuracy: float | str | None = None, latency_budget_ms: float | str | None = None,
-                 keep: int | str = 2, timeout_s: float | str = 180, **kwargs):
+                 keep: int | str = 2, timeout_s: float | str = 180, announce_champion: bool = False, **kwargs):
+        if announce_champion:
+            kwargs.setdefault("outlets", [CHAMPION])
         super().__init__(**kwargs)
         self.strategy = strategy
         self.holdout_uri = holdout_uri
@@ -138,5 +143,7 @@ class ServingRolloutOperator(_RolloutBase):
         if result["outcome"] != "promoted":
             raise ServingRolloutFailed(f"{self.model_name} version {result['version']} rolled back on "
                                        f"{result['rolled_back']}: {result['reason']}")
+        if CHAMPION in self.outlets:
+            context["outlet_events"][CHAMPION].extra = {"model_name": self.model_name, "version": result["version"]}
         return {k: result[k] for k in ("model", "version", "strategy", "outcome", "endpoints", "old_versions",
                                        "checks", "published", "retired", "aliases", "seconds")}

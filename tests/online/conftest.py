@@ -1,6 +1,6 @@
 """Fixtures of the online-update and monitoring tests: one small champion, trained once per
 session through the pipeline functions, registered in the session's real MLflow server and
-deployed to the session's local serving server as version 1."""
+rolled out to the session's local serving server as version 1 (champion)."""
 
 from __future__ import annotations
 
@@ -29,16 +29,18 @@ def states(run) -> dict[str, str]:
 def champion(mlflow_server, serving_server):
     from tfmlops import pipeline
     from tfmlops.models import TrainConfig
-    from tfmlops.serving.client import ServingClient
+    from tfmlops.serving.rollout import Endpoint, rollout_registered
 
     spec = pipeline.DataSpec(uri="mnist", sample_fraction=0.05)
     trained = pipeline.train(mlflow_server, MODEL, "champion", {"airflow.dag_id": "test"}, spec,
                              train_config=TrainConfig(epochs=4, batch_size=64))
     metrics = pipeline.evaluate(mlflow_server, trained["run_id"], trained["model_uri"], spec)
-    exported = pipeline.export(mlflow_server, trained["run_id"], trained["model_uri"], spec)
+    pipeline.export(mlflow_server, trained["run_id"], trained["model_uri"], spec)
     version = pipeline.register(mlflow_server, MODEL, trained["run_id"], trained["model_uri"], metrics, {})["version"]
-    with ServingClient("127.0.0.1", serving_server["rest_port"], serving_server["grpc_port"], timeout=60) as client:
-        pipeline.deploy(mlflow_server, client, MODEL, version, exported["serving_artifact_uri"],
-                        str(serving_server["models_root"]), str(serving_server["config_file"]))
-    pipeline.promote(mlflow_server, MODEL, version)
+    endpoint = Endpoint("local", "127.0.0.1", serving_server["rest_port"], serving_server["grpc_port"],
+                        str(serving_server["models_root"]), model_config_file=str(serving_server["config_file"]))
+    try:
+        assert rollout_registered(mlflow_server, MODEL, version, [endpoint])["outcome"] == "promoted"
+    finally:
+        endpoint.close()
     return {"version": version, "accuracy": metrics["accuracy"], "run_id": trained["run_id"]}

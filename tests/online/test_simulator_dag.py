@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
-from tfmlops import online
+from tfmlops import online, simulate
 
 from .conftest import load_dag, states
 
@@ -25,11 +27,30 @@ def test_simulator_writes_partition_and_emits_asset_event(airflow_db, tmp_path):
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        extras = [e.extra for e in session.query(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-                  .filter(AssetModel.name == "tfmlops_new_partitions")]
-    assert {"dataset": "sim", "partition_id": pid, "uri": uri, "drift": "noise", "amount": 0.5,
-            "root": str(tmp_path)} in extras
+        events = {e.partition_key: e.extra for e in session.query(AssetEvent)
+                  .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                  .filter(AssetModel.name == "tfmlops_new_partitions")}
+    assert events[f"sim|{pid}"] == {"dataset": "sim", "partition_id": pid, "uri": uri, "drift": "noise",
+                                    "amount": 0.5, "root": str(tmp_path)}
     from airflow.models.dag import DagModel
 
     with create_session() as session:  # tf_online_update is scheduled on that asset
         assert session.get(DagModel, "tf_online_update") is not None
+
+
+def test_ingest_takes_the_partition_of_a_partitioned_run(tmp_path):
+    """A run created for one partition of the asset (its ``partition_key``) ingests that one only."""
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    from tfmlops_airflow.online_operators import IngestPartitionsOperator
+
+    x, y = simulate.pool()
+    for pid in ("p1", "p2"):
+        simulate.write_partition(str(tmp_path), "sim", pid, simulate.make_partition(x, y, 30, seed=3))
+    op = IngestPartitionsOperator(task_id="ingest", root=str(tmp_path), dataset="sim")
+    result = op.execute({"partition_key": "sim|p2"})
+    assert result["valid_ids"] == ["p2"] and result["consumed"] == [] and result["missing"] == []
+    with pytest.raises(AirflowSkipException, match="belongs to dataset 'other'"):
+        op.execute({"partition_key": "other|p1"})
+    with pytest.raises(AirflowFailException, match=re.escape("is not '<dataset>|<partition-id>'")):
+        op.execute({"partition_key": "p1"})

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
 
 import numpy as np
 import pytest
 
-from tfmlops.serving.rollout import (PROMOTED, ROLLED_BACK, CanaryChecks, Candidate, apply_config, find_entry,
-                                     read_config, rollout, serving_versions, version_states, with_versions)
+from tfmlops.serving.rollout import (PROMOTED, ROLLED_BACK, CanaryChecks, Candidate, apply_config,
+                                     endpoints_locked, find_entry, read_config, rollout, serving_versions,
+                                     version_states, with_versions)
 
 from .conftest import MODEL
 from .load import LoadLoop
@@ -87,6 +90,40 @@ def test_rerun_of_a_promoted_version_changes_nothing(fleet, zoo, outputs):
     assert res.published and res.retired == []
     for ep in fleet:
         assert serving_versions(ep.client, MODEL) == [3]
+
+
+def test_concurrent_rollouts_are_serialized(fleet, zoo):
+    """Rollouts lock every endpoint's config file: a second one waits for the first (whatever
+    process or DAG it runs in), and one that cannot get the lock in time touches nothing."""
+    cand = Candidate(MODEL, 3, zoo.path["v3"], zoo.smoke["v3"])
+    before = [read_config(ep) for ep in fleet]
+    with endpoints_locked(fleet, 5):  # another rollout is running
+        res = rollout(cand, fleet, "canary", keep=2, timeout_s=1)
+    assert res.outcome == ROLLED_BACK and "another rollout has held" in res.reason, res.reason
+    assert res.published == [] and res.rolled_back == []
+    assert [read_config(ep) for ep in fleet] == before
+
+    events, results = [], {}
+
+    def run(name):
+        results[name] = rollout(cand, fleet, "canary", keep=2, timeout_s=60,
+                                on_event=lambda msg: events.append((name, msg)))
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
+    with endpoints_locked(fleet, 5):  # both start while the lock is taken, then race for it
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while {n for n, m in events if m.startswith("waiting for another rollout")} != {"a", "b"}:
+            assert time.monotonic() < deadline, events
+            time.sleep(0.05)
+    for t in threads:
+        t.join(120)
+    assert {n: r.outcome for n, r in results.items()} == {"a": PROMOTED, "b": PROMOTED}
+    work = [n for n, m in events if not m.startswith("waiting for another rollout")]
+    first = work[0]
+    assert work == [first] * work.count(first) + [n for n in work if n != first], work  # no interleaving
+    assert [read_config(ep) for ep in fleet] == before
 
 
 def _assert_rolled_back(res, fleet, version):

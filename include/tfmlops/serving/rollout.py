@@ -32,14 +32,22 @@ what it was before the rollout (the old versions only), reloading old versions f
 were already unloaded, so requests keep being served. ``rollout`` never raises for such a
 failure: it returns a :class:`RolloutResult` with ``outcome == "rolled_back"`` and the reason.
 
+Two rollouts never interleave on an endpoint: each holds an exclusive lock on every endpoint's
+config file (``<model_config_file>.lock``, ``flock``; taken in a fixed order) for its whole run,
+so DAGs that roll out (``tf_serving_rollout``, the retraining DAGs) and scripts on hosts that
+share the file wait for each other, whatever pool or executor they run in.
+
 Retirement (keep-N) runs after a successful rollout: a version directory is removed only when no
 endpoint's config (policy or label) references it and no endpoint has it loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,6 +66,10 @@ PROMOTED, ROLLED_BACK = "promoted", "rolled_back"
 
 class RolloutError(RuntimeError):
     """A rollout step failed; the message names the endpoint, version and numbers."""
+
+
+class RolloutBusy(RolloutError):
+    """Another rollout held an endpoint's lock for longer than the timeout; nothing was touched."""
 
 
 class CheckFailed(RolloutError):
@@ -150,6 +162,32 @@ class RolloutResult:
 
 
 # ----------------------------------------------------------------------------------- config
+@contextlib.contextmanager
+def endpoints_locked(endpoints: list[Endpoint], timeout_s: float, on_wait: Callable[[str], None] | None = None):
+    """Hold ``<model_config_file>.lock`` of every endpoint (sorted, so two holders cannot
+    deadlock); waits at most ``timeout_s`` for another rollout to finish. Endpoints without a
+    config file (config kept in memory by this process) need no lock."""
+    paths = sorted({os.path.abspath(f"{ep.model_config_file}.lock") for ep in endpoints if ep.model_config_file})
+    with contextlib.ExitStack() as stack:
+        for path in paths:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            handle = stack.enter_context(open(path, "a"))
+            deadline, told = time.monotonic() + timeout_s, False
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise RolloutBusy(f"another rollout has held {path} for more than {timeout_s:g} s")
+                    if not told and on_wait is not None:
+                        on_wait(f"waiting for another rollout to release {path}")
+                        told = True
+                    time.sleep(0.2)
+            stack.callback(fcntl.flock, handle, fcntl.LOCK_UN)
+        yield
+
+
 def read_config(ep: Endpoint):
     from .config import ModelServerConfig, load_config
 
@@ -506,15 +544,25 @@ class Rollout:
     def pin_and_publish(self) -> dict:
         """Pin every endpoint to what it serves, then publish N into every models root (what a
         separate publish task does: N cannot be picked up by a ``latest`` policy before its turn)."""
-        for ep in self.endpoints:
-            self._pin(ep)
-        for ep in self.endpoints:
-            self._publish(ep)
+        with endpoints_locked(self.endpoints, self.timeout_s, self._event):
+            for ep in self.endpoints:
+                self._pin(ep)
+            for ep in self.endpoints:
+                self._publish(ep)
         return {path: r["content_hash"] for path, r in
                 ((r["path"], r) for r in self._published.values())}
 
     def run(self) -> RolloutResult:
         t0 = time.monotonic()
+        try:
+            with endpoints_locked(self.endpoints, self.timeout_s, self._event):
+                res = self._run()
+        except RolloutBusy as exc:  # nothing was touched
+            res = RolloutResult(self.cand.model, self.cand.version, self.strategy, ROLLED_BACK, reason=str(exc))
+        res.seconds = round(time.monotonic() - t0, 3)
+        return res
+
+    def _run(self) -> RolloutResult:
         res = RolloutResult(self.cand.model, self.cand.version, self.strategy, PROMOTED)
         done: list[_State] = []
         current: _State | None = None
@@ -554,7 +602,6 @@ class Rollout:
         res.published = [r["path"] for r in self._published.values()]
         if res.ok:
             res.retired = self.retire()
-        res.seconds = round(time.monotonic() - t0, 3)
         return res
 
 

@@ -1,0 +1,65 @@
+"""UI form fields (``Param``) that several DAGs share, so that one field means the same thing in
+every trigger form, and the rollout settings of the DAGs that deploy a model.
+
+Nothing heavy is imported here: DAG files import it at parse time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from airflow.sdk import Param
+
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+# <project>/var/partitions: the embedded stack's state folder (compose: /opt/airflow/var/partitions,
+# a volume shared by the workers). Any local folder or s3://bucket/prefix can be given instead.
+DEFAULT_PARTITIONS_ROOT = str(Path(__file__).resolve().parents[2] / "var" / "partitions")
+ROLLOUT_POOL = "tf_serving_rollout"  # 1 slot (make run / the compose init create it): rollouts never interleave
+
+
+def model_name(description: str) -> Param:
+    return Param("mnist_mlp", type="string", minLength=1, maxLength=100, pattern=NAME_PATTERN, title="Model name",
+                 description=description)
+
+
+def targets(description: str = "TF Serving connection ids, rolled one at a time.") -> Param:
+    return Param(["tf_serving_default"], type="array", items={"type": "string"}, minItems=1, maxItems=20,
+                 title="Target endpoints", description=description)
+
+
+def partitions() -> dict[str, Param]:
+    """Where new labeled data partitions live: ``<root>/<dataset>/incoming/<partition-id>/``."""
+    return {
+        "root": Param(DEFAULT_PARTITIONS_ROOT, type="string", minLength=1, maxLength=1000, title="Partitions root",
+                      description="Local folder or s3://bucket/prefix holding <dataset>/incoming/<partition-id>/."),
+        "dataset": Param("mnist_stream", type="string", minLength=1, maxLength=100, pattern=NAME_PATTERN,
+                         title="Dataset", description="Dataset name: the folder under the root."),
+    }
+
+
+def rollout(strategy: str = "replace", targets_description: str | None = None) -> dict[str, Param]:
+    """The rollout settings (strategy, canary checks, versions to keep, targets)."""
+    return {
+        "strategy": Param(strategy, type="string", enum=["replace", "canary"], title="Rollout strategy",
+                          description="replace: load next to the old version, check, switch; "
+                                      "canary: stable/canary labels, checks, promote."),
+        "canary_holdout_uri": Param("", type="string", maxLength=1000, title="Canary holdout",
+                                    description="Canary accuracy check through the server: .npz with x/y (or "
+                                                "x_test/y_test) as float features, local or s3://. Empty: no check."),
+        "canary_min_accuracy": Param(0.9, type="number", minimum=0, maximum=1, title="Canary minimum accuracy",
+                                     description="Accuracy the canary must reach on the canary holdout."),
+        "latency_budget_ms": Param(250, type="number", exclusiveMinimum=0, maximum=60000,
+                                   title="Canary p99 latency budget (ms)",
+                                   description="p99 of single-row REST predicts on the canary label."),
+        "keep": Param(2, type="integer", minimum=1, maximum=50, title="Versions to keep",
+                      description="Version directories kept in the base path (referenced ones are always kept)."),
+        "targets": targets(targets_description) if targets_description else targets(),
+    }
+
+
+def rollout_arguments() -> dict[str, str]:
+    """``ServingRolloutOperator`` arguments templated from the :func:`rollout` params."""
+    return {"model_name": "{{ params.model_name }}", "targets": "{{ params.targets }}",
+            "strategy": "{{ params.strategy }}", "holdout_uri": "{{ params.canary_holdout_uri }}",
+            "min_accuracy": "{{ params.canary_min_accuracy }}", "latency_budget_ms": "{{ params.latency_budget_ms }}",
+            "keep": "{{ params.keep }}"}
