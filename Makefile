@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: venv system-deps run up stop status test bench lock clean
+.PHONY: venv system-deps run loop up stop status test bench lock clean
 
 $(STAMP): requirements.txt requirements-lock.txt requirements-nodeps.txt pyproject.toml web/package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ venv: $(STAMP)
 
 run: venv  ## start the stack (reusing what runs) and run tf_offline_retrain once
 	$(BIN)/python scripts/stack.py run
+
+loop: venv  ## after `make run`: drifted partition -> online update (canary) -> monitoring, via the scheduler
+	$(BIN)/python scripts/stack.py loop
 
 up: venv  ## start the stack only
 	$(BIN)/python scripts/stack.py up

@@ -1,4 +1,4 @@
-"""The embedded default stack: ``up`` | ``run`` | ``stop`` | ``status`` (driven by ``make``).
+"""The embedded default stack: ``up`` | ``run`` | ``loop`` | ``stop`` | ``status`` (driven by ``make``).
 
 Everything lives in the project: ``var/airflow`` (AIRFLOW_HOME, SQLite), ``var/mlflow`` (MLflow
 SQLite backend + artifacts), ``var/serving`` (model versions + ModelServerConfig file),
@@ -6,7 +6,9 @@ SQLite backend + artifacts), ``var/serving`` (model versions + ModelServerConfig
 environment variables AIRFLOW_PORT, MLFLOW_PORT, SERVING_REST_PORT and SERVING_GRPC_PORT.
 
 ``run`` brings the stack up (reusing what already runs), runs ``tf_offline_retrain`` once through
-the scheduler and prints where to look. ``stop`` stops every service and its workers.
+the scheduler and prints where to look. ``loop`` (after ``run``) writes a drifted data partition
+with ``tf_data_simulator``, follows the ``tf_online_update`` run the scheduler creates for it,
+then ``tf_model_monitor``. ``stop`` stops every service and its workers.
 """
 
 from __future__ import annotations
@@ -125,43 +127,107 @@ def password() -> str:
     return json.loads(generated.read_text())[USER]
 
 
-def run_dag(conf: dict, timeout_s: float) -> dict:
-    api = AirflowAPI()
+def wait_for_dag(api: AirflowAPI, dag_id: str, unpause: bool = False) -> dict:
     deadline = time.monotonic() + 180
     while True:  # the dag-processor parses dags/ shortly after it starts
         try:
-            api.call("GET", f"/dags/{DAG_ID}")
+            dag = api.call("GET", f"/dags/{dag_id}")
             break
         except RuntimeError:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{DAG_ID} did not appear in Airflow; see var/run/airflow-dag-processor.log")
+                raise RuntimeError(f"{dag_id} did not appear in Airflow; see var/run/airflow-dag-processor.log")
             time.sleep(2)
-    run_id = None
-    if api.call("GET", f"/dags/{DAG_ID}")["is_paused"]:
-        # Unpausing a scheduled DAG makes the scheduler create the run of the latest interval
-        # (catchup=False): on a fresh stack, follow that one rather than queueing a second run.
-        api.call("PATCH", f"/dags/{DAG_ID}", json={"is_paused": False})
-        wait_for_scheduled = time.monotonic() + 30
-        while run_id is None and time.monotonic() < wait_for_scheduled:
-            active = api.call("GET", f"/dags/{DAG_ID}/dagRuns", params={"state": ["queued", "running"]})["dag_runs"]
-            run_id = active[0]["dag_run_id"] if active else None
-            time.sleep(2)
-    if run_id is None or conf:
-        run_id = api.call("POST", f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": conf})["dag_run_id"]
-    print(f"Triggered {DAG_ID} run {run_id}; following it (Airflow UI: {AIRFLOW_URL}/dags/{DAG_ID}) ...")
+    if unpause and dag["is_paused"]:
+        api.call("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+    return dag
+
+
+def trigger(api: AirflowAPI, dag_id: str, conf: dict) -> str:
+    run_id = api.call("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})["dag_run_id"]
+    print(f"Triggered {dag_id} run {run_id}; following it (Airflow UI: {AIRFLOW_URL}/dags/{dag_id}) ...")
+    return run_id
+
+
+def follow(api: AirflowAPI, dag_id: str, run_id: str, timeout_s: float) -> dict:
+    """Print each task's state changes until the run ends."""
     seen: dict[str, str] = {}
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        tis = api.call("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")["task_instances"]
+        tis = api.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
         for ti in sorted(tis, key=lambda t: t.get("start_date") or "9"):
             if ti["state"] and seen.get(ti["task_id"]) != ti["state"]:
                 seen[ti["task_id"]] = ti["state"]
-                print(f"  {ti['task_id']:<14} {ti['state']}")
-        state = api.call("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
+                print(f"  {ti['task_id']:<16} {ti['state']}")
+        state = api.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
         if state in ("success", "failed"):
             return {"run_id": run_id, "state": state, "tasks": seen}
         time.sleep(3)
-    raise TimeoutError(f"{DAG_ID} run {run_id} did not finish within {timeout_s:.0f} s")
+    raise TimeoutError(f"{dag_id} run {run_id} did not finish within {timeout_s:.0f} s")
+
+
+def start_run(api: AirflowAPI, dag_id: str, conf: dict) -> str:
+    """Unpause the DAG if needed and return the run to follow. Unpausing a time-scheduled DAG
+    makes the scheduler create the run of the latest interval (catchup=False): without a conf,
+    follow that one rather than queueing a second run behind it."""
+    dag = wait_for_dag(api, dag_id)
+    if dag["is_paused"]:
+        api.call("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+        deadline = time.monotonic() + (30 if dag.get("timetable_summary") and not conf else 0)
+        while time.monotonic() < deadline:
+            active = api.call("GET", f"/dags/{dag_id}/dagRuns", params={"state": ["queued", "running"]})["dag_runs"]
+            if active:
+                print(f"Following the scheduled {dag_id} run {active[0]['dag_run_id']} "
+                      f"(Airflow UI: {AIRFLOW_URL}/dags/{dag_id}) ...")
+                return active[0]["dag_run_id"]
+            time.sleep(2)
+    return trigger(api, dag_id, conf)
+
+
+def run_dag(conf: dict, timeout_s: float) -> dict:
+    api = AirflowAPI()
+    return follow(api, DAG_ID, start_run(api, DAG_ID, conf), timeout_s)
+
+
+def loop(conf: dict, timeout_s: float) -> int:
+    """The monitoring loop through the scheduler: a (drifted) partition from tf_data_simulator →
+    the tf_online_update run the scheduler creates for its partition key → tf_model_monitor, all
+    on their default params (model ``mnist_mlp``, partitions under ``var/partitions``)."""
+    from mlflow import MlflowClient
+
+    model = "mnist_mlp"  # the DAGs' default model: the scheduler's partition runs use their defaults
+    mlf = MlflowClient(MLFLOW_URL)
+    try:
+        parent = mlf.get_model_version_by_alias(model, "champion").version
+    except Exception:  # noqa: BLE001 - no registered model or no alias yet
+        print(f"No champion of {model} yet: run `make run` first.")
+        return 1
+    api = AirflowAPI()
+    wait_for_dag(api, "tf_online_update", unpause=True)  # its runs are created by the scheduler
+    sim_conf = {"drift": "rotation", "amount": 0.5, "size": 1000, **conf}  # --conf: tf_data_simulator's params
+
+    def partitioned_runs() -> dict[str, str]:
+        runs = api.call("GET", "/dags/tf_online_update/dagRuns", params={"limit": 100})["dag_runs"]
+        return {r["dag_run_id"]: r["partition_key"] for r in runs if r.get("partition_key")}
+
+    known = partitioned_runs()
+    sim = follow(api, "tf_data_simulator", start_run(api, "tf_data_simulator", sim_conf), timeout_s)
+    if sim["state"] != "success":
+        return 1
+    print("Waiting for the scheduler to start tf_online_update for the new partition ...")
+    deadline = time.monotonic() + 120
+    while not (new := {r: k for r, k in partitioned_runs().items() if r not in known}):
+        if time.monotonic() > deadline:
+            raise TimeoutError("no tf_online_update run for the new partition; see var/run/airflow-scheduler.log")
+        time.sleep(3)
+    run_id, key = next(iter(new.items()))
+    print(f"Following tf_online_update run {run_id} (partition key {key}) ...")
+    update = follow(api, "tf_online_update", run_id, timeout_s)
+    champion = mlf.get_model_version_by_alias(model, "champion").version
+    print(f"Online update {update['state']}: champion {parent} → {champion}")
+    monitor = follow(api, "tf_model_monitor", start_run(api, "tf_model_monitor", {}), timeout_s)
+    print(f"Monitoring {monitor['state']}: MLflow experiment {model}-monitoring ({MLFLOW_URL}); a retrain was "
+          f"{'triggered' if monitor['tasks'].get('trigger_retrain') == 'success' else 'not needed'}")
+    return 0 if update["state"] == monitor["state"] == "success" else 1
 
 
 def summary(model_name: str, outcome: dict) -> int:
@@ -208,7 +274,7 @@ def status() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("up", "run", "stop", "status"))
+    parser.add_argument("command", choices=("up", "run", "loop", "stop", "status"))
     parser.add_argument("--conf", default="{}", help="JSON conf for the DAG run (its Params), e.g. '{\"epochs\": 3}'")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the DAG run")
     args = parser.parse_args()
@@ -218,9 +284,11 @@ def main() -> int:
         status()
     else:
         up()
+        conf = json.loads(args.conf)
         if args.command == "run":
-            conf = json.loads(args.conf)
             return summary(conf.get("model_name", "mnist_mlp"), run_dag(conf, args.timeout))
+        if args.command == "loop":
+            return loop(conf, args.timeout)
     return 0
 
 

@@ -141,11 +141,16 @@ def _percentiles(times_ms: list[float]) -> dict:
 
 
 def probe(client, model: str, row: np.ndarray, requests: int, version: int | None = None) -> dict:
-    """``requests`` sequential single-row predicts over REST and over gRPC on ``version``."""
+    """``requests`` sequential single-row predicts over REST and over gRPC on ``version``, after one
+    untimed warm-up request per API."""
     result = {}
     calls = {"rest": lambda: client.predict_rest(model, [row.tolist()], version=version),
              "grpc": lambda: client.predict_grpc(model, row[None, :], version=version)}
     for api, call in calls.items():
+        try:  # untimed: connection set-up and the client's first-use imports are not serving latency
+            call()
+        except Exception:  # noqa: BLE001 - the timed requests below fail the same way and count
+            pass
         times, errors, last_error = [], 0, ""
         t_start = time.perf_counter()
         for _ in range(max(1, requests)):
