@@ -354,8 +354,32 @@ class Servable:
         return sig.name, [float(v) for v in out.reshape(-1)]
 
     # ---------------------------------------------------------------- warmup
+    def prepare_callables(self) -> int:
+        """Build the session callable of every signature's full predict (all inputs → all
+        outputs) and run it once on zeros (one row; numeric inputs of known rank only) while the
+        version loads: building a callable prunes and optimizes the graph and its first run
+        creates the kernels, tens of ms that would otherwise stall the first requests to reach a
+        newly AVAILABLE version. Signatures this cannot feed are left to the warmup file."""
+        n = 0
+        for name in self.meta_graph.signature_def:
+            try:
+                sig = self.signature(name)
+                specs = [sig.inputs[a] for a in sig.sorted_input_aliases]
+                fn = self._callable(tuple(spec.tensor_name for spec in specs),
+                                    tuple(sig.outputs[a].tensor_name for a in sorted(sig.outputs)))
+                dtypes = [T.NP_OF_DT.get(spec.dtype) for spec in specs]
+                if all(spec.shape is not None for spec in specs) and all(
+                        dt is not None and np.dtype(dt).kind in "biuf" for dt in dtypes):
+                    fn(*[np.zeros([1 if d < 0 else d for d in spec.shape], dt) for spec, dt in zip(specs, dtypes)])
+                n += 1
+            except Exception as exc:  # noqa: BLE001 - a request to this signature reports the error itself
+                log.debug("no callable prepared for signature %s of %s: %s", name, self.path, exc)
+        return n
+
     def warmup(self) -> int:
-        """Replay assets.extra/tf_serving_warmup_requests (saved_model_warmup_util.cc)."""
+        """Prepare the callables, then replay assets.extra/tf_serving_warmup_requests
+        (saved_model_warmup_util.cc)."""
+        self.prepare_callables()
         path = os.path.join(self.path, WARMUP_FILE)
         if not os.path.exists(path):
             return 0
