@@ -107,3 +107,27 @@ def test_s3_partitions_quarantine_and_ledger(s3_endpoint, pool):
     assert online.read_ledger(root, "ds", s3_client=s3) == {"partitions": {}}
     online.write_ledger(root, "ds", {"partitions": {"p1": {}}}, s3_client=s3)
     assert online.ingest(root, "ds", s3_client=s3)["consumed"] == ["p1"]
+
+
+def test_parquet_partitions_are_ingested_like_npz(tmp_path, pool):
+    """A partition may be ``data.parquet`` (``label``, ``split``, one column per feature)."""
+    import pandas as pd
+
+    x, y = pool
+    part = simulate.make_partition(x, y, 40, seed=4)
+
+    def frame(drop=()):
+        rows = [(xs.reshape(-1) / 255.0, ys, split) for split in ("train", "test")
+                for xs, ys in zip(part[f"x_{split}"], part[f"y_{split}"])]
+        df = pd.DataFrame([r[0] for r in rows], columns=[f"px{i}" for i in range(784)])
+        df["label"], df["split"] = [r[1] for r in rows], [r[2] for r in rows]
+        return df.drop(columns=list(drop))
+
+    for pid, df in (("p1", frame()), ("p2", frame(drop=["label"]))):
+        (tmp_path / "ds" / "incoming" / pid).mkdir(parents=True)
+        df.to_parquet(tmp_path / "ds" / "incoming" / pid / "data.parquet")
+    result = online.ingest(str(tmp_path), "ds")
+    assert [(p["partition_id"], p["train_rows"], p["test_rows"]) for p in result["valid"]] == [("p1", 28, 12)]
+    assert [q["partition_id"] for q in result["quarantined"]] == ["p2"]
+    assert "missing columns ['label']" in result["quarantined"][0]["reason"]
+    assert (tmp_path / "ds" / "quarantine" / "p2" / "data.parquet").exists()
