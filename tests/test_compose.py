@@ -320,7 +320,8 @@ def test_mlflow_and_s3_connections_point_at_the_stack(services, monkeypatch):
 
 
 def test_rollout_pool_is_created_by_the_init_job(services):
-    pool = re.search(r'^POOL = "(\w+)"', (ROOT / "dags" / "tf_serving_rollout.py").read_text(), re.M).group(1)
+    from tfmlops_airflow.params import ROLLOUT_POOL as pool
+
     init = services["airflow-init"]
     script = init["entrypoint"][-1]
     assert script.startswith("/opt/tfmlops/docker/")

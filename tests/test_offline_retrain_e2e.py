@@ -62,7 +62,7 @@ def test_offline_retrain_then_rejected_candidate(airflow_db, airflow_connections
     with create_session() as session:
         events = (session.query(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
                   .filter(AssetModel.name == "tfmlops_champion").all())
-        assert [e.extra for e in events] == [{"model_name": MODEL, "version": 1}]
+        assert [e.extra for e in events if e.extra["model_name"] == MODEL] == [{"model_name": MODEL, "version": 1}]
 
     status = served_status(serving_server["rest_port"])
     assert status["model_version_status"] == [
