@@ -25,7 +25,8 @@ system-deps:
 	  { command -v $$probe >/dev/null || [ -e $$probe ]; } || missing="$$missing $$pkg"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } || \
+	  echo "could not install$$missing; the tests that need them skip"; \
 	else echo "not installed:$$missing (needs root: apt-get install$$missing); the tests that need them skip"; fi
 
 venv: $(STAMP)
