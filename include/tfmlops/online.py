@@ -34,7 +34,7 @@ import numpy as np
 
 from tfmlops import data, evaluation
 from tfmlops.simulate import HOLDOUT_ROWS
-from tfmlops.storage import read_bytes, split_s3_uri, write_bytes
+from tfmlops.storage import list_s3_keys, read_bytes, s3, split_s3_uri, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -56,26 +56,9 @@ def dataset_root(root: str, dataset: str) -> str:
     return _join(root, dataset)
 
 
-def _s3(s3_client):
-    if s3_client is not None:
-        return s3_client
-    import boto3
-
-    return boto3.client("s3")
-
-
 def _list_keys(uri_prefix: str, s3_client) -> list[str]:
     bucket, prefix = split_s3_uri(uri_prefix)
-    keys, token = [], None
-    while True:
-        kwargs = {"Bucket": bucket, "Prefix": prefix.rstrip("/") + "/"}
-        if token:
-            kwargs["ContinuationToken"] = token
-        page = _s3(s3_client).list_objects_v2(**kwargs)
-        keys += [obj["Key"] for obj in page.get("Contents", [])]
-        if not page.get("IsTruncated"):
-            return keys
-        token = page["NextContinuationToken"]
+    return list(list_s3_keys(s3(s3_client), bucket, prefix.rstrip("/") + "/"))
 
 
 def list_partitions(root: str, dataset: str, area: str = "incoming", s3_client=None) -> dict[str, str]:
@@ -102,10 +85,6 @@ def read_ledger(root: str, dataset: str, s3_client=None) -> dict:
         return json.loads(read_bytes(_join(root, dataset, LEDGER), s3_client=s3_client))
     except FileNotFoundError:
         return {"partitions": {}}
-    except Exception as exc:  # boto3 raises ClientError for a missing key on some servers
-        if "NoSuchKey" in str(exc) or "404" in str(exc):
-            return {"partitions": {}}
-        raise
 
 
 def write_ledger(root: str, dataset: str, ledger: dict, s3_client=None) -> None:
@@ -117,7 +96,7 @@ def quarantine(root: str, dataset: str, partition_id: str, reason: str, s3_clien
     """Move ``incoming/<id>/`` to ``quarantine/<id>/`` and write ``reason.json`` there."""
     src, dst = _join(root, dataset, "incoming", partition_id), _join(root, dataset, "quarantine", partition_id)
     if src.startswith("s3://"):
-        client = _s3(s3_client)
+        client = s3(s3_client)
         bucket, src_prefix = split_s3_uri(src)
         _, dst_prefix = split_s3_uri(dst)
         for key in _list_keys(src, client):

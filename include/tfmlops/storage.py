@@ -17,7 +17,8 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-def _client(s3_client):
+def s3(s3_client=None):
+    """The given boto3 S3 client, or a default one (endpoint and credentials from the environment)."""
     if s3_client is not None:
         return s3_client
     import boto3
@@ -25,11 +26,20 @@ def _client(s3_client):
     return boto3.client("s3")
 
 
+def list_s3_keys(client, bucket: str, prefix: str) -> dict[str, int]:
+    """{key: size} of every object under ``prefix`` (all pages)."""
+    keys: dict[str, int] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            keys[obj["Key"]] = obj["Size"]
+    return keys
+
+
 def read_bytes(uri: str, s3_client=None) -> bytes:
     """Raise FileNotFoundError when the object or file does not exist."""
     if uri.startswith("s3://"):
         bucket, key = split_s3_uri(uri)
-        client = _client(s3_client)
+        client = s3(s3_client)
         try:
             return client.get_object(Bucket=bucket, Key=key)["Body"].read()
         except client.exceptions.NoSuchKey as exc:
@@ -42,7 +52,7 @@ def read_bytes(uri: str, s3_client=None) -> bytes:
 def write_bytes(uri: str, payload: bytes, s3_client=None) -> None:
     if uri.startswith("s3://"):
         bucket, key = split_s3_uri(uri)
-        _client(s3_client).put_object(Bucket=bucket, Key=key, Body=payload)
+        s3(s3_client).put_object(Bucket=bucket, Key=key, Body=payload)
         return
     path = Path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)

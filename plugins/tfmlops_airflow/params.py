@@ -6,14 +6,17 @@ Nothing heavy is imported here: DAG files import it at parse time.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from airflow.sdk import Param
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
-# <project>/var/partitions: the embedded stack's state folder (compose: /opt/airflow/var/partitions,
-# a volume shared by the workers). Any local folder or s3://bucket/prefix can be given instead.
-DEFAULT_PARTITIONS_ROOT = str(Path(__file__).resolve().parents[2] / "var" / "partitions")
+# Where new data partitions land unless a run says otherwise (the scheduler's partition runs of
+# tf_online_update use it): $TFMLOPS_PARTITIONS_ROOT (a local folder or s3://bucket/prefix), else
+# <project>/var/partitions, the embedded stack's state folder.
+DEFAULT_PARTITIONS_ROOT = os.environ.get("TFMLOPS_PARTITIONS_ROOT") or str(
+    Path(__file__).resolve().parents[2] / "var" / "partitions")
 ROLLOUT_POOL = "tf_serving_rollout"  # 1 slot (make run / the compose init create it): rollouts never interleave
 
 

@@ -23,6 +23,8 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+from tfmlops.storage import list_s3_keys, s3, split_s3_uri
+
 COMPLETE_MARKER = "_tfmlops_complete.json"
 
 
@@ -135,8 +137,8 @@ def remove_version(models_root: str | Path, model_name: str, version: int, *, s3
     then deleted. S3: the marker goes first, so a server never takes a half-deleted version."""
     if str(models_root).startswith("s3://"):
         bucket, prefix = _split(f"{str(models_root).rstrip('/')}/{model_name}/{int(version)}")
-        client = _s3(s3_client)
-        keys = _list_keys(client, bucket, prefix + "/")
+        client = s3(s3_client)
+        keys = list_s3_keys(client, bucket, prefix + "/")
         if not keys:
             return False
         marker = f"{prefix}/{COMPLETE_MARKER}"
@@ -157,33 +159,14 @@ def remove_version(models_root: str | Path, model_name: str, version: int, *, s3
 
 # ---------------------------------------------------------------------------------- S3
 def _split(uri: str) -> tuple[str, str]:
-    from tfmlops.storage import split_s3_uri
-
     bucket, key = split_s3_uri(uri)
     return bucket, key.strip("/")
-
-
-def _s3(s3_client):
-    if s3_client is not None:
-        return s3_client
-    import boto3
-
-    return boto3.client("s3")
-
-
-def _list_keys(client, bucket: str, prefix: str) -> dict[str, int]:
-    """{key: size} of every object under ``prefix``."""
-    keys: dict[str, int] = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            keys[obj["Key"]] = obj["Size"]
-    return keys
 
 
 def read_marker(base_uri: str, version: int, s3_client=None) -> dict | None:
     """The completion marker of ``<base_uri>/<version>``, or None when the version is incomplete."""
     bucket, prefix = _split(f"{base_uri.rstrip('/')}/{int(version)}")
-    client = _s3(s3_client)
+    client = s3(s3_client)
     try:
         body = client.get_object(Bucket=bucket, Key=f"{prefix}/{COMPLETE_MARKER}")["Body"].read()
     except client.exceptions.NoSuchKey:
@@ -195,8 +178,8 @@ def complete_s3_versions(base_uri: str, s3_client=None) -> dict[int, dict]:
     """{version: {relative file: size}} of the versions under ``base_uri`` that carry the marker
     (one listing; the marker's own file list is read for each)."""
     bucket, prefix = _split(base_uri)
-    client = _s3(s3_client)
-    keys = _list_keys(client, bucket, prefix + "/")
+    client = s3(s3_client)
+    keys = list_s3_keys(client, bucket, prefix + "/")
     found: dict[int, dict] = {}
     for key in keys:
         rel = key[len(prefix) + 1:]
@@ -223,7 +206,7 @@ def publish_version_s3(saved_model_dir: str | Path, models_root: str, model_name
     base_uri = f"{models_root.rstrip('/')}/{model_name}"
     target = f"{base_uri}/{version}"
     digest = content_hash(saved_model_dir)
-    client = _s3(s3_client)
+    client = s3(s3_client)
     marker = read_marker(base_uri, version, client)
     if marker is not None:
         if marker.get("content_hash") != digest:
@@ -257,7 +240,7 @@ def download_s3_version(base_uri: str, version: int, files: dict, dst: str | Pat
     if target.exists():
         return target
     bucket, prefix = _split(f"{base_uri.rstrip('/')}/{int(version)}")
-    client = _s3(s3_client)
+    client = s3(s3_client)
     staging = dst / f".tmp-{version}-{uuid.uuid4().hex}"
     try:
         for rel in files:
