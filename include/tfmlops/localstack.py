@@ -130,11 +130,14 @@ def mlflow_server_argv(root: Path, port: int) -> list[str]:
 
 
 def serving_argv(config_file: Path, rest_port: int, grpc_port: int, poll_s: int = 1) -> list[str]:
-    """The TF Serving-compatible local server on a model config file (created empty if missing)."""
+    """The TF Serving-compatible local server on a model config file (created empty if missing).
+    Labels are allowed on versions not loaded yet: after a restart the config file still holds the
+    rollouts' labels (``stable``), and TF Serving applies labels before loading, so without the
+    flag it refuses to start on that file."""
     config_file = Path(config_file).resolve()
     if not config_file.exists():
         config_file.parent.mkdir(parents=True, exist_ok=True)
         config_file.write_text("model_config_list {\n}\n")
     return [str(BIN / "tf-serving-local"), f"--port={grpc_port}", f"--rest_api_port={rest_port}",
             f"--model_config_file={config_file}", f"--model_config_file_poll_wait_seconds={poll_s}",
-            f"--file_system_poll_wait_seconds={poll_s}"]
+            f"--file_system_poll_wait_seconds={poll_s}", "--allow_version_labels_for_unavailable_models"]

@@ -1,11 +1,13 @@
-"""CLI flag handling and config-file helpers (no model server needed except one startup failure)."""
+"""CLI flag handling and config-file helpers (a model server only for the startup-with-labels cases)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
+import requests
 
 from tfmlops.serving import cli
 from tfmlops.serving.config import (ConfigError, load_batching_parameters, load_config, parse_config_text,
@@ -64,6 +66,25 @@ def test_labels_in_startup_config_need_flag(store):
     assert rc == 1
     assert ("Failed to start server. Error: FAILED_PRECONDITION: Request to assign label to version 1 of model "
             "mlp, which is not currently available for inference") in srv.log
+
+
+def test_restart_on_a_config_with_labels_as_the_embedded_stack_starts_it(store):
+    """After a canary rollout the config file holds a ``stable`` label; a restarted server must
+    come up on it (``make run`` after ``make stop``): the stack passes the flag TF Serving needs."""
+    from tfmlops import localstack
+
+    cfg = store.path("labels_at_restart.config")
+    with open(cfg, "w") as fh:
+        fh.write(f'model_config_list {{ config {{ name: "mlp" base_path: "{store.path("mlp")}" '
+                 'model_platform: "tensorflow" version_labels { key: "stable" value: 1 } } }')
+    flags = [a for a in localstack.serving_argv(Path(cfg), 0, 0)[1:] if not a.startswith(("--port", "--rest_api"))]
+    assert "--allow_version_labels_for_unavailable_models" in flags
+    srv = ServerProcess(flags).wait_ready()
+    try:
+        status = requests.get(f"http://127.0.0.1:{srv.rest_port}/v1/models/mlp/labels/stable", timeout=30).json()
+        assert [(v["version"], v["state"]) for v in status["model_version_status"]] == [("1", "AVAILABLE")]
+    finally:
+        srv.terminate()
 
 
 def test_write_config_atomic_roundtrip(tmp_path):

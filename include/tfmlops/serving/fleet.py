@@ -102,7 +102,10 @@ class DockerFleet:
             volumes={self.models_dir: {"bind": "/models", "mode": "ro"},
                      str(Path(replica.config_file).parent): {"bind": "/config", "mode": "ro"}},
             command=["--model_config_file=/config/" + Path(replica.config_file).name,
-                     "--file_system_poll_wait_seconds=1"])
+                     "--file_system_poll_wait_seconds=1",
+                     # a restarted container reads a config with the rollout's labels before its
+                     # versions load: TF Serving refuses that without this flag
+                     "--allow_version_labels_for_unavailable_models"])
         replica.container_id = container.id
         return container
 
