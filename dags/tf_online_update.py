@@ -15,8 +15,8 @@ DOC = """
 ### Online update of the champion on new data partitions
 
 Runs once for every new partition of the partitioned asset `tfmlops_new_partitions` (e.g. from
-`tf_data_simulator`; the run's partition key `<dataset>|<partition-id>` names it, and it is
-looked for under this DAG's `root`), or from **Trigger ▸ with config**:
+`tf_data_simulator`; the run's partition key `<dataset>|<partition-id>` names it, and the
+event's `root` says where it is), or from **Trigger ▸ with config**:
 
 1. **ingest** — the run's partition (from the UI: the ones named, or every new partition under
    `<root>/<dataset>/incoming/`) is validated with the training-data checks (shape, dtype, NaN/inf, label range, empty splits,
@@ -85,7 +85,8 @@ with DAG(
         replay_fraction="{{ params.replay_fraction }}", learning_rate="{{ params.learning_rate }}",
         epochs="{{ params.epochs }}", batch_size="{{ params.batch_size }}",
         min_improvement="{{ params.min_improvement }}", tolerance="{{ params.tolerance }}",
-        holdout_uri="{{ params.holdout_uri }}", holdout_rows="{{ params.holdout_rows }}", **data)
+        holdout_uri="{{ params.holdout_uri }}", holdout_rows="{{ params.holdout_rows }}",
+        root=ingest.output["root"], dataset="{{ params.dataset }}")
     rollout = ServingRolloutOperator(
         task_id="rollout", task_display_name="Roll out (canary), set champion", pool=params.ROLLOUT_POOL,
         version=update.output["version"], announce_champion=True, **params.rollout_arguments())

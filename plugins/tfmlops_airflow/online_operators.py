@@ -74,10 +74,11 @@ class SimulatePartitionOperator(_PartitionsOperator):
 
 class IngestPartitionsOperator(_PartitionsOperator):
     """Validate the new partitions with the training-data checks: in a run for one partition of
-    the ``NEW_PARTITIONS`` asset (its ``partition_key``), that partition; otherwise the ones named
-    in ``partitions``, or every partition not yet consumed. A bad partition is quarantined with
-    its reason and does not block the others. With no valid new partition the task is skipped,
-    and with it the update: re-running on consumed data is a no-op."""
+    the ``NEW_PARTITIONS`` asset (its ``partition_key``), that partition, under the root its
+    event names (``extra.root``; else ``root``); otherwise the ones named in ``partitions``, or
+    every partition not yet consumed. A bad partition is quarantined with its reason and does not
+    block the others. With no valid new partition the task is skipped, and with it the update:
+    re-running on consumed data is a no-op. Returns the root it read (for the update)."""
 
     template_fields: Sequence[str] = (*_PartitionsOperator.template_fields, "partitions")
 
@@ -101,11 +102,17 @@ class IngestPartitionsOperator(_PartitionsOperator):
                 raise AirflowSkipException(f"partition {key!r} belongs to dataset {dataset!r}; this run updates on "
                                            f"{self.dataset!r} (set the dataset param)")
             wanted = [partition_id]
+            events = (context.get("triggering_asset_events") or {}).get(NEW_PARTITIONS) or []
+            roots = [e.extra["root"] for e in events if (e.extra or {}).get("partition_id") == partition_id
+                     and (e.extra or {}).get("dataset") == dataset and (e.extra or {}).get("root")]
+            if roots:
+                self.root = roots[-1]
         result = ingest(str(self.root), str(self.dataset), wanted or None, self.n_features, self.num_classes,
                         s3_client=self.s3_client)
         for bad in result["quarantined"]:
             self.log.warning("quarantined %s: %s", bad["partition_id"], bad["reason"])
         result["valid_ids"] = [p["partition_id"] for p in result["valid"]]
+        result["root"] = str(self.root)
         if not result["valid_ids"]:
             raise AirflowSkipException(
                 f"no new valid partition in {self.root}/{self.dataset}: quarantined "

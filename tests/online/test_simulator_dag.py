@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -42,6 +43,7 @@ def test_ingest_takes_the_partition_of_a_partitioned_run(tmp_path):
     """A run created for one partition of the asset (its ``partition_key``) ingests that one only."""
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+    from tfmlops_airflow.assets import NEW_PARTITIONS
     from tfmlops_airflow.online_operators import IngestPartitionsOperator
 
     x, y = simulate.pool()
@@ -50,6 +52,14 @@ def test_ingest_takes_the_partition_of_a_partitioned_run(tmp_path):
     op = IngestPartitionsOperator(task_id="ingest", root=str(tmp_path), dataset="sim")
     result = op.execute({"partition_key": "sim|p2"})
     assert result["valid_ids"] == ["p2"] and result["consumed"] == [] and result["missing"] == []
+    assert result["root"] == str(tmp_path)
+    # the partition's event says where it was written: that root wins over the DAG's
+    elsewhere = tmp_path / "elsewhere"
+    simulate.write_partition(str(elsewhere), "sim", "p3", simulate.make_partition(x, y, 30, seed=5))
+    event = SimpleNamespace(extra={"dataset": "sim", "partition_id": "p3", "root": str(elsewhere)})
+    op = IngestPartitionsOperator(task_id="ingest", root=str(tmp_path), dataset="sim")
+    result = op.execute({"partition_key": "sim|p3", "triggering_asset_events": {NEW_PARTITIONS: [event]}})
+    assert result["valid_ids"] == ["p3"] and result["root"] == str(elsewhere)
     with pytest.raises(AirflowSkipException, match="belongs to dataset 'other'"):
         op.execute({"partition_key": "other|p1"})
     with pytest.raises(AirflowFailException, match=re.escape("is not '<dataset>|<partition-id>'")):
