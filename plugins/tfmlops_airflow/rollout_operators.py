@@ -99,7 +99,8 @@ class ServingRolloutOperator(_RolloutBase):
     """Roll the version out endpoint by endpoint (``replace`` or ``canary`` with checks), promote
     or roll back, retire beyond ``keep`` versions, and record the outcome in MLflow (aliases
     ``champion``/``challenger``/``previous``, ``serving.*`` tags). A rollback fails the task with
-    the reason (no retry). With ``announce_champion`` (the retraining DAGs), a promotion emits an
+    the reason (no retry); another rollout holding an endpoint past ``timeout_s`` fails it with
+    a normal retry. With ``announce_champion`` (the retraining DAGs), a promotion emits an
     event on the ``CHAMPION`` asset naming the model and version (it schedules
     ``tf_optimize_export``); ``tf_serving_rollout``'s daily reconciliation does not."""
 

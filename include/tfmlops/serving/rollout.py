@@ -553,12 +553,11 @@ class Rollout:
                 ((r["path"], r) for r in self._published.values())}
 
     def run(self) -> RolloutResult:
+        """Raises :class:`RolloutBusy` (nothing touched, nothing recorded) when another rollout
+        keeps an endpoint locked past ``timeout_s``: that is a reason to retry, not a rollback."""
         t0 = time.monotonic()
-        try:
-            with endpoints_locked(self.endpoints, self.timeout_s, self._event):
-                res = self._run()
-        except RolloutBusy as exc:  # nothing was touched
-            res = RolloutResult(self.cand.model, self.cand.version, self.strategy, ROLLED_BACK, reason=str(exc))
+        with endpoints_locked(self.endpoints, self.timeout_s, self._event):
+            res = self._run()
         res.seconds = round(time.monotonic() - t0, 3)
         return res
 
@@ -609,7 +608,8 @@ def rollout(candidate: Candidate, endpoints: list[Endpoint], strategy: str = "re
             checks: CanaryChecks | None = None, keep: int = 2, timeout_s: float = 120.0, s3_client=None,
             on_event: Callable[[str], None] | None = None) -> RolloutResult:
     """Roll ``candidate`` out to ``endpoints`` (see the module docstring); never raises for a
-    failed check or load: the result says ``rolled_back`` and why."""
+    failed check or load: the result says ``rolled_back`` and why. Raises :class:`RolloutBusy`
+    when another rollout holds an endpoint for longer than ``timeout_s``."""
     return Rollout(candidate, endpoints, strategy, checks, keep, timeout_s, s3_client, on_event).run()
 
 
@@ -639,7 +639,8 @@ def rollout_registered(tracking_uri: str, model_name: str, version_or_alias, end
                        strategy: str = "replace", checks: CanaryChecks | None = None, keep: int = 2,
                        timeout_s: float = 120.0, s3_client=None, on_event=None) -> dict:
     """Roll a registered MLflow version out and record the outcome in MLflow (tags, aliases).
-    Returns the RolloutResult as a dict with ``aliases``; does not raise on a rollback."""
+    Returns the RolloutResult as a dict with ``aliases``; does not raise on a rollback (raises
+    :class:`RolloutBusy`, recording nothing, when another rollout keeps an endpoint locked)."""
     import tempfile
 
     from tfmlops import registry
