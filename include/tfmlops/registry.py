@@ -212,8 +212,10 @@ def delete_alias(tracking_uri: str, name: str, alias: str) -> None:
 def record_rollout(tracking_uri: str, name: str, version: int, result: dict) -> dict:
     """MLflow as the source of truth after a rollout: tags on the version (serving version,
     endpoints, strategy, outcome, reason) and the aliases. Promoted: ``champion`` → version (the
-    old champion becomes ``previous``). Rolled back: ``champion`` goes back to the version that
-    serves again if it had been moved to this one; ``challenger`` is dropped from it. Idempotent."""
+    old champion becomes ``previous``). Rolled back: ``challenger`` is dropped from it and
+    ``champion`` stays where it was (a rollback restores the serving state from before, and a
+    version becomes champion only when promoted; a champion failing a re-check stays champion,
+    the failure is in its ``serving.*`` tags). Idempotent."""
     promoted = result["outcome"] == "promoted"
     set_version_tags(tracking_uri, name, version, {
         "serving.version": version, "serving.strategy": result["strategy"], "serving.outcome": result["outcome"],
@@ -226,17 +228,9 @@ def record_rollout(tracking_uri: str, name: str, version: int, result: dict) -> 
             set_alias(tracking_uri, name, PREVIOUS, champion_v)
         set_alias(tracking_uri, name, CHAMPION, version)
         champion_v = version
-    else:
+    else:  # serving is back to its state before the rollout, and champion was not moved for it
         challenger = alias_version(tracking_uri, name, CHALLENGER)
         if challenger is not None and int(challenger.version) == version:
             delete_alias(tracking_uri, name, CHALLENGER)
-        if champion_v == version:
-            serving = sorted({v for old in result.get("old_versions", {}).values() for v in old if v != version})
-            back = serving[-1] if serving else None
-            if back is not None:
-                set_alias(tracking_uri, name, CHAMPION, back)
-            else:
-                delete_alias(tracking_uri, name, CHAMPION)
-            champion_v = back
     previous = alias_version(tracking_uri, name, PREVIOUS)
     return {"champion": champion_v, "previous": int(previous.version) if previous is not None else None}

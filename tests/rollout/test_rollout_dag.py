@@ -99,6 +99,17 @@ def test_rollout_dag_replace_canary_rerun_and_rollback(dag, zoo, airflow_db, air
     served = {int(s["version"]): s["state"] for s in client.status(MODEL)["model_version_status"]}
     assert served[2] == "AVAILABLE" and served[3] == "END"
     assert load_config(serving_server["config_file"]) == config_before
+
+    # 5. the champion itself failing a re-check (here: a holdout with wrong labels) fails the task
+    #    but changes nothing: it keeps serving and stays champion
+    wrong = tmp_path / "wrong_labels.npz"
+    np.savez(wrong, x=zoo.holdout_x, y=(np.asarray(zoo.holdout_y) + 1) % 10)
+    run = dag.test(run_conf={**conf, "version": "champion", "strategy": "canary", "canary_holdout_uri": str(wrong)})
+    assert states(run)["rollout"] == "failed", states(run)
+    assert "holdout accuracy" in mlf.get_model_version(MODEL, "2").tags["serving.reason"]
+    assert mlf.get_model_version_by_alias(MODEL, "champion").version == "2"
+    assert load_config(serving_server["config_file"]) == config_before
+    assert {int(s["version"]): s["state"] for s in client.status(MODEL)["model_version_status"]}[2] == "AVAILABLE"
     client.close()
 
 
