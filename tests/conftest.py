@@ -6,6 +6,8 @@ throw-away AIRFLOW_HOME with its own SQLite database, the project's dags/ and pl
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import subprocess
@@ -41,18 +43,24 @@ def airflow_db():
     return _AIRFLOW_HOME
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real ``mlflow server`` (SQLite backend, local artifacts) on a free port."""
-    root = tmp_path_factory.mktemp("mlflow")
+@contextlib.contextmanager
+def mlflow_process(root, backend_store_uri: str | None = None, timeout_s: float = 120):
+    """A real ``mlflow server`` on a free port (SQLite under ``root`` unless a backend is given)."""
     port = localstack.free_port()
-    localstack.start("mlflow", localstack.mlflow_server_argv(root, port), root)
+    localstack.start("mlflow", localstack.mlflow_server_argv(root, port, backend_store_uri), root)
     url = f"http://127.0.0.1:{port}"
     try:
-        localstack.wait_http(f"{url}/health", 120, "mlflow", root)
+        localstack.wait_http(f"{url}/health", timeout_s, "mlflow", root)
         yield url
     finally:
         localstack.stop("mlflow", root)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` (SQLite backend, local artifacts) on a free port."""
+    with mlflow_process(tmp_path_factory.mktemp("mlflow")) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

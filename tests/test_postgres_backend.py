@@ -24,6 +24,8 @@ import pytest
 
 from tfmlops import localstack
 
+from conftest import mlflow_process
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,17 +115,8 @@ def postgres(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pg_mlflow(postgres, tmp_path_factory):
     """``mlflow server`` with its backend store on PostgreSQL (artifacts: local, served by it)."""
-    root = tmp_path_factory.mktemp("pg-mlflow")
-    port = localstack.free_port()
-    argv = localstack.mlflow_server_argv(root, port)
-    argv[argv.index("--backend-store-uri") + 1] = postgres["url"]("mlflow")
-    localstack.start("mlflow", argv, root)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        localstack.wait_http(f"{url}/health", 240, "mlflow", root)
+    with mlflow_process(tmp_path_factory.mktemp("pg-mlflow"), postgres["url"]("mlflow"), timeout_s=240) as url:
         yield url
-    finally:
-        localstack.stop("mlflow", root)
 
 
 DRIVER = textwrap.dedent("""

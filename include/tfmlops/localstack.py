@@ -120,12 +120,13 @@ def log_tail(name: str, run_dir: Path, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
-def mlflow_server_argv(root: Path, port: int) -> list[str]:
-    """A real MLflow tracking + registry server: SQLite backend, local artifact store served by it."""
+def mlflow_server_argv(root: Path, port: int, backend_store_uri: str | None = None) -> list[str]:
+    """A real MLflow tracking + registry server: SQLite backend under ``root`` (or
+    ``backend_store_uri``, e.g. PostgreSQL), local artifact store served by it."""
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     return [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+            "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
             "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
 
 
