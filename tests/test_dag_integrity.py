@@ -26,16 +26,16 @@ print(json.dumps({
     "heavy": sorted(m for m in sys.argv[2].split(",") if m in sys.modules),
     "dags": {d.dag_id: {"tags": sorted(d.tags), "doc_md": d.doc_md or "", "owners": d.owner,
                         "retries": {t.task_id: t.retries for t in d.tasks},
-                        "params": {k: {**d.params.get_param(k).schema, "description": d.params.get_param(k).description}
-                                   for k in d.params},
+                        "params": {k: {**d.params.get_param(k).schema, "description": d.params.get_param(k).description,
+                                       "default": d.params.get_param(k).value} for k in d.params},
                         "max_active_runs": d.max_active_runs} for d in bag.dags.values()},
 }))
 """
 
 
-def parse(path: Path) -> dict:
+def parse(path: Path, **env: str) -> dict:
     out = subprocess.run([sys.executable, "-c", PARSE, str(path), ",".join(HEAVY)], capture_output=True, text=True,
-                         env=os.environ.copy(), timeout=300)
+                         env={**os.environ, **env}, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -72,3 +72,13 @@ def test_offline_retrain_contract():
     assert {"model_name", "dataset_uri", "epochs", "batch_size", "learning_rate", "sample_fraction"} <= set(params)
     for numeric in ("epochs", "batch_size", "learning_rate", "sample_fraction"):
         assert {"minimum", "exclusiveMinimum"} & set(params[numeric]) and "maximum" in params[numeric], numeric
+
+
+def test_partitions_root_default_comes_from_the_environment():
+    """Compose (or any deployment) points every partitions form at S3 with one variable."""
+    dags = {name: parse(ROOT / "dags" / f"{name}.py", TFMLOPS_PARTITIONS_ROOT="s3://parts/stream")["dags"][name]
+            for name in ("tf_data_simulator", "tf_online_update", "tf_model_monitor")}
+    assert {name: dag["params"]["root"]["default"] for name, dag in dags.items()} == dict.fromkeys(
+        dags, "s3://parts/stream")
+    default = parse(ROOT / "dags" / "tf_online_update.py")["dags"]["tf_online_update"]["params"]["root"]["default"]
+    assert default == str(ROOT / "var" / "partitions")

@@ -195,3 +195,19 @@ def test_grpc_reload_non_list_config_rejected(stubs):
     with pytest.raises(grpc.RpcError) as ei:
         model.HandleReloadConfigRequest(req, timeout=30)
     assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_signatures_are_warmed_while_a_version_loads(store):
+    """Loading builds each signature's full-predict session callable and runs it once, so the
+    first requests to a new version do not pay TensorFlow's kernel creation (in-process check)."""
+    from tfmlops.serving.servable import Servable
+
+    servable = Servable("mlp", 1, store.path("mlp", "1"))
+    try:
+        assert servable.warmup() == 0  # no warmup file: only the built-in preparation ran
+        prepared = set(servable._callables)
+        assert len(prepared) == 2  # serving_default (x -> y) and two_outputs (x -> total, y)
+        _, out = servable.predict("serving_default", {"x": np.ones((2, 4), np.float32)})
+        assert out["y"].shape == (2, 3) and set(servable._callables) == prepared  # the request reused it
+    finally:
+        servable.close()
