@@ -93,14 +93,10 @@ def build_reference(x: np.ndarray, predicted: np.ndarray, num_classes: int, bins
             "prediction_fractions": (np.bincount(predicted, minlength=num_classes) / len(predicted)).tolist()}
 
 
-def _finite(edges: list) -> list[float]:
-    return [float(e) for e in edges]
-
-
 def drift(reference: dict, x: np.ndarray, predicted: np.ndarray, num_classes: int) -> dict:
     """PSI of every input statistic and of the predicted classes vs the reference."""
     current = input_stats(x)
-    per_stat = {name: psi_from_fractions(ref["fractions"], _bin_fractions(current[name], _finite(ref["edges"])))
+    per_stat = {name: psi_from_fractions(ref["fractions"], _bin_fractions(current[name], ref["edges"]))
                 for name, ref in reference["stats"].items()}
     prediction_psi = psi_from_fractions(reference["prediction_fractions"],
                                         np.bincount(predicted, minlength=num_classes) / len(predicted))
@@ -173,6 +169,12 @@ def available_versions(client, model: str) -> list[int]:
     return sorted(int(v["version"]) for v in status.get("model_version_status", []) if v.get("state") == "AVAILABLE")
 
 
+def _unreachable(reason: str) -> dict:
+    """One probe result per API for an endpoint/version that could not be probed at all."""
+    return {api: {**_percentiles([]), "throughput_rps": 0.0, "error_rate": 1.0, "requests": 1, "errors": 1,
+                  "last_error": reason[:300]} for api in ("rest", "grpc")}
+
+
 def health(endpoints: dict, model: str, row: np.ndarray, requests: int = 50) -> dict:
     """``endpoints``: ``{name: ServingClient}`` → ``{name: {version: {rest: {...}, grpc: {...}}}}``.
     An endpoint that does not answer its status call counts as one version ``0`` with error rate 1."""
@@ -181,12 +183,10 @@ def health(endpoints: dict, model: str, row: np.ndarray, requests: int = 50) -> 
         try:
             versions = available_versions(client, model)
         except Exception as exc:  # noqa: BLE001
-            out[name] = {0: {api: {**_percentiles([]), "throughput_rps": 0.0, "error_rate": 1.0, "requests": 1,
-                                   "errors": 1, "last_error": f"status: {exc}"[:300]} for api in ("rest", "grpc")}}
+            out[name] = {0: _unreachable(f"status: {exc}")}
             continue
         out[name] = {v: probe(client, model, row, requests, version=v) for v in versions} or {
-            0: {api: {**_percentiles([]), "throughput_rps": 0.0, "error_rate": 1.0, "requests": 1, "errors": 1,
-                      "last_error": "no AVAILABLE version"} for api in ("rest", "grpc")}}
+            0: _unreachable("no AVAILABLE version")}
     return out
 
 
@@ -313,10 +313,7 @@ def ensure_reference(tracking_uri: str, model_name: str, version: int, client, r
     x = dataset.x_train[np.sort(pick)]
     predicted = np.argmax(served_probabilities(client, model_name, x, version=int(found.version)), axis=1)
     reference = {**build_reference(x, predicted, num_classes, source=uri), "version": int(found.version)}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(REFERENCE_ARTIFACT).name
-        path.write_text(json.dumps(reference))
-        mlf.log_artifact(found.run_id, str(path), artifact_path=str(Path(REFERENCE_ARTIFACT).parent))
+    mlf.log_dict(found.run_id, reference, REFERENCE_ARTIFACT)
     log.info("stored the drift reference of %s version %s (%d rows of %s)", model_name, found.version, len(x), uri)
     return reference
 
