@@ -6,12 +6,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: venv system-deps run loop up stop status test bench lock clean
+.PHONY: venv system-deps run loop up stop status lint test bench lock clean
 
-$(STAMP): requirements.txt requirements-lock.txt requirements-nodeps.txt pyproject.toml web/package-lock.json
+$(STAMP): requirements.txt requirements-dev.txt requirements-lock.txt requirements-nodeps.txt pyproject.toml web/package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv==0.13.8
-	$(BIN)/uv pip install --python $(BIN)/python -r requirements.txt -c requirements-lock.txt -e .
+	$(BIN)/uv pip install --python $(BIN)/python -r requirements-dev.txt -c requirements-lock.txt -e .
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps -r requirements-nodeps.txt
 	npm ci --prefix web --no-audit --no-fund
 	touch $@
@@ -46,7 +46,10 @@ stop:  ## stop every service of the stack
 status:
 	@$(BIN)/python scripts/stack.py status
 
-test: venv system-deps
+lint: venv  ## ruff (configured in pyproject.toml)
+	$(BIN)/ruff check .
+
+test: venv system-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: venv
@@ -56,7 +59,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_formats.py
 	$(BIN)/python benchmarks/bench_rollout.py
 
-lock: venv  ## refresh the full resolved pin set after changing requirements.txt
+lock: venv  ## refresh the full resolved pin set after changing requirements*.txt
 	$(BIN)/uv pip freeze --python $(BIN)/python --exclude-editable > requirements-lock.txt
 
 clean: stop

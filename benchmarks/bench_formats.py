@@ -4,7 +4,7 @@ its own runtime (TensorFlow, tf_keras, LiteRT, onnxruntime, TF.js in Node and in
 Trains the seed MLP (5 epochs) on MNIST, builds every variant with the default
 :class:`tfmlops.optimize.OptimizeConfig` except longer distillation (15 epochs) and pruning
 fine-tuning (4 epochs) — flags, recorded in the JSON's ``optimize_config`` —, exports and verifies every artifact
-(:func:`tfmlops.formats.pipeline.optimize_and_export_all`, no MLflow) and writes
+(:func:`tfmlops.steps.optimize.optimize_and_export_all`, no MLflow) and writes
 benchmarks/results/formats.json, formats.md and formats.png (size vs accuracy, marker area ∝
 latency). ``--sample-fraction`` trades fidelity for time (1.0 = all 60k/10k images, ~5 min
 on 2 cores).
@@ -77,12 +77,12 @@ def litert_latency(contents: dict[str, bytes], x, runs: int, rounds: int = LATEN
     invoke, e2e, per_row = ({name: [] for name in contents} for _ in range(3))
     for name in contents:  # warmup
         timed(single[name].invoke, warmup)
-        timed(lambda: wrapped[name](one), warmup)
+        timed(lambda model=wrapped[name]: model(one), warmup)
         timed(batched[name].invoke, 20)
     for _ in range(rounds):
         for name in contents:
             invoke[name] += timed(single[name].invoke, runs)
-            e2e[name] += timed(lambda: wrapped[name](one), max(runs // 5, 100))
+            e2e[name] += timed(lambda model=wrapped[name]: model(one), max(runs // 5, 100))
             per_row[name] += [t / len(batch) for t in timed(batched[name].invoke, max(runs // 20, 20))]
     return {name: {"invoke_ms_median": statistics.median(invoke[name]), "invokes": len(invoke[name]),
                    "invoke_ms_p90": statistics.quantiles(invoke[name], n=10)[-1],
@@ -113,6 +113,7 @@ def goals(result: dict, work: Path, x_test, latency_runs: int) -> tuple[list[dic
         loss_pp = (float_tfl["accuracy"] - int8_tfl["accuracy"]) * 100
         f_ms, i_ms = latency["float"]["invoke_ms_median"], latency["int8"]["invoke_ms_median"]
         speedup = f_ms / i_ms
+        per_row_speedup = latency["float"]["batch256_ms_per_row_median"] / latency["int8"]["batch256_ms_per_row_median"]
         out += [
             _goal("int8 TFLite bytes / float TFLite bytes", ratio, 0.27, "<=", int8_bytes=int8_tfl["bytes"],
                   float_bytes=float_tfl["bytes"]),
@@ -122,15 +123,14 @@ def goals(result: dict, work: Path, x_test, latency_runs: int) -> tuple[list[dic
                   int8_ms=round(i_ms, 5), float_ms=round(f_ms, 5),
                   end_to_end_speedup=round(latency["float"]["end_to_end_ms_median"]
                                            / latency["int8"]["end_to_end_ms_median"], 3),
-                  batch256_speedup=round(latency["float"]["batch256_ms_per_row_median"]
-                                         / latency["int8"]["batch256_ms_per_row_median"], 3)),
+                  batch256_speedup=round(per_row_speedup, 3)),
         ]
         notes.append(f"Latency goal = LiteRT invoke() only, input tensor set beforehand: int8 {i_ms * 1000:.2f} us vs "
                      f"float {f_ms * 1000:.2f} us per one-row invoke (median of {latency['int8']['invokes']} each, "
                      f"{os.cpu_count()} CPUs). Through LiteRTModel with Python-side int8 (de)quantization (the "
                      f"table's latency_ms) int8 is slower: {latency['int8']['end_to_end_ms_median'] * 1000:.2f} us vs "
                      f"{latency['float']['end_to_end_ms_median'] * 1000:.2f} us; in a 256-row batch int8 is "
-                     f"{latency['float']['batch256_ms_per_row_median'] / latency['int8']['batch256_ms_per_row_median']:.1f}x "
+                     f"{per_row_speedup:.1f}x "
                      f"faster per row.")
         if speedup < 1:
             notes.append(f"int8 is SLOWER than float in LiteRT on this CPU for one row: {i_ms * 1000:.2f} us vs "
@@ -199,7 +199,7 @@ def main() -> None:
 
     from tfmlops import data
     from tfmlops.formats import FLOAT_FORMATS
-    from tfmlops.formats.pipeline import optimize_and_export_all
+    from tfmlops.steps.optimize import optimize_and_export_all
     from tfmlops.models import ModelConfig, TrainConfig, build_model, train
     from tfmlops.optimize import VARIANTS, OptimizeConfig
 
@@ -225,7 +225,8 @@ def main() -> None:
         "float_accuracy": result["float_accuracy"], "train_seconds": round(trained, 1),
         "total_seconds": round(time.perf_counter() - start, 1), "machine": platform.machine(),
         "python": sys.version.split()[0], "cpu_count": os.cpu_count(),
-        "optimize_config": config.to_dict(), "goals": goal_rows, "all_goals_met": all(g["meets_goal"] for g in goal_rows),
+        "optimize_config": config.to_dict(), "goals": goal_rows,
+        "all_goals_met": all(g["meets_goal"] for g in goal_rows),
         "note": " ".join(notes) or None, "litert_latency": latency,
         "variants": result["variants"], "rows": result["report"]["rows"],
     }

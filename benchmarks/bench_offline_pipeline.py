@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))  # devservers: the embedded servers, started as processes
 RESULTS = ROOT / "benchmarks" / "results"
 GOAL_S = 300
 
@@ -29,16 +30,16 @@ def main() -> None:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{work / 'airflow' / 'airflow.db'}"})
     sys.path.insert(0, str(ROOT / "plugins"))
-    from tfmlops import localstack
+    import devservers
 
-    mlflow_port, rest, grpc = localstack.free_port(), localstack.free_port(), localstack.free_port()
+    mlflow_port, rest, grpc = devservers.free_port(), devservers.free_port(), devservers.free_port()
     run_dir = work / "run"
-    localstack.start("mlflow", localstack.mlflow_server_argv(work / "mlflow", mlflow_port), run_dir)
-    localstack.start("serving", localstack.serving_argv(work / "serving" / "models.config", rest, grpc), run_dir)
+    devservers.start("mlflow", devservers.mlflow_server_argv(work / "mlflow", mlflow_port), run_dir)
+    devservers.start("serving", devservers.serving_argv(work / "serving" / "models.config", rest, grpc), run_dir)
     try:
-        subprocess.run([str(localstack.BIN / "airflow"), "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
-        localstack.wait_http(f"http://127.0.0.1:{mlflow_port}/health", 120, "mlflow", run_dir)
-        localstack.wait_http(f"http://127.0.0.1:{rest}/v1/models/_", 120, "serving", run_dir, any_status=True)
+        subprocess.run([str(devservers.BIN / "airflow"), "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
+        devservers.wait_http(f"http://127.0.0.1:{mlflow_port}/health", 120, "mlflow", run_dir)
+        devservers.wait_http(f"http://127.0.0.1:{rest}/v1/models/_", 120, "serving", run_dir, any_status=True)
         os.environ["AIRFLOW_CONN_MLFLOW_DEFAULT"] = json.dumps(
             {"conn_type": "http", "host": "127.0.0.1", "port": mlflow_port})
         os.environ["AIRFLOW_CONN_TF_SERVING_DEFAULT"] = json.dumps(
@@ -55,8 +56,8 @@ def main() -> None:
                               "seconds": round((ti.end_date - ti.start_date).total_seconds(), 2)}
                  for ti in sorted(run.get_task_instances(), key=lambda t: t.start_date)}
     finally:
-        localstack.stop("serving", run_dir)
-        localstack.stop("mlflow", run_dir)
+        devservers.stop("serving", run_dir)
+        devservers.stop("mlflow", run_dir)
     report = {"dataset": "mnist (60000 train / 10000 test)", "params": dag.params.dump(), "state": str(run.state),
               "wall_s": round(wall, 1), "goal_s": GOAL_S, "meets_goal": wall <= GOAL_S, "tasks": tasks,
               "cpu_count": os.cpu_count()}

@@ -2,11 +2,11 @@
 ``canary`` rollout on the local TF Serving-compatible server (one endpoint, tiny 4→3 MLPs).
 
 Goal: 0 failed requests and p99 during a rollout ≤ 2× the steady p99. A steady client loop
-(2 REST + 2 gRPC threads, in a process of their own) runs throughout; the replace phase sends unversioned requests, the canary
-phase addresses the ``stable`` label. One rollout of these models lasts a fraction of a second
-(~100 requests), so each phase runs ``ROLLOUTS`` rollouts back to back and "during" pools the
-requests sent while any of them ran: its p99 then rests on ~1000 samples, not on the slowest one
-or two. Writes benchmarks/results/rollout.json and rollout.png.
+(2 REST + 2 gRPC threads, in a process of their own) runs throughout; the replace phase sends
+unversioned requests, the canary phase addresses the ``stable`` label. One rollout of these models
+lasts a fraction of a second (~100 requests), so each phase runs ``ROLLOUTS`` rollouts back to back
+and "during" pools the requests sent while any of them ran: its p99 then rests on ~1000 samples,
+not on the slowest one or two. Writes benchmarks/results/rollout.json and rollout.png.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))  # devservers: the embedded servers, started as processes
 RESULTS = ROOT / "benchmarks" / "results"
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 MODEL = "bench_roll"
@@ -50,7 +51,7 @@ def build(path: Path, scale: float) -> dict:
 
 
 def _client_loop(api: str, rest: int, grpc: int, stable, stop, samples: list, lock, warm: threading.Event) -> None:
-    from tfmlops.serving.client import ServingClient
+    from tfmlops.deploy.client import ServingClient
 
     client = ServingClient("127.0.0.1", rest, grpc, timeout=30)
     for _ in range(50):  # untimed: imports (TensorFlow for gRPC tensors) and connections
@@ -123,10 +124,12 @@ def stats(samples, windows) -> dict:
 
 
 def main() -> None:
-    from tfmlops import localstack
-    from tfmlops.serving.publish import publish_version
-    from tfmlops.serving.rollout import (CanaryChecks, Candidate, Endpoint, apply_config, find_entry, read_config,
-                                         rollout, with_versions)
+    import devservers
+    from tfmlops.deploy.checks import CanaryChecks
+    from tfmlops.deploy.endpoint import Endpoint
+    from tfmlops.deploy.model_config import apply_config, find_entry, read_config, with_versions
+    from tfmlops.deploy.publish import publish_version
+    from tfmlops.deploy.rollout import Candidate, rollout
 
     work = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
     smokes = {v: build(work / "staging" / str(v), 1.0 + v / 2) for v in (1, 2, 3)}  # cycled: version n is model n % 3
@@ -134,13 +137,13 @@ def main() -> None:
     publish_version(work / "staging" / "1", models_root, MODEL, 1)
     config_file.write_text(f'model_config_list {{ config {{ name: "{MODEL}" base_path: "{models_root / MODEL}" '
                            'model_platform: "tensorflow" } }\n')
-    rest, grpc = localstack.free_port(), localstack.free_port()
-    argv = [str(localstack.BIN / "tf-serving-local"), f"--port={grpc}", f"--rest_api_port={rest}",
+    rest, grpc = devservers.free_port(), devservers.free_port()
+    argv = [str(devservers.BIN / "tf-serving-local"), f"--port={grpc}", f"--rest_api_port={rest}",
             f"--model_config_file={config_file}", "--file_system_poll_wait_seconds=1"]
-    localstack.start("serving", argv, work)
+    devservers.start("serving", argv, work)
     marks = []
     try:
-        localstack.wait_http(f"http://127.0.0.1:{rest}/v1/models/{MODEL}", 120, "serving", work)
+        devservers.wait_http(f"http://127.0.0.1:{rest}/v1/models/{MODEL}", 120, "serving", work)
         ep = Endpoint("bench", rest_port=rest, grpc_port=grpc, models_root=str(models_root),
                       model_config_file=str(config_file), timeout=60)
         load = Load(rest, grpc, work / "samples.npy")
@@ -178,7 +181,7 @@ def main() -> None:
         phases = {strategy: {phase: stats(load.samples, w) for phase, w in ws.items()}
                   for strategy, ws in windows_of.items()}
     finally:
-        localstack.stop("serving", work)
+        devservers.stop("serving", work)
 
     failures = sum(p["failures"] for ph in phases.values() for p in ph.values())
     ratio = {s: round(ph["during"]["p99_ms"] / max(ph["before"]["p99_ms"], 1e-9), 2) for s, ph in phases.items()}

@@ -25,7 +25,7 @@ What it measures: batch-1 ``predict`` requests (one MNIST test image, 784 float3
   the in-process model's output before it is measured.
 - Client and server run on the same machine: both use its cores. Server and client CPU time per
   point are recorded (``cpu_ms_per_request``) to show where the time goes.
-- Every server is started with ``tfmlops.localstack`` on free loopback ports in a temporary folder
+- Every server is started with ``tfmlops.devservers`` on free loopback ports in a temporary folder
   and stopped in ``finally``.
 
 Goals (ratios of throughput; printed and stored with ``meets_goal``):
@@ -59,6 +59,7 @@ from array import array
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))  # devservers: the embedded servers, started as processes
 RESULTS = ROOT / "benchmarks" / "results"
 
 MODEL_NAME = "bench_mlp"
@@ -164,7 +165,7 @@ def _client_process(spec: dict, n_threads: int, cap_per_thread: int, ready_q, go
 # ---------------------------------------------------------------------------------------------
 
 def _group_cpu_s(pgid: int | None) -> float:
-    """utime + stime (s) of every live process in process group ``pgid`` (a localstack service)."""
+    """utime + stime (s) of every live process in process group ``pgid`` (a devservers service)."""
     if not pgid:
         return float("nan")
     tick = os.sysconf("SC_CLK_TCK")
@@ -367,7 +368,8 @@ def _goals(points: dict, in_process: dict | None, in_process_compiled: dict | No
         return max(vals) if vals else None
 
     goals = {}
-    for name, (num, den) in {"rest_vs_mlflow_serve": ("rest", "mlflow_serve"), "grpc_vs_rest": ("grpc", "rest")}.items():
+    pairs = {"rest_vs_mlflow_serve": ("rest", "mlflow_serve"), "grpc_vs_rest": ("grpc", "rest")}
+    for name, (num, den) in pairs.items():
         goal = GOALS[name]
         by_c = {str(c): _ratio(tput(num, c), tput(den, c)) for c in CONCURRENCY}
         at_peak = _ratio(peak(num), peak(den))
@@ -460,20 +462,20 @@ def main() -> int:
     environment = _environment(args)
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
-    from tfmlops import localstack
+    import devservers
 
     run_dir = work / "run"
-    mlflow_port = localstack.free_port()
+    mlflow_port = devservers.free_port()
     tracking_uri = f"http://127.0.0.1:{mlflow_port}"
-    ports = {"plain": (localstack.free_port(), localstack.free_port()),
-             "batching": (localstack.free_port(), localstack.free_port()), "mlflow_serve": localstack.free_port()}
+    ports = {"plain": (devservers.free_port(), devservers.free_port()),
+             "batching": (devservers.free_port(), devservers.free_port()), "mlflow_serve": devservers.free_port()}
     services = []  # started here, stopped in finally
     modes: dict = {}
     in_process = in_process_compiled = None
     checks: dict = {}
     timings: dict = {}
     try:
-        localstack.start("mlflow", localstack.mlflow_server_argv(work / "mlflow", mlflow_port), run_dir)
+        devservers.start("mlflow", devservers.mlflow_server_argv(work / "mlflow", mlflow_port), run_dir)
         services.append("mlflow")
 
         # ---- model: train, export, publish (while the MLflow server starts)
@@ -481,8 +483,8 @@ def main() -> int:
         from tfmlops import data, registry
         from tfmlops.export import export_saved_model
         from tfmlops.models import ModelConfig, TrainConfig, build_model, train
-        from tfmlops.serving.client import ServingClient
-        from tfmlops.serving.publish import ensure_model_config, publish_version
+        from tfmlops.deploy.client import ServingClient
+        from tfmlops.deploy.publish import ensure_model_config, publish_version
 
         dataset, _ = data.load_validated("mnist", 784, 10, sample_fraction=0.05)
         model = build_model(ModelConfig())
@@ -500,34 +502,34 @@ def main() -> int:
         for name, extra in (("plain", []), ("batching", ["--enable_batching=true",
                                                          f"--batching_parameters_file={batching_file}"])):
             rest, grpc_port = ports[name]
-            localstack.start(f"serving-{name}", localstack.serving_argv(config_file, rest, grpc_port) + extra,
+            devservers.start(f"serving-{name}", devservers.serving_argv(config_file, rest, grpc_port) + extra,
                              run_dir, env=SERVER_ENV)
             services.append(f"serving-{name}")
 
         # ---- MLflow: log + register the same trained model, then `mlflow models serve` it
         t = time.perf_counter()
-        localstack.wait_http(f"{tracking_uri}/health", 180, "mlflow", run_dir)
+        devservers.wait_http(f"{tracking_uri}/health", 180, "mlflow", run_dir)
         run_id = registry.start_run(tracking_uri, "bench_serving", "bench_serving", {"purpose": "benchmark"})
         model_uri = registry.log_keras_model(tracking_uri, run_id, model, dataset.x_test[:8])
         version = registry.register(tracking_uri, MODEL_NAME, model_uri, run_id, {"purpose": "benchmark"})
         registry.end_run(tracking_uri, run_id)
-        mlflow_serve_argv = [str(localstack.BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL_NAME}/{version}",
+        mlflow_serve_argv = [str(devservers.BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL_NAME}/{version}",
                              "--env-manager", "local", "-p", str(ports["mlflow_serve"]), "-h", "127.0.0.1"]
-        localstack.start("mlflow-serve", mlflow_serve_argv, run_dir,
+        devservers.start("mlflow-serve", mlflow_serve_argv, run_dir,
                          # mlflow runs `bash -c "exec uvicorn ..."`: the venv's bin must be on PATH
                          env={**SERVER_ENV, "MLFLOW_TRACKING_URI": tracking_uri,
-                              "PATH": f"{localstack.BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
+                              "PATH": f"{devservers.BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
         services.append("mlflow-serve")
         timings["mlflow_log_register_s"] = round(time.perf_counter() - t, 1)
 
         t = time.perf_counter()
         for name in ("plain", "batching"):
             rest, _ = ports[name]
-            localstack.wait_http(f"http://127.0.0.1:{rest}/v1/models/{MODEL_NAME}", 300, f"serving-{name}",
+            devservers.wait_http(f"http://127.0.0.1:{rest}/v1/models/{MODEL_NAME}", 300, f"serving-{name}",
                                  run_dir, any_status=True)
             with ServingClient(rest_port=rest, grpc_port=None) as c:
                 c.wait_until_available(MODEL_NAME, 1, timeout_s=300)
-        localstack.wait_http(f"http://127.0.0.1:{ports['mlflow_serve']}/ping", 300, "mlflow-serve", run_dir)
+        devservers.wait_http(f"http://127.0.0.1:{ports['mlflow_serve']}/ping", 300, "mlflow-serve", run_dir)
         timings["servers_ready_s"] = round(time.perf_counter() - t, 1)
 
         # ---- the same example everywhere; every payload checked against the in-process output
@@ -568,7 +570,7 @@ def main() -> int:
         for i, mode in enumerate(MODES):
             service, spec = specs[mode]
             spec = {**spec, **base}
-            pgid = localstack.running_pid(service, run_dir)
+            pgid = devservers.running_pid(service, run_dir)
             entry = modes[mode] = {"server": service, "points": []}
             try:
                 for c in CONCURRENCY:
@@ -578,8 +580,9 @@ def main() -> int:
                     if service == "serving-batching":
                         after = _batching_stats(ports["batching"][0])
                         tasks, batches = after["tasks"] - before["tasks"], after["batches"] - before["batches"]
-                        point["server_batches"] = {"batches": batches, "tasks": tasks,
-                                                   "mean_tasks_per_batch": round(tasks / batches, 2) if batches else None}
+                        point["server_batches"] = {
+                            "batches": batches, "tasks": tasks,
+                            "mean_tasks_per_batch": round(tasks / batches, 2) if batches else None}
                     entry["points"].append(point)
                     print(f"{mode:>14} x{c:<3} {point['throughput_rps']:>8.1f} req/s  p50 {point['p50_ms']} ms  "
                           f"p99 {point['p99_ms']} ms  errors {point['errors']}  "
@@ -587,12 +590,12 @@ def main() -> int:
                           f"client {point['cpu_ms_per_request']['client']} ms", flush=True)
             except Exception as exc:  # noqa: BLE001  (record, keep measuring the others)
                 entry["error"] = f"{type(exc).__name__}: {exc}"
-                print(f"{mode}: FAILED {entry['error']}\n{localstack.log_tail(service, run_dir)}", file=sys.stderr)
+                print(f"{mode}: FAILED {entry['error']}\n{devservers.log_tail(service, run_dir)}", file=sys.stderr)
             if last_use[service] == i:
-                localstack.stop(service, run_dir)
+                devservers.stop(service, run_dir)
                 services.remove(service)
         timings["load_points_s"] = round(time.perf_counter() - t, 1)
-        localstack.stop("mlflow", run_dir)
+        devservers.stop("mlflow", run_dir)
         services.remove("mlflow")
 
         # ---- the limit, with every server stopped: eager model(x) as the issue defines it, and (for
@@ -610,7 +613,7 @@ def main() -> int:
                   f"p99 {r['p99_ms']} ms  cpu/req {r['cpu_ms_per_request']['process']} ms", flush=True)
     finally:
         for service in reversed(services):
-            localstack.stop(service, run_dir)
+            devservers.stop(service, run_dir)
         if args.keep:
             print(f"kept {work}")
         else:

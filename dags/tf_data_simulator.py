@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Param
 
 from tfmlops_airflow import params
-from tfmlops_airflow.online_operators import SimulatePartitionOperator
+from tfmlops_airflow.operators.online import SimulatePartitionOperator
 
 DOC = """
 ### New data partitions for the demo

@@ -8,7 +8,7 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import DAG, Param, task
 
 from tfmlops_airflow import params
-from tfmlops_airflow.monitor_operators import ModelQualityDriftOperator, ServingHealthOperator, alert_on_failure
+from tfmlops_airflow.operators.monitor import ModelQualityDriftOperator, ServingHealthOperator, alert_on_failure
 
 DOC = """
 ### Monitoring of the served model (closes the loop)

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Param
 
 from tfmlops_airflow import params
-from tfmlops_airflow.operators import (
+from tfmlops_airflow.operators.retrain import (
     EvaluateModelOperator,
     ExportSavedModelOperator,
     ModelGateOperator,
@@ -15,7 +15,7 @@ from tfmlops_airflow.operators import (
     TrainModelOperator,
     ValidateDatasetOperator,
 )
-from tfmlops_airflow.rollout_operators import ServingRolloutOperator
+from tfmlops_airflow.operators.rollout import ServingRolloutOperator
 
 DOC = """
 ### Offline retraining of a TensorFlow classifier
@@ -46,15 +46,13 @@ Connections: `mlflow_default`, the target TF Serving connections (`tf_serving_de
 
 PARAMS = {
     "model_name": params.model_name("Registered model name in MLflow, and the served model's name."),
-    "dataset_uri": Param("mnist", type="string", minLength=1, title="Dataset URI",
-                         description="'mnist' (bundled, hash-checked), or a .npz/.parquet file: local path or s3://bucket/key."),
+    "dataset_uri": params.dataset_uri("Training and test data"),
     "epochs": Param(5, type="integer", minimum=1, maximum=100, title="Epochs", description="Training epochs."),
     "batch_size": Param(128, type="integer", minimum=8, maximum=4096, title="Batch size",
                         description="Training batch size."),
     "learning_rate": Param(0.001, type="number", exclusiveMinimum=0, maximum=1, title="Learning rate",
                            description="Adam learning rate."),
-    "sample_fraction": Param(1.0, type="number", exclusiveMinimum=0, maximum=1, title="Sample fraction",
-                             description="Share of the train and test splits to use (1 = all data)."),
+    "sample_fraction": params.sample_fraction(),
     "min_accuracy": Param(0.9, type="number", minimum=0, maximum=1, title="Minimum accuracy",
                           description="Gate: test accuracy the candidate must reach."),
     "tolerance": Param(0.005, type="number", minimum=0, maximum=1, title="Tolerance vs champion",
@@ -97,7 +95,7 @@ with DAG(
         run_id=train.output["run_id"], model_uri=train.output["model_uri"], metrics=evaluate.output,
         dataset_fingerprint=train.output["dataset_fingerprint"])
     rollout = ServingRolloutOperator(
-        task_id="rollout", task_display_name="Roll out to TF Serving, set champion", pool=params.ROLLOUT_POOL,
+        task_id="rollout", task_display_name="Roll out to TF Serving, set champion",
         version=register.output["version"], announce_champion=True, **params.rollout_arguments())
 
     validate >> train

@@ -8,8 +8,8 @@ from airflow.sdk import DAG, Param, PartitionedAssetTimetable
 
 from tfmlops_airflow import params
 from tfmlops_airflow.assets import NEW_PARTITIONS
-from tfmlops_airflow.online_operators import IngestPartitionsOperator, OnlineUpdateOperator
-from tfmlops_airflow.rollout_operators import ServingRolloutOperator
+from tfmlops_airflow.operators.online import IngestPartitionsOperator, OnlineUpdateOperator
+from tfmlops_airflow.operators.rollout import ServingRolloutOperator
 
 DOC = """
 ### Online update of the champion on new data partitions
@@ -19,10 +19,11 @@ Runs once for every new partition of the partitioned asset `tfmlops_new_partitio
 event's `root` says where it is), or from **Trigger ▸ with config**:
 
 1. **ingest** — the run's partition (from the UI: the ones named, or every new partition under
-   `<root>/<dataset>/incoming/`) is validated with the training-data checks (shape, dtype, NaN/inf, label range, empty splits,
-   overlap). A bad partition is moved to `<root>/<dataset>/quarantine/<id>/` with `reason.json`
-   and does not block the good ones. Partitions already in `<root>/<dataset>/ledger.json` are
-   skipped: with nothing new, the run is a no-op (the later tasks are skipped).
+   `<root>/<dataset>/incoming/`) is validated with the training-data checks (shape, dtype, NaN/inf,
+   label range, empty splits, overlap). A bad partition is moved to
+   `<root>/<dataset>/quarantine/<id>/` with `reason.json` and does not block the good ones.
+   Partitions already in `<root>/<dataset>/ledger.json` are skipped: with nothing new, the run is
+   a no-op (the later tasks are skipped).
 2. **update** — fine-tunes the current `champion` on the new partitions plus a replay sample of
    earlier data (its training dataset and the partitions consumed before; `replay_fraction` of
    the fine-tuning rows) with a low learning rate. Gate: accuracy on the new data (the partitions'
@@ -57,7 +58,8 @@ PARAMS = {
     "tolerance": Param(0.01, type="number", minimum=0, maximum=1, title="Holdout tolerance",
                        description="Gate: accuracy the candidate may lose vs the champion on the holdout."),
     "holdout_uri": Param("mnist", type="string", minLength=1, maxLength=1000, title="Holdout",
-                         description="'mnist' (first 5000 MNIST test rows) or a dataset file whose test split is used."),
+                         description="'mnist' (first 5000 MNIST test rows) or a dataset file whose test split "
+                                     "is used."),
     "holdout_rows": Param(2000, type="integer", minimum=100, maximum=10000, title="Holdout rows",
                           description="Holdout rows evaluated by the gate."),
     **params.rollout(strategy="canary"),
@@ -88,6 +90,6 @@ with DAG(
         holdout_uri="{{ params.holdout_uri }}", holdout_rows="{{ params.holdout_rows }}",
         root=ingest.output["root"], dataset="{{ params.dataset }}")
     rollout = ServingRolloutOperator(
-        task_id="rollout", task_display_name="Roll out (canary), set champion", pool=params.ROLLOUT_POOL,
+        task_id="rollout", task_display_name="Roll out (canary), set champion",
         version=update.output["version"], announce_champion=True, **params.rollout_arguments())
     ingest >> update >> rollout

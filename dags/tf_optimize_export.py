@@ -8,8 +8,8 @@ from airflow.sdk import DAG, Param
 
 from tfmlops_airflow import params
 from tfmlops_airflow.assets import CHAMPION
-from tfmlops_airflow.operators import ResolveModelVersionOperator
-from tfmlops_airflow.optimize_operators import (
+from tfmlops_airflow.operators.retrain import ResolveModelVersionOperator
+from tfmlops_airflow.operators.optimize import (
     ExportFormatOperator,
     FormatReportOperator,
     OptimizeModelOperator,
@@ -55,22 +55,18 @@ Connections: `mlflow_default`, `aws_default` (for `s3://` datasets). Needs `node
 
 PARAMS = {
     "model_name": params.model_name("Registered model name in MLflow."),
-    "version": Param("champion", type="string", minLength=1, maxLength=100, pattern=r"^[A-Za-z0-9_.-]+$",
-                     title="Version or alias",
-                     description="A registered version number (e.g. 3) or an alias (champion, challenger...)."),
+    "version": params.version(),
     "variants": Param(VARIANTS, type="array", items={"type": "string", "enum": VARIANTS}, uniqueItems=True,
                       title="Variants", description="Optimized variants to build, gate and export as TFLite."),
     "formats": Param(FORMATS, type="array", items={"type": "string", "enum": FORMATS}, uniqueItems=True,
                      title="Formats", description="Formats to export the float model in."),
-    "dataset_uri": Param("mnist", type="string", minLength=1, title="Dataset URI",
-                         description="Data for calibration, fine-tuning and the checks: 'mnist', or a .npz/.parquet "
-                                     "file (local path or s3://bucket/key)."),
-    "sample_fraction": Param(1.0, type="number", exclusiveMinimum=0, maximum=1, title="Sample fraction",
-                             description="Share of the train and test splits to use (1 = all data)."),
+    "dataset_uri": params.dataset_uri("Data for calibration, fine-tuning and the checks"),
+    "sample_fraction": params.sample_fraction(),
     "int8_samples": Param(200, type="integer", minimum=10, maximum=5000, title="int8 sample size",
                           description="Training rows used to calibrate the full-integer (int8) quantization."),
     "target_sparsity": Param(0.8, type="number", minimum=0.05, maximum=0.99, title="Pruning target sparsity",
-                             description="Share of Dense kernel weights set to zero; the pruned variant fails below it."),
+                             description="Share of Dense kernel weights set to zero; the pruned variant fails "
+                                         "below it."),
     "pruning_epochs": Param(2, type="integer", minimum=1, maximum=50, title="Pruning epochs",
                             description="Fine-tuning epochs while pruning."),
     "teacher": Param("trained", type="string", enum=["trained", "source"], title="Distillation teacher",
@@ -107,8 +103,7 @@ with DAG(
 
     resolve = ResolveModelVersionOperator(task_id="resolve", task_display_name="Resolve model version",
                                           model_name="{{ params.model_name }}", version="{{ params.version }}")
-    model = {"model_name": resolve.output["model_name"], "version": resolve.output["version"],
-             "run_id": resolve.output["run_id"], "model_uri": resolve.output["model_uri"]}
+    model = {"model": resolve.output}
     check = {"max_abs_diff": 1e-5, "min_agreement": "{{ params.min_agreement }}"}
 
     exports = [

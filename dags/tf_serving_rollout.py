@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG
 
 from tfmlops_airflow import params
-from tfmlops_airflow.operators import ResolveModelVersionOperator
-from tfmlops_airflow.rollout_operators import (
+from tfmlops_airflow.operators.retrain import ResolveModelVersionOperator
+from tfmlops_airflow.operators.rollout import (
     PublishServingVersionOperator,
     ServingRolloutOperator,
 )
@@ -46,9 +46,7 @@ Connections: `mlflow_default`, the target TF Serving connections (`tf_serving_de
 
 PARAMS = {
     "model_name": params.model_name("Registered model name in MLflow = served model name."),
-    "version": Param("champion", type="string", minLength=1, maxLength=100, pattern=params.NAME_PATTERN,
-                     title="Version or alias", description="A registered version number, or an alias "
-                                                           "(champion, challenger, previous)."),
+    "version": params.version(),
     **params.rollout(targets_description="TF Serving connection ids, rolled one at a time, "
                                          "or docker:<fleet> for a docker SDK fleet."),
 }
@@ -64,11 +62,13 @@ with DAG(
     params=PARAMS,
     render_template_as_native_obj=True,
     tags=["tensorflow", "serving", "rollout", "mlflow"],
-    default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(seconds=30),
-                  "pool": params.ROLLOUT_POOL},
+    default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(seconds=30)},
 ) as dag:
+    # resolve runs in the rollout pool too (publish and rollout are in it by default): an alias such
+    # as champion is read only once the previous rollout, which may move it, has finished.
     resolve = ResolveModelVersionOperator(task_id="resolve", task_display_name="Resolve version",
-                                          model_name="{{ params.model_name }}", version="{{ params.version }}")
+                                          model_name="{{ params.model_name }}", version="{{ params.version }}",
+                                          pool=params.ROLLOUT_POOL)
     publish = PublishServingVersionOperator(task_id="publish", task_display_name="Publish SavedModel",
                                             model_name="{{ params.model_name }}", targets="{{ params.targets }}",
                                             version=resolve.output["version"])

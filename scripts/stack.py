@@ -23,7 +23,7 @@ from pathlib import Path
 
 import requests
 
-from tfmlops import localstack
+import devservers
 
 ROOT = Path(__file__).resolve().parents[1]
 VAR = ROOT / "var"
@@ -76,29 +76,29 @@ def airflow_env() -> dict[str, str]:
 
 
 def _start(name: str, argv: list[str], env: dict | None = None) -> None:
-    pid, started = localstack.start(name, argv, RUN, env=env, cwd=ROOT)
+    pid, started = devservers.start(name, argv, RUN, env=env, cwd=ROOT)
     print(f"  {name:<22} {'started' if started else 'already running'} (pid {pid}, log var/run/{name}.log)")
 
 
 def up() -> None:
     print("Starting the embedded default stack:")
-    _start("mlflow", localstack.mlflow_server_argv(VAR / "mlflow", PORTS["mlflow"]))
-    _start("tf-serving-local", localstack.serving_argv(CONFIG_FILE, PORTS["rest"], PORTS["grpc"]),
+    _start("mlflow", devservers.mlflow_server_argv(VAR / "mlflow", PORTS["mlflow"]))
+    _start("tf-serving-local", devservers.serving_argv(CONFIG_FILE, PORTS["rest"], PORTS["grpc"]),
            env={"TF_USE_LEGACY_KERAS": "1"})
     env = airflow_env()
-    airflow = str(localstack.BIN / "airflow")
-    if not any(localstack.running_pid(name, RUN) for name in AIRFLOW_SERVICES):
+    airflow = str(devservers.BIN / "airflow")
+    if not any(devservers.running_pid(name, RUN) for name in AIRFLOW_SERVICES):
         print("  airflow db migrate, pools ...")
         for step in (["db", "migrate"],
                      ["pools", "set", "tf_serving_rollout", "1", "Serializes TF Serving rollouts of a model"]):
-            localstack.subprocess.run([airflow, *step], env={**os.environ, **env}, check=True,
-                                      stdout=localstack.subprocess.DEVNULL)
+            devservers.subprocess.run([airflow, *step], env={**os.environ, **env}, check=True,
+                                      stdout=devservers.subprocess.DEVNULL)
     _start("airflow-api-server", [airflow, "api-server", "--host", "127.0.0.1", "--port", str(PORTS["airflow"])], env)
     _start("airflow-scheduler", [airflow, "scheduler"], env)
     _start("airflow-dag-processor", [airflow, "dag-processor"], env)
-    localstack.wait_http(f"{MLFLOW_URL}/health", 120, "mlflow", RUN)
-    localstack.wait_http(f"{REST_URL}/v1/models/_", 120, "tf-serving-local", RUN, any_status=True)
-    localstack.wait_http(f"{AIRFLOW_URL}/api/v2/monitor/health", 180, "airflow-api-server", RUN)
+    devservers.wait_http(f"{MLFLOW_URL}/health", 120, "mlflow", RUN)
+    devservers.wait_http(f"{REST_URL}/v1/models/_", 120, "tf-serving-local", RUN, any_status=True)
+    devservers.wait_http(f"{AIRFLOW_URL}/api/v2/monitor/health", 180, "airflow-api-server", RUN)
     print("Stack is up.")
 
 
@@ -135,7 +135,8 @@ def wait_for_dag(api: AirflowAPI, dag_id: str, unpause: bool = False) -> dict:
             break
         except RuntimeError:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{dag_id} did not appear in Airflow; see var/run/airflow-dag-processor.log")
+                raise RuntimeError(f"{dag_id} did not appear in Airflow; "
+                                   "see var/run/airflow-dag-processor.log") from None
             time.sleep(2)
     if unpause and dag["is_paused"]:
         api.call("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
@@ -236,7 +237,7 @@ def summary(model_name: str, outcome: dict) -> int:
     mlf = MlflowClient(MLFLOW_URL)
     try:
         champion = mlf.get_model_version_by_alias(model_name, "champion")
-    except Exception:  # no registered model or no alias yet
+    except Exception:  # noqa: BLE001 - no registered model or no alias yet
         champion = None
     sample = SERVING / "sample_request.json"
     if champion is not None and not sample.exists():
@@ -262,13 +263,13 @@ def summary(model_name: str, outcome: dict) -> int:
 
 def stop() -> None:
     for name in reversed(ALL_SERVICES):
-        if localstack.stop(name, RUN):
+        if devservers.stop(name, RUN):
             print(f"  stopped {name}")
 
 
 def status() -> None:
     for name in ALL_SERVICES:
-        pid = localstack.running_pid(name, RUN)
+        pid = devservers.running_pid(name, RUN)
         print(f"  {name:<22} {'running (pid %d)' % pid if pid else 'stopped'}")
 
 

@@ -28,17 +28,17 @@ os.environ.update({
     "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}",
 })
-for folder in ("plugins", "dags"):  # as Airflow puts them on sys.path
+for folder in ("plugins", "dags", "scripts"):  # plugins and dags as Airflow puts them on sys.path; scripts: devservers
     if str(ROOT / folder) not in sys.path:
         sys.path.insert(0, str(ROOT / folder))
 
-from tfmlops import localstack  # noqa: E402
+import devservers  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def airflow_db():
     """Migrate the throw-away Airflow metadata database once per session."""
-    subprocess.run([str(localstack.BIN / "airflow"), "db", "migrate"], check=True, stdout=subprocess.DEVNULL,
+    subprocess.run([str(devservers.BIN / "airflow"), "db", "migrate"], check=True, stdout=subprocess.DEVNULL,
                    env=os.environ.copy())
     return _AIRFLOW_HOME
 
@@ -46,14 +46,14 @@ def airflow_db():
 @contextlib.contextmanager
 def mlflow_process(root, backend_store_uri: str | None = None, timeout_s: float = 120):
     """A real ``mlflow server`` on a free port (SQLite under ``root`` unless a backend is given)."""
-    port = localstack.free_port()
-    localstack.start("mlflow", localstack.mlflow_server_argv(root, port, backend_store_uri), root)
+    port = devservers.free_port()
+    devservers.start("mlflow", devservers.mlflow_server_argv(root, port, backend_store_uri), root)
     url = f"http://127.0.0.1:{port}"
     try:
-        localstack.wait_http(f"{url}/health", timeout_s, "mlflow", root)
+        devservers.wait_http(f"{url}/health", timeout_s, "mlflow", root)
         yield url
     finally:
-        localstack.stop("mlflow", root)
+        devservers.stop("mlflow", root)
 
 
 @pytest.fixture(scope="session")
@@ -67,22 +67,23 @@ def mlflow_server(tmp_path_factory):
 def serving_server(tmp_path_factory):
     """The TF Serving-compatible local server on an (initially empty) model config file."""
     root = tmp_path_factory.mktemp("serving")
-    rest, grpc = localstack.free_port(), localstack.free_port()
+    rest, grpc = devservers.free_port(), devservers.free_port()
     config_file = root / "models.config"
-    localstack.start("tf-serving-local", localstack.serving_argv(config_file, rest, grpc), root)
+    devservers.start("tf-serving-local", devservers.serving_argv(config_file, rest, grpc), root)
     try:
-        localstack.wait_http(f"http://127.0.0.1:{rest}/v1/models/_", 120, "tf-serving-local", root, any_status=True)
+        devservers.wait_http(f"http://127.0.0.1:{rest}/v1/models/_", 120, "tf-serving-local", root, any_status=True)
         yield {"rest_port": rest, "grpc_port": grpc, "models_root": root / "models", "config_file": config_file,
                "run_dir": root}
     finally:
-        localstack.stop("tf-serving-local", root)
+        devservers.stop("tf-serving-local", root)
 
 
 @pytest.fixture
 def airflow_connections(monkeypatch, mlflow_server, serving_server):
     """``mlflow_default`` and ``tf_serving_default`` pointing at the session's servers."""
     host, port = mlflow_server.removeprefix("http://").split(":")
-    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps({"conn_type": "http", "host": host, "port": int(port)}))
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT",
+                       json.dumps({"conn_type": "http", "host": host, "port": int(port)}))
     monkeypatch.setenv("AIRFLOW_CONN_TF_SERVING_DEFAULT", json.dumps({
         "conn_type": "http", "host": "127.0.0.1", "port": serving_server["rest_port"],
         "extra": {"grpc_port": serving_server["grpc_port"], "models_root": str(serving_server["models_root"]),
@@ -95,13 +96,13 @@ def s3_endpoint(tmp_path_factory):
     import boto3
 
     root = tmp_path_factory.mktemp("s3")
-    port = localstack.free_port()
-    localstack.start("moto", [str(localstack.BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], root)
+    port = devservers.free_port()
+    devservers.start("moto", [str(devservers.BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], root)
     url = f"http://127.0.0.1:{port}"
     try:
-        localstack.wait_http(f"{url}/moto-api/", 60, "moto", root, any_status=True)
+        devservers.wait_http(f"{url}/moto-api/", 60, "moto", root, any_status=True)
         yield {"endpoint_url": url,
                "client": lambda: boto3.client("s3", endpoint_url=url, region_name="us-east-1",
                                               aws_access_key_id="testing", aws_secret_access_key="testing")}
     finally:
-        localstack.stop("moto", root)
+        devservers.stop("moto", root)

@@ -134,7 +134,7 @@ def init_jobs(services: dict) -> set[str]:
 def needed_connection_ids() -> set[str]:
     """Every connection id that the hooks, operators and DAGs use by default."""
     ids = set()
-    for path in [*(ROOT / "plugins" / "tfmlops_airflow").glob("*.py"), *(ROOT / "dags").glob("*.py")]:
+    for path in [*(ROOT / "plugins" / "tfmlops_airflow").rglob("*.py"), *(ROOT / "dags").glob("*.py")]:
         text = path.read_text()
         ids |= set(re.findall(r"conn_id: str = \"(\w+)\"", text))
         ids |= set(re.findall(r"default_conn_name = \"(\w+)\"", text))
@@ -306,7 +306,8 @@ def test_mlflow_and_s3_connections_point_at_the_stack(services, monkeypatch):
     uri = MLflowHook().tracking_uri
     flags = command_flags(services["mlflow"])
     assert uri == f"http://mlflow:{flags['port']}"
-    assert flags["backend-store-uri"].startswith("postgresql+psycopg2://") and "@postgres:5432/mlflow" in flags["backend-store-uri"]
+    backend = flags["backend-store-uri"]
+    assert backend.startswith("postgresql+psycopg2://") and "@postgres:5432/mlflow" in backend
     assert flags["artifacts-destination"].startswith("s3://")
     mlflow_env = environment(services["mlflow"])
     assert mlflow_env["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
@@ -320,13 +321,13 @@ def test_mlflow_and_s3_connections_point_at_the_stack(services, monkeypatch):
 
 
 def test_rollout_pool_is_created_by_the_init_job(services):
-    from tfmlops_airflow.params import ROLLOUT_POOL as pool
+    from tfmlops_airflow.params import ROLLOUT_POOL
 
     init = services["airflow-init"]
     script = init["entrypoint"][-1]
     assert script.startswith("/opt/tfmlops/docker/")
     text = (ROOT / "docker" / PurePosixPath(script).relative_to("/opt/tfmlops/docker")).read_text()
-    assert re.search(rf"airflow pools set {pool} 1 ", text)
+    assert re.search(rf"airflow pools set {ROLLOUT_POOL} 1 ", text)
     assert "airflow db migrate" in text
     assert "COPY --chown=airflow:0 docker /opt/tfmlops/docker" in DOCKERFILE.read_text()
 
@@ -340,7 +341,7 @@ def serving_connections(services) -> dict[str, str]:
 
 def test_every_serving_replica_has_a_connection(services):
     hosts = set()
-    for conn_id, uri in serving_connections(services).items():
+    for uri in serving_connections(services).values():
         hosts.add(uri.split("://", 1)[1].split(":", 1)[0].split("/", 1)[0])
     replicas = {n for n in services if n.startswith("tf-serving-")}
     assert hosts == replicas
@@ -358,23 +359,23 @@ def test_the_config_file_the_rollout_writes_is_the_one_tf_serving_reads(services
     for conn_id, uri in serving_connections(services).items():
         monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", uri)
         hook = TFServingHook(conn_id)
-        conn = hook.connection
+        conn = hook.endpoint()
         server = services[conn.host]
         flags = command_flags(server)
-        assert int(conn.port) == int(flags["rest_api_port"]) and int(hook.extra["grpc_port"]) == int(flags["port"])
+        assert int(conn.rest_port) == int(flags["rest_api_port"]) and int(conn.grpc_port) == int(flags["port"])
 
         worker_svc = services[worker]
-        models_vol, models_sub, models_ro = volume_of(worker_svc, hook.models_root, compose)
-        server_vol, server_sub, _ = volume_of(server, hook.server_models_root, compose)
+        models_vol, models_sub, models_ro = volume_of(worker_svc, conn.models_root, compose)
+        server_vol, server_sub, _ = volume_of(server, conn.server_models_root, compose)
         assert (models_vol, models_sub) == (server_vol, server_sub), conn_id
-        assert not models_ro, f"{worker} must be able to publish versions into {hook.models_root}"
-        assert hook.server_models_root != hook.models_root  # the base paths written are the server's
+        assert not models_ro, f"{worker} must be able to publish versions into {conn.models_root}"
+        assert conn.server_models_root != conn.models_root  # the base paths written are the server's
 
-        written = volume_of(worker_svc, hook.model_config_file, compose)
+        written = volume_of(worker_svc, conn.model_config_file, compose)
         read = volume_of(server, flags["model_config_file"], compose)
-        assert written[:2] == read[:2], f"{conn_id}: writes {hook.model_config_file}, server reads " \
+        assert written[:2] == read[:2], f"{conn_id}: writes {conn.model_config_file}, server reads " \
                                         f"{flags['model_config_file']}"
-        assert not written[2], f"{worker} must be able to rewrite {hook.model_config_file}"
+        assert not written[2], f"{worker} must be able to rewrite {conn.model_config_file}"
         assert PurePosixPath(written[1]).parts[0] == conn.host  # one config file per replica
         assert int(flags["model_config_file_poll_wait_seconds"]) > 0
 

@@ -82,3 +82,15 @@ def test_partitions_root_default_comes_from_the_environment():
         dags, "s3://parts/stream")
     default = parse(ROOT / "dags" / "tf_online_update.py")["dags"]["tf_online_update"]["params"]["root"]["default"]
     assert default == str(ROOT / "var" / "partitions")
+
+
+def test_optimize_export_lists_are_the_librarys():
+    """The form's variant and format choices, and the export tasks, are the ones the library builds."""
+    from tfmlops.formats import FLOAT_FORMATS, VARIANTS, artifact_name, artifacts
+
+    dag = parse(ROOT / "dags" / "tf_optimize_export.py")["dags"]["tf_optimize_export"]
+    assert dag["params"]["variants"]["items"]["enum"] == list(VARIANTS) == dag["params"]["variants"]["default"]
+    assert dag["params"]["formats"]["items"]["enum"] == list(FLOAT_FORMATS) == dag["params"]["formats"]["default"]
+    exports = {task.removeprefix("export_") for task in dag["retries"] if task.startswith("export_")}
+    assert exports == {artifact_name(variant, fmt).replace("-", "_") for variant, fmt in artifacts()}
+    assert {task.removeprefix("optimize_") for task in dag["retries"] if task.startswith("optimize_")} == set(VARIANTS)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tfmlops import localstack
+import devservers
 
 from conftest import mlflow_process
 
@@ -58,10 +58,11 @@ def _wait_postgres(dsn: str, timeout: float, run_dir: Path) -> None:
             psycopg2.connect(dsn, connect_timeout=2).close()
             return
         except psycopg2.OperationalError:
-            if not localstack.running_pid("postgres", run_dir):
-                raise RuntimeError(f"postgres exited:\n{localstack.log_tail('postgres', run_dir)}")
+            if not devservers.running_pid("postgres", run_dir):
+                raise RuntimeError(f"postgres exited:\n{devservers.log_tail('postgres', run_dir)}") from None
             if time.monotonic() > deadline:
-                raise TimeoutError(f"postgres did not accept connections:\n{localstack.log_tail('postgres', run_dir)}")
+                raise TimeoutError(f"postgres did not accept connections:\n"
+                                   f"{devservers.log_tail('postgres', run_dir)}") from None
             time.sleep(0.5)
 
 
@@ -92,11 +93,11 @@ def postgres(tmp_path_factory):
                                              "--encoding=UTF8", "--no-sync"]),
                           capture_output=True, text=True, timeout=120)
     assert init.returncode == 0, init.stdout + init.stderr
-    port = localstack.free_port()
+    port = devservers.free_port()
     argv = _as_postgres_user([str(pg_bin / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sockets),
                               "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=100"])
     run_dir = tmp_path_factory.mktemp("postgres-run")
-    localstack.start("postgres", argv, run_dir)
+    devservers.start("postgres", argv, run_dir)
     try:
         _wait_postgres(f"host=127.0.0.1 port={port} user={USER} dbname=postgres", 60, run_dir)
         conn = psycopg2.connect(host="127.0.0.1", port=port, user=USER, dbname="postgres")
@@ -108,7 +109,7 @@ def postgres(tmp_path_factory):
         yield {"host": "127.0.0.1", "port": port, "user": USER,
                "url": lambda db, driver="postgresql+psycopg2": f"{driver}://{USER}@127.0.0.1:{port}/{db}"}
     finally:
-        localstack.stop("postgres", run_dir)
+        devservers.stop("postgres", run_dir)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -153,7 +154,7 @@ def test_offline_retrain_on_postgres(postgres, pg_mlflow, serving_server, tmp_pa
             "extra": {"grpc_port": serving_server["grpc_port"], "models_root": str(serving_server["models_root"]),
                       "model_config_file": str(serving_server["config_file"])}}),
     })
-    airflow = str(localstack.BIN / "airflow")
+    airflow = str(devservers.BIN / "airflow")
     migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=600)
     assert migrate.returncode == 0, migrate.stdout[-2000:] + migrate.stderr[-2000:]
 

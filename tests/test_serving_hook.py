@@ -1,5 +1,6 @@
-"""TFServingHook from an Airflow connection, against the local server process: the same calls
-(status, metadata, REST and gRPC predict, reload, wait) that it makes against TF Serving."""
+"""TFServingHook from an Airflow connection, against the local server process: the endpoint it
+builds and the calls its client makes against TF Serving (status, metadata, REST and gRPC predict,
+reload, wait)."""
 
 from __future__ import annotations
 
@@ -22,23 +23,24 @@ def exported(tmp_path_factory):
 
 
 def test_hook_drives_the_server(airflow_connections, serving_server, exported):
-    from tfmlops.serving.client import ModelNotAvailableError
-    from tfmlops.serving.publish import ensure_model_config, publish_version
+    from tfmlops.deploy.client import ModelNotAvailableError
+    from tfmlops.deploy.publish import ensure_model_config, publish_version
     from tfmlops_airflow.hooks import TFServingHook
 
     path, x, expected = exported
     hook = TFServingHook()
-    assert hook.models_root == str(serving_server["models_root"])
-    publish_version(path / "saved_model", hook.models_root, MODEL, 7)
-    config, _ = ensure_model_config(hook.model_config_file, MODEL, f"{hook.server_models_root}/{MODEL}")
-    hook.reload_config(config)
-    hook.wait_until_available(MODEL, 7, timeout_s=60)
+    endpoint, client = hook.endpoint(), hook.client
+    assert endpoint.models_root == str(serving_server["models_root"])
+    publish_version(path / "saved_model", endpoint.models_root, MODEL, 7)
+    config, _ = ensure_model_config(endpoint.model_config_file, MODEL, endpoint.base_path(MODEL))
+    client.reload_config(config)
+    client.wait_until_available(MODEL, 7, timeout_s=60)
 
-    assert hook.status(MODEL)["model_version_status"][0]["state"] == "AVAILABLE"
-    signature = hook.metadata(MODEL)["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert client.status(MODEL)["model_version_status"][0]["state"] == "AVAILABLE"
+    signature = client.metadata(MODEL)["metadata"]["signature_def"]["signature_def"]["serving_default"]
     assert list(signature["inputs"]) == ["pixels"] and list(signature["outputs"]) == ["probabilities"]
-    np.testing.assert_allclose(hook.predict_rest(MODEL, x), expected, atol=1e-6)
-    np.testing.assert_allclose(hook.predict_grpc(MODEL, x, version=7)["probabilities"], expected, atol=1e-6)
+    np.testing.assert_allclose(client.predict_rest(MODEL, x), expected, atol=1e-6)
+    np.testing.assert_allclose(client.predict_grpc(MODEL, x, version=7)["probabilities"], expected, atol=1e-6)
 
     with pytest.raises(ModelNotAvailableError, match="8"):
-        hook.wait_until_available(MODEL, 8, timeout_s=2)
+        client.wait_until_available(MODEL, 8, timeout_s=2)

@@ -33,6 +33,9 @@ MNIST_FILES = {
     "t10k-labels.idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+# The first MNIST test rows are a fixed holdout (the online update gate's): the demo partitions
+# (tfmlops.simulate) are drawn from the rows after them only.
+MNIST_HOLDOUT_ROWS = 5000
 
 
 class DatasetError(ValueError):

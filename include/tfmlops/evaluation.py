@@ -42,7 +42,7 @@ class GateDecision:
         return {"passed": self.passed, "reason": self.reason}
 
 
-def gate(candidate_accuracy: float, min_accuracy: float, champion_accuracy: float | None,
+def accuracy_gate(candidate_accuracy: float, min_accuracy: float, champion_accuracy: float | None,
          tolerance: float) -> GateDecision:
     """A candidate passes when it reaches ``min_accuracy`` and is not worse than the champion
     (evaluated on the same test data) by more than ``tolerance``."""

@@ -1,42 +1,26 @@
-"""Monitoring of a served model: serving health, quality on new labeled data, drift.
+"""Measurements of a served model: serving health, quality on labeled data, drift (no MLflow,
+no Airflow; TensorFlow only through the gRPC client). :mod:`tfmlops.steps.monitor` records them.
 
 - **Health** — per endpoint and loaded version, a bounded probe of single-row predicts over REST
   and over gRPC: latency p50/p95/p99, throughput (sequential requests per second), error rate.
-- **Quality** — the newest labeled partitions (``<root>/<dataset>/incoming/``, see
-  :mod:`tfmlops.online`) sent through the served model: accuracy, macro and per-class
+- **Quality** — labeled rows sent through the served model: accuracy, macro and per-class
   precision/recall/F1, confusion matrix.
 - **Drift** — population stability index (PSI) of per-image input statistics (mean intensity,
   ink share, centre of mass, second moments: a rotation moves ``cov_xy``, noise moves the
-  intensity) and of the predicted-class distribution, against a *reference* stored with the
-  registered version (``monitoring/reference.json`` in its MLflow run). When the version has none,
-  it is computed from a sample of the version's training dataset (its ``dataset_uri`` tag),
-  predicted through the served version, and stored.
-
-Everything is logged to one MLflow run per model (experiment ``<model>-monitoring``), with the
-time (seconds) as the step, and the trends are drawn as PNG charts on that run. The decision
-(which thresholds are breached) is returned, not acted on: the Airflow operators fail the task
-(health) or trigger a retrain (quality / drift). No TensorFlow import except through the gRPC
-client; no Airflow import.
+  intensity) and of the predicted-class distribution, against a *reference* (quantile bins of the
+  same statistics on training rows, :func:`build_reference`).
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import tempfile
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
-from tfmlops import data, evaluation
+from tfmlops import evaluation
 
-log = logging.getLogger(__name__)
 
-REFERENCE_ARTIFACT = "monitoring/reference.json"
-MONITOR_TAG = "tfmlops.monitor"
-STAT_NAMES = ("mean", "ink", "cx", "cy", "var_x", "var_y", "cov_xy")
 PSI_EPS = 1e-4
 
 
@@ -205,21 +189,7 @@ def health_breaches(result: dict, thresholds: Thresholds) -> list[str]:
     return breaches
 
 
-# ---------------------------------------------------------------------------------- MLflow
-def monitoring_run(tracking_uri: str, model_name: str) -> str:
-    """The one monitoring run of ``model_name`` (created on first use)."""
-    from tfmlops import registry
-
-    mlf = registry.client(tracking_uri)
-    experiment = f"{model_name}-monitoring"
-    found = mlf.get_experiment_by_name(experiment)
-    if found is not None:
-        runs = mlf.search_runs([found.experiment_id], f"tags.`{MONITOR_TAG}` = '{model_name}'", max_results=1)
-        if runs:
-            return runs[0].info.run_id
-    return registry.start_run(tracking_uri, experiment, f"monitor-{model_name}", {MONITOR_TAG: model_name})
-
-
+# ------------------------------------------------------------------------ metric records
 def health_metrics(result: dict) -> dict[str, float]:
     flat = {}
     for name, versions in result.items():
@@ -240,148 +210,3 @@ def quality_metrics(q: dict, d: dict | None) -> dict[str, float]:
         flat["drift.prediction_psi"] = d["prediction_psi"]
         flat.update({f"drift.input_psi.{k}": v for k, v in d["input_psi"].items()})
     return flat
-
-
-def log_step(tracking_uri: str, run_id: str, metrics: dict[str, float], step: int | None = None) -> int:
-    from tfmlops import registry
-
-    step = int(time.time()) if step is None else step
-    registry.log_metrics(tracking_uri, run_id, metrics, step=step)
-    return step
-
-
-def plot_trends(tracking_uri: str, run_id: str, path: Path) -> Path:
-    """One panel per metric family: health p99 and error rate, quality, drift PSI, over time."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from datetime import datetime, timezone
-
-    from tfmlops import registry
-
-    mlf = registry.client(tracking_uri)
-    keys = sorted(mlf.get_run(run_id).data.metrics)
-    panels = [("latency p99 (ms)", lambda k: k.startswith("health.") and k.endswith(".p99_ms")),
-              ("error rate", lambda k: k.startswith("health.") and k.endswith(".error_rate")),
-              ("throughput (req/s)", lambda k: k.startswith("health.") and k.endswith(".throughput_rps")),
-              ("quality", lambda k: k in ("quality.accuracy", "quality.f1_macro", "quality.precision_macro",
-                                          "quality.recall_macro")),
-              ("drift PSI", lambda k: k in ("drift.input_psi_max", "drift.prediction_psi"))]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3 * len(panels)), sharex=True)
-    for ax, (title, wanted) in zip(axes, panels):
-        for key in filter(wanted, keys):
-            history = sorted(mlf.get_metric_history(run_id, key), key=lambda m: m.step)
-            ax.plot([datetime.fromtimestamp(m.step, tz=timezone.utc) for m in history],
-                    [m.value for m in history], marker="o", label=key.split(".", 1)[1])
-        ax.set_title(title)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    axes[-1].set_xlabel("time (UTC)")
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
-
-
-def log_trend_charts(tracking_uri: str, run_id: str) -> str:
-    from tfmlops import registry
-
-    with tempfile.TemporaryDirectory() as tmp:
-        png = plot_trends(tracking_uri, run_id, Path(tmp) / "monitoring_trends.png")
-        registry.client(tracking_uri).log_artifact(run_id, str(png), artifact_path="charts")
-    return f"runs:/{run_id}/charts/monitoring_trends.png"
-
-
-# ------------------------------------------------------------------------------- reference
-def ensure_reference(tracking_uri: str, model_name: str, version: int, client, rows: int = 2000,
-                     n_features: int = 784, num_classes: int = 10, s3_client=None) -> dict:
-    """The version's drift reference; computed and stored on its run when it has none."""
-    from tfmlops import registry
-
-    mlf = registry.client(tracking_uri)
-    found = registry.get_version(tracking_uri, model_name, version)
-    artifacts = {a.path for a in mlf.list_artifacts(found.run_id, "monitoring")}
-    if REFERENCE_ARTIFACT in artifacts:
-        with tempfile.TemporaryDirectory() as tmp:
-            local = registry.download(tracking_uri, f"runs:/{found.run_id}/{REFERENCE_ARTIFACT}", tmp)
-            return json.loads(Path(local).read_text())
-    uri = mlf.get_run(found.run_id).data.tags.get("dataset_uri", "mnist")
-    dataset, _ = data.load_validated(uri, n_features, num_classes, s3_client=s3_client)
-    pick = np.random.default_rng(0).choice(len(dataset.y_train), size=min(rows, len(dataset.y_train)), replace=False)
-    x = dataset.x_train[np.sort(pick)]
-    predicted = np.argmax(served_probabilities(client, model_name, x, version=int(found.version)), axis=1)
-    reference = {**build_reference(x, predicted, num_classes, source=uri), "version": int(found.version)}
-    mlf.log_dict(found.run_id, reference, REFERENCE_ARTIFACT)
-    log.info("stored the drift reference of %s version %s (%d rows of %s)", model_name, found.version, len(x), uri)
-    return reference
-
-
-# ------------------------------------------------------------------------------ entry points
-def check_health(tracking_uri: str, model_name: str, endpoints: dict, thresholds: Thresholds, requests: int = 50,
-                 n_features: int = 784) -> dict:
-    """Probe every endpoint/version, log the numbers as one time step, redraw the charts."""
-    row = data.load_mnist().x_test[0].reshape(-1)[:n_features].astype(np.float32) / 255.0
-    result = health(endpoints, model_name, row, requests)
-    run_id = monitoring_run(tracking_uri, model_name)
-    step = log_step(tracking_uri, run_id, health_metrics(result))
-    breaches = health_breaches(result, thresholds)
-    charts = log_trend_charts(tracking_uri, run_id)
-    return {"model_name": model_name, "run_id": run_id, "step": step, "breaches": breaches, "charts": charts,
-            "health": {ep: {str(v): apis for v, apis in versions.items()} for ep, versions in result.items()}}
-
-
-def newest_partitions(root: str, dataset: str, count: int, s3_client=None) -> dict[str, str]:
-    from tfmlops.online import list_partitions
-
-    found = list_partitions(root, dataset, s3_client=s3_client)
-    return dict(list(found.items())[-count:]) if count > 0 else {}
-
-
-def check_quality_drift(tracking_uri: str, model_name: str, client, root: str, dataset: str,
-                        thresholds: Thresholds, newest: int = 1, reference_rows: int = 2000, n_features: int = 784,
-                        num_classes: int = 10, s3_client=None) -> dict:
-    """Quality and drift of the served ``champion`` on the newest partitions (all their rows)."""
-    from tfmlops import registry
-
-    partitions = newest_partitions(root, dataset, newest, s3_client)
-    if not partitions:
-        return {"model_name": model_name, "retrain": False, "breaches": [], "partitions": [],
-                "reason": f"no partition in {root}/{dataset}/incoming: nothing to evaluate"}
-    champion = registry.get_version(tracking_uri, model_name, registry.CHAMPION)
-    version = int(champion.version)
-    if version not in available_versions(client, model_name):
-        raise LookupError(f"{model_name} champion version {version} is not AVAILABLE on the server")
-    sets = [data.load_validated(uri, n_features, num_classes, s3_client=s3_client)[0] for uri in partitions.values()]
-    x = np.concatenate([np.concatenate([d.x_train, d.x_test]) for d in sets])
-    y = np.concatenate([np.concatenate([d.y_train, d.y_test]) for d in sets])
-    predicted = np.argmax(served_probabilities(client, model_name, x, version=version), axis=1)
-    q = quality(y, predicted, num_classes)
-    reference = ensure_reference(tracking_uri, model_name, version, client, reference_rows, n_features, num_classes,
-                                 s3_client)
-    d = drift(reference, x, predicted, num_classes)
-    breaches = []
-    if q["accuracy"] < thresholds.min_accuracy:
-        breaches.append(f"accuracy {q['accuracy']:.4f} < {thresholds.min_accuracy:.4f} on {len(y)} rows")
-    if d["input_psi_max"] > thresholds.max_input_psi:
-        breaches.append(f"input drift: PSI of {d['input_psi_worst']} {d['input_psi_max']:.3f} > "
-                        f"{thresholds.max_input_psi:.3f}")
-    if d["prediction_psi"] > thresholds.max_prediction_psi:
-        breaches.append(f"prediction drift: PSI {d['prediction_psi']:.3f} > {thresholds.max_prediction_psi:.3f}")
-    run_id = monitoring_run(tracking_uri, model_name)
-    step = log_step(tracking_uri, run_id, {**quality_metrics(q, d), "quality.rows": len(y),
-                                           "quality.served_version": version})
-    registry.log_confusion_matrix(tracking_uri, run_id, q["confusion_matrix"])
-    registry.set_tags(tracking_uri, run_id, {"last_partitions": ",".join(partitions), "last_breaches":
-                                             "; ".join(breaches)[:4000] or "none"})
-    charts = log_trend_charts(tracking_uri, run_id)
-    reason = (f"{model_name} version {version} on partitions {list(partitions)}: " + "; ".join(breaches)) \
-        if breaches else ""
-    log.info("quality %s, drift %s, breaches %s", {k: q[k] for k in ("accuracy", "f1_macro")},
-             {k: d[k] for k in ("input_psi_max", "prediction_psi")}, breaches)
-    return {"model_name": model_name, "version": version, "run_id": run_id, "step": step,
-            "partitions": list(partitions), "retrain": bool(breaches), "breaches": breaches, "reason": reason,
-            "quality": {k: q[k] for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "rows")},
-            "per_class_f1": q["per_class"]["f1"], "confusion_matrix": q["confusion_matrix"], "drift": d,
-            "charts": charts}

@@ -38,11 +38,10 @@ import tf_keras as keras
 
 from tfmlops import models
 from tfmlops.evaluation import GateDecision
+from tfmlops.formats import QUANTIZATIONS, VARIANTS
 
 log = logging.getLogger(__name__)
 
-QUANTIZATIONS = ("dynamic_range", "float16", "int8")
-VARIANTS = (*QUANTIZATIONS, "pruned", "pruned_int8", "distilled")
 TEACHERS = ("trained", "source")
 
 
@@ -373,7 +372,7 @@ def build_variant(name: str, model, dataset, config: OptimizeConfig, teacher=Non
     return variant
 
 
-def gate(float_accuracy: float, variant_accuracy: float, max_drop: float) -> GateDecision:
+def accuracy_drop_gate(float_accuracy: float, variant_accuracy: float, max_drop: float) -> GateDecision:
     drop = float_accuracy - variant_accuracy
     if drop > max_drop:
         return GateDecision(False, f"accuracy {variant_accuracy:.4f} is {drop * 100:.2f} pp below the float "
@@ -395,7 +394,7 @@ def optimize_one(name: str, model, dataset, config: OptimizeConfig, float_accura
     except (OptimizationError, ValueError, tf.errors.OpError) as exc:
         log.warning("variant %s failed: %s", name, exc)
         return None, {**result, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
-    decision = gate(float_accuracy, variant.accuracy, config.max_accuracy_drop)
+    decision = accuracy_drop_gate(float_accuracy, variant.accuracy, config.max_accuracy_drop)
     result.update({"status": "passed" if decision.passed else "rejected", "reason": decision.reason,
                    "accuracy": variant.accuracy, "accuracy_drop": float_accuracy - variant.accuracy,
                    "details": variant.details})

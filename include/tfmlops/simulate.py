@@ -4,7 +4,7 @@ A partition is ``<root>/<dataset>/incoming/<partition-id>/data.npz`` (local path
 with the arrays of any ``.npz`` dataset (``x_train``, ``y_train``, ``x_test``, ``y_test``; uint8
 28×28 images), so ingestion validates it exactly as training data (:func:`tfmlops.data.validate`).
 
-The pool is the MNIST test set *after* its first :data:`HOLDOUT_ROWS` rows: those rows are the
+The pool is the MNIST test set *after* its first :data:`tfmlops.data.MNIST_HOLDOUT_ROWS` rows: those rows are the
 fixed holdout of the online update gate (``holdout_uri = "mnist"``), never seen in a partition.
 
 Drift kinds (``amount`` in [0, 1] is the strength):
@@ -30,7 +30,6 @@ from tfmlops import data
 from tfmlops.storage import write_bytes
 
 DRIFTS = ("none", "rotation", "noise", "imbalance", "label_noise")
-HOLDOUT_ROWS = 5000
 MAX_ROTATION_DEG = 60.0
 MAX_NOISE_SIGMA = 128.0
 
@@ -64,7 +63,7 @@ def rotate(images: np.ndarray, degrees: float) -> np.ndarray:
 def pool() -> tuple[np.ndarray, np.ndarray]:
     """The MNIST test images (uint8, N×28×28) and labels after the holdout rows."""
     mnist = data.load_mnist()
-    return mnist.x_test[HOLDOUT_ROWS:], mnist.y_test[HOLDOUT_ROWS:].astype(np.int64)
+    return mnist.x_test[data.MNIST_HOLDOUT_ROWS:], mnist.y_test[data.MNIST_HOLDOUT_ROWS:].astype(np.int64)
 
 
 def make_partition(x_pool: np.ndarray, y_pool: np.ndarray, size: int, drift: str = "none", amount: float = 0.0,

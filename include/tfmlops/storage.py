@@ -1,7 +1,9 @@
 """Read and write bytes at a local path or an ``s3://bucket/key`` URI (boto3).
 
 TensorFlow 2.21's ``tf.io.gfile`` has no S3 scheme, so S3 goes through a boto3 client that the
-caller builds (the Airflow hook builds it from the ``aws_default`` connection).
+caller builds (the Airflow hook builds it from the ``aws_default`` connection). The client default
+and the paginated listing are the model server's (it reads S3 base paths the same way and may not
+import the rest of the library).
 """
 
 from __future__ import annotations
@@ -9,30 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
+from tfmlops.serving.sources.s3_cache import list_s3_keys  # noqa: F401  (part of this module's API)
+from tfmlops.serving.sources.s3_cache import s3_client_or_default as s3
+
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
     parsed = urlparse(uri)
     if parsed.scheme != "s3" or not parsed.netloc:
         raise ValueError(f"not an s3://bucket/key URI: {uri!r}")
     return parsed.netloc, parsed.path.lstrip("/")
-
-
-def s3(s3_client=None):
-    """The given boto3 S3 client, or a default one (endpoint and credentials from the environment)."""
-    if s3_client is not None:
-        return s3_client
-    import boto3
-
-    return boto3.client("s3")
-
-
-def list_s3_keys(client, bucket: str, prefix: str) -> dict[str, int]:
-    """{key: size} of every object under ``prefix`` (all pages)."""
-    keys: dict[str, int] = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            keys[obj["Key"]] = obj["Size"]
-    return keys
 
 
 def read_bytes(uri: str, s3_client=None) -> bytes:

@@ -17,12 +17,30 @@ NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 # <project>/var/partitions, the embedded stack's state folder.
 DEFAULT_PARTITIONS_ROOT = os.environ.get("TFMLOPS_PARTITIONS_ROOT") or str(
     Path(__file__).resolve().parents[2] / "var" / "partitions")
-ROLLOUT_POOL = "tf_serving_rollout"  # 1 slot (make run / the compose init create it): rollouts never interleave
+# 1 slot (make run / the compose init create it): the rollout operators run in it by default, so the
+# rollouts of every DAG queue behind each other.
+ROLLOUT_POOL = "tf_serving_rollout"
 
 
 def model_name(description: str) -> Param:
     return Param("mnist_mlp", type="string", minLength=1, maxLength=100, pattern=NAME_PATTERN, title="Model name",
                  description=description)
+
+
+def version() -> Param:
+    return Param("champion", type="string", minLength=1, maxLength=100, pattern=NAME_PATTERN, title="Version or alias",
+                 description="A registered version number (e.g. 3) or an alias (champion, challenger, previous).")
+
+
+def dataset_uri(purpose: str) -> Param:
+    return Param("mnist", type="string", minLength=1, title="Dataset URI",
+                 description=f"{purpose}: 'mnist' (bundled, hash-checked), or a .npz/.parquet file: local path or "
+                             "s3://bucket/key.")
+
+
+def sample_fraction() -> Param:
+    return Param(1.0, type="number", exclusiveMinimum=0, maximum=1, title="Sample fraction",
+                 description="Share of the train and test splits to use (1 = all data).")
 
 
 def targets(description: str = "TF Serving connection ids, rolled one at a time.") -> Param:

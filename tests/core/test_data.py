@@ -86,7 +86,8 @@ def test_parquet_dataset(tmp_path):
     (lambda a: a.update(y_train=a["y_train"] + 0.5), "labels must be integer class ids"),
     (lambda a: a.update(x_train=a["x_train"].astype(np.complex64)), "expected a real numeric dtype"),
     (lambda a: a.update(y_test=a["y_test"][:5]), "test split has 10 feature rows but 5 labels"),
-    (lambda a: a["x_test"].__setitem__(slice(0, 2), a["x_train"][:2]), r"2 of 10 test rows \(20.00%\) also appear in train"),
+    (lambda a: a["x_test"].__setitem__(slice(0, 2), a["x_train"][:2]),
+     r"2 of 10 test rows \(20.00%\) also appear in train"),
 ], ids=["empty", "shape", "nan", "inf", "label-high", "label-negative", "label-float", "dtype", "length", "overlap"])
 def test_validation_errors_name_file_and_problem(tmp_path, mutate, message):
     arrays = small()

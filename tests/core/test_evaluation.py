@@ -2,7 +2,7 @@
 
 import pytest
 
-from tfmlops.evaluation import classification_metrics, gate
+from tfmlops.evaluation import accuracy_gate, classification_metrics
 
 
 def test_metrics_hand_computed():
@@ -23,9 +23,9 @@ def test_metrics_class_never_seen_counts_zero():
 
 
 def test_gate_decisions():
-    assert not gate(0.85, 0.9, None, 0.01).passed
-    assert "below the threshold 0.9000" in gate(0.85, 0.9, None, 0.01).reason
-    assert gate(0.95, 0.9, None, 0.01).passed
-    assert gate(0.945, 0.9, 0.95, 0.01).passed
-    rejected = gate(0.93, 0.9, 0.95, 0.01)
+    assert not accuracy_gate(0.85, 0.9, None, 0.01).passed
+    assert "below the threshold 0.9000" in accuracy_gate(0.85, 0.9, None, 0.01).reason
+    assert accuracy_gate(0.95, 0.9, None, 0.01).passed
+    assert accuracy_gate(0.945, 0.9, 0.95, 0.01).passed
+    rejected = accuracy_gate(0.93, 0.9, 0.95, 0.01)
     assert not rejected.passed and "worse than the champion's 0.9500" in rejected.reason

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tfmlops.serving.publish import PublishError, ensure_model_config, publish_version, published_versions
+from tfmlops.deploy.publish import PublishError, ensure_model_config, publish_version, published_versions
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Fixtures of the online-update and monitoring tests: one small champion, trained once per
-session through the pipeline functions, registered in the session's real MLflow server and
+session through the retraining steps, registered in the session's real MLflow server and
 rolled out to the session's local serving server as version 1 (champion)."""
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ def states(run) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def champion(mlflow_server, serving_server):
-    from tfmlops import pipeline
     from tfmlops.models import TrainConfig
-    from tfmlops.serving.rollout import Endpoint, rollout_registered
+    from tfmlops.steps import retrain as pipeline
+    from tfmlops.steps.rollout import Endpoint, rollout_registered
 
     spec = pipeline.DataSpec(uri="mnist", sample_fraction=0.05)
     trained = pipeline.train(mlflow_server, MODEL, "champion", {"airflow.dag_id": "test"}, spec,

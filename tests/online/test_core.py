@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from tfmlops import monitoring, online, simulate
+from tfmlops import monitoring, partitions, simulate
+from tfmlops.steps import online
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def pool():
 def test_simulator_command_writes_a_valid_partition(tmp_path):
     simulate.main(["--root", str(tmp_path), "--dataset", "ds", "--size", "50", "--drift", "rotation",
                    "--amount", "0.5", "--seed", "3"])
-    (pid, uri), = online.list_partitions(str(tmp_path), "ds").items()
+    (pid, uri), = partitions.list_partitions(str(tmp_path), "ds").items()
     assert uri == str(tmp_path / "ds" / "incoming" / pid / "data.npz")
     with np.load(uri) as npz:
         assert npz["x_train"].shape == (35, 28, 28) and npz["x_test"].shape == (15, 28, 28)
@@ -44,17 +45,17 @@ def test_ingest_quarantines_bad_partition_without_blocking_good_ones(tmp_path, p
     bad = simulate.make_partition(x, y, 60, seed=2)
     bad["y_train"] = bad["y_train"] + 10  # labels out of range
     simulate.write_partition(root, "ds", "p2-bad", bad)
-    result = online.ingest(root, "ds")
+    result = partitions.ingest(root, "ds")
     assert [p["partition_id"] for p in result["valid"]] == ["p1-good"]
     assert [q["partition_id"] for q in result["quarantined"]] == ["p2-bad"]
     assert "labels span" in result["quarantined"][0]["reason"]
     reason = json.loads((tmp_path / "ds" / "quarantine" / "p2-bad" / "reason.json").read_text())
     assert reason["reason"] == result["quarantined"][0]["reason"]
     assert (tmp_path / "ds" / "quarantine" / "p2-bad" / "data.npz").exists()
-    assert list(online.list_partitions(root, "ds")) == ["p1-good"]
+    assert list(partitions.list_partitions(root, "ds")) == ["p1-good"]
     # the ledger makes consumed partitions a no-op
-    online.write_ledger(root, "ds", {"partitions": {"p1-good": {"outcome": "registered"}}})
-    again = online.ingest(root, "ds")
+    partitions.write_ledger(root, "ds", {"partitions": {"p1-good": {"outcome": "registered"}}})
+    again = partitions.ingest(root, "ds")
     assert again["valid"] == [] and again["consumed"] == ["p1-good"]
     assert online.update("http://unused", "m", root, "ds", ["p1-good"])["status"] == "noop"
 
@@ -98,15 +99,15 @@ def test_s3_partitions_quarantine_and_ledger(s3_endpoint, pool):
     bad = simulate.make_partition(x, y, 40, seed=2)
     bad["x_test"] = bad["x_test"][:, :10]  # wrong shape
     simulate.write_partition(root, "ds", "p2", bad, s3_client=s3)
-    result = online.ingest(root, "ds", s3_client=s3)
+    result = partitions.ingest(root, "ds", s3_client=s3)
     assert [p["partition_id"] for p in result["valid"]] == ["p1"]
     assert "the model expects 784 inputs" in result["quarantined"][0]["reason"]
-    assert list(online.list_partitions(root, "ds", "quarantine", s3_client=s3)) == ["p2"]
+    assert list(partitions.list_partitions(root, "ds", "quarantine", s3_client=s3)) == ["p2"]
     assert json.loads(s3.get_object(Bucket="parts", Key="stream/ds/quarantine/p2/reason.json")["Body"].read())[
         "partition_id"] == "p2"
-    assert online.read_ledger(root, "ds", s3_client=s3) == {"partitions": {}}
-    online.write_ledger(root, "ds", {"partitions": {"p1": {}}}, s3_client=s3)
-    assert online.ingest(root, "ds", s3_client=s3)["consumed"] == ["p1"]
+    assert partitions.read_ledger(root, "ds", s3_client=s3) == {"partitions": {}}
+    partitions.write_ledger(root, "ds", {"partitions": {"p1": {}}}, s3_client=s3)
+    assert partitions.ingest(root, "ds", s3_client=s3)["consumed"] == ["p1"]
 
 
 def test_parquet_partitions_are_ingested_like_npz(tmp_path, pool):
@@ -126,7 +127,7 @@ def test_parquet_partitions_are_ingested_like_npz(tmp_path, pool):
     for pid, df in (("p1", frame()), ("p2", frame(drop=["label"]))):
         (tmp_path / "ds" / "incoming" / pid).mkdir(parents=True)
         df.to_parquet(tmp_path / "ds" / "incoming" / pid / "data.parquet")
-    result = online.ingest(str(tmp_path), "ds")
+    result = partitions.ingest(str(tmp_path), "ds")
     assert [(p["partition_id"], p["train_rows"], p["test_rows"]) for p in result["valid"]] == [("p1", 28, 12)]
     assert [q["partition_id"] for q in result["quarantined"]] == ["p2"]
     assert "missing columns ['label']" in result["quarantined"][0]["reason"]

@@ -51,7 +51,7 @@ def test_online_update_canary_then_rerun_is_noop(champion, airflow_db, airflow_c
                                                  serving_server, tmp_path):
     from mlflow import MlflowClient
 
-    from tfmlops.serving.client import ServingClient
+    from tfmlops.deploy.client import ServingClient
 
     mlf = MlflowClient(mlflow_server)
     parent = int(mlf.get_model_version_by_alias(MODEL, "champion").version)

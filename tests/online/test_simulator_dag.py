@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tfmlops import online, simulate
+from tfmlops import partitions, simulate
 
 from .conftest import load_dag, states
 
@@ -20,7 +20,7 @@ def test_simulator_writes_partition_and_emits_asset_event(airflow_db, tmp_path):
     run = load_dag("tf_data_simulator").test(run_conf={"root": str(tmp_path), "dataset": "sim", "size": 40,
                                                       "drift": "noise", "amount": 0.5, "seed": 7})
     assert str(run.state) == "success", states(run)
-    (pid, uri), = online.list_partitions(str(tmp_path), "sim").items()
+    (pid, uri), = partitions.list_partitions(str(tmp_path), "sim").items()
     with np.load(uri) as npz:
         assert len(npz["y_train"]) + len(npz["y_test"]) == 40
 
@@ -44,7 +44,7 @@ def test_ingest_takes_the_partition_of_a_partitioned_run(tmp_path):
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
     from tfmlops_airflow.assets import NEW_PARTITIONS
-    from tfmlops_airflow.online_operators import IngestPartitionsOperator
+    from tfmlops_airflow.operators.online import IngestPartitionsOperator
 
     x, y = simulate.pool()
     for pid in ("p1", "p2"):

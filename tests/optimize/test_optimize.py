@@ -88,8 +88,8 @@ def test_distilled_student_learns_the_teachers_outputs_not_the_labels(small, flo
 
 
 def test_gate_compares_with_the_float_model():
-    assert optimize.gate(0.95, 0.945, 0.01).passed
-    decision = optimize.gate(0.95, 0.93, 0.01)
+    assert optimize.accuracy_drop_gate(0.95, 0.945, 0.01).passed
+    decision = optimize.accuracy_drop_gate(0.95, 0.93, 0.01)
     assert not decision.passed and "2.00 pp" in decision.reason
 
 

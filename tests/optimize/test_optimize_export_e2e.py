@@ -33,38 +33,38 @@ def paths(mlflow_server, run_id, path):
 
 
 def test_steps_attach_verified_artifacts_and_report(mlflow_server, registered):
-    from tfmlops.formats import pipeline
+    from tfmlops.steps import optimize as steps
     from tfmlops.formats.verify import FormatCheckError
     from tfmlops.optimize import OptimizeConfig
-    from tfmlops.pipeline import DataSpec
+    from tfmlops.steps.retrain import DataSpec, resolve
 
     spec = DataSpec(**DATA)
-    model = pipeline.resolve(mlflow_server, MODEL, "champion")
-    assert model == pipeline.resolve(mlflow_server, MODEL, str(registered["version"]))
+    model = resolve(mlflow_server, MODEL, "champion")
+    assert model == resolve(mlflow_server, MODEL, str(registered["version"]))
     assert model["run_id"] == registered["run_id"] and model["model_uri"] == f"models:/{MODEL}/1"
     with pytest.raises(LookupError):
-        pipeline.resolve(mlflow_server, MODEL, "nosuchalias")
+        resolve(mlflow_server, MODEL, "nosuchalias")
 
     config = OptimizeConfig(int8_samples=300, target_sparsity=0.99, max_accuracy_drop=0.02)
-    int8 = pipeline.optimize_variant(mlflow_server, model, "int8", spec, config, stamp="s1")
-    pruned = pipeline.optimize_variant(mlflow_server, model, "pruned", spec, config, stamp="s1")
+    int8 = steps.optimize_variant(mlflow_server, model, "int8", spec, config, stamp="s1")
+    pruned = steps.optimize_variant(mlflow_server, model, "pruned", spec, config, stamp="s1")
     assert int8["status"] == "passed" and pruned["status"] == "rejected", (int8, pruned)
     assert paths(mlflow_server, model["run_id"], "optimization/int8") == {
         "optimization/int8/model.tflite", "optimization/int8/result.json"}
     assert paths(mlflow_server, model["run_id"], "optimization/pruned") == {"optimization/pruned/result.json"}
 
-    row = pipeline.export_format(mlflow_server, model, "int8", "tflite", spec, stamp="s1")
+    row = steps.export_format(mlflow_server, model, "int8", "tflite", spec, stamp="s1")
     assert row["checks"][0]["argmax_agreement"] >= 0.99
-    pipeline.export_format(mlflow_server, model, "float", "onnx", spec, stamp="s1")
+    steps.export_format(mlflow_server, model, "float", "onnx", spec, stamp="s1")
     with pytest.raises(FormatCheckError, match="float-tflite failed"):  # an impossible tolerance
-        pipeline.export_format(mlflow_server, model, "float", "tflite", spec, max_abs_diff=0.0, stamp="s1")
+        steps.export_format(mlflow_server, model, "float", "tflite", spec, max_abs_diff=0.0, stamp="s1")
 
     assert paths(mlflow_server, model["run_id"], "formats") == {"formats/int8-tflite", "formats/float-onnx"}
     assert "formats/float-onnx/model.onnx" in paths(mlflow_server, model["run_id"], "formats/float-onnx")
     assert paths(mlflow_server, model["run_id"], "format_checks") == {
         f"format_checks/{n}.json" for n in ("int8-tflite", "float-onnx", "float-tflite")}
 
-    summary = pipeline.report(mlflow_server, model, stamp="s1")
+    summary = steps.report(mlflow_server, model, stamp="s1")
     assert summary["verified"] == ["float-onnx", "int8-tflite"] and summary["failed_checks"] == ["float-tflite"]
     assert summary["variants"] == {"int8": "passed", "pruned": "rejected"}
     assert paths(mlflow_server, model["run_id"], "formats/report") == {
@@ -105,26 +105,26 @@ def test_dag_optimizes_and_exports_a_registered_version(mlflow_server, registere
 def test_pruned_int8_lands_with_its_pruned_source_and_is_checked_against_it(mlflow_server, registered):
     """pruned_int8 keeps both the flatbuffer and the pruned Keras model; its TFLite check compares
     the int8 flatbuffer with that pruned model (argmax agreement), not with the float model."""
-    from tfmlops.formats import pipeline
+    from tfmlops.steps import optimize as steps
     from tfmlops.optimize import OptimizeConfig
-    from tfmlops.pipeline import DataSpec
+    from tfmlops.steps.retrain import DataSpec, resolve
 
     spec = DataSpec(**DATA)
-    model = pipeline.resolve(mlflow_server, MODEL, "champion")
+    model = resolve(mlflow_server, MODEL, "champion")
     # the gate is not under test here (1 800 rows prune poorly): let the variant pass it
     config = OptimizeConfig(int8_samples=100, target_sparsity=0.5, pruning_epochs=3, batch_size=64,
                             max_accuracy_drop=1.0)
-    result = pipeline.optimize_variant(mlflow_server, model, "pruned_int8", spec, config, stamp="s3")
+    result = steps.optimize_variant(mlflow_server, model, "pruned_int8", spec, config, stamp="s3")
     assert result["status"] == "passed", result
     assert result["details"]["int8_weight_sparsity"] >= 0.5
     assert paths(mlflow_server, model["run_id"], "optimization/pruned_int8") == {
         f"optimization/pruned_int8/{f}" for f in ("model.tflite", "model.keras", "result.json")}
 
     with tempfile.TemporaryDirectory() as tmp:
-        keras_model, tflite, source = pipeline._source(mlflow_server, model, "pruned_int8", Path(tmp))
+        keras_model, tflite, source = steps._source(mlflow_server, model, "pruned_int8", Path(tmp))
         assert keras_model is not None and tflite is not None
         assert [type(layer).__name__ for layer in keras_model.layers] == ["InputLayer", "Dense", "Dense"]
-    row = pipeline.export_format(mlflow_server, model, "pruned_int8", "tflite", spec, min_agreement=0.95,
+    row = steps.export_format(mlflow_server, model, "pruned_int8", "tflite", spec, min_agreement=0.95,
                                  stamp="s3")
     assert row["passed"] and row["checks"][0]["details"]["input"] == "int8"
     assert "formats/pruned_int8-tflite" in paths(mlflow_server, model["run_id"], "formats")

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -50,8 +49,8 @@ def zoo(tmp_path_factory):
 
 
 def _endpoint(root, name: str, zoo: Zoo):
-    from tfmlops.serving.publish import publish_version
-    from tfmlops.serving.rollout import Endpoint
+    from tfmlops.deploy.endpoint import Endpoint
+    from tfmlops.deploy.publish import publish_version
 
     models_root = os.path.join(str(root), name, "models")
     config_file = os.path.join(str(root), name, "models.config")

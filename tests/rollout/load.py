@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from tfmlops.serving.client import ServingClient
+from tfmlops.deploy.client import ServingClient
 
 
 class LoadLoop:

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from tfmlops.serving.fleet import DEFAULT_IMAGE, DockerFleet, FleetError, docker_client
+from tfmlops.deploy.fleet import DEFAULT_IMAGE, DockerFleet, FleetError, docker_client
 
 
 def _engine():
@@ -30,8 +30,8 @@ def test_missing_engine_is_reported_clearly():
 
 @pytest.fixture(scope="module")
 def docker_fleet(tmp_path_factory, zoo):
-    from tfmlops.localstack import free_port
-    from tfmlops.serving.publish import publish_version
+    from devservers import free_port
+    from tfmlops.deploy.publish import publish_version
 
     root = tmp_path_factory.mktemp("docker_fleet")
     models = root / "models"
@@ -49,7 +49,8 @@ def docker_fleet(tmp_path_factory, zoo):
 @needs_docker
 @pytest.mark.e2e
 def test_fleet_rollout_and_rolling_replace(docker_fleet, zoo):
-    from tfmlops.serving.rollout import PROMOTED, Candidate, rollout, serving_versions
+    from tfmlops.deploy.rollout import PROMOTED, Candidate, rollout
+    from tfmlops.deploy.status import serving_versions
 
     found = DockerFleet.from_env(docker_fleet.name, client=ENGINE)
     assert [r.name for r in found.replicas] == [r.name for r in docker_fleet.replicas]

@@ -14,9 +14,11 @@ import time
 import numpy as np
 import pytest
 
-from tfmlops.serving.publish import COMPLETE_MARKER, publish_version, published_versions
-from tfmlops.serving.rollout import (PROMOTED, Candidate, Endpoint, apply_config, read_config, rollout,
-                                     version_states, with_versions, without_model)
+from tfmlops.deploy.endpoint import Endpoint
+from tfmlops.deploy.model_config import apply_config, read_config, with_versions, without_model
+from tfmlops.deploy.publish import COMPLETE_MARKER, publish_version, published_versions
+from tfmlops.deploy.rollout import PROMOTED, Candidate, rollout
+from tfmlops.deploy.status import version_states
 
 from .conftest import ServerProcess
 
@@ -24,7 +26,7 @@ pytestmark = pytest.mark.e2e
 
 KILLER = r"""
 import json, sys, time
-from tfmlops.serving.publish import publish_version
+from tfmlops.deploy.publish import publish_version
 src, root, model, version, endpoint = sys.argv[1:6]
 client = None
 if endpoint:
@@ -93,7 +95,8 @@ def s3_server(s3_endpoint, zoo, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("s3_serving")
     config_file = str(tmp / "models.config")
     with open(config_file, "w") as fh:
-        fh.write(f'model_config_list {{ config {{ name: "s3m" base_path: "{root}/s3m" model_platform: "tensorflow" }} }}\n')
+        fh.write(f'model_config_list {{ config {{ name: "s3m" base_path: "{root}/s3m" '
+                 'model_platform: "tensorflow" } }\n')
     env = {"AWS_ENDPOINT_URL_S3": s3_endpoint["endpoint_url"], "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
     saved = {k: os.environ.get(k) for k in env}

@@ -14,9 +14,12 @@ import time
 import numpy as np
 import pytest
 
-from tfmlops.serving.rollout import (PROMOTED, ROLLED_BACK, CanaryChecks, Candidate, RolloutBusy, apply_config,
-                                     endpoints_locked, find_entry, read_config, rollout, serving_versions,
-                                     version_states, with_versions)
+from tfmlops.deploy.checks import CanaryChecks
+from tfmlops.deploy.errors import RolloutBusy
+from tfmlops.deploy.locking import endpoints_locked
+from tfmlops.deploy.model_config import apply_config, find_entry, read_config, with_versions
+from tfmlops.deploy.rollout import PROMOTED, ROLLED_BACK, Candidate, rollout
+from tfmlops.deploy.status import serving_versions, version_states
 
 from .conftest import MODEL
 from .load import LoadLoop

@@ -48,14 +48,15 @@ def test_rollout_dag_replace_canary_rerun_and_rollback(dag, zoo, airflow_db, air
                                                        serving_server, tmp_path):
     from mlflow import MlflowClient
 
-    from tfmlops.serving.client import ServingClient
+    from tfmlops.deploy.client import ServingClient
     from tfmlops.serving.config import load_config
 
     mlf = MlflowClient(mlflow_server)
     client = ServingClient("127.0.0.1", serving_server["rest_port"], serving_server["grpc_port"])
     holdout = tmp_path / "holdout.npz"
     np.savez(holdout, x=zoo.holdout_x, y=zoo.holdout_y)
-    conf = {"model_name": MODEL, "canary_holdout_uri": str(holdout), "canary_min_accuracy": 0.9, "latency_budget_ms": 5000}
+    conf = {"model_name": MODEL, "canary_holdout_uri": str(holdout), "canary_min_accuracy": 0.9,
+            "latency_budget_ms": 5000}
 
     # 1. first deployment of version 1 by number, replace
     assert register(mlflow_server, zoo, "v1") == 1
@@ -118,7 +119,7 @@ def test_rollout_dag_contract(airflow_db, dag):
     assert dag.max_active_runs == 1
     assert {t.task_id: t.pool for t in dag.tasks} == {t: "tf_serving_rollout" for t in ("resolve", "publish",
                                                                                          "rollout")}
-    assert {"model_name", "version", "strategy", "canary_holdout_uri", "canary_min_accuracy", "latency_budget_ms", "keep",
-            "targets"} <= set(dag.params)
+    assert {"model_name", "version", "strategy", "canary_holdout_uri", "canary_min_accuracy", "latency_budget_ms",
+            "keep", "targets"} <= set(dag.params)
     assert dag.params.get_param("strategy").schema["enum"] == ["replace", "canary"]
     assert all(t.retries >= 1 for t in dag.tasks) and dag.owner == "ml-platform"

@@ -6,11 +6,12 @@ import os
 import signal
 import subprocess
 import sys
+import contextlib
 import threading
 import time
 from pathlib import Path
 
-from tfmlops.localstack import free_port
+from devservers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin" / "tf-serving-local"
@@ -19,10 +20,28 @@ BIN = REPO / ".venv" / "bin" / "tf-serving-local"
 def server_cmd() -> list[str]:
     if BIN.exists():
         return [str(BIN)]
-    return [sys.executable, "-m", "tfmlops.serving.cli"]
+    return [sys.executable, "-m", "tfmlops.serving.model_servers.main"]
 
 
 class ServerProcess:
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, args: list[str], rest: bool = True):
+        """A ready server for the ``with`` block, stopped (SIGTERM) after it."""
+        srv = cls(args, rest)
+        try:
+            yield srv.wait_ready()
+        finally:
+            srv.terminate()
+
+    @contextlib.contextmanager
+    def client(self, timeout: float = 60):
+        """A REST + gRPC client of this server for the ``with`` block."""
+        from tfmlops.deploy.client import ServingClient
+
+        with ServingClient("127.0.0.1", self.rest_port, self.grpc_port, timeout=timeout) as c:
+            yield c
+
     def __init__(self, args: list[str], rest: bool = True):
         self.grpc_port = free_port()
         self.rest_port = free_port() if rest else None

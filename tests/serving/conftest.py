@@ -93,22 +93,15 @@ def main_server(store):
     cfg = store.path("main.config")
     with open(cfg, "w") as fh:
         fh.write(base_config_text(store))
-    srv = ServerProcess([f"--model_config_file={cfg}", "--file_system_poll_wait_seconds=1",
-                         "--rest_api_max_body_bytes=1000000"])
-    try:
-        srv.wait_ready()
+    with ServerProcess.running([f"--model_config_file={cfg}", "--file_system_poll_wait_seconds=1",
+                                "--rest_api_max_body_bytes=1000000"]) as srv:
         yield srv
-    finally:
-        srv.terminate()
 
 
 @pytest.fixture(scope="session")
 def client(main_server):
-    from tfmlops.serving.client import ServingClient
-
-    c = ServingClient("127.0.0.1", main_server.rest_port, main_server.grpc_port, timeout=60)
-    yield c
-    c.close()
+    with main_server.client() as c:
+        yield c
 
 
 @pytest.fixture(scope="session")

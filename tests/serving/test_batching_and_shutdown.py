@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import requests
 
-from tfmlops.serving.client import ServingClient, ServingError
+from tfmlops.deploy.client import ServingClient, ServingError
 from tfmlops.serving.config import load_config, parse_config_text, write_config
 
 from ._proc import ServerProcess
@@ -33,22 +33,17 @@ def bserver(store):
         fh.write(BATCHING)
     cfg = store.path("batch.config")
     write_config(cfg, parse_config_text("model_config_list {" + model_entry("mlp", store.path("mlp")) + "}"))
-    srv = ServerProcess([f"--model_config_file={cfg}", "--model_config_file_poll_wait_seconds=1",
-                         "--enable_batching", f"--batching_parameters_file={params}",
-                         "--allow_version_labels_for_unavailable_models=true"])
-    try:
-        srv.wait_ready()
+    with ServerProcess.running([f"--model_config_file={cfg}", "--model_config_file_poll_wait_seconds=1",
+                                "--enable_batching", f"--batching_parameters_file={params}",
+                                "--allow_version_labels_for_unavailable_models=true"]) as srv:
         srv.config_path = cfg
         yield srv
-    finally:
-        srv.terminate()
 
 
 @pytest.fixture(scope="module")
 def bclient(bserver):
-    c = ServingClient("127.0.0.1", bserver.rest_port, bserver.grpc_port, timeout=60)
-    yield c
-    c.close()
+    with bserver.client() as c:
+        yield c
 
 
 def _stats(bserver):

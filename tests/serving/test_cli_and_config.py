@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tfmlops.serving import cli
 from tfmlops.serving.config import (ConfigError, load_batching_parameters, load_config, parse_config_text,
                                     write_config)
+from tfmlops.serving.model_servers import main as cli
 
 from ._proc import ServerProcess, server_cmd
 
@@ -71,13 +71,13 @@ def test_labels_in_startup_config_need_flag(store):
 def test_restart_on_a_config_with_labels_as_the_embedded_stack_starts_it(store):
     """After a canary rollout the config file holds a ``stable`` label; a restarted server must
     come up on it (``make run`` after ``make stop``): the stack passes the flag TF Serving needs."""
-    from tfmlops import localstack
+    import devservers
 
     cfg = store.path("labels_at_restart.config")
     with open(cfg, "w") as fh:
         fh.write(f'model_config_list {{ config {{ name: "mlp" base_path: "{store.path("mlp")}" '
                  'model_platform: "tensorflow" version_labels { key: "stable" value: 1 } } }')
-    flags = [a for a in localstack.serving_argv(Path(cfg), 0, 0)[1:] if not a.startswith(("--port", "--rest_api"))]
+    flags = [a for a in devservers.serving_argv(Path(cfg), 0, 0)[1:] if not a.startswith(("--port", "--rest_api"))]
     assert "--allow_version_labels_for_unavailable_models" in flags
     srv = ServerProcess(flags).wait_ready()
     try:

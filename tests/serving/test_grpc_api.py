@@ -176,7 +176,7 @@ def test_client_predict_grpc_and_rest_agree(client, reference):
     np.testing.assert_allclose(g["y"], r, rtol=1e-6, atol=1e-6)
     both = client.predict_rest("mlp", {"x": reference["x"]}, signature_name="two_outputs")
     assert set(both) == {"y", "total"}
-    from tfmlops.serving.client import ServingError
+    from tfmlops.deploy.client import ServingError
 
     with pytest.raises(ServingError) as ei:
         client.predict_grpc("nope", reference["x"])

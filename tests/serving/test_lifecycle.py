@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import requests
 
-from tfmlops.serving.client import ModelNotAvailableError, ServingError
+from tfmlops.deploy.client import ModelNotAvailableError, ServingError
 
 from .conftest import model_entry
 
@@ -200,7 +200,7 @@ def test_grpc_reload_non_list_config_rejected(stubs):
 def test_signatures_are_warmed_while_a_version_loads(store):
     """Loading builds each signature's full-predict session callable and runs it once, so the
     first requests to a new version do not pay TensorFlow's kernel creation (in-process check)."""
-    from tfmlops.serving.servable import Servable
+    from tfmlops.serving.servables.saved_model_bundle import Servable
 
     servable = Servable("mlp", 1, store.path("mlp", "1"))
     try:

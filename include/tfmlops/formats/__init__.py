@@ -18,7 +18,7 @@ format                        files                        verified in
 ============================  ===========================  ==================================
 
 The float model gets every format; each optimized variant gets ``tflite`` (see
-:data:`ARTIFACTS`). Every check loads the artifact back, predicts the test split and
+:func:`artifacts`). Every check loads the artifact back, predicts the test split and
 compares the first rows (a fixed held-out batch) with the *source* model — the Keras variant
 it was written from, or the float model for the post-training quantizations — within the
 artifact's tolerance (:func:`tolerance_for`): ``max |diff| <= 1e-5`` for float artifacts,
@@ -30,6 +30,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The optimized variants (tfmlops.optimize builds them); each is exported as TFLite.
+QUANTIZATIONS = ("dynamic_range", "float16", "int8")
+VARIANTS = (*QUANTIZATIONS, "pruned", "pruned_int8", "distilled")
 FLOAT_FORMATS = ("saved_model", "keras", "h5", "tflite", "onnx", "tfjs_layers", "tfjs_layers_uint8",
                  "tfjs_layers_float16", "tfjs_graph")
 TFJS_FORMATS = ("tfjs_layers", "tfjs_layers_uint8", "tfjs_layers_float16", "tfjs_graph")
@@ -37,16 +40,11 @@ RUNTIMES = {
     "saved_model": ("tensorflow",), "keras": ("tf_keras",), "h5": ("tf_keras",), "tflite": ("litert",),
     "onnx": ("onnxruntime",), **{fmt: ("tfjs-node", "chromium") for fmt in TFJS_FORMATS},
 }
-# The post-training quantizations exist only as TFLite flatbuffers (pruned_int8's source is the
-# pruned Keras model it was quantized from); pruned/distilled are Keras models.
-TFLITE_VARIANTS = ("dynamic_range", "float16", "int8", "pruned_int8")
-KERAS_VARIANTS = ("float", "pruned", "distilled")
 LOSSY = {("dynamic_range", "tflite"), ("float16", "tflite"), ("int8", "tflite"), ("pruned_int8", "tflite"),
          ("float", "tfjs_layers_uint8"), ("float", "tfjs_layers_float16")}
 
 
-def artifacts(variants=("dynamic_range", "float16", "int8", "pruned", "pruned_int8", "distilled"),
-              formats=FLOAT_FORMATS) -> list[tuple[str, str]]:
+def artifacts(variants=VARIANTS, formats=FLOAT_FORMATS) -> list[tuple[str, str]]:
     """The (variant, format) pairs to export: every requested format of the float model, and
     the TFLite flatbuffer of each optimized variant."""
     unknown = set(formats) - set(FLOAT_FORMATS)
@@ -54,8 +52,6 @@ def artifacts(variants=("dynamic_range", "float16", "int8", "pruned", "pruned_in
         raise ValueError(f"unknown formats {sorted(unknown)}; choose from {list(FLOAT_FORMATS)}")
     return [("float", fmt) for fmt in formats] + [(variant, "tflite") for variant in variants]
 
-
-ARTIFACTS = artifacts()
 
 
 def artifact_name(variant: str, fmt: str) -> str:
@@ -80,3 +76,16 @@ def tolerance_for(variant: str, fmt: str, max_abs_diff: float = 1e-5, min_agreem
     if (variant, fmt) in LOSSY:
         return Tolerance(max_abs_diff=None, min_agreement=min_agreement)
     return Tolerance(max_abs_diff=max_abs_diff)
+
+
+class FormatCheckError(RuntimeError):
+    """An exported artifact does not reproduce its source model in its runtime; ``rows`` holds
+    the measured numbers of every check that ran."""
+
+    def __init__(self, message: str, rows: list[dict]):
+        super().__init__(message)
+        self.rows = rows
+
+
+class RuntimeUnavailable(RuntimeError):
+    """The runtime needed to check a format is not installed (node, web/node_modules, chromium)."""

@@ -26,14 +26,11 @@ import numpy as np
 
 import tfmlops  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from tfmlops.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE
+from tfmlops.formats import RuntimeUnavailable
 
 WEB_DIR = Path(os.environ.get("TFMLOPS_WEB_DIR", Path(__file__).resolve().parents[3] / "web"))
 LATENCY_RUNS = 50
 NODE_TIMEOUT_S = 300
-
-
-class RuntimeUnavailable(RuntimeError):
-    """The runtime needed to check a format is not installed (node, web/node_modules, chromium)."""
 
 
 @dataclass

@@ -9,22 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tfmlops.formats import RUNTIMES, Tolerance, artifact_name, tolerance_for
+from tfmlops.formats import RUNTIMES, FormatCheckError, Tolerance, artifact_name, tolerance_for
 from tfmlops.formats import runtimes, writers
 
 log = logging.getLogger(__name__)
 
 HELD_OUT_ROWS = 256
 CHECK_FILE = "verification.json"
-
-
-class FormatCheckError(RuntimeError):
-    """An exported artifact does not reproduce its source model in its runtime; ``rows`` holds
-    the measured numbers of every check that ran."""
-
-    def __init__(self, message: str, rows: list[dict]):
-        super().__init__(message)
-        self.rows = rows
 
 
 def sizes(folder: Path) -> dict:
@@ -103,7 +94,7 @@ def export_and_verify(variant: str, fmt: str, out: Path, x_test: np.ndarray, y_t
                                 screenshot=screenshot))
         except runtimes.RuntimeUnavailable:
             raise
-        except Exception as exc:  # a load/predict error in the runtime is a failed check, with its message
+        except Exception as exc:  # noqa: BLE001 - a load/predict error in the runtime is a failed check, with its message
             checks.append({"runtime": runtime, "passed": False, "problem": f"{type(exc).__name__}: {exc}"})
         log.info("%s in %s: %s", name, runtime, {k: v for k, v in checks[-1].items() if k != "details"})
     row["checks"] = checks

@@ -47,13 +47,18 @@ def parse_config_text(text: str) -> ModelServerConfig:
     return cfg
 
 
-def load_config(path: str | os.PathLike) -> ModelServerConfig:
+def _load_text_proto(path: str | os.PathLike, parse):
+    """``parse(text of path)``, with TF Serving's errors for a missing or malformed file."""
     path = os.fspath(path)
     text = _read_text(path)
     try:
-        return parse_config_text(text)
+        return parse(text)
     except text_format.ParseError as exc:
         raise ConfigError(Code.INVALID_ARGUMENT, f"Invalid protobuf file: '{path}': {exc}") from exc
+
+
+def load_config(path: str | os.PathLike) -> ModelServerConfig:
+    return _load_text_proto(path, parse_config_text)
 
 
 def config_to_text(cfg) -> str:
@@ -156,7 +161,7 @@ def _build_batching_parameters_class():
     fdp.dependency.append("google/protobuf/wrappers.proto")
     msg = fdp.message_type.add()
     msg.name = "BatchingParameters"
-    F = descriptor_pb2.FieldDescriptorProto
+    field_proto = descriptor_pb2.FieldDescriptorProto
     fields = [
         ("max_batch_size", 1, ".google.protobuf.Int64Value"),
         ("batch_timeout_micros", 2, ".google.protobuf.Int64Value"),
@@ -172,11 +177,11 @@ def _build_batching_parameters_class():
         f = msg.field.add()
         f.name, f.number = name, number
         if name == "allowed_batch_sizes":
-            f.label, f.type = F.LABEL_REPEATED, F.TYPE_INT64
+            f.label, f.type = field_proto.LABEL_REPEATED, field_proto.TYPE_INT64
         elif name == "pad_variable_length_inputs":
-            f.label, f.type = F.LABEL_OPTIONAL, F.TYPE_BOOL
+            f.label, f.type = field_proto.LABEL_OPTIONAL, field_proto.TYPE_BOOL
         else:
-            f.label, f.type, f.type_name = F.LABEL_OPTIONAL, F.TYPE_MESSAGE, type_name
+            f.label, f.type, f.type_name = field_proto.LABEL_OPTIONAL, field_proto.TYPE_MESSAGE, type_name
     pool.Add(fdp)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
 
@@ -248,9 +253,4 @@ def parse_batching_parameters(text: str) -> BatchingOptions:
 
 
 def load_batching_parameters(path: str | os.PathLike) -> BatchingOptions:
-    path = os.fspath(path)
-    text = _read_text(path)
-    try:
-        return parse_batching_parameters(text)
-    except text_format.ParseError as exc:
-        raise ConfigError(Code.INVALID_ARGUMENT, f"Invalid protobuf file: '{path}': {exc}") from exc
+    return _load_text_proto(path, parse_batching_parameters)

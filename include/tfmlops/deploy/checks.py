@@ -1,0 +1,120 @@
+"""Checks of a loaded version before it takes traffic: smoke parity over REST and gRPC against
+the registered model's predictions, accuracy on a labeled holdout, a p99 latency budget."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .client import ServingClient, ServingError
+from .endpoint import Endpoint
+from .errors import RolloutError
+
+if TYPE_CHECKING:  # rollout imports this module
+    from .rollout import Candidate
+
+
+class CheckFailed(RolloutError):
+    """A post-load check (smoke parity, accuracy, latency) failed."""
+
+
+@dataclass
+class CanaryChecks:
+    smoke: bool = True
+    holdout_x: np.ndarray | None = None
+    holdout_y: np.ndarray | None = None
+    min_accuracy: float | None = None
+    latency_budget_ms: float | None = None  # p99 of single-row REST predicts on the canary label
+    latency_requests: int = 30
+
+
+def smoke_parity(client: ServingClient, smoke: dict, model: str, *, version: int | None = None,
+                 label: str | None = None, where: str = "") -> dict:
+    """Predict the smoke batch over REST and gRPC; both must equal ``smoke["expected"]`` within
+    its tolerance. Returns the max abs differences."""
+    x = np.asarray(smoke["instances"], dtype=np.float32)
+    expected = np.asarray(smoke["expected"], dtype=np.float32)
+    tol = float(smoke.get("tolerance", 1e-5))
+    sig = smoke.get("signature_name") or "serving_default"
+    out = {}
+    for api in ("rest", "grpc"):
+        try:
+            if api == "rest":
+                got = client.predict_rest(model, x.tolist(), version=version, label=label, signature_name=sig)
+            else:
+                got = client.predict_grpc(model, x, version=version, label=label, signature_name=sig)
+        except ServingError as exc:
+            raise CheckFailed(f"{where}: smoke predict over {api.upper()} failed: {exc}") from exc
+        if isinstance(got, dict):
+            name = smoke.get("output") if smoke.get("output") in got else sorted(got)[0]
+            got = got[name]
+        got = np.asarray(got, dtype=np.float32)
+        if got.shape != expected.shape:
+            raise CheckFailed(f"{where}: {api.upper()} predictions have shape {got.shape}, expected {expected.shape}")
+        diff = float(np.max(np.abs(got - expected))) if expected.size else 0.0
+        if not diff <= tol:
+            raise CheckFailed(f"{where}: {api.upper()} predictions differ from the registered model's by {diff:.3g} "
+                              f"(tolerance {tol:g})")
+        out[f"smoke_{api}_max_abs_diff"] = diff
+    return out
+
+
+def holdout_accuracy(client: ServingClient, model: str, x, y, *, label: str | None = None,
+                     version: int | None = None, signature_name: str | None = None, batch: int = 256) -> float:
+    x = np.asarray(x, dtype=np.float32)
+    y = np.asarray(y).astype(int).ravel()
+    correct = 0
+    for i in range(0, len(x), batch):
+        got = client.predict_rest(model, x[i:i + batch].tolist(), label=label, version=version,
+                                  signature_name=signature_name)
+        if isinstance(got, dict):
+            got = got[sorted(got)[0]]
+        correct += int(np.sum(np.argmax(np.asarray(got), axis=-1) == y[i:i + batch]))
+    return correct / max(len(y), 1)
+
+
+def latency_p99_ms(client: ServingClient, model: str, row, n: int, *, label: str | None = None,
+                   version: int | None = None, signature_name: str | None = None) -> float:
+    times = []
+    for _ in range(max(n, 1)):
+        t0 = time.perf_counter()
+        client.predict_rest(model, [np.asarray(row).tolist()], label=label, version=version,
+                            signature_name=signature_name)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return float(np.percentile(times, 99))
+
+
+def canary_checks(ep: Endpoint, cand: Candidate, checks: CanaryChecks, label: str | None) -> dict:
+    """Checks through ``label`` (a canary: the rollout's ``canary`` label) or, with ``label=None``,
+    on version ``cand.version``."""
+    version = None if label else cand.version
+    where = f"{ep.name}: {cand.model} version {cand.version}" + (f" (label {label})" if label else "")
+    sig = cand.smoke.get("signature_name")
+    out: dict = {}
+    if checks.smoke:
+        out.update(smoke_parity(ep.client, cand.smoke, cand.model, label=label, version=version, where=where))
+    if checks.min_accuracy is not None and checks.holdout_x is not None:
+        try:
+            acc = holdout_accuracy(ep.client, cand.model, checks.holdout_x, checks.holdout_y, label=label,
+                                   version=version, signature_name=sig)
+        except ServingError as exc:
+            raise CheckFailed(f"{where}: holdout predictions failed: {exc}") from exc
+        out["holdout_accuracy"] = acc
+        if acc < checks.min_accuracy:
+            raise CheckFailed(f"{where}: holdout accuracy {acc:.4f} < minimum {checks.min_accuracy:.4f} "
+                              f"({len(checks.holdout_y)} rows)")
+    if checks.latency_budget_ms is not None:
+        row = np.asarray(cand.smoke["instances"], dtype=np.float32)[0]
+        try:
+            p99 = latency_p99_ms(ep.client, cand.model, row, checks.latency_requests, label=label, version=version,
+                                 signature_name=sig)
+        except ServingError as exc:
+            raise CheckFailed(f"{where}: latency probe failed: {exc}") from exc
+        out["latency_p99_ms"] = p99
+        if p99 > checks.latency_budget_ms:
+            raise CheckFailed(f"{where}: p99 latency {p99:.1f} ms > budget {checks.latency_budget_ms:.1f} ms "
+                              f"({checks.latency_requests} requests)")
+    return out

@@ -1,0 +1,41 @@
+"""One TF Serving replica as a rollout (or an Airflow hook, or a docker fleet) addresses it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .client import ServingClient
+
+
+@dataclass
+class Endpoint:
+    """One TF Serving replica. ``models_root`` is where versions are published as this process
+    sees it (local path or ``s3://``), ``server_models_root`` the same place as the server sees it
+    (e.g. ``/models`` in a container). ``model_config_file`` is the server's ModelServerConfig file:
+    it is rewritten with every change (so a restart keeps the state) and is where the current
+    config is read from; without it the rollout keeps the config in ``config``."""
+
+    name: str
+    host: str = "127.0.0.1"
+    rest_port: int = 8501
+    grpc_port: int = 8500
+    models_root: str = ""
+    server_models_root: str | None = None
+    model_config_file: str | None = None
+    timeout: float = 30.0
+    config: object = field(default=None, repr=False)
+    _client: ServingClient | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def client(self) -> ServingClient:
+        if self._client is None:
+            self._client = ServingClient(self.host, self.rest_port, self.grpc_port, timeout=self.timeout)
+        return self._client
+
+    def base_path(self, model: str) -> str:
+        return f"{str(self.server_models_root or self.models_root).rstrip('/')}/{model}"
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None

@@ -1,0 +1,127 @@
+"""New labeled data partitions: where they live, validation, quarantine and the ledger.
+
+Layout under a partitions root (local folder or ``s3://bucket/prefix``), per dataset::
+
+    <root>/<dataset>/incoming/<partition-id>/data.npz      (or data.parquet) new labeled data
+    <root>/<dataset>/quarantine/<partition-id>/...         a bad partition, moved, + reason.json
+    <root>/<dataset>/ledger.json                            consumed partitions → run, version
+
+- :func:`ingest` validates every new partition with the training-data checks
+  (:func:`tfmlops.data.load_validated`); a bad one is moved to ``quarantine/`` with its reason,
+  without blocking the good ones; partitions already in the ledger are skipped.
+
+The fine-tuning on new partitions is the step :func:`tfmlops.steps.online.update`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+
+from tfmlops import data
+from tfmlops.storage import list_s3_keys, read_bytes, s3, split_s3_uri, write_bytes
+
+log = logging.getLogger(__name__)
+
+PARTITION_FILES = ("data.npz", "data.parquet")
+LEDGER = "ledger.json"
+REASON = "reason.json"
+
+
+# ------------------------------------------------------------------------------ storage layout
+def _join(*parts: str) -> str:
+    return "/".join([str(parts[0]).rstrip("/"), *[p.strip("/") for p in parts[1:]]])
+
+
+def _list_keys(uri_prefix: str, s3_client) -> list[str]:
+    bucket, prefix = split_s3_uri(uri_prefix)
+    return list(list_s3_keys(s3(s3_client), bucket, prefix.rstrip("/") + "/"))
+
+
+def list_partitions(root: str, dataset: str, area: str = "incoming", s3_client=None) -> dict[str, str]:
+    """``{partition_id: data file URI}`` of the partitions in ``incoming`` (or ``quarantine``), sorted by id."""
+    base = _join(root, dataset, area)
+    found: dict[str, str] = {}
+    if base.startswith("s3://"):
+        bucket, prefix = split_s3_uri(base)
+        for key in _list_keys(base, s3_client):
+            rest = key[len(prefix.rstrip("/")) + 1:].split("/")
+            if len(rest) == 2 and rest[1] in PARTITION_FILES:
+                found.setdefault(rest[0], f"s3://{bucket}/{key}")
+    elif Path(base).is_dir():
+        for folder in Path(base).iterdir():
+            for name in PARTITION_FILES:
+                if (folder / name).is_file():
+                    found[folder.name] = str(folder / name)
+                    break
+    return dict(sorted(found.items()))
+
+
+def read_ledger(root: str, dataset: str, s3_client=None) -> dict:
+    try:
+        return json.loads(read_bytes(_join(root, dataset, LEDGER), s3_client=s3_client))
+    except FileNotFoundError:
+        return {"partitions": {}}
+
+
+def write_ledger(root: str, dataset: str, ledger: dict, s3_client=None) -> None:
+    write_bytes(_join(root, dataset, LEDGER), json.dumps(ledger, indent=1, sort_keys=True).encode(),
+                s3_client=s3_client)
+
+
+def quarantine(root: str, dataset: str, partition_id: str, reason: str, s3_client=None) -> str:
+    """Move ``incoming/<id>/`` to ``quarantine/<id>/`` and write ``reason.json`` there."""
+    src, dst = _join(root, dataset, "incoming", partition_id), _join(root, dataset, "quarantine", partition_id)
+    if src.startswith("s3://"):
+        client = s3(s3_client)
+        bucket, src_prefix = split_s3_uri(src)
+        _, dst_prefix = split_s3_uri(dst)
+        for key in _list_keys(src, client):
+            new_key = dst_prefix + key[len(src_prefix):]
+            client.copy_object(Bucket=bucket, Key=new_key, CopySource={"Bucket": bucket, "Key": key})
+            client.delete_object(Bucket=bucket, Key=key)
+    else:
+        target = Path(dst)
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(src, target)
+    record = {"partition_id": partition_id, "dataset": dataset, "reason": reason,
+              "quarantined_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    write_bytes(_join(dst, REASON), json.dumps(record, indent=1).encode(), s3_client=s3_client)
+    log.warning("quarantined partition %s of %s: %s", partition_id, dataset, reason)
+    return dst
+
+
+# ------------------------------------------------------------------------------------- ingest
+def ingest(root: str, dataset: str, partition_ids: list[str] | None = None, n_features: int = 784,
+           num_classes: int = 10, s3_client=None) -> dict:
+    """Validate new partitions (all unconsumed ones when ``partition_ids`` is empty).
+
+    Returns ``valid`` (id, uri, rows, fingerprint), ``quarantined`` (id, reason), ``consumed``
+    (ids already in the ledger: skipped) and ``missing`` (requested ids that are not there)."""
+    ledger = read_ledger(root, dataset, s3_client)["partitions"]
+    available = list_partitions(root, dataset, s3_client=s3_client)
+    wanted = list(partition_ids) if partition_ids else list(available)
+    result: dict[str, list] = {"valid": [], "quarantined": [], "consumed": [], "missing": []}
+    for pid in wanted:
+        if pid in ledger:
+            result["consumed"].append(pid)
+        elif pid not in available:
+            result["missing"].append(pid)
+        else:
+            try:
+                _, report = data.load_validated(available[pid], n_features, num_classes, s3_client=s3_client)
+            except data.DatasetError as exc:
+                quarantine(root, dataset, pid, str(exc), s3_client)
+                result["quarantined"].append({"partition_id": pid, "reason": str(exc)})
+                continue
+            result["valid"].append({"partition_id": pid, "uri": available[pid], "train_rows": report["train_rows"],
+                                    "test_rows": report["test_rows"], "fingerprint": report["fingerprint"]})
+    log.info("ingest %s: %d valid, %d quarantined, %d already consumed, %d missing", dataset, len(result["valid"]),
+             len(result["quarantined"]), len(result["consumed"]), len(result["missing"]))
+    return result

@@ -1,0 +1,65 @@
+"""The Classify API on a loaded version, mirroring TF Serving's
+``tensorflow_serving/servables/tensorflow/classifier.cc`` (``GetClassificationSignature``,
+``RunClassify`` and the output checks of its ``TensorFlowClassifier``), with its error messages.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import failed_precondition, invalid_argument
+from .util import CLASSIFY_METHOD, examples_signature, serialized_examples
+
+CLASSIFY_INPUTS = "inputs"
+CLASSIFY_OUTPUT_CLASSES = "classes"
+CLASSIFY_OUTPUT_SCORES = "scores"
+
+
+def get_classification_signature(signatures: dict, signature_name: str):
+    sig = examples_signature(signatures, signature_name, CLASSIFY_METHOD, "classification")
+    if len(sig.outputs) not in (1, 2):
+        raise invalid_argument(f"Expected one or two output Tensors, found {len(sig.outputs)}")
+    if CLASSIFY_INPUTS not in sig.inputs:
+        raise failed_precondition(f"No classification inputs found in SignatureDef: {sig.proto}")
+    if CLASSIFY_OUTPUT_CLASSES not in sig.outputs and CLASSIFY_OUTPUT_SCORES not in sig.outputs:
+        raise failed_precondition(
+            'Expected classification signature outputs to contain at least one of "classes" or '
+            f'"scores". Signature was: {sig.proto}')
+    return sig
+
+
+def run_classify(servable, signature_name: str, input_proto, timeout_ms=None):
+    """Returns (signature name, list of [(label, score), ...] per example, has classes, has scores)."""
+    sig = get_classification_signature(servable.signatures, signature_name)
+    examples = serialized_examples(input_proto)
+    n = len(examples)
+    aliases = [a for a in (CLASSIFY_OUTPUT_CLASSES, CLASSIFY_OUTPUT_SCORES) if a in sig.outputs]
+    fetches = tuple(sig.outputs[a].tensor_name for a in aliases)
+    outs = dict(zip(aliases, servable.run((sig.inputs[CLASSIFY_INPUTS].tensor_name,), [examples],
+                                          fetches, timeout_ms)))
+    classes, scores = outs.get(CLASSIFY_OUTPUT_CLASSES), outs.get(CLASSIFY_OUTPUT_SCORES)
+    for label, t, want in (("classes", classes, "DT_STRING"), ("scores", scores, "DT_FLOAT")):
+        if t is None:
+            continue
+        if t.ndim != 2:
+            raise invalid_argument(
+                f"Expected Tensor shape: [batch_size num_classes] but got [{','.join(map(str, t.shape))}]")
+        ok = t.dtype == object if want == "DT_STRING" else t.dtype == np.float32
+        if not ok:
+            raise invalid_argument(f"Expected {label} Tensor of {want}. Got: {t.dtype}")
+        if t.shape[0] != n:
+            raise invalid_argument(f"Expected {label} output batch size of {n}. Got: {t.shape[0]}")
+    if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
+        raise invalid_argument(
+            "Tensors class and score should match in dim_size(1). Got "
+            f"{classes.shape[1]} vs. {scores.shape[1]}")
+    num_classes = (classes if classes is not None else scores).shape[1]
+    result = []
+    for i in range(n):
+        row = []
+        for c in range(num_classes):
+            lab = classes[i, c] if classes is not None else b""
+            row.append((lab if isinstance(lab, bytes) else str(lab).encode(),
+                        float(scores[i, c]) if scores is not None else 0.0))
+        result.append(row)
+    return sig.name, result, classes is not None, scores is not None

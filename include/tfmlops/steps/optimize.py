@@ -1,0 +1,197 @@
+"""Steps of ``tf_optimize_export``, one function per step (what the operators call); the first
+step, resolving the version, is :func:`tfmlops.steps.retrain.resolve`.
+
+Everything lands on the MLflow run of the registered version being optimized:
+
+- ``optimization/<variant>/`` — ``result.json`` (status passed / rejected / failed, accuracy, drop,
+  reason, details) for every requested variant, and the candidate model when it passed
+  (``model.tflite`` for the quantizations, ``model.keras`` for pruned / distilled, both for
+  ``pruned_int8``: the flatbuffer and the pruned model it is checked against);
+- ``format_checks/<variant>-<format>.json`` — the numbers of every format check, passed or not;
+- ``formats/<variant>-<format>/`` — only the artifacts that passed their check (one folder each,
+  with ``verification.json`` and, for TF.js, ``chromium.png``);
+- ``formats/report/`` — report.json, report.md, tradeoff.png; plus metrics ``format.<name>.*``.
+
+A ``stamp`` (the Airflow run id) is written into each record, so the report of a run only shows
+that run's records when a version is optimized again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from tfmlops import registry
+from tfmlops.formats import FormatCheckError, RuntimeUnavailable, artifact_name, tolerance_for
+
+__all__ = ["FormatCheckError", "RuntimeUnavailable", "export_format", "optimize_and_export_all", "optimize_variant",
+           "report"]
+
+log = logging.getLogger(__name__)
+
+OPTIMIZATION_ARTIFACT = "optimization"
+CHECKS_ARTIFACT = "format_checks"
+FORMATS_ARTIFACT = "formats"
+REPORT_ARTIFACT = "formats/report"
+
+
+def optimize_variant(tracking_uri: str, model: dict, variant: str, spec, config, stamp: str = "") -> dict:
+    """Build and gate one variant of ``model`` (a :func:`~tfmlops.steps.retrain.resolve` result); log
+    its result (and the candidate when it passed) under ``optimization/<variant>/``. ``config`` is an
+    :class:`~tfmlops.optimize.OptimizeConfig` or a dict of its fields. Never raises for a variant
+    problem: the result's ``status`` says passed / rejected / failed."""
+    from tfmlops import optimize
+
+    if isinstance(config, dict):
+        config = optimize.OptimizeConfig(**config)
+    dataset, _ = spec.load()
+    keras_model = registry.load_keras_model(tracking_uri, model["model_uri"])
+    candidate, result = optimize.optimize_one(variant, keras_model, dataset, config)
+    result = {**result, "stamp": stamp, "config": config.to_dict()}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / variant
+        folder.mkdir()
+        if result["status"] == "passed":
+            if candidate.tflite is not None:
+                (folder / "model.tflite").write_bytes(candidate.tflite)
+            if candidate.model is not None:
+                candidate.model.save(str(folder / "model.keras"))
+        (folder / "result.json").write_text(json.dumps(result, indent=2, default=str))
+        result["artifact_uri"] = registry.log_files(tracking_uri, model["run_id"], folder,
+                                                    f"{OPTIMIZATION_ARTIFACT}/{variant}")
+    if "accuracy" in result:
+        registry.log_metrics(tracking_uri, model["run_id"], {
+            f"optimize.{variant}.accuracy": result["accuracy"],
+            f"optimize.{variant}.accuracy_drop": result["accuracy_drop"]})
+    return result
+
+
+def _source(tracking_uri: str, model: dict, variant: str, tmp: Path):
+    """(keras model to export or None, tflite bytes or None, callable that gives the source's outputs)."""
+    import tf_keras as keras
+
+    float_model = registry.load_keras_model(tracking_uri, model["model_uri"])
+    float_predict = lambda x: float_model.predict(x, batch_size=1024, verbose=0)  # noqa: E731
+    if variant == "float":
+        return float_model, None, float_predict
+    local = registry.download(tracking_uri, f"runs:/{model['run_id']}/{OPTIMIZATION_ARTIFACT}/{variant}", tmp)
+    tflite = (local / "model.tflite").read_bytes() if (local / "model.tflite").exists() else None
+    if tflite is not None and not (local / "model.keras").exists():
+        return None, tflite, float_predict  # post-training quantization: the float model is the source
+    if not (local / "model.keras").exists():
+        raise FileNotFoundError(f"{variant} has no candidate model on run {model['run_id']} (status: "
+                                f"{json.loads((local / 'result.json').read_text()).get('status')})")
+    # pruned_int8: the flatbuffer is checked against the pruned Keras model it was quantized from
+    variant_model = keras.models.load_model(str(local / "model.keras"), safe_mode=True)
+    return variant_model, tflite, lambda x: variant_model.predict(x, batch_size=1024, verbose=0)
+
+
+def export_format(tracking_uri: str, model: dict, variant: str, fmt: str, spec, max_abs_diff: float = 1e-5,
+                  min_agreement: float = 0.99, stamp: str = "") -> dict:
+    """Export ``variant`` as ``fmt``, check it in its runtime(s); when it passes, log the folder
+    under ``formats/<variant>-<format>/``. The check's numbers are logged either way; a failed
+    check raises :class:`~tfmlops.formats.verify.FormatCheckError` after that."""
+    from tfmlops.formats.verify import export_and_verify
+
+    name = artifact_name(variant, fmt)
+    dataset, _ = spec.load()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        keras_model, tflite_content, source = _source(tracking_uri, model, variant, tmp / "source")
+        try:
+            row = export_and_verify(variant, fmt, tmp / name, dataset.x_test, dataset.y_test, source,
+                                    model=keras_model, tflite_content=tflite_content,
+                                    tolerance=tolerance_for(variant, fmt, max_abs_diff, min_agreement))
+        except FormatCheckError as exc:
+            _log_check(tracking_uri, model["run_id"], name, {**exc.rows[0], "stamp": stamp}, tmp)
+            raise
+        row["stamp"] = stamp
+        _log_check(tracking_uri, model["run_id"], name, row, tmp)
+        row["artifact_uri"] = registry.log_files(tracking_uri, model["run_id"], tmp / name,
+                                                 f"{FORMATS_ARTIFACT}/{name}")
+    metrics = {f"format.{name}.bytes": row["bytes"], f"format.{name}.gzipped_bytes": row["gzipped_bytes"]}
+    for check in row["checks"]:
+        for key in ("accuracy", "max_abs_diff", "latency_ms"):
+            if check.get(key) is not None:
+                metrics[f"format.{name}.{check['runtime']}.{key}"] = check[key]
+    registry.log_metrics(tracking_uri, model["run_id"], metrics)
+    return row
+
+
+def _log_check(tracking_uri: str, run_id: str, name: str, row: dict, tmp: Path) -> None:
+    folder = tmp / "checks"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(row, indent=2, default=str))
+    registry.client(tracking_uri).log_artifact(run_id, str(folder / f"{name}.json"), artifact_path=CHECKS_ARTIFACT)
+
+
+def _records(tracking_uri: str, run_id: str, path: str, filename: str | None, stamp: str, tmp: Path) -> list[dict]:
+    mlf = registry.client(tracking_uri)
+    records = []
+    for entry in mlf.list_artifacts(run_id, path):
+        target = f"{entry.path}/{filename}" if filename else entry.path
+        if (filename and not entry.is_dir) or (not filename and not entry.path.endswith(".json")):
+            continue
+        try:
+            local = registry.download(tracking_uri, f"runs:/{run_id}/{target}", tmp)
+        except Exception:  # noqa: BLE001 — a folder without the file (e.g. an interrupted run)
+            continue
+        record = json.loads(Path(local).read_text())
+        if not stamp or record.get("stamp") == stamp:
+            records.append(record)
+    return records
+
+
+def report(tracking_uri: str, model: dict, stamp: str = "") -> dict:
+    """Collect this run's variant results and format checks from the MLflow run, write the
+    report (JSON, Markdown, PNG) under ``formats/report/``; returns a summary."""
+    from tfmlops.formats import report as report_lib
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        variants = _records(tracking_uri, model["run_id"], OPTIMIZATION_ARTIFACT, "result.json", stamp, tmp / "v")
+        checks = _records(tracking_uri, model["run_id"], CHECKS_ARTIFACT, None, stamp, tmp / "c")
+        checks.sort(key=lambda r: r["artifact"])
+        report_lib.write(checks, tmp / "report", variants,
+                         title=f"{model['model_name']} version {model['version']}: export formats",
+                         extra={"model": model, "stamp": stamp})
+        uri = registry.log_files(tracking_uri, model["run_id"], tmp / "report", REPORT_ARTIFACT)
+    summary = {"report_uri": uri, "verified": sorted(r["artifact"] for r in checks if r["passed"]),
+               "failed_checks": sorted(r["artifact"] for r in checks if not r["passed"]),
+               "variants": {v["variant"]: v["status"] for v in variants}}
+    log.info("report: %s", summary)
+    return summary
+
+
+def optimize_and_export_all(model, dataset, out: Path, variants, formats, config, max_abs_diff: float = 1e-5,
+                            min_agreement: float = 0.99) -> dict:
+    """In one process, without MLflow (tests, benchmark): every variant, every artifact, the report.
+    Failed variants and failed checks are recorded, never raised."""
+    from tfmlops import optimize
+    from tfmlops.formats import artifacts
+    from tfmlops.formats import report as report_lib
+    from tfmlops.formats.verify import export_and_verify
+
+    out = Path(out)
+    passed, variant_results = optimize.optimize(model, dataset, variants, config)
+    float_predict = lambda x: model.predict(x, batch_size=1024, verbose=0)  # noqa: E731
+    rows = []
+    for variant, fmt in artifacts(variants=list(passed), formats=formats):
+        candidate = passed.get(variant)
+        keras_model = model if candidate is None else candidate.model
+        source = float_predict if keras_model is model or candidate.model is None else \
+            (lambda x, m=keras_model: m.predict(x, batch_size=1024, verbose=0))
+        try:
+            rows.append(export_and_verify(variant, fmt, out / artifact_name(variant, fmt), dataset.x_test,
+                                          dataset.y_test, source, model=keras_model,
+                                          tflite_content=None if candidate is None else candidate.tflite,
+                                          tolerance=tolerance_for(variant, fmt, max_abs_diff, min_agreement)))
+        except FormatCheckError as exc:
+            rows.extend(exc.rows)
+    written = report_lib.write(rows, out / "report", variant_results)
+    return {"variants": variant_results, "artifacts": rows, "report": written,
+            "float_accuracy": float(np.mean(np.argmax(float_predict(dataset.x_test), 1) == dataset.y_test))}

@@ -1,0 +1,74 @@
+"""Steps of ``tf_serving_rollout`` (and the rollout task of the retraining DAGs): a registered MLflow
+version published to, and rolled out over, TF Serving endpoints with :mod:`tfmlops.deploy`, and
+the outcome recorded in MLflow (aliases, ``serving.*`` tags). The only place where deployment
+meets the registry.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from tfmlops import registry
+from tfmlops.deploy.checks import CanaryChecks
+from tfmlops.deploy.endpoint import Endpoint
+from tfmlops.deploy.rollout import PROMOTED, Candidate, Rollout, RolloutBusy
+from tfmlops.steps.retrain import download_serving_artifact, resolve
+
+__all__ = ["PROMOTED", "CanaryChecks", "Endpoint", "RolloutBusy", "fleet_endpoints", "load_canary_holdout",
+           "publish_registered", "rollout_registered"]
+
+
+def load_canary_holdout(uri: str, s3_client=None) -> tuple[np.ndarray, np.ndarray]:
+    """The canary accuracy check's labelled holdout: an ``.npz`` (``x``/``y`` or ``x_test``/``y_test``),
+    local or ``s3://``."""
+    from tfmlops.storage import read_bytes
+
+    with np.load(io.BytesIO(read_bytes(uri, s3_client=s3_client))) as npz:
+        x = npz["x"] if "x" in npz else npz["x_test"]
+        y = npz["y"] if "y" in npz else npz["y_test"]
+    return np.asarray(x, np.float32), np.asarray(y)
+
+
+def fleet_endpoints(fleet: str) -> list[Endpoint]:
+    """The endpoints of the running replicas of a docker SDK fleet (``docker:<fleet>`` targets)."""
+    from tfmlops.deploy.fleet import DockerFleet
+
+    return DockerFleet.from_env(fleet).endpoints()
+
+
+def fetch_candidate(tracking_uri: str, model_name: str, version_or_alias, dst: str | Path) -> Candidate:
+    """Resolve a registered version (number or alias) and download its serving artifact."""
+    model = resolve(tracking_uri, model_name, version_or_alias)
+    saved_model, smoke = download_serving_artifact(tracking_uri, model["serving_artifact_uri"], Path(dst))
+    return Candidate(model_name, model["version"], str(saved_model), smoke)
+
+
+def publish_registered(tracking_uri: str, model_name: str, version_or_alias, endpoints: list[Endpoint],
+                       s3_client=None, on_event=None) -> dict:
+    """Pin every endpoint to what it serves, then publish the version into every models root (see
+    :meth:`tfmlops.deploy.rollout.Rollout.pin_and_publish`). Returns ``{published path: content hash}``
+    with the model and version."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cand = fetch_candidate(tracking_uri, model_name, version_or_alias, tmp)
+        published = Rollout(cand, endpoints, s3_client=s3_client, on_event=on_event).pin_and_publish()
+    return {"model_name": model_name, "version": cand.version, "published": published}
+
+
+def rollout_registered(tracking_uri: str, model_name: str, version_or_alias, endpoints: list[Endpoint],
+                       strategy: str = "replace", checks: CanaryChecks | None = None, keep: int = 2,
+                       timeout_s: float = 120.0, s3_client=None, on_event=None) -> dict:
+    """Roll a registered MLflow version out and record the outcome in MLflow (tags, aliases).
+    Returns the RolloutResult as a dict with ``aliases``; does not raise on a rollback (raises
+    :class:`RolloutBusy`, recording nothing, when another rollout keeps an endpoint locked)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cand = fetch_candidate(tracking_uri, model_name, version_or_alias, tmp)
+        champion = registry.alias_version(tracking_uri, model_name, registry.CHAMPION)
+        if champion is None or int(champion.version) != cand.version:
+            registry.set_alias(tracking_uri, model_name, registry.CHALLENGER, cand.version)
+        result = Rollout(cand, endpoints, strategy, checks, keep, timeout_s, s3_client, on_event).run().to_dict()
+    result["aliases"] = registry.record_rollout(tracking_uri, model_name, cand.version, result)
+    return result

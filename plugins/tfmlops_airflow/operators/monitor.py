@@ -1,0 +1,140 @@
+"""Operators of ``tf_model_monitor``: thin wrappers over :mod:`tfmlops.steps.monitor`.
+
+Health breaches (latency, error rate) fail the task with the numbers
+(:class:`ServingHealthBreached`, no retry: the next scheduled run probes again); quality and drift
+breaches are returned (``retrain`` + ``reason``) for the DAG to trigger ``tf_offline_retrain``.
+Nothing heavy is imported at module level.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from tfmlops_airflow.hooks import TFServingHook
+from tfmlops_airflow.operators.base import TFMLOpsBaseOperator, optional
+
+alert_log = logging.getLogger("tfmlops.alerts")
+
+
+class ServingHealthBreached(AirflowFailException):
+    """Latency or error rate of a served version is over its threshold; the message has the numbers."""
+
+
+def alert_on_failure(context) -> None:
+    """``on_failure_callback``: one ERROR line per failed monitoring task (hook a notifier here)."""
+    ti = context.get("ti") or context.get("task_instance")
+    alert_log.error("ALERT %s.%s failed: %s", getattr(ti, "dag_id", "?"), getattr(ti, "task_id", "?"),
+                    context.get("exception"))
+
+
+def _thresholds(**values):
+    from tfmlops.steps.monitor import Thresholds
+
+    return Thresholds(**{k: float(v) for k, v in values.items() if optional(v) is not None})
+
+
+class MonitorOperator(TFMLOpsBaseOperator):
+    """A check of a served model.
+
+    :param model_name: registered and served model name. (templated)
+    """
+
+    template_fields: Sequence[str] = ("model_name",)
+
+    def __init__(self, *, model_name: str, **kwargs):
+        super().__init__(**kwargs)
+        self.model_name = model_name
+
+
+class ServingHealthOperator(MonitorOperator):
+    """Probe every target endpoint and every AVAILABLE version of the model over REST and gRPC
+    (``requests`` sequential single-row predicts each): p50/p95/p99, throughput, error rate,
+    logged to the model's MLflow monitoring run with trend charts. A breach fails the task
+    (:class:`ServingHealthBreached`) with the numbers.
+
+    :param targets: TF Serving connection ids to probe. (templated)
+    :param requests: requests per endpoint, version and API. (templated)
+    :param max_p99_ms: p99 latency above this is a breach. (templated)
+    :param max_error_rate: share of failed requests above this is a breach. (templated)
+    """
+
+    template_fields: Sequence[str] = (*MonitorOperator.template_fields, "targets", "requests", "max_p99_ms",
+                                      "max_error_rate")
+
+    def __init__(self, *, targets: list[str] | str = ("tf_serving_default",), requests: int | str = 50,
+                 max_p99_ms: float | str = 500.0, max_error_rate: float | str = 0.01, **kwargs):
+        super().__init__(**kwargs)
+        self.targets = targets
+        self.requests = requests
+        self.max_p99_ms = max_p99_ms
+        self.max_error_rate = max_error_rate
+
+    def execute(self, context) -> dict[str, Any]:
+        from tfmlops.steps.monitor import check_health
+
+        endpoints = self.serving_endpoints(self.targets)
+        try:
+            result = check_health(self.tracking_uri, str(self.model_name), endpoints,
+                                  _thresholds(max_p99_ms=self.max_p99_ms, max_error_rate=self.max_error_rate),
+                                  int(self.requests))
+        finally:
+            for ep in endpoints:
+                ep.close()
+        if result["breaches"]:
+            raise ServingHealthBreached(f"{self.model_name}: " + "; ".join(result["breaches"]))
+        return result
+
+
+class ModelQualityDriftOperator(MonitorOperator):
+    """Accuracy/precision/recall/F1 (macro, per class) and the confusion matrix of the served
+    ``champion`` on the newest labeled partitions, and PSI drift of input statistics and
+    predictions vs the version's stored training reference. Returns ``retrain`` and ``reason``.
+
+    :param root: partitions root, a local folder or ``s3://bucket/prefix``. (templated)
+    :param dataset: dataset name, the folder under the root. (templated)
+    :param newest: how many of the newest partitions to use. (templated)
+    :param min_accuracy: accuracy under this asks for a retrain. (templated)
+    :param max_input_psi: PSI of any input statistic above this asks for a retrain. (templated)
+    :param max_prediction_psi: PSI of the predicted classes above this asks for a retrain. (templated)
+    :param reference_rows: training rows sampled when a version's drift reference is first built. (templated)
+    :param tf_serving_conn_id: the TF Serving connection whose champion is evaluated.
+    """
+
+    template_fields: Sequence[str] = (*MonitorOperator.template_fields, "root", "dataset", "newest", "min_accuracy",
+                                      "max_input_psi", "max_prediction_psi", "reference_rows")
+
+    def __init__(self, *, root: str, dataset: str = "mnist_stream", newest: int | str = 1,
+                 min_accuracy: float | str = 0.85, max_input_psi: float | str = 0.25,
+                 max_prediction_psi: float | str = 0.25, reference_rows: int | str = 2000,
+                 tf_serving_conn_id: str = "tf_serving_default", **kwargs):
+        super().__init__(**kwargs)
+        self.root = root
+        self.dataset = dataset
+        self.newest = newest
+        self.min_accuracy = min_accuracy
+        self.max_input_psi = max_input_psi
+        self.max_prediction_psi = max_prediction_psi
+        self.reference_rows = reference_rows
+        self.tf_serving_conn_id = tf_serving_conn_id
+
+    def execute(self, context) -> dict[str, Any]:
+        from tfmlops.steps.monitor import check_quality_drift
+
+        hook = TFServingHook(self.tf_serving_conn_id)
+        try:
+            result = check_quality_drift(
+                self.tracking_uri, str(self.model_name), hook.endpoint(), str(self.root), str(self.dataset),
+                _thresholds(min_accuracy=self.min_accuracy, max_input_psi=self.max_input_psi,
+                            max_prediction_psi=self.max_prediction_psi),
+                newest=int(self.newest), reference_rows=int(self.reference_rows),
+                s3_client=self.s3_client_for(self.root))
+        except LookupError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        finally:
+            hook.close()
+        if result["retrain"]:
+            self.log.warning("retrain needed: %s", result["reason"])
+        return result

@@ -1,0 +1,139 @@
+"""Operators of ``tf_optimize_export``: thin wrappers over :mod:`tfmlops.steps.optimize`
+(TensorFlow, tfmot, tf2onnx, tensorflowjs and MLflow are imported inside ``execute``).
+
+- :class:`OptimizeModelOperator` — one variant (quantization, pruning, distillation), gated
+  against the float model. A variant that is not selected, rejected by the gate or that failed
+  skips this task (and its export) with the reason; it never fails the other variants.
+- :class:`ExportFormatOperator` — one (variant, format) artifact, verified in its runtime;
+  a failed check fails the task with the numbers (no retry: it is deterministic) and the
+  artifact is not attached to the run.
+- :class:`FormatReportOperator` — the trade-off report of the run (JSON, Markdown, PNG).
+
+Each takes ``model``: the registered version as ``ResolveModelVersionOperator`` returns it
+(``model_name``, ``version``, ``run_id``, ``model_uri``), e.g. ``resolve.output``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from tfmlops_airflow.operators.base import DATA_FIELDS, DatasetOperator, id_list, optional
+
+
+class ModelVersionOperator(DatasetOperator):
+    """A step on one resolved model version, with the dataset.
+
+    :param model: the resolved version (``model_name``, ``version``, ``run_id``, ``model_uri``). (templated)
+    """
+
+    template_fields: Sequence[str] = (*DATA_FIELDS, "model")
+
+    def __init__(self, *, model: dict | str, **kwargs):
+        super().__init__(**kwargs)
+        self.model = model
+
+    def resolved(self) -> dict:
+        keys = ("model_name", "version", "run_id", "model_uri")
+        return {**{k: self.model[k] for k in keys}, "version": int(self.model["version"])}
+
+
+class OptimizeModelOperator(ModelVersionOperator):
+    """Build one optimized ``variant`` and gate it (accuracy drop vs the float model).
+
+    :param variant: ``dynamic_range``, ``float16``, ``int8``, ``pruned``, ``pruned_int8`` or ``distilled``.
+    :param variants: the variants selected in this run; another variant skips. (templated)
+    :param int8_samples: training rows calibrating the int8 quantization. (templated)
+    :param target_sparsity: share of Dense kernel weights pruned to zero. (templated)
+    :param pruning_epochs: fine-tuning epochs while pruning. (templated)
+    :param temperature: distillation temperature. (templated)
+    :param alpha: weight of the hard-label loss in distillation. (templated)
+    :param distill_epochs: epochs of student training. (templated)
+    :param teacher: ``trained`` (a larger MLP trained here) or ``source`` (the version itself). (templated)
+    :param max_accuracy_drop: accuracy a variant may lose vs the float model. (templated)
+    """
+
+    template_fields: Sequence[str] = (*ModelVersionOperator.template_fields, "variants", "int8_samples",
+                                      "target_sparsity", "pruning_epochs", "temperature", "alpha", "distill_epochs",
+                                      "teacher", "max_accuracy_drop")
+
+    def __init__(self, *, variant: str, variants: list[str] | str | None = None, int8_samples: int | str = 200,
+                 target_sparsity: float | str = 0.8, pruning_epochs: int | str = 2, temperature: float | str = 4.0,
+                 alpha: float | str = 0.1, distill_epochs: int | str = 3, teacher: str = "trained",
+                 max_accuracy_drop: float | str = 0.01, **kwargs):
+        super().__init__(**kwargs)
+        self.variant = variant
+        self.variants = variants
+        self.int8_samples = int8_samples
+        self.target_sparsity = target_sparsity
+        self.pruning_epochs = pruning_epochs
+        self.temperature = temperature
+        self.alpha = alpha
+        self.distill_epochs = distill_epochs
+        self.teacher = teacher
+        self.max_accuracy_drop = max_accuracy_drop
+
+    def execute(self, context) -> dict[str, Any]:
+        if optional(self.variants) is not None and self.variant not in id_list(self.variants):
+            raise AirflowSkipException(f"variant {self.variant} not selected ({id_list(self.variants)})")
+        from tfmlops.steps.optimize import optimize_variant
+
+        config = {"int8_samples": int(self.int8_samples), "target_sparsity": float(self.target_sparsity),
+                  "pruning_epochs": int(self.pruning_epochs), "temperature": float(self.temperature),
+                  "alpha": float(self.alpha), "distill_epochs": int(self.distill_epochs), "teacher": str(self.teacher),
+                  "max_accuracy_drop": float(self.max_accuracy_drop), "seed": int(self.seed)}
+        result = optimize_variant(self.tracking_uri, self.resolved(), self.variant, self.data_spec(), config,
+                                  stamp=context["run_id"])
+        if result["status"] != "passed":
+            raise AirflowSkipException(f"variant {self.variant} {result['status']}: {result['reason']}")
+        return result
+
+
+class ExportFormatOperator(ModelVersionOperator):
+    """Export ``variant`` (``float`` = the registered model) as ``fmt`` and verify it in its runtime.
+
+    :param variant: ``float`` or an optimized variant (whose candidate an optimize task logged).
+    :param fmt: the format (``saved_model``, ``keras``, ``h5``, ``tflite``, ``onnx``, ``tfjs_*``).
+    :param formats: the formats selected in this run; another format skips. (templated)
+    :param max_abs_diff: float artifacts: largest difference allowed vs the source model. (templated)
+    :param min_agreement: quantized artifacts: share of argmax agreement required. (templated)
+    """
+
+    template_fields: Sequence[str] = (*ModelVersionOperator.template_fields, "formats", "max_abs_diff",
+                                      "min_agreement")
+
+    def __init__(self, *, variant: str, fmt: str, formats: list[str] | str | None = None,
+                 max_abs_diff: float | str = 1e-5, min_agreement: float | str = 0.99, **kwargs):
+        super().__init__(**kwargs)
+        self.variant = variant
+        self.fmt = fmt
+        self.formats = formats
+        self.max_abs_diff = max_abs_diff
+        self.min_agreement = min_agreement
+
+    def execute(self, context) -> dict[str, Any]:
+        if optional(self.formats) is not None and self.fmt not in id_list(self.formats):
+            raise AirflowSkipException(f"format {self.fmt} not selected ({id_list(self.formats)})")
+        from tfmlops.steps.optimize import FormatCheckError, RuntimeUnavailable, export_format
+
+        try:
+            row = export_format(self.tracking_uri, self.resolved(), self.variant, self.fmt, self.data_spec(),
+                                float(self.max_abs_diff), float(self.min_agreement), stamp=context["run_id"])
+        except (FormatCheckError, RuntimeUnavailable) as exc:
+            raise AirflowFailException(str(exc)) from exc
+        return {k: v for k, v in row.items() if k != "checks"} | {
+            "checks": [{k: v for k, v in c.items() if k != "details"} for c in row["checks"]]}
+
+
+class FormatReportOperator(ModelVersionOperator):
+    """The run's trade-off report (runs whatever its upstream tasks did: ``trigger_rule=all_done``)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("trigger_rule", "all_done")
+        super().__init__(**kwargs)
+
+    def execute(self, context) -> dict[str, Any]:
+        from tfmlops.steps.optimize import report
+
+        return report(self.tracking_uri, self.resolved(), stamp=context["run_id"])

@@ -1,0 +1,145 @@
+"""Run the embedded default's servers as background processes: start, health-wait, stop by PID.
+
+Development tooling, not part of the library: used by ``scripts/stack.py`` (``make run`` /
+``make stop``), the test fixtures and the benchmarks. Each
+service runs in its own session (process group), so stopping it stops its workers too; its PID
+is kept in ``<run_dir>/<name>.pid`` and its output in ``<run_dir>/<name>.log``. Starting a
+service whose recorded process is alive reuses it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited child not yet reaped) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def running_pid(name: str, run_dir: Path) -> int | None:
+    pid_file = Path(run_dir) / f"{name}.pid"
+    if not pid_file.exists():
+        return None
+    pid = int(pid_file.read_text().strip() or 0)
+    return pid if pid and _alive(pid) else None
+
+
+def start(name: str, argv: list[str], run_dir: Path, env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> tuple[int, bool]:
+    """Start ``argv`` in the background unless it already runs; returns ``(pid, started)``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pid = running_pid(name, run_dir)
+    if pid:
+        return pid, False
+    with open(run_dir / f"{name}.log", "ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
+    (run_dir / f"{name}.pid").write_text(str(proc.pid))
+    return proc.pid, True
+
+
+def stop(name: str, run_dir: Path, timeout: float = 30.0) -> bool:
+    """SIGTERM the service's process group, then SIGKILL after ``timeout``. True if it was running."""
+    pid_file = Path(run_dir) / f"{name}.pid"
+    pid = running_pid(name, run_dir)
+    if pid:
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.2)
+        _signal_group(pid, signal.SIGKILL)  # stragglers in the group, if any
+        _reap(pid)
+    pid_file.unlink(missing_ok=True)
+    return pid is not None
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def wait_http(url: str, timeout: float, name: str = "", run_dir: Path | None = None,
+              any_status: bool = False) -> None:
+    """Wait until ``url`` answers HTTP 200 (any HTTP answer with ``any_status``); fail early,
+    with the log's tail, if the service died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except urllib.error.HTTPError:
+            if any_status:
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        if name and run_dir and not running_pid(name, run_dir):
+            raise RuntimeError(f"{name} exited before {url} answered:\n{log_tail(name, run_dir)}")
+        time.sleep(0.5)
+    raise TimeoutError(f"{name or url} did not answer within {timeout:.0f} s\n"
+                       f"{log_tail(name, run_dir) if name and run_dir else ''}")
+
+
+def log_tail(name: str, run_dir: Path, lines: int = 30) -> str:
+    path = Path(run_dir) / f"{name}.log"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+def mlflow_server_argv(root: Path, port: int, backend_store_uri: str | None = None) -> list[str]:
+    """A real MLflow tracking + registry server: SQLite backend under ``root`` (or
+    ``backend_store_uri``, e.g. PostgreSQL), local artifact store served by it."""
+    root = Path(root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+            "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
+
+
+def serving_argv(config_file: Path, rest_port: int, grpc_port: int, poll_s: int = 1) -> list[str]:
+    """The TF Serving-compatible local server on a model config file (created empty if missing).
+    Labels are allowed on versions not loaded yet: after a restart the config file still holds the
+    rollouts' labels (``stable``), and TF Serving applies labels before loading, so without the
+    flag it refuses to start on that file."""
+    config_file = Path(config_file).resolve()
+    if not config_file.exists():
+        config_file.parent.mkdir(parents=True, exist_ok=True)
+        config_file.write_text("model_config_list {\n}\n")
+    return [str(BIN / "tf-serving-local"), f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+            f"--model_config_file={config_file}", f"--model_config_file_poll_wait_seconds={poll_s}",
+            f"--file_system_poll_wait_seconds={poll_s}", "--allow_version_labels_for_unavailable_models"]

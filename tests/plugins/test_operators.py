@@ -1,0 +1,325 @@
+"""Unit tests of every operator with its step mocked (as Airflow's providers test their operators):
+what each passes to the step (coerced templated values, hooks built from connections, lineage),
+and how each outcome maps to Airflow (fail without retry, skip, retry, asset events).
+The end-to-end DAG runs against real servers are elsewhere (tests/test_*_e2e.py, tests/*/test_*_dag.py)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from unittest import mock
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+MLFLOW = {"conn_type": "http", "host": "mlflow.test", "port": 5000}
+SERVING = {"conn_type": "http", "host": "serving.test", "port": 9501,
+           "extra": {"grpc_port": 9500, "models_root": "/models", "server_models_root": "/srv/models",
+                     "model_config_file": "/models/models.config"}}
+
+
+@pytest.fixture(autouse=True)
+def connections(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps(MLFLOW))
+    monkeypatch.setenv("AIRFLOW_CONN_TF_SERVING_DEFAULT", json.dumps(SERVING))
+    monkeypatch.setenv("AIRFLOW_CONN_PROBE_ONLY", json.dumps({"conn_type": "http", "host": "probe.test", "port": 1}))
+
+
+def context(**extra) -> dict:
+    ti = SimpleNamespace(dag_id="dag", task_id="task")
+    outlet_events = mock.MagicMock()
+    return {"ti": ti, "run_id": "manual__1", "outlet_events": outlet_events, **extra}
+
+
+TRACKING = "http://mlflow.test:5000"
+LINEAGE = {"airflow.dag_id": "dag", "airflow.run_id": "manual__1", "airflow.task_id": "task"}
+
+
+# ------------------------------------------------------------------------------------ retrain
+def test_resolve_uses_the_connection_and_a_champion_event():
+    from tfmlops_airflow.assets import CHAMPION
+    from tfmlops_airflow.operators.retrain import ResolveModelVersionOperator
+
+    op = ResolveModelVersionOperator(task_id="resolve", model_name="m", version="champion")
+    with mock.patch("tfmlops.steps.retrain.resolve", return_value={"version": 3}) as step:
+        assert op.execute(context()) == {"version": 3}
+        step.assert_called_once_with(TRACKING, "m", "champion")
+        event = SimpleNamespace(extra={"model_name": "other", "version": 7})
+        op.execute(context(triggering_asset_events={CHAMPION: [event]}))
+        step.assert_called_with(TRACKING, "other", 7)
+    with mock.patch("tfmlops.steps.retrain.resolve", side_effect=LookupError("no alias x")):
+        with pytest.raises(AirflowFailException, match="no alias x"):
+            op.execute(context())
+
+
+def test_validate_fails_without_retry_on_bad_data():
+    from tfmlops.data import DatasetError
+    from tfmlops_airflow.operators.retrain import ValidateDatasetOperator
+
+    op = ValidateDatasetOperator(task_id="v", dataset_uri="/data/x.npz", sample_fraction="0.5", seed="3")
+    with mock.patch("tfmlops.steps.retrain.validate_data", side_effect=DatasetError("x.npz: NaN in x_train")) as step:
+        with pytest.raises(AirflowFailException, match="NaN in x_train"):
+            op.execute(context())
+    spec = step.call_args.args[0]
+    assert (spec.uri, spec.sample_fraction, spec.seed, spec.s3_client) == ("/data/x.npz", 0.5, 3, None)
+
+
+def test_train_passes_coerced_configs_and_lineage():
+    from tfmlops_airflow.operators.retrain import TrainModelOperator
+
+    op = TrainModelOperator(task_id="train", experiment="m", epochs="2", batch_size="64", learning_rate="0.01",
+                            hidden_units=["32", 16])
+    with mock.patch("tfmlops.steps.retrain.train", return_value={"run_id": "r"}) as step:
+        assert op.execute(context()) == {"run_id": "r"}
+    kwargs = step.call_args.kwargs
+    assert step.call_args.args == (TRACKING, "m")
+    assert kwargs["tags"] == LINEAGE and kwargs["run_name"] == "manual__1"
+    assert kwargs["model_config"] == {"hidden_units": [32, 16]}
+    assert kwargs["train_config"] == {"epochs": 2, "batch_size": 64, "learning_rate": 0.01}
+
+
+def test_evaluate_and_export_use_the_training_run():
+    from tfmlops_airflow.operators.retrain import EvaluateModelOperator, ExportSavedModelOperator
+
+    for cls, step_name in ((EvaluateModelOperator, "evaluate"), (ExportSavedModelOperator, "export")):
+        op = cls(task_id=step_name, run_id="r1", model_uri="runs:/r1/model")
+        with mock.patch(f"tfmlops.steps.retrain.{step_name}", return_value={"ok": 1}) as step:
+            assert op.execute(context()) == {"ok": 1}
+        assert step.call_args.args[:3] == (TRACKING, "r1", "runs:/r1/model")
+
+
+def test_gate_rejection_skips_with_the_reason():
+    from tfmlops_airflow.operators.retrain import ModelGateOperator
+
+    op = ModelGateOperator(task_id="gate", model_name="m", run_id="r", accuracy="0.93", min_accuracy="0.9",
+                           tolerance="0.005")
+    rejected = {"passed": False, "reason": "worse than the champion's 0.95"}
+    with mock.patch("tfmlops.steps.retrain.gate_against_champion", return_value=rejected) as step:
+        with pytest.raises(AirflowSkipException, match="worse than the champion"):
+            op.execute(context())
+    args = step.call_args.args
+    assert args[:4] == (TRACKING, "m", "r", 0.93) and args[5:] == (0.9, 0.005)
+    with mock.patch("tfmlops.steps.retrain.gate_against_champion", return_value={"passed": True, "reason": "ok"}):
+        assert op.execute(context())["passed"]
+
+
+def test_register_tags_lineage_and_fingerprint():
+    from tfmlops_airflow.operators.retrain import RegisterModelOperator
+
+    op = RegisterModelOperator(task_id="task", model_name="m", run_id="r", model_uri="runs:/r/model",
+                               metrics={"accuracy": 0.9}, dataset_fingerprint="abc")
+    with mock.patch("tfmlops.steps.retrain.register", return_value={"version": 4}) as step:
+        assert op.execute(context()) == {"version": 4}
+    step.assert_called_once_with(TRACKING, "m", "r", "runs:/r/model", {"accuracy": 0.9},
+                                 {**LINEAGE, "dataset_fingerprint": "abc"})
+
+
+# ----------------------------------------------------------------------------------- optimize
+MODEL = {"model_name": "m", "version": "2", "run_id": "r", "model_uri": "models:/m/2", "serving_artifact_uri": "x"}
+
+
+def test_optimize_skips_unselected_and_rejected_variants():
+    from tfmlops_airflow.operators.optimize import OptimizeModelOperator
+
+    op = OptimizeModelOperator(task_id="o", variant="int8", variants=["float16"], model=MODEL)
+    with mock.patch("tfmlops.steps.optimize.optimize_variant") as step:
+        with pytest.raises(AirflowSkipException, match="not selected"):
+            op.execute(context())
+        step.assert_not_called()
+    op = OptimizeModelOperator(task_id="o", variant="int8", variants=["int8"], model=MODEL, int8_samples="50",
+                               max_accuracy_drop="0.02", seed="1")
+    result = {"status": "rejected", "reason": "drop 2.5 pp"}
+    with mock.patch("tfmlops.steps.optimize.optimize_variant", return_value=result) as step:
+        with pytest.raises(AirflowSkipException, match="int8 rejected: drop 2.5 pp"):
+            op.execute(context())
+    args = step.call_args.args
+    assert args[1] == {"model_name": "m", "version": 2, "run_id": "r", "model_uri": "models:/m/2"}
+    assert args[2] == "int8" and args[4]["int8_samples"] == 50 and args[4]["max_accuracy_drop"] == 0.02
+    assert args[4]["seed"] == 1 and step.call_args.kwargs == {"stamp": "manual__1"}
+
+
+def test_export_format_check_failure_fails_the_task():
+    from tfmlops.formats import FormatCheckError
+    from tfmlops_airflow.operators.optimize import ExportFormatOperator
+
+    op = ExportFormatOperator(task_id="e", variant="float", fmt="onnx", formats=["onnx"], model=MODEL,
+                              max_abs_diff="1e-5", min_agreement="0.99")
+    with mock.patch("tfmlops.steps.optimize.export_format", side_effect=FormatCheckError("diff 0.1", [])):
+        with pytest.raises(AirflowFailException, match="diff 0.1"):
+            op.execute(context())
+    row = {"artifact": "float-onnx", "checks": [{"runtime": "onnxruntime", "details": {"big": 1}, "accuracy": 0.9}]}
+    with mock.patch("tfmlops.steps.optimize.export_format", return_value=row):
+        assert op.execute(context())["checks"] == [{"runtime": "onnxruntime", "accuracy": 0.9}]
+    skipped = ExportFormatOperator(task_id="e", variant="float", fmt="onnx", formats="keras,h5", model=MODEL)
+    with pytest.raises(AirflowSkipException, match="not selected"):
+        skipped.execute(context())
+
+
+def test_report_runs_whatever_happened_upstream():
+    from tfmlops_airflow.operators.optimize import FormatReportOperator
+
+    op = FormatReportOperator(task_id="report", model=MODEL)
+    assert op.trigger_rule == "all_done"
+    with mock.patch("tfmlops.steps.optimize.report", return_value={"verified": []}) as step:
+        op.execute(context())
+    assert step.call_args.kwargs == {"stamp": "manual__1"}
+
+
+# ------------------------------------------------------------------------------------ rollout
+def test_hook_builds_the_endpoint_from_the_connection():
+    from tfmlops_airflow.hooks import TFServingHook
+
+    ep = TFServingHook().endpoint()
+    assert (ep.name, ep.host, ep.rest_port, ep.grpc_port) == ("tf_serving_default", "serving.test", 9501, 9500)
+    assert (ep.models_root, ep.server_models_root, ep.model_config_file) == (
+        "/models", "/srv/models", "/models/models.config")
+    assert ep.base_path("m") == "/srv/models/m"
+    probe = TFServingHook("probe_only").endpoint()
+    assert (probe.rest_port, probe.grpc_port, probe.models_root, probe.model_config_file) == (1, 8500, "", None)
+
+
+def test_publish_needs_a_models_root_and_closes_its_endpoints():
+    from tfmlops_airflow.operators.rollout import PublishServingVersionOperator
+    from tfmlops_airflow.params import ROLLOUT_POOL
+
+    op = PublishServingVersionOperator(task_id="publish", model_name="m", version=3, targets="tf_serving_default")
+    assert op.pool == ROLLOUT_POOL
+    with mock.patch("tfmlops.steps.rollout.publish_registered", return_value={"version": 3}) as step, \
+            mock.patch("tfmlops.deploy.endpoint.Endpoint.close") as close:
+        assert op.execute(context()) == {"version": 3}
+    (endpoint,) = step.call_args.args[3]
+    assert endpoint.name == "tf_serving_default" and step.call_args.kwargs["s3_client"] is None
+    close.assert_called_once()
+    op = PublishServingVersionOperator(task_id="publish", model_name="m", version=3, targets=["probe_only"])
+    with pytest.raises(AirflowFailException, match="probe_only.*models_root"):
+        op.execute(context())
+
+
+def test_rollout_maps_rollback_and_promotion():
+    from tfmlops_airflow.assets import CHAMPION
+    from tfmlops_airflow.operators.rollout import ServingRolloutFailed, ServingRolloutOperator
+
+    op = ServingRolloutOperator(task_id="rollout", model_name="m", version="3", targets=["tf_serving_default"],
+                                strategy="canary", holdout_uri="None", min_accuracy="0.9", latency_budget_ms="None",
+                                keep="2", announce_champion=True)
+    assert op.outlets == [CHAMPION]
+    rolled_back = {"outcome": "rolled_back", "version": 3, "rolled_back": ["tf_serving_default"],
+                   "reason": "canary accuracy 0.5 < 0.9"}
+    with mock.patch("tfmlops.steps.rollout.rollout_registered", return_value=rolled_back) as step, \
+            mock.patch("tfmlops.steps.rollout.load_canary_holdout") as holdout:
+        with pytest.raises(ServingRolloutFailed, match="canary accuracy 0.5"):
+            op.execute(context())
+    holdout.assert_not_called()  # "None" from an unset Param means no holdout
+    args = step.call_args.args
+    assert args[:3] == (TRACKING, "m", "3") and args[4:7] == ("canary", args[5], 2)
+    assert (args[5].min_accuracy, args[5].latency_budget_ms) == (0.9, None)
+    promoted = {k: k for k in ("model", "strategy", "endpoints", "old_versions", "checks", "published", "retired",
+                               "aliases", "seconds")} | {"outcome": "promoted", "version": 3}
+    ctx = context()
+    with mock.patch("tfmlops.steps.rollout.rollout_registered", return_value=promoted):
+        assert op.execute(ctx)["outcome"] == "promoted"
+    assert ctx["outlet_events"][CHAMPION].extra == {"model_name": "m", "version": 3}
+
+
+def test_docker_targets_come_from_the_fleet():
+    from tfmlops.deploy.endpoint import Endpoint
+    from tfmlops_airflow.operators.rollout import ServingRolloutOperator
+
+    op = ServingRolloutOperator(task_id="rollout", model_name="m", version=1, targets="docker:blue,tf_serving_default")
+    replicas = [Endpoint("blue-0", models_root="/m"), Endpoint("blue-1", models_root="/m")]
+    with mock.patch("tfmlops.steps.rollout.fleet_endpoints", return_value=replicas) as fleet:
+        names = [ep.name for ep in op.serving_endpoints(op.targets)]
+    fleet.assert_called_once_with("blue")
+    assert names == ["blue-0", "blue-1", "tf_serving_default"]
+    with pytest.raises(AirflowFailException, match="no serving endpoints"):
+        op.serving_endpoints("None")
+
+
+# ------------------------------------------------------------------------------------- online
+def test_simulate_announces_the_partition():
+    from tfmlops_airflow.assets import NEW_PARTITIONS
+    from tfmlops_airflow.operators.online import SimulatePartitionOperator
+
+    op = SimulatePartitionOperator(task_id="simulate", root="/parts", dataset="ds", size="30", drift="noise",
+                                   amount="0.5", seed="-1")
+    written = {"dataset": "ds", "partition_id": "p1", "uri": "/parts/ds/incoming/p1/data.npz", "drift": "noise",
+               "amount": 0.5}
+    ctx = context()
+    with mock.patch("tfmlops.steps.simulate.simulate", return_value=written) as step:
+        op.execute(ctx)
+    assert step.call_args.args == ("/parts", "ds", 30, "noise", 0.5, None)
+    event = ctx["outlet_events"][NEW_PARTITIONS]
+    event.add_partitions.assert_called_once_with("ds|p1")
+    assert event.extra == {**written, "root": "/parts"}
+
+
+def test_ingest_reads_the_partition_of_its_run():
+    from tfmlops_airflow.assets import NEW_PARTITIONS
+    from tfmlops_airflow.operators.online import IngestPartitionsOperator
+
+    op = IngestPartitionsOperator(task_id="ingest", root="/parts", dataset="ds", partitions="None")
+    event = SimpleNamespace(extra={"dataset": "ds", "partition_id": "p2", "root": "/elsewhere"})
+    found = {"valid": [{"partition_id": "p2"}], "quarantined": [], "consumed": [], "missing": []}
+    with mock.patch("tfmlops.steps.online.ingest", return_value=found) as step:
+        result = op.execute(context(partition_key="ds|p2", triggering_asset_events={NEW_PARTITIONS: [event]}))
+    assert step.call_args.args[:3] == ("/elsewhere", "ds", ["p2"]) and result["root"] == "/elsewhere"
+    assert result["valid_ids"] == ["p2"]
+    with pytest.raises(AirflowSkipException, match="belongs to dataset 'other'"):
+        op.execute(context(partition_key="other|p1"))
+    with pytest.raises(AirflowFailException, match="is not '<dataset>|<partition-id>'"):
+        op.execute(context(partition_key="no-separator"))
+    nothing = {"valid": [], "quarantined": [{"partition_id": "p3", "reason": "NaN"}], "consumed": ["p1"], "missing": []}
+    with mock.patch("tfmlops.steps.online.ingest", return_value=nothing) as step:
+        with pytest.raises(AirflowSkipException, match=r"quarantined \['p3'\], already consumed \['p1'\]"):
+            IngestPartitionsOperator(task_id="i", root="/parts", dataset="ds", partitions="").execute(context())
+    assert step.call_args.args[2] is None  # every partition not consumed yet
+
+
+def test_online_update_outcomes():
+    from tfmlops.steps.online import OnlineUpdateError
+    from tfmlops_airflow.operators.online import OnlineUpdateOperator
+
+    op = OnlineUpdateOperator(task_id="task", model_name="m", root="/parts", dataset="ds", partition_ids=["p1"],
+                              epochs="3", learning_rate="0.0003", holdout_rows="500")
+    outcomes = [({"status": "noop", "partitions": ["p1"]}, AirflowSkipException, "already consumed"),
+                ({"status": "rejected", "gate": {"reason": "gain +0.0000"}}, AirflowSkipException, "gain"),
+                (OnlineUpdateError("no champion to update"), AirflowFailException, "no champion")]
+    for outcome, raised, match in outcomes:
+        kwargs = {"side_effect": outcome} if isinstance(outcome, Exception) else {"return_value": outcome}
+        with mock.patch("tfmlops.steps.online.update", **kwargs) as step, pytest.raises(raised, match=match):
+            op.execute(context())
+    args, kwargs = step.call_args.args, step.call_args.kwargs
+    assert args[:5] == (TRACKING, "m", "/parts", "ds", ["p1"]) and kwargs["tags"] == LINEAGE
+    assert (args[5].epochs, args[5].learning_rate, args[5].holdout_rows) == (3, 0.0003, 500)
+    with mock.patch("tfmlops.steps.online.update", return_value={"status": "registered", "version": 5}):
+        assert op.execute(context())["version"] == 5
+
+
+# ------------------------------------------------------------------------------------ monitor
+def test_health_breach_fails_with_the_numbers():
+    from tfmlops_airflow.operators.monitor import ServingHealthBreached, ServingHealthOperator
+
+    op = ServingHealthOperator(task_id="health", model_name="m", targets="tf_serving_default,probe_only",
+                               requests="20", max_p99_ms="250", max_error_rate="None")
+    breached = {"breaches": ["tf_serving_default version 2 REST: p99 latency 300.0 ms > 250.0 ms"]}
+    with mock.patch("tfmlops.steps.monitor.check_health", return_value=breached) as step:
+        with pytest.raises(ServingHealthBreached, match="p99 latency 300.0 ms"):
+            op.execute(context())
+    tracking, model, endpoints, thresholds, requests = step.call_args.args
+    assert [ep.name for ep in endpoints] == ["tf_serving_default", "probe_only"] and requests == 20
+    assert (thresholds.max_p99_ms, thresholds.max_error_rate) == (250.0, 0.01)  # unset: the default
+
+
+def test_quality_drift_returns_the_retrain_decision():
+    from tfmlops_airflow.operators.monitor import ModelQualityDriftOperator
+
+    op = ModelQualityDriftOperator(task_id="q", model_name="m", root="/parts", dataset="ds", newest="2",
+                                   min_accuracy="0.8", max_input_psi="0.3", max_prediction_psi="0.3")
+    decision = {"retrain": True, "reason": "input drift"}
+    with mock.patch("tfmlops.steps.monitor.check_quality_drift", return_value=decision) as step:
+        assert op.execute(context()) == decision
+    assert step.call_args.args[2].name == "tf_serving_default" and step.call_args.kwargs["newest"] == 2
+    assert step.call_args.args[5].min_accuracy == 0.8
+    with mock.patch("tfmlops.steps.monitor.check_quality_drift", side_effect=LookupError("not AVAILABLE")):
+        with pytest.raises(AirflowFailException, match="not AVAILABLE"):
+            op.execute(context())
