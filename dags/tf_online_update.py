@@ -44,7 +44,7 @@ Connections: `mlflow_default`, `tf_serving_default` (targets), `aws_default` for
 PARAMS = {
     "model_name": params.model_name("Registered model whose champion is updated (= served name)."),
     **params.partitions(),
-    "partitions": Param("", type="string", maxLength=4000, title="Partitions",
+    "partitions": Param(None, type=["null", "string"], maxLength=4000, title="Partitions",
                         description="Comma-separated partition ids; empty = every partition not consumed yet."),
     "replay_fraction": Param(0.5, type="number", minimum=0, maximum=0.9, title="Replay fraction",
                              description="Share of the fine-tuning rows drawn from earlier data (against forgetting)."),

@@ -64,7 +64,7 @@ def rollout(strategy: str = "replace", targets_description: str | None = None) -
         "strategy": Param(strategy, type="string", enum=["replace", "canary"], title="Rollout strategy",
                           description="replace: load next to the old version, check, switch; "
                                       "canary: stable/canary labels, checks, promote."),
-        "canary_holdout_uri": Param("", type="string", maxLength=1000, title="Canary holdout",
+        "canary_holdout_uri": Param(None, type=["null", "string"], maxLength=1000, title="Canary holdout",
                                     description="Canary accuracy check through the server: .npz with x/y (or "
                                                 "x_test/y_test) as float features, local or s3://. Empty: no check."),
         "canary_min_accuracy": Param(0.9, type="number", minimum=0, maximum=1, title="Canary minimum accuracy",
