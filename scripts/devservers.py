@@ -9,6 +9,7 @@ service whose recorded process is alive reuses it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -41,31 +42,56 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def running_pid(name: str, run_dir: Path) -> int | None:
-    pid_file = Path(run_dir) / f"{name}.pid"
-    if not pid_file.exists():
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22): with the PID,
+    it identifies one process, so a PID reused after a crash is never mistaken for ours."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return None
-    pid = int(pid_file.read_text().strip() or 0)
-    return pid if pid and _alive(pid) else None
+    return stat[stat.rindex(")") + 2:].split()[19]
+
+
+def _record(name: str, run_dir: Path) -> dict | None:
+    try:
+        record = json.loads((Path(run_dir) / f"{name}.pid").read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("pid"), int) else None
+
+
+def running_pid(name: str, run_dir: Path) -> int | None:
+    """The PID of the service when the process recorded at its start still runs (same PID *and*
+    same start time); None otherwise, e.g. when the PID now belongs to another process."""
+    record = _record(name, run_dir)
+    if record is None or not _alive(record["pid"]) or _start_time(record["pid"]) != record.get("start_time"):
+        return None
+    return record["pid"]
 
 
 def start(name: str, argv: list[str], run_dir: Path, env: dict[str, str] | None = None,
-          cwd: Path | None = None) -> tuple[int, bool]:
-    """Start ``argv`` in the background unless it already runs; returns ``(pid, started)``."""
+          cwd: Path | None = None, supervise: bool = False) -> tuple[int, bool]:
+    """Start ``argv`` in the background unless it already runs; returns ``(pid, started)``. With
+    ``supervise``, a supervisor process (:func:`supervise`) runs it and restarts it when it dies."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     pid = running_pid(name, run_dir)
     if pid:
         return pid, False
+    if supervise:
+        (run_dir / f"{name}.restarts").unlink(missing_ok=True)
+        argv = [sys.executable, str(Path(__file__).resolve()), "supervise", name, str(run_dir), "--", *argv]
     with open(run_dir / f"{name}.log", "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
-    (run_dir / f"{name}.pid").write_text(str(proc.pid))
+    record = {"pid": proc.pid, "start_time": _start_time(proc.pid), "argv": argv}
+    (run_dir / f"{name}.pid").write_text(json.dumps(record))
     return proc.pid, True
 
 
 def stop(name: str, run_dir: Path, timeout: float = 30.0) -> bool:
-    """SIGTERM the service's process group, then SIGKILL after ``timeout``. True if it was running."""
+    """SIGTERM the service's process group, then SIGKILL after ``timeout``. True if it was running.
+    A PID file whose process is gone, or whose PID now belongs to another process, is only removed."""
     pid_file = Path(run_dir) / f"{name}.pid"
     pid = running_pid(name, run_dir)
     if pid:
@@ -78,6 +104,49 @@ def stop(name: str, run_dir: Path, timeout: float = 30.0) -> bool:
         _reap(pid)
     pid_file.unlink(missing_ok=True)
     return pid is not None
+
+
+def restarts(name: str, run_dir: Path) -> dict | None:
+    """A supervised service's restart record: ``count``, ``last_exit``, ``last_restart`` (epoch s)."""
+    try:
+        return json.loads((Path(run_dir) / f"{name}.restarts").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def supervise(name: str, run_dir: Path, argv: list[str], max_backoff_s: float = 30.0) -> int:
+    """Run ``argv`` and start it again whenever it exits (back-off 1 s, doubling up to
+    ``max_backoff_s``; reset after a minute of uptime), recording each restart in
+    ``<run_dir>/<name>.restarts``. SIGTERM/SIGINT stop the child and the supervisor."""
+    stopping = False
+    child: subprocess.Popen | None = None
+
+    def on_signal(signum, _frame):
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    backoff, count = 1.0, 0
+    while True:
+        started = time.monotonic()
+        child = subprocess.Popen(argv)
+        code = child.wait()
+        if stopping:
+            return 0
+        crashed_soon = count and time.monotonic() - started <= 60
+        backoff = min(backoff * 2, max_backoff_s) if crashed_soon else 1.0
+        count += 1
+        print(f"[supervisor] {name} exited with {code}; restart {count} in {backoff:.0f} s", flush=True)
+        record = {"count": count, "last_exit": code, "last_restart": time.time() + backoff}
+        (Path(run_dir) / f"{name}.restarts").write_text(json.dumps(record))
+        deadline = time.monotonic() + backoff
+        while not stopping and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if stopping:
+            return 0
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -143,3 +212,9 @@ def serving_argv(config_file: Path, rest_port: int, grpc_port: int, poll_s: int 
     return [str(BIN / "tf-serving-local"), f"--port={grpc_port}", f"--rest_api_port={rest_port}",
             f"--model_config_file={config_file}", f"--model_config_file_poll_wait_seconds={poll_s}",
             f"--file_system_poll_wait_seconds={poll_s}", "--allow_version_labels_for_unavailable_models"]
+
+
+if __name__ == "__main__":  # python devservers.py supervise NAME RUN_DIR -- ARGV...
+    if len(sys.argv) < 5 or sys.argv[1] != "supervise" or sys.argv[4] != "--":
+        sys.exit("usage: devservers.py supervise NAME RUN_DIR -- ARGV...")
+    sys.exit(supervise(sys.argv[2], Path(sys.argv[3]), sys.argv[5:]))

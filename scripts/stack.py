@@ -45,13 +45,28 @@ AIRFLOW_SERVICES = ("airflow-api-server", "airflow-scheduler", "airflow-dag-proc
 ALL_SERVICES = ("mlflow", "tf-serving-local", *AIRFLOW_SERVICES)
 
 
+PASSWORDS_FILE = AIRFLOW_HOME / "simple_auth_manager_passwords.json.generated"
+
+
+def secret_file(path: Path, make) -> str:
+    """A secret kept in ``path``, readable by the owner only (0600), created with ``make()``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(make())
+    path.chmod(0o600)  # also a file an earlier version left world-readable
+    return path.read_text().strip()
+
+
 def airflow_env() -> dict[str, str]:
-    AIRFLOW_HOME.mkdir(parents=True, exist_ok=True)
-    secret_file = AIRFLOW_HOME / "jwt_secret"
-    if not secret_file.exists():  # every component must sign/verify task tokens with the same key
-        secret_file.write_text(secrets.token_urlsafe(32))
+    # every component must sign/verify task tokens with the same key
+    jwt_secret = secret_file(AIRFLOW_HOME / "jwt_secret", lambda: secrets.token_urlsafe(32))
+    # the UI password, generated here (not by Airflow, which writes its file world-readable)
+    secret_file(PASSWORDS_FILE, lambda: json.dumps({USER: secrets.token_urlsafe(12)}))
     return {
         "TF_USE_LEGACY_KERAS": "1",
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",  # registered models are data, never unpickled
         "AIRFLOW_HOME": str(AIRFLOW_HOME),
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
@@ -61,7 +76,8 @@ def airflow_env() -> dict[str, str]:
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{AIRFLOW_URL}/execution/",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}",
-        "AIRFLOW__API_AUTH__JWT_SECRET": secret_file.read_text().strip(),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(PASSWORDS_FILE),
+        "AIRFLOW__API_AUTH__JWT_SECRET": jwt_secret,
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(PORTS["airflow"]),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
@@ -75,16 +91,17 @@ def airflow_env() -> dict[str, str]:
     }
 
 
-def _start(name: str, argv: list[str], env: dict | None = None) -> None:
-    pid, started = devservers.start(name, argv, RUN, env=env, cwd=ROOT)
+def _start(name: str, argv: list[str], env: dict | None = None, supervise: bool = False) -> None:
+    pid, started = devservers.start(name, argv, RUN, env=env, cwd=ROOT, supervise=supervise)
     print(f"  {name:<22} {'started' if started else 'already running'} (pid {pid}, log var/run/{name}.log)")
 
 
 def up() -> None:
     print("Starting the embedded default stack:")
     _start("mlflow", devservers.mlflow_server_argv(VAR / "mlflow", PORTS["mlflow"]))
+    # supervised: restarted with back-off when it dies (make status shows the restarts)
     _start("tf-serving-local", devservers.serving_argv(CONFIG_FILE, PORTS["rest"], PORTS["grpc"]),
-           env={"TF_USE_LEGACY_KERAS": "1"})
+           env={"TF_USE_LEGACY_KERAS": "1"}, supervise=True)
     env = airflow_env()
     airflow = str(devservers.BIN / "airflow")
     if not any(devservers.running_pid(name, RUN) for name in AIRFLOW_SERVICES):
@@ -94,7 +111,9 @@ def up() -> None:
             devservers.subprocess.run([airflow, *step], env={**os.environ, **env}, check=True,
                                       stdout=devservers.subprocess.DEVNULL)
     _start("airflow-api-server", [airflow, "api-server", "--host", "127.0.0.1", "--port", str(PORTS["airflow"])], env)
-    _start("airflow-scheduler", [airflow, "scheduler"], env)
+    # no log server: it binds every interface (port 8793) and is only needed when workers run on
+    # other machines; here the API server reads the task logs from var/airflow/logs itself
+    _start("airflow-scheduler", [airflow, "scheduler", "--skip-serve-logs"], env)
     _start("airflow-dag-processor", [airflow, "dag-processor"], env)
     devservers.wait_http(f"{MLFLOW_URL}/health", 120, "mlflow", RUN)
     devservers.wait_http(f"{REST_URL}/v1/models/_", 120, "tf-serving-local", RUN, any_status=True)
@@ -120,11 +139,7 @@ class AirflowAPI:
 
 
 def password() -> str:
-    generated = AIRFLOW_HOME / "simple_auth_manager_passwords.json.generated"
-    deadline = time.monotonic() + 60
-    while not generated.exists() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return json.loads(generated.read_text())[USER]
+    return json.loads(PASSWORDS_FILE.read_text())[USER]
 
 
 def wait_for_dag(api: AirflowAPI, dag_id: str, unpause: bool = False) -> dict:
@@ -270,7 +285,12 @@ def stop() -> None:
 def status() -> None:
     for name in ALL_SERVICES:
         pid = devservers.running_pid(name, RUN)
-        print(f"  {name:<22} {'running (pid %d)' % pid if pid else 'stopped'}")
+        line = f"  {name:<22} {'running (pid %d)' % pid if pid else 'stopped'}"
+        restarts = devservers.restarts(name, RUN)
+        if restarts:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(restarts["last_restart"]))
+            line += f", restarted {restarts['count']}x (last exit {restarts['last_exit']}, at {when})"
+        print(line)
 
 
 def main() -> int:

@@ -27,6 +27,8 @@ os.environ.update({
     "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}",
+    # the tests' partitions live in pytest's temporary folders
+    "AIRFLOW__TFMLOPS__ALLOWED_PARTITIONS_ROOTS": tempfile.gettempdir(),
 })
 for folder in ("plugins", "dags", "scripts"):  # plugins and dags as Airflow puts them on sys.path; scripts: devservers
     if str(ROOT / folder) not in sys.path:

@@ -436,3 +436,88 @@ def test_docker_socket_is_optional(services):
     worker = override["services"]["airflow-worker"]
     assert "/var/run/docker.sock:/var/run/docker.sock" in worker["volumes"]
     assert worker["environment"]["DOCKER_HOST"] == "unix:///var/run/docker.sock"
+
+
+# ----------------------------------------------------------------------------------- secrets
+def good_secrets() -> dict[str, str]:
+    """The .env.example values with every change-me secret replaced, as a user's .env would be."""
+    import secrets as pysecrets
+
+    from cryptography.fernet import Fernet
+
+    env = {k: (pysecrets.token_urlsafe(16) if v.startswith("change-me") else v) for k, v in env_example().items()}
+    env["AIRFLOW_FERNET_KEY"] = Fernet.generate_key().decode()
+    return env
+
+
+def run_config_check(env: dict[str, str], **override: str) -> subprocess.CompletedProcess:
+    """docker/check-config.sh with the environment compose gives the config-check service
+    (``override``: values compose itself would refuse, e.g. an empty required one)."""
+    check = load_compose(env=env)["services"]["config-check"]
+    return subprocess.run(["sh", str(ROOT / "docker" / "check-config.sh")], env={**environment(check), **override},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_every_service_waits_for_the_config_check(services):
+    """Nothing starts before config-check has passed: each service depends on it, directly or
+    through a service that does."""
+    def waits(name: str, seen=()) -> bool:
+        deps = services[name].get("depends_on") or {}
+        return "config-check" in deps or any(waits(d, (*seen, name)) for d in deps if d not in seen)
+
+    assert {n for n in services if n != "config-check" and not waits(n)} == set()
+    assert services["config-check"]["volumes"] == ["./docker/check-config.sh:/check-config.sh:ro"]
+
+
+def test_an_unedited_env_example_is_refused_naming_each_secret():
+    out = run_config_check(env_example())
+    assert out.returncode == 1
+    for name in ("AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_FERNET_KEY", "MLFLOW_ADMIN_PASSWORD", "MINIO_ROOT_PASSWORD",
+                 "S3_SECRET_ACCESS_KEY", "REDIS_PASSWORD"):
+        assert f"  {name} is still the placeholder of .env.example" in out.stderr, out.stderr
+    assert run_config_check(good_secrets()).returncode == 0
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"AIRFLOW_FERNET_KEY": "not-a-fernet-key"}, "AIRFLOW_FERNET_KEY is not a Fernet key"),
+    ({"REDIS_PASSWORD": ""}, "REDIS_PASSWORD is empty"),
+    ({"MLFLOW_FLASK_SECRET_KEY": "change-me-too"}, "MLFLOW_FLASK_SECRET_KEY is still the placeholder"),
+    ({"S3_ACCESS_KEY_ID": "tfmlops"}, "S3_ACCESS_KEY_ID is MINIO_ROOT_USER"),
+])
+def test_each_bad_setting_is_refused_by_name(change, message):
+    out = run_config_check(good_secrets(), **change)
+    assert out.returncode == 1 and message in out.stderr, out.stderr
+
+
+def test_compose_refuses_an_empty_fernet_key(tmp_path):
+    env = {**good_secrets(), "AIRFLOW_FERNET_KEY": ""}
+    with pytest.raises(KeyError, match="AIRFLOW_FERNET_KEY"):
+        load_compose(env=env)
+    cli = _compose_cli()
+    if cli is None:
+        pytest.skip("neither docker-compose nor the docker compose plugin is installed")
+    env_file = tmp_path / ".env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    out = subprocess.run([*cli, "--env-file", str(env_file), "--project-directory", str(ROOT), "-f", str(COMPOSE),
+                          "config", "-q"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode != 0 and "AIRFLOW_FERNET_KEY" in out.stdout + out.stderr
+
+
+def test_redis_and_mlflow_require_credentials(services):
+    redis = services["redis"]
+    assert redis["command"][:2] == ["redis-server", "--requirepass"] and redis["command"][2]
+    broker = environment(services["airflow-worker"])["AIRFLOW__CELERY__BROKER_URL"]
+    assert broker == f"redis://:{redis['command'][2]}@redis:6379/0"
+    mlflow, worker = services["mlflow"], environment(services["airflow-worker"])
+    assert "--app-name=basic-auth" in mlflow["command"]
+    assert environment(mlflow)["MLFLOW_AUTH_ADMIN_PASSWORD"] == worker["MLFLOW_TRACKING_PASSWORD"]
+    ini = (ROOT / "docker" / "mlflow" / "basic_auth.ini").read_text()
+    assert f"admin_username = {worker['MLFLOW_TRACKING_USERNAME'].split()[0]}" in ini
+    assert worker["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
+    minio_init = environment(services["minio-init"])
+    assert minio_init["APP_ACCESS_KEY_ID"] == worker_s3_login(services) != environment(services["minio"])[
+        "MINIO_ROOT_USER"]
+
+
+def worker_s3_login(services) -> str:
+    return json.loads(environment(services["airflow-worker"])["AIRFLOW_CONN_AWS_DEFAULT"])["login"]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 
 from tfmlops import data
-from tfmlops.storage import list_s3_keys, read_bytes, s3, split_s3_uri, write_bytes
+from tfmlops.storage import checked_name, list_s3_keys, read_bytes, s3, split_s3_uri, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,11 @@ def _join(*parts: str) -> str:
     return "/".join([str(parts[0]).rstrip("/"), *[p.strip("/") for p in parts[1:]]])
 
 
+def dataset_path(root: str, dataset: str, *parts: str) -> str:
+    """``<root>/<dataset>/<parts...>``; the dataset name must be one path segment (checked)."""
+    return _join(root, checked_name(dataset, "dataset"), *parts)
+
+
 def _list_keys(uri_prefix: str, s3_client) -> list[str]:
     bucket, prefix = split_s3_uri(uri_prefix)
     return list(list_s3_keys(s3(s3_client), bucket, prefix.rstrip("/") + "/"))
@@ -44,7 +49,7 @@ def _list_keys(uri_prefix: str, s3_client) -> list[str]:
 
 def list_partitions(root: str, dataset: str, area: str = "incoming", s3_client=None) -> dict[str, str]:
     """``{partition_id: data file URI}`` of the partitions in ``incoming`` (or ``quarantine``), sorted by id."""
-    base = _join(root, dataset, area)
+    base = dataset_path(root, dataset, area)
     found: dict[str, str] = {}
     if base.startswith("s3://"):
         bucket, prefix = split_s3_uri(base)
@@ -63,19 +68,21 @@ def list_partitions(root: str, dataset: str, area: str = "incoming", s3_client=N
 
 def read_ledger(root: str, dataset: str, s3_client=None) -> dict:
     try:
-        return json.loads(read_bytes(_join(root, dataset, LEDGER), s3_client=s3_client))
+        return json.loads(read_bytes(dataset_path(root, dataset, LEDGER), s3_client=s3_client))
     except FileNotFoundError:
         return {"partitions": {}}
 
 
 def write_ledger(root: str, dataset: str, ledger: dict, s3_client=None) -> None:
-    write_bytes(_join(root, dataset, LEDGER), json.dumps(ledger, indent=1, sort_keys=True).encode(),
+    write_bytes(dataset_path(root, dataset, LEDGER), json.dumps(ledger, indent=1, sort_keys=True).encode(),
                 s3_client=s3_client)
 
 
 def quarantine(root: str, dataset: str, partition_id: str, reason: str, s3_client=None) -> str:
     """Move ``incoming/<id>/`` to ``quarantine/<id>/`` and write ``reason.json`` there."""
-    src, dst = _join(root, dataset, "incoming", partition_id), _join(root, dataset, "quarantine", partition_id)
+    checked_name(partition_id, "partition id")
+    src = dataset_path(root, dataset, "incoming", partition_id)
+    dst = dataset_path(root, dataset, "quarantine", partition_id)
     if src.startswith("s3://"):
         client = s3(s3_client)
         bucket, src_prefix = split_s3_uri(src)

@@ -6,6 +6,7 @@ Every function takes the tracking URI explicitly (the Airflow hook reads it from
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from pathlib import Path
@@ -68,8 +69,29 @@ def log_confusion_matrix(tracking_uri: str, run_id: str, matrix: list[list[int]]
         mlf.log_artifact(run_id, str(raw), artifact_path="evaluation")
 
 
+@contextlib.contextmanager
+def _no_pickled_custom_objects():
+    """MLflow pickles Keras' whole global custom-object registry into every model it logs
+    (``global_custom_objects.cloudpickle``) whenever that registry is not empty — and
+    tensorflow-model-optimization fills it on import. Loading such a model means unpickling, which
+    :mod:`tfmlops.model_files` refuses. The project's models are built from Keras' own layers only,
+    so the registry is emptied while the model is saved (tasks save one model at a time)."""
+    import mlflow.tensorflow
+
+    custom_objects = mlflow.tensorflow.get_global_custom_objects()
+    saved = dict(custom_objects or {})
+    if custom_objects:
+        custom_objects.clear()
+    try:
+        yield
+    finally:
+        if custom_objects is not None:
+            custom_objects.update(saved)
+
+
 def log_keras_model(tracking_uri: str, run_id: str, model, input_example) -> str:
-    """Log a tf_keras model with the ``mlflow.tensorflow`` flavour and a signature; returns its URI.
+    """Log a tf_keras model with the ``mlflow.tensorflow`` flavour and a signature (no pickled custom
+    objects: :func:`_no_pickled_custom_objects`); returns its URI.
 
     Explicit ``pip_requirements`` skip MLflow's requirement inference, which imports TensorFlow in
     a subprocess (~20 s instead of ~0.3 s)."""
@@ -81,17 +103,21 @@ def log_keras_model(tracking_uri: str, run_id: str, model, input_example) -> str
     signature = infer_signature(input_example, model(input_example, training=False).numpy())
     requirements = [f"{pkg}=={md.version(pkg)}" for pkg in ("tensorflow", "tf-keras")]
     mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=run_id), _no_pickled_custom_objects():
         info = mlflow.tensorflow.log_model(model, name="model", signature=signature,
                                            pip_requirements=requirements)
     return info.model_uri
 
 
 def load_keras_model(tracking_uri: str, model_uri: str):
-    import mlflow.tensorflow
+    """The Keras model at ``model_uri`` (``models:/``, ``runs:/``), loaded without running code from the
+    registry: not through ``mlflow.tensorflow.load_model``, which unpickles custom objects and puts a
+    model's code directory on ``sys.path``, but by :func:`tfmlops.model_files.load_mlflow_keras_model`
+    (refuses those, checks the architecture, loads in Keras safe mode)."""
+    from tfmlops.model_files import load_mlflow_keras_model
 
-    mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.tensorflow.load_model(model_uri)
+    with tempfile.TemporaryDirectory(prefix="tfmlops-model-") as tmp:
+        return load_mlflow_keras_model(download(tracking_uri, model_uri, tmp))
 
 
 def download(tracking_uri: str, artifact_uri: str, dst: str | Path) -> Path:

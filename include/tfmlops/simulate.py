@@ -27,7 +27,8 @@ import time
 import numpy as np
 
 from tfmlops import data
-from tfmlops.storage import write_bytes
+from tfmlops.partitions import dataset_path
+from tfmlops.storage import checked_name, write_bytes
 
 DRIFTS = ("none", "rotation", "noise", "imbalance", "label_noise")
 MAX_ROTATION_DEG = 60.0
@@ -35,7 +36,7 @@ MAX_NOISE_SIGMA = 128.0
 
 
 def partition_uri(root: str, dataset: str, partition_id: str) -> str:
-    return f"{str(root).rstrip('/')}/{dataset}/incoming/{partition_id}/data.npz"
+    return dataset_path(root, dataset, "incoming", checked_name(partition_id, "partition id"), "data.npz")
 
 
 def new_partition_id(seed: int | None = None) -> str:

@@ -8,11 +8,25 @@ import the rest of the library).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import urlparse
 
 from tfmlops.serving.sources.s3_cache import list_s3_keys  # noqa: F401  (part of this module's API)
 from tfmlops.serving.sources.s3_cache import s3_client_or_default as s3
+
+
+# Names that become one path segment (model, dataset, partition id): start with a letter or digit,
+# then letters, digits, "_", "." or "-" ("." and ".." cannot climb a directory, "/" cannot nest).
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+
+
+def checked_name(value, what: str) -> str:
+    """``value`` when it is a valid single path segment, else ValueError naming ``what`` and why."""
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+        raise ValueError(f"{what} {value!r} is not a valid name: use letters, digits, '_', '.' and '-', starting "
+                         "with a letter or digit (no path separators, not '.' or '..')")
+    return value
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from airflow.sdk import Param
 
-NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # one path segment: not "." or "..", no "/" (tfmlops.storage)
 # Where new data partitions land unless a run says otherwise (the scheduler's partition runs of
 # tf_online_update use it): $TFMLOPS_PARTITIONS_ROOT (a local folder or s3://bucket/prefix), else
 # <project>/var/partitions, the embedded stack's state folder.

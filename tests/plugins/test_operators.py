@@ -23,6 +23,7 @@ def connections(monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps(MLFLOW))
     monkeypatch.setenv("AIRFLOW_CONN_TF_SERVING_DEFAULT", json.dumps(SERVING))
     monkeypatch.setenv("AIRFLOW_CONN_PROBE_ONLY", json.dumps({"conn_type": "http", "host": "probe.test", "port": 1}))
+    monkeypatch.setenv("AIRFLOW__TFMLOPS__ALLOWED_PARTITIONS_ROOTS", "/parts, s3://bucket/parts,/elsewhere")
 
 
 def context(**extra) -> dict:
@@ -273,6 +274,30 @@ def test_ingest_reads_the_partition_of_its_run():
         with pytest.raises(AirflowSkipException, match=r"quarantined \['p3'\], already consumed \['p1'\]"):
             IngestPartitionsOperator(task_id="i", root="/parts", dataset="ds", partitions="").execute(context())
     assert step.call_args.args[2] is None  # every partition not consumed yet
+
+
+def test_partitions_roots_outside_the_allow_list_are_refused(monkeypatch):
+    """A form or an asset event cannot point the partition operators (which move and delete files
+    on quarantine) at any folder: the root must be allowed, naming it otherwise."""
+    from tfmlops_airflow.assets import NEW_PARTITIONS
+    from tfmlops_airflow.operators.online import IngestPartitionsOperator, SimulatePartitionOperator
+
+    event = SimpleNamespace(extra={"dataset": "ds", "partition_id": "p2", "root": "/etc"})
+    op = IngestPartitionsOperator(task_id="ingest", root="/parts", dataset="ds")
+    with mock.patch("tfmlops.steps.online.ingest") as step:
+        with pytest.raises(AirflowFailException, match="partitions root '/etc' is not allowed"):
+            op.execute(context(partition_key="ds|p2", triggering_asset_events={NEW_PARTITIONS: [event]}))
+        for root in ("/parts/../etc", "s3://bucket/partsX", "/partsX"):
+            with pytest.raises(AirflowFailException, match="is not allowed"):
+                IngestPartitionsOperator(task_id="i", root=root, dataset="ds").execute(context())
+        step.assert_not_called()
+        ok = {"valid": [{"partition_id": "p"}], "quarantined": [], "consumed": [], "missing": []}
+        step.return_value = ok
+        for root in ("/parts/sub", "s3://bucket/parts/stream", "/elsewhere"):
+            assert IngestPartitionsOperator(task_id="i", root=root, dataset="ds").execute(context())["root"] == root
+    with mock.patch("tfmlops.steps.simulate.simulate") as step, pytest.raises(AirflowFailException):
+        SimulatePartitionOperator(task_id="s", root="/tmp/x", dataset="ds").execute(context())
+    step.assert_not_called()
 
 
 def test_online_update_outcomes():

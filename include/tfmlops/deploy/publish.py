@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from tfmlops.serving.sources.s3_cache import COMPLETE_MARKER, complete_s3_versions, read_marker, split_s3_prefix
-from tfmlops.storage import list_s3_keys, s3
+from tfmlops.storage import checked_name, list_s3_keys, s3
 
 
 class PublishError(RuntimeError):
@@ -59,6 +59,7 @@ def publish_version(saved_model_dir: str | Path, models_root: str | Path, model_
     called with each relative path just before it is copied (progress reporting).
     Returns ``{"path", "version", "content_hash", "published"}``; ``published`` is False when the
     same content was already there."""
+    checked_name(model_name, "model name")
     if str(models_root).startswith("s3://"):
         return publish_version_s3(saved_model_dir, str(models_root), model_name, version, s3_client=s3_client,
                                   on_file=on_file)
@@ -103,6 +104,7 @@ def _fsync_tree(directory: Path) -> None:
 
 def published_versions(models_root: str | Path, model_name: str, *, s3_client=None) -> list[int]:
     """Complete versions under the model's base path (on S3: those with the completion marker)."""
+    checked_name(model_name, "model name")
     if str(models_root).startswith("s3://"):
         return sorted(complete_s3_versions(f"{str(models_root).rstrip('/')}/{model_name}", s3_client))
     base = Path(models_root) / model_name
@@ -134,6 +136,7 @@ def ensure_model_config(config_file: str | Path, model_name: str, base_path: str
 def remove_version(models_root: str | Path, model_name: str, version: int, *, s3_client=None) -> bool:
     """Delete a published version (retirement). Local: renamed aside first (atomic for a poller),
     then deleted. S3: the marker goes first, so a server never takes a half-deleted version."""
+    checked_name(model_name, "model name")
     if str(models_root).startswith("s3://"):
         bucket, prefix = split_s3_prefix(f"{str(models_root).rstrip('/')}/{model_name}/{int(version)}")
         client = s3(s3_client)

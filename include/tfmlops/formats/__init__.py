@@ -7,8 +7,8 @@ optimized one from :mod:`tfmlops.optimize`) written in one *format*:
 format                        files                        verified in
 ============================  ===========================  ==================================
 ``saved_model``               ``saved_model/``, smoke.json  TensorFlow, ``serving_default``
-``keras``                     ``model.keras``              tf_keras ``load_model(safe_mode)``
-``h5``                        ``model.h5``                 tf_keras ``load_model(safe_mode)``
+``keras``                     ``model.keras``              tf_keras, config checked, safe mode
+``h5``                        ``model.h5``                 tf_keras, config checked (*)
 ``tflite``                    ``model.tflite``             LiteRT (``ai_edge_litert``)
 ``onnx``                      ``model.onnx``               onnxruntime
 ``tfjs_layers``               ``model.json`` + shards      @tensorflow/tfjs in Node + Chromium
@@ -24,6 +24,11 @@ it was written from, or the float model for the post-training quantizations — 
 artifact's tolerance (:func:`tolerance_for`): ``max |diff| <= 1e-5`` for float artifacts,
 argmax agreement ``>= 99 %`` for quantized ones. It also measures accuracy on the whole test
 split, bytes, gzipped bytes and the median one-row latency in that runtime.
+
+(*) Keras' ``safe_mode`` does not apply to ``.h5`` files: a Lambda layer's bytecode would run on
+load. Both Keras formats are therefore loaded only after :mod:`tfmlops.model_files` has checked
+the architecture config (Keras objects only, no Lambda layer); an ``.h5`` file that fails the
+check is never loaded.
 """
 
 from __future__ import annotations

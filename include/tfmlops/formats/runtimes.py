@@ -27,6 +27,7 @@ import numpy as np
 import tfmlops  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from tfmlops.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE
 from tfmlops.formats import RuntimeUnavailable
+from tfmlops.model_files import load_keras_file
 
 WEB_DIR = Path(os.environ.get("TFMLOPS_WEB_DIR", Path(__file__).resolve().parents[3] / "web"))
 LATENCY_RUNS = 50
@@ -52,12 +53,11 @@ def _median_latency_ms(fn, runs: int = LATENCY_RUNS, warmup: int = 3) -> float:
 
 
 def predict_keras(artifact: Path, x: np.ndarray) -> Prediction:
-    """``model.keras`` or ``model.h5`` with tf_keras ``load_model(..., safe_mode=True)`` (no
-    arbitrary code from the file: Lambda layers are refused)."""
-    import tf_keras as keras
-
+    """``model.keras`` or ``model.h5`` through :func:`tfmlops.model_files.load_keras_file`: the
+    architecture is checked first (Keras objects only, no Lambda layer) for both formats, because
+    tf_keras' ``safe_mode`` protects ``.keras`` files only; then tf_keras loads it in safe mode."""
     path = next(p for p in (Path(artifact) / "model.keras", Path(artifact) / "model.h5") if p.exists())
-    model = keras.models.load_model(str(path), compile=False, safe_mode=True)
+    model = load_keras_file(path, compile=False)
     probs = model.predict(x, batch_size=1024, verbose=0)
     one = x[:1]
     return Prediction("tf_keras", probs, _median_latency_ms(lambda: model(one, training=False)),

@@ -72,7 +72,7 @@ def optimize_variant(tracking_uri: str, model: dict, variant: str, spec, config,
 
 def _source(tracking_uri: str, model: dict, variant: str, tmp: Path):
     """(keras model to export or None, tflite bytes or None, callable that gives the source's outputs)."""
-    import tf_keras as keras
+    from tfmlops.model_files import load_keras_file
 
     float_model = registry.load_keras_model(tracking_uri, model["model_uri"])
     float_predict = lambda x: float_model.predict(x, batch_size=1024, verbose=0)  # noqa: E731
@@ -86,7 +86,7 @@ def _source(tracking_uri: str, model: dict, variant: str, tmp: Path):
         raise FileNotFoundError(f"{variant} has no candidate model on run {model['run_id']} (status: "
                                 f"{json.loads((local / 'result.json').read_text()).get('status')})")
     # pruned_int8: the flatbuffer is checked against the pruned Keras model it was quantized from
-    variant_model = keras.models.load_model(str(local / "model.keras"), safe_mode=True)
+    variant_model = load_keras_file(local / "model.keras")
     return variant_model, tflite, lambda x: variant_model.predict(x, batch_size=1024, verbose=0)
 
 

@@ -8,6 +8,7 @@ and an unset optional Param renders as ``None`` or the string ``"None"``: :func:
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from typing import Any, Sequence
 
@@ -120,8 +121,30 @@ class DatasetOperator(TFMLOpsBaseOperator):
                         s3_client=self.s3_client_for(self.dataset_uri))
 
 
+def allowed_partitions_roots() -> list[str]:
+    """Where partitions may be read, written and quarantined: the default root
+    (``$TFMLOPS_PARTITIONS_ROOT``, else the embedded stack's ``var/partitions``) and the roots listed
+    in the Airflow setting ``[tfmlops] allowed_partitions_roots`` (comma-separated; environment
+    ``AIRFLOW__TFMLOPS__ALLOWED_PARTITIONS_ROOTS``). A root is allowed when it is one of them or
+    inside one."""
+    from airflow.sdk import conf
+
+    from tfmlops_airflow.params import DEFAULT_PARTITIONS_ROOT
+
+    listed = conf.get("tfmlops", "allowed_partitions_roots", fallback="") or ""
+    return [DEFAULT_PARTITIONS_ROOT, *(r.strip() for r in listed.split(",") if r.strip())]
+
+
+def _inside(root: str, allowed: str) -> bool:
+    if root.startswith("s3://") or allowed.startswith("s3://"):
+        return (root.rstrip("/") + "/").startswith(allowed.rstrip("/") + "/")
+    return os.path.commonpath([os.path.realpath(root), os.path.realpath(allowed)]) == os.path.realpath(allowed)
+
+
 class PartitionsOperator(TFMLOpsBaseOperator):
-    """A step on the partitions of a dataset: ``<root>/<dataset>/incoming/<partition-id>/``.
+    """A step on the partitions of a dataset: ``<root>/<dataset>/incoming/<partition-id>/``. The root
+    must be allowed (:func:`allowed_partitions_roots`): a root from a form or an asset event that is
+    not fails the task naming it, before anything is read, moved or deleted.
 
     :param root: partitions root, a local folder or ``s3://bucket/prefix``. (templated)
     :param dataset: dataset name, the folder under the root. (templated)
@@ -133,6 +156,13 @@ class PartitionsOperator(TFMLOpsBaseOperator):
         super().__init__(**kwargs)
         self.root = root
         self.dataset = dataset
+
+    def check_root(self, root) -> str:
+        root, allowed = str(root), allowed_partitions_roots()
+        if not any(_inside(root, a) for a in allowed):
+            raise AirflowFailException(f"partitions root {root!r} is not allowed (allowed: {allowed}; add it to "
+                                       "[tfmlops] allowed_partitions_roots)")
+        return root
 
     @cached_property
     def s3_client(self):

@@ -41,8 +41,9 @@ class SimulatePartitionOperator(PartitionsOperator):
         from tfmlops.steps.simulate import simulate
 
         seed = None if optional(self.seed) in (None, -1, "-1") else int(self.seed)
-        result = simulate(str(self.root), str(self.dataset), int(self.size), str(self.drift), float(self.amount),
-                          seed, s3_client=self.s3_client)
+        root = self.check_root(self.root)
+        result = simulate(root, str(self.dataset), int(self.size), str(self.drift), float(self.amount), seed,
+                          s3_client=self.s3_client)
         if NEW_PARTITIONS in self.outlets:
             event = context["outlet_events"][NEW_PARTITIONS]
             event.extra = {k: result[k] for k in ("dataset", "partition_id", "uri", "drift", "amount")} | {
@@ -92,7 +93,8 @@ class IngestPartitionsOperator(PartitionsOperator):
                      and (e.extra or {}).get("dataset") == dataset and (e.extra or {}).get("root")]
             if roots:
                 self.root = roots[-1]
-        result = ingest(str(self.root), str(self.dataset), wanted or None, self.n_features, self.num_classes,
+        root = self.check_root(self.root)  # the event's root too: nothing is moved outside the allowed roots
+        result = ingest(root, str(self.dataset), wanted or None, self.n_features, self.num_classes,
                         s3_client=self.s3_client)
         for bad in result["quarantined"]:
             self.log.warning("quarantined %s: %s", bad["partition_id"], bad["reason"])
@@ -152,7 +154,7 @@ class OnlineUpdateOperator(PartitionsOperator):
                               min_improvement=float(self.min_improvement), tolerance=float(self.tolerance),
                               holdout_uri=str(self.holdout_uri), holdout_rows=int(self.holdout_rows))
         try:
-            result = update(self.tracking_uri, str(self.model_name), str(self.root), str(self.dataset),
+            result = update(self.tracking_uri, str(self.model_name), self.check_root(self.root), str(self.dataset),
                             id_list(self.partition_ids), config, tags=lineage(context),
                             s3_client=self.s3_client)
         except OnlineUpdateError as exc:
