@@ -188,11 +188,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sample-fraction", type=float, default=1.0)
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--distill-epochs", type=int, default=15,
-                        help="student epochs (OptimizeConfig/DAG default: 3, which leaves the 64-unit student "
-                             "~2 pp below the teacher on full MNIST)")
-    parser.add_argument("--pruning-epochs", type=int, default=4,
-                        help="fine-tuning epochs while pruning (OptimizeConfig/DAG default: 2)")
+    parser.add_argument("--distill-epochs", type=int, default=None, help="student epochs (OptimizeConfig default)")
+    parser.add_argument("--pruning-epochs", type=int, default=None,
+                        help="fine-tuning epochs while pruning (OptimizeConfig default)")
     parser.add_argument("--latency-runs", type=int, default=2000,
                         help="one-row invokes per model per round (5 rounds) for the latency goal")
     args = parser.parse_args()
@@ -210,7 +208,8 @@ def main() -> None:
     trained = time.perf_counter() - start
     work = Path(tempfile.mkdtemp(prefix="bench-formats-"))
     try:
-        config = OptimizeConfig(distill_epochs=args.distill_epochs, pruning_epochs=args.pruning_epochs)
+        config = OptimizeConfig(**{k: v for k, v in (('distill_epochs', args.distill_epochs),
+                                                      ('pruning_epochs', args.pruning_epochs)) if v is not None})
         result = optimize_and_export_all(model, dataset, work, VARIANTS, FLOAT_FORMATS, config)
         goal_rows, latency, notes = goals(result, work, dataset.x_test, args.latency_runs)
         RESULTS.mkdir(parents=True, exist_ok=True)

@@ -67,7 +67,7 @@ PARAMS = {
     "target_sparsity": Param(0.8, type="number", minimum=0.05, maximum=0.99, title="Pruning target sparsity",
                              description="Share of Dense kernel weights set to zero; the pruned variant fails "
                                          "below it."),
-    "pruning_epochs": Param(2, type="integer", minimum=1, maximum=50, title="Pruning epochs",
+    "pruning_epochs": Param(4, type="integer", minimum=1, maximum=50, title="Pruning epochs",
                             description="Fine-tuning epochs while pruning."),
     "teacher": Param("trained", type="string", enum=["trained", "source"], title="Distillation teacher",
                      description="'trained': a larger MLP (256-128) trained here; 'source': the version being "
@@ -76,7 +76,7 @@ PARAMS = {
                          description="Softens the teacher's and student's distributions."),
     "alpha": Param(0.1, type="number", minimum=0, maximum=1, title="Distillation alpha",
                    description="Weight of the hard-label loss (1 - alpha goes to the teacher's soft targets)."),
-    "distill_epochs": Param(3, type="integer", minimum=1, maximum=50, title="Distillation epochs",
+    "distill_epochs": Param(15, type="integer", minimum=1, maximum=50, title="Distillation epochs",
                             description="Epochs of student training."),
     "max_accuracy_drop": Param(0.01, type="number", minimum=0, maximum=1, title="Max accuracy drop",
                                description="Gate: a variant may lose at most this much test accuracy vs the float "

@@ -94,3 +94,14 @@ def test_optimize_export_lists_are_the_librarys():
     exports = {task.removeprefix("export_") for task in dag["retries"] if task.startswith("export_")}
     assert exports == {artifact_name(variant, fmt).replace("-", "_") for variant, fmt in artifacts()}
     assert {task.removeprefix("optimize_") for task in dag["retries"] if task.startswith("optimize_")} == set(VARIANTS)
+
+
+def test_optimize_form_defaults_are_the_librarys():
+    """The form's defaults are OptimizeConfig's (the ones the formats benchmark shows passing)."""
+    from dataclasses import fields
+
+    from tfmlops.optimize import OptimizeConfig
+
+    params = parse(ROOT / "dags" / "tf_optimize_export.py")["dags"]["tf_optimize_export"]["params"]
+    library = {f.name: f.default for f in fields(OptimizeConfig) if f.name in params}
+    assert len(library) >= 8 and {k: params[k]["default"] for k in library} == library

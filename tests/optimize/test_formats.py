@@ -123,3 +123,24 @@ def test_tfjs_compat_imports_tensorflowjs_without_leaving_placeholders():
     tfjs = import_tensorflowjs()
     assert import_tensorflowjs() is tfjs and hasattr(tfjs.converters, "save_keras_model")
     assert not {"jax", "jax.experimental", "jax.experimental.jax2tf", "tensorflow_decision_forests"} & set(sys.modules)
+
+
+def test_chart_labels_do_not_overlap(tmp_path):
+    """Formats of the same model sit on the same spot of the chart: they share one label, and no
+    two labels are drawn over each other."""
+    rows = []
+    for i, (artifact, size, acc) in enumerate([
+            ("float-keras", 550e3, 0.9635), ("float-h5", 551e3, 0.9635), ("float-saved_model", 552e3, 0.9635),
+            ("float-onnx", 190e3, 0.9635), ("float-tflite", 190e3, 0.9635), ("float-tfjs_layers", 191e3, 0.9635),
+            ("int8-tflite", 48e3, 0.9636), ("dynamic_range-tflite", 49e3, 0.9635),
+            ("float-tfjs_layers_uint8", 45e3, 0.9632), ("pruned-tflite", 53e3, 0.9593)]):
+        rows.append({"artifact": artifact, "runtime": "litert", "gzipped_bytes": size, "accuracy": acc,
+                     "latency_ms": 0.1 + i / 10, "passed": True})
+    labels = report_lib.plot(rows, tmp_path / "chart.png")
+    texts = [t.get_text() for t in labels]
+    assert "float-keras\nfloat-h5\nfloat-saved_model" in texts and len(texts) < len(rows)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(labels[0].figure).get_renderer()  # the figure was closed after saving
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    assert not [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b)]

@@ -44,7 +44,8 @@ def test_startup_errors_exit_nonzero(tmp_path):
     assert p.returncode == 1 and "are empty" in p.stderr
     p = subprocess.run(server_cmd() + ["--port=0", f"--model_base_path={tmp_path}"], capture_output=True,
                        text=True, timeout=60)
-    assert p.returncode == 1 and "grpc_port is not set" in p.stderr
+    assert p.returncode == 1 and ("At least one of server_options.grpc_port or server_options.grpc_socket_path "
+                                  "must be set.") in p.stderr
     bad = tmp_path / "bad.config"
     bad.write_text("model_config_list { nope: 1 }")
     p = subprocess.run(server_cmd() + ["--port=9", f"--model_config_file={bad}"], capture_output=True,

@@ -144,12 +144,13 @@ def test_classify_and_regress(stubs):
     assert _code(ei) == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_multi_inference_unimplemented(stubs):
+def test_multi_inference_without_tasks(stubs):
+    # multi_inference_helper.cc: the model spec of the first task, here none -> no model name
     pred, _ = stubs
     req = inference_pb2.MultiInferenceRequest()
     with pytest.raises(grpc.RpcError) as ei:
         pred.MultiInference(req, timeout=30)
-    assert _code(ei) == grpc.StatusCode.UNIMPLEMENTED
+    assert _code(ei) == grpc.StatusCode.INVALID_ARGUMENT and ei.value.details() == "ModelSpec has no name specified."
 
 
 def test_get_model_status(stubs):

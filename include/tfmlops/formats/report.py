@@ -55,14 +55,60 @@ def markdown(rows: list[dict], variants: list[dict] | None = None, title: str = 
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], path: Path, title: str = "size vs accuracy (marker area ∝ latency)") -> None:
+def _label_groups(ax, points: list[dict], radius_px: float = 14.0) -> list[tuple[tuple, list[str]]]:
+    """Artifacts whose markers sit within ``radius_px`` of each other share one label (one name per
+    line): several formats of the same model land on the same spot."""
+    groups: list[tuple[tuple, list[str]]] = []
+    for r in sorted({r["artifact"]: r for r in points}.values(), key=lambda r: (r["gzipped_bytes"], r["accuracy"])):
+        xy = (r["gzipped_bytes"] / 1024, r["accuracy"])
+        px = ax.transData.transform(xy)
+        for anchor, names in groups:
+            if ((ax.transData.transform(anchor) - px) ** 2).sum() ** 0.5 <= radius_px:
+                names.append(r["artifact"])
+                break
+        else:
+            groups.append((xy, [r["artifact"]]))
+    return groups
+
+
+def _place_labels(ax, groups: list[tuple[tuple, list[str]]], fontsize: int = 7) -> list:
+    """One annotation per group, each moved to the first offset where it overlaps no label placed
+    before it (and stays inside the axes)."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    placed, texts = [], []
+    offsets = [(6, 6), (6, -6), (-6, 6), (-6, -6)] + [(6, 6 + 14 * k) for k in range(1, 12)] + \
+              [(6, -6 - 14 * k) for k in range(1, 12)]
+    frame = ax.get_window_extent(renderer)
+    for xy, names in groups:
+        text = "\n".join(names)
+        for dx, dy in offsets:
+            ann = ax.annotate(text, xy, fontsize=fontsize, xytext=(dx, dy), textcoords="offset points",
+                              ha="left" if dx > 0 else "right", va="bottom" if dy > 0 else "top",
+                              arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"} if abs(dy) > 6 else None)
+            box = ann.get_window_extent(renderer)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not any(box.overlaps(other) for other in placed):
+                break
+            ann.remove()
+        else:  # nowhere free: keep the first position
+            ann = ax.annotate(text, xy, fontsize=fontsize, xytext=offsets[0], textcoords="offset points")
+            box = ann.get_window_extent(renderer)
+        placed.append(box)
+        texts.append(ann)
+    return texts
+
+
+def plot(rows: list[dict], path: Path, title: str = "size vs accuracy (marker area ∝ latency)") -> list:
+    """The trade-off chart; returns its label annotations (legible: no two overlap where avoidable)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     points = [r for r in rows if r.get("accuracy") is not None and r.get("latency_ms") is not None]
-    fig, ax = plt.subplots(figsize=(10, 6))
+    fig, ax = plt.subplots(figsize=(11, 7))
+    labels = []
     if points:
         top = max(r["latency_ms"] for r in points) or 1.0
         runtimes = sorted({r["runtime"] for r in points})
@@ -72,18 +118,20 @@ def plot(rows: list[dict], path: Path, title: str = "size vs accuracy (marker ar
             ax.scatter([r["gzipped_bytes"] / 1024 for r in mine], [r["accuracy"] for r in mine],
                        s=[40 + 800 * r["latency_ms"] / top for r in mine], alpha=0.6, color=colors[rt], label=rt,
                        edgecolors=["black" if r["passed"] else "red" for r in mine])
-        for r in {r["artifact"]: r for r in points}.values():  # one label per artifact
-            ax.annotate(r["artifact"], (r["gzipped_bytes"] / 1024, r["accuracy"]), fontsize=7,
-                        xytext=(4, 4), textcoords="offset points")
         ax.set_xscale("log")
-        ax.legend(title="runtime", fontsize=8)
+        ax.margins(x=0.25, y=0.2)  # room for the labels at the edges
+        ax.legend(title="runtime", fontsize=8, loc="lower right")
+        ax.set_xlabel("gzipped size (KiB, log scale)")
+        fig.tight_layout()
+        fig.canvas.draw()  # final limits, so label positions can be measured
+        labels = _place_labels(ax, _label_groups(ax, points))
     ax.set_xlabel("gzipped size (KiB, log scale)")
     ax.set_ylabel("test accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return labels
 
 
 def write(artifact_rows: list[dict], out: Path, variants: list[dict] | None = None, title: str = "Export formats",

@@ -46,9 +46,12 @@ module                                             TF Serving source it mirrors
 ``servables.classifier``                           ``servables/tensorflow/classifier.cc``
 ``servables.regressor``                            ``servables/tensorflow/regressor.cc``
 ``servables.util``                                 ``servables/tensorflow/util.cc``
+``servables.multi_inference``                      ``servables/tensorflow/multi_inference.cc``
+``servables.tflite_session``                       ``servables/tensorflow/tflite_session.cc`` (through LiteRT)
 ``servables.warmup``                               ``servables/tensorflow/saved_model_warmup_util.cc``
 =================================================  =========================================================
 
 Deviations from TF Serving are listed in the docstring of the module that has them (search for
-"Deviation").
+"Deviation") and, all together, in the README's table "tf-serving-local: deviations from TF Serving".
+TF Serving's own model-server tests run against this server in ``tests/serving/upstream/``.
 """

@@ -3,16 +3,21 @@
 * ``load_config(path)`` parses a ``tensorflow.serving.ModelServerConfig`` text file
   (``--model_config_file``); ``write_config(path, cfg)`` writes one atomically (temp file in
   the same directory, fsync, ``os.replace``) so a polling server never sees half a file.
-* ``load_batching_parameters(path)`` parses ``--batching_parameters_file``. The
-  ``BatchingParameters`` proto (``session_bundle_config.proto``) is not shipped in
-  tensorflow-serving-api, so an equivalent message (same field names/numbers/types) is
-  built here at import time and parsed with the same text_format parser.
+* ``load_batching_parameters(path)`` parses ``--batching_parameters_file``,
+  ``load_monitoring_config(path)`` ``--monitoring_config_file``. The ``BatchingParameters``
+  (``session_bundle_config.proto``) and ``MonitoringConfig`` (``config/monitoring_config.proto``)
+  protos are not shipped in tensorflow-serving-api, so equivalent messages (same names, field
+  numbers and types) are built here at import time and parsed with the same text_format parser.
+* A file that does not parse fails like TF Serving's ``ParseProtoTextFile``: the parser's
+  ``Error parsing text-format <message type>: <line>:<column>: <reason>`` is logged and the
+  status is ``Invalid protobuf file: '<path>'``.
 * ``validate_model_config_list`` applies ServerCore's checks (unique names, absolute
-  base paths, platform "tensorflow").
+  base paths or ``file://`` URIs, platform "tensorflow").
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -22,10 +27,13 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from .errors import Code, StatusError, invalid_argument
 
+log = logging.getLogger("tfmlops.serving")
+
 ModelServerConfig = model_server_config_pb2.ModelServerConfig
 ModelConfig = model_server_config_pb2.ModelConfig
 
 TENSORFLOW_PLATFORM = "tensorflow"
+FILE_URI_PREFIX = "file://"
 
 
 class ConfigError(StatusError):
@@ -47,18 +55,22 @@ def parse_config_text(text: str) -> ModelServerConfig:
     return cfg
 
 
-def _load_text_proto(path: str | os.PathLike, parse):
+def _load_text_proto(path: str | os.PathLike, parse, message_type: str):
     """``parse(text of path)``, with TF Serving's errors for a missing or malformed file."""
     path = os.fspath(path)
     text = _read_text(path)
     try:
         return parse(text)
     except text_format.ParseError as exc:
-        raise ConfigError(Code.INVALID_ARGUMENT, f"Invalid protobuf file: '{path}': {exc}") from exc
+        reason = str(exc)
+        if exc.GetLine() is not None:  # "L:C : reason" -> protobuf C++'s "L:C: reason"
+            reason = f"{exc.GetLine()}:{exc.GetColumn()}: {reason.split(' : ', 1)[-1]}"
+        log.error("Error parsing text-format %s: %s", message_type, reason)
+        raise ConfigError(Code.INVALID_ARGUMENT, f"Invalid protobuf file: '{path}'") from exc
 
 
 def load_config(path: str | os.PathLike) -> ModelServerConfig:
-    return _load_text_proto(path, parse_config_text)
+    return _load_text_proto(path, parse_config_text, ModelServerConfig.DESCRIPTOR.full_name)
 
 
 def config_to_text(cfg) -> str:
@@ -109,14 +121,14 @@ def model_platform(mc: ModelConfig) -> str:
         if mc.model_platform:
             raise invalid_argument(
                 "Illegal setting both ModelServerConfig::model_type (deprecated) "
-                "and ModelServerConfig::model_platform.")
+                f"and ModelServerConfig::model_platform, model name is {mc.name}")
         if mc.model_type == 1:
             return TENSORFLOW_PLATFORM
         raise invalid_argument(f"ModelServerConfig::model_type choice {mc.model_type} not supported.")
     if not mc.model_platform:
         raise invalid_argument(
             "Illegal setting neither ModelServerConfig::model_type (deprecated) "
-            "nor ModelServerConfig::model_platform.")
+            f"nor ModelServerConfig::model_platform, model name is {mc.name}")
     return mc.model_platform
 
 
@@ -124,7 +136,11 @@ def _is_relative(uri: str) -> bool:
     return "://" not in uri and not os.path.isabs(uri)
 
 
-def validate_model_config_list(cfg: ModelServerConfig) -> None:
+def validate_model_config_list(cfg: ModelServerConfig, *, check_platforms: bool = True) -> None:
+    """ServerCore's ``ValidateModelConfigList`` (unique names, absolute base paths), then (unless
+    ``check_platforms`` is false) :func:`check_model_platforms`, which TF Serving applies later,
+    after ``ValidateNoModelsChangePlatforms`` (a reload that changes a model's platform reports
+    that first)."""
     names = set()
     for mc in cfg.model_config_list.config:
         if mc.name in names:
@@ -134,11 +150,18 @@ def validate_model_config_list(cfg: ModelServerConfig) -> None:
         if _is_relative(mc.base_path):
             raise invalid_argument(
                 f"Expected model {mc.name} to have an absolute path or URI; got base_path()={mc.base_path}")
+    if check_platforms:
+        check_model_platforms(cfg)
+
+
+def check_model_platforms(cfg: ModelServerConfig) -> None:
+    """``CreateStoragePathRoutes``: every model's platform is one this server has (``tensorflow``)
+    and its base path one it can read."""
     for mc in cfg.model_config_list.config:
         platform = model_platform(mc)
         if platform != TENSORFLOW_PLATFORM:
             raise invalid_argument(f"Model {mc.name} requests unsupported platform {platform}")
-        if "://" in mc.base_path:
+        if "://" in mc.base_path and not mc.base_path.startswith(FILE_URI_PREFIX):
             raise invalid_argument(
                 f"Model {mc.name}: only local file system base paths are supported by this server; "
                 f"got {mc.base_path}")
@@ -148,45 +171,59 @@ def validate_model_config_list(cfg: ModelServerConfig) -> None:
 # BatchingParameters (tensorflow_serving/servables/tensorflow/session_bundle_config.proto)
 # --------------------------------------------------------------------------------------
 
-def _build_batching_parameters_class():
+def _build_message_classes() -> dict:
+    """Message classes equivalent to TF Serving protos missing from tensorflow-serving-api."""
     pool = descriptor_pool.DescriptorPool()
     wrappers_fdp = descriptor_pb2.FileDescriptorProto()
     wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers_fdp)
     pool.Add(wrappers_fdp)
 
     fdp = descriptor_pb2.FileDescriptorProto()
-    fdp.name = "tfmlops/serving/session_bundle_config_subset.proto"
+    fdp.name = "tfmlops/serving/tf_serving_config_subset.proto"
     fdp.package = "tensorflow.serving"
     fdp.syntax = "proto3"
     fdp.dependency.append("google/protobuf/wrappers.proto")
-    msg = fdp.message_type.add()
-    msg.name = "BatchingParameters"
-    field_proto = descriptor_pb2.FieldDescriptorProto
-    fields = [
-        ("max_batch_size", 1, ".google.protobuf.Int64Value"),
-        ("batch_timeout_micros", 2, ".google.protobuf.Int64Value"),
-        ("max_enqueued_batches", 3, ".google.protobuf.Int64Value"),
-        ("num_batch_threads", 4, ".google.protobuf.Int64Value"),
-        ("thread_pool_name", 5, ".google.protobuf.StringValue"),
-        ("allowed_batch_sizes", 6, None),
-        ("pad_variable_length_inputs", 7, None),
-        ("enable_large_batch_splitting", 8, ".google.protobuf.BoolValue"),
-        ("max_execution_batch_size", 9, ".google.protobuf.Int64Value"),
-    ]
-    for name, number, type_name in fields:
-        f = msg.field.add()
-        f.name, f.number = name, number
-        if name == "allowed_batch_sizes":
-            f.label, f.type = field_proto.LABEL_REPEATED, field_proto.TYPE_INT64
-        elif name == "pad_variable_length_inputs":
-            f.label, f.type = field_proto.LABEL_OPTIONAL, field_proto.TYPE_BOOL
-        else:
-            f.label, f.type, f.type_name = field_proto.LABEL_OPTIONAL, field_proto.TYPE_MESSAGE, type_name
+    fp = descriptor_pb2.FieldDescriptorProto
+    optional, repeated = fp.LABEL_OPTIONAL, fp.LABEL_REPEATED
+    int64v, boolv, strv = ".google.protobuf.Int64Value", ".google.protobuf.BoolValue", ".google.protobuf.StringValue"
+    messages = {  # name -> [(field, number, label, type, type_name)]
+        # servables/tensorflow/session_bundle_config.proto
+        "BatchingParameters": [
+            ("max_batch_size", 1, optional, fp.TYPE_MESSAGE, int64v),
+            ("batch_timeout_micros", 2, optional, fp.TYPE_MESSAGE, int64v),
+            ("max_enqueued_batches", 3, optional, fp.TYPE_MESSAGE, int64v),
+            ("num_batch_threads", 4, optional, fp.TYPE_MESSAGE, int64v),
+            ("thread_pool_name", 5, optional, fp.TYPE_MESSAGE, strv),
+            ("allowed_batch_sizes", 6, repeated, fp.TYPE_INT64, None),
+            ("pad_variable_length_inputs", 7, optional, fp.TYPE_BOOL, None),
+            ("enable_large_batch_splitting", 8, optional, fp.TYPE_MESSAGE, boolv),
+            ("max_execution_batch_size", 9, optional, fp.TYPE_MESSAGE, int64v),
+        ],
+        # config/monitoring_config.proto
+        "PrometheusConfig": [
+            ("enable", 1, optional, fp.TYPE_BOOL, None),
+            ("path", 2, optional, fp.TYPE_STRING, None),
+        ],
+        "MonitoringConfig": [
+            ("prometheus_config", 1, optional, fp.TYPE_MESSAGE, ".tensorflow.serving.PrometheusConfig"),
+        ],
+    }
+    for msg_name, fields in messages.items():
+        msg = fdp.message_type.add()
+        msg.name = msg_name
+        for name, number, label, typ, type_name in fields:
+            f = msg.field.add()
+            f.name, f.number, f.label, f.type = name, number, label, typ
+            if type_name:
+                f.type_name = type_name
     pool.Add(fdp)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
+    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.serving.{name}"))
+            for name in messages}
 
 
-BatchingParametersProto = _build_batching_parameters_class()
+_MESSAGES = _build_message_classes()
+BatchingParametersProto = _MESSAGES["BatchingParameters"]
+MonitoringConfigProto = _MESSAGES["MonitoringConfig"]
 
 
 @dataclass
@@ -253,4 +290,14 @@ def parse_batching_parameters(text: str) -> BatchingOptions:
 
 
 def load_batching_parameters(path: str | os.PathLike) -> BatchingOptions:
-    return _load_text_proto(path, parse_batching_parameters)
+    return _load_text_proto(path, parse_batching_parameters, "tensorflow.serving.BatchingParameters")
+
+
+def load_monitoring_config(path: str | os.PathLike):
+    """``--monitoring_config_file``: a ``tensorflow.serving.MonitoringConfig``."""
+    def parse(text):
+        cfg = MonitoringConfigProto()
+        text_format.Parse(text, cfg)
+        return cfg
+
+    return _load_text_proto(path, parse, "tensorflow.serving.MonitoringConfig")

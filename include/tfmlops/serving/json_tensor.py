@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import math
 
@@ -31,9 +32,34 @@ _FLOAT32_EXACT_LIMIT = 1 << 16  # above this many elements, skip the shortest-re
 
 
 # ---------------------------------------------------------------------------- helpers
+_PREVIEW = json.JSONEncoder(separators=(",", ":"), allow_nan=True, default=str)
+
+
 def _jstr(val, limit: int = 2000) -> str:
-    s = json.dumps(val, separators=(",", ":"), allow_nan=True, default=str)
-    return s if len(s) <= limit else s[:limit] + "..."
+    """The JSON text of ``val`` for an error message, cut after ``limit`` characters: encoded
+    piece by piece, so a huge document costs no more than its first ``limit`` characters."""
+    parts, size = [], 0
+    try:
+        for piece in _PREVIEW.iterencode(val):
+            parts.append(piece)
+            size += len(piece)
+            if size > limit:
+                return "".join(parts)[:limit] + "..."
+    except RecursionError:
+        return "".join(parts)[:limit] + "..."
+    return "".join(parts)
+
+
+def _bounded_nesting(fn):
+    """A document nested deeper than Python's recursion allows is the client's error (400), not a
+    crash (500): json's parser and the converters below recurse once per nesting level."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RecursionError:
+            raise invalid_argument("JSON Parse error: The document is nested too deeply") from None
+    return wrapper
 
 
 def _jtype(val) -> str:
@@ -60,6 +86,7 @@ def _format_error(doc, *parts) -> Exception:
     return invalid_argument("JSON Value: " + _jstr(doc) + " " + "".join(parts))
 
 
+@_bounded_nesting
 def parse_json(body: bytes) -> dict:
     if not body:
         raise invalid_argument("JSON Parse error: The document is empty")
@@ -268,6 +295,7 @@ def _instances_column(items, dt):
     return np.stack(parts)
 
 
+@_bounded_nesting
 def predict_inputs(doc: dict, sig) -> tuple[dict, str]:
     """FillPredictRequestFromJson(): -> ({alias: ndarray}, ROW|COLUMNAR)."""
     specs = sig.inputs
@@ -446,6 +474,7 @@ def _make_example(val, example) -> None:
             _add_to_feature(content, name, feature, kinds)
 
 
+@_bounded_nesting
 def classify_regress_input(doc: dict, input_proto) -> None:
     """FillClassifyRegressRequestFromJson(): fill a tensorflow.serving.Input."""
     has_context = "context" in doc

@@ -78,8 +78,20 @@ def to_string_array(arr: np.ndarray) -> np.ndarray:
     raise invalid_argument(f"Cannot convert numpy dtype {arr.dtype} to DT_STRING")
 
 
+# Decoding is bounded: a TensorProto can declare a huge shape with one value (TensorFlow pads a short
+# value list with its last value), so a 30-byte message could ask for gigabytes. The model server
+# sets this from its options; a tensor that would decode to more is refused before allocation.
+MAX_DECODED_BYTES = 256 * 1024 * 1024
+# Responses with more elements than this carry ``tensor_content`` (one bytes field: fast to write
+# and to parse) instead of the typed ``*_val`` lists (one protobuf field per value), which TF
+# Serving uses for every size (deviation; ``tf.make_ndarray`` reads both).
+TENSOR_CONTENT_MIN_ELEMENTS = 4096
+_INT64_MAX = (1 << 63) - 1
+
+
 def make_tensor_proto(arr, tensor_proto=None, dtype: int | None = None):
-    """Fill (or create) a TensorProto from a numpy array, using the typed value fields."""
+    """Fill (or create) a TensorProto from a numpy array: typed value fields, or ``tensor_content``
+    for numeric arrays of at least :data:`TENSOR_CONTENT_MIN_ELEMENTS` elements."""
     if tensor_proto is None:
         from tensorflow.core.framework import tensor_pb2
 
@@ -91,6 +103,9 @@ def make_tensor_proto(arr, tensor_proto=None, dtype: int | None = None):
     for d in arr.shape:
         shape.dim.add().size = d
     if arr.size == 0:
+        return tensor_proto
+    if arr.size >= TENSOR_CONTENT_MIN_ELEMENTS and dt not in (DT_STRING, DT_BFLOAT16):
+        tensor_proto.tensor_content = np.ascontiguousarray(arr, dtype=NP_OF_DT[dt].newbyteorder("<")).tobytes()
         return tensor_proto
     field = getattr(tensor_proto, _FIELD_OF_DT[dt])
     if dt == DT_STRING:
@@ -110,23 +125,40 @@ def make_tensor_proto(arr, tensor_proto=None, dtype: int | None = None):
     return tensor_proto
 
 
-def make_ndarray(tensor_proto, name: str = "") -> np.ndarray:
-    """TensorProto -> numpy array (object array of bytes for DT_STRING)."""
+def checked_shape(tensor_proto, name: str = "", max_bytes: int | None = None) -> tuple[tuple, int]:
+    """The shape and element count a TensorProto declares, checked without allocating anything:
+    known rank, dimensions >= 0, no int64 overflow (TensorFlow's ``Tensor::FromProto`` refuses
+    those: "tensor parsing error"), and at most ``max_bytes`` (default :data:`MAX_DECODED_BYTES`)
+    once decoded."""
     dt = tensor_proto.dtype
-    if dt not in NP_OF_DT:
+    if dt not in NP_OF_DT or tensor_proto.tensor_shape.unknown_rank:
         raise invalid_argument(f"tensor parsing error: {name}")
-    if tensor_proto.tensor_shape.unknown_rank:
-        raise invalid_argument(f"tensor parsing error: {name}")
-    shape = tuple(int(d.size) for d in tensor_proto.tensor_shape.dim)
-    if any(d < 0 for d in shape):
-        raise invalid_argument(f"tensor parsing error: {name}")
-    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    shape, n, extent = [], 1, 1
+    for d in tensor_proto.tensor_shape.dim:
+        size = int(d.size)
+        n *= size
+        extent *= max(size, 1)  # numpy cannot represent e.g. [2**40, 0, 2**40] either, though it is empty
+        if size < 0 or extent > _INT64_MAX:
+            raise invalid_argument(f"tensor parsing error: {name}")
+        shape.append(size)
+    limit = MAX_DECODED_BYTES if max_bytes is None else max_bytes
+    if n * NP_OF_DT[dt].itemsize > limit:
+        raise invalid_argument(f"tensor parsing error: {name}: shape {shape} ({n} elements of "
+                               f"{DTYPE_SHORT.get(dt, dt)}) exceeds the server's limit of {limit} bytes per tensor")
+    return tuple(shape), n
+
+
+def make_ndarray(tensor_proto, name: str = "", max_bytes: int | None = None) -> np.ndarray:
+    """TensorProto -> numpy array (object array of bytes for DT_STRING), bounded by
+    :func:`checked_shape` before anything is allocated."""
+    dt = tensor_proto.dtype
+    shape, n = checked_shape(tensor_proto, name, max_bytes)
     np_dtype = NP_OF_DT[dt]
     if tensor_proto.tensor_content and dt != DT_STRING:
         buf = tensor_proto.tensor_content
         if len(buf) != n * np_dtype.itemsize:
             raise invalid_argument(f"tensor parsing error: {name}")
-        return np.frombuffer(buf, dtype=np_dtype).reshape(shape).copy()
+        return np.frombuffer(buf, dtype=np_dtype.newbyteorder("<")).astype(np_dtype).reshape(shape)
     values = getattr(tensor_proto, _FIELD_OF_DT[dt])
     if dt == DT_STRING:
         flat = np.empty(len(values), dtype=object)

@@ -59,8 +59,8 @@ class OptimizeModelOperator(ModelVersionOperator):
                                       "teacher", "max_accuracy_drop")
 
     def __init__(self, *, variant: str, variants: list[str] | str | None = None, int8_samples: int | str = 200,
-                 target_sparsity: float | str = 0.8, pruning_epochs: int | str = 2, temperature: float | str = 4.0,
-                 alpha: float | str = 0.1, distill_epochs: int | str = 3, teacher: str = "trained",
+                 target_sparsity: float | str = 0.8, pruning_epochs: int | str = 4, temperature: float | str = 4.0,
+                 alpha: float | str = 0.1, distill_epochs: int | str = 15, teacher: str = "trained",
                  max_accuracy_drop: float | str = 0.01, **kwargs):
         super().__init__(**kwargs)
         self.variant = variant

@@ -23,6 +23,7 @@ a servable handle for a request).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 
@@ -33,6 +34,9 @@ from .servable_state_monitor import AVAILABLE, END, LOADING, START, UNLOADING, S
 log = logging.getLogger("tfmlops.serving")
 
 
+_UNPARSABLE_FILE_RE = re.compile(r"Cannot parse file b?'(.+?)':")
+
+
 def _load_error(exc: BaseException) -> StatusError:
     if isinstance(exc, StatusError) or hasattr(exc, "error_code"):
         return from_tf_exception(exc)
@@ -41,6 +45,9 @@ def _load_error(exc: BaseException) -> StatusError:
     name = type(exc).__name__
     if name == "DecodeError":
         return StatusError(Code.DATA_LOSS, f"Can't parse SavedModel: {exc}")
+    unparsable = _UNPARSABLE_FILE_RE.match(str(exc)) if isinstance(exc, OSError) else None
+    if unparsable:  # TensorFlow's loader on a corrupt saved_model.pb; TF Serving: ReadBinaryProto's error
+        return StatusError(Code.DATA_LOSS, f"Can't parse {unparsable.group(1)} as binary proto")
     return StatusError(Code.UNKNOWN, f"{name}: {exc}")
 
 

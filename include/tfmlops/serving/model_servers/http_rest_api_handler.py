@@ -7,8 +7,14 @@ Routes (case-insensitive, as TF Serving's regexes):
   GET  /v1/models/{m}[/versions/{n}|/labels/{l}]/metadata   signature defs
   POST /v1/models/{m}[/versions/{n}|/labels/{l}]:(predict|classify|regress)
 Other paths under /v1/ -> 400 "Malformed request: METHOD PATH"; paths outside /v1/ -> 404
-with an empty body, like TF Serving. One extra, non-TF path:
+with an empty body, like TF Serving. With ``--monitoring_config_file`` enabling
+``prometheus_config``, its ``path`` (default ``/monitoring/prometheus/metrics``) answers 200 with a
+Prometheus text body (``http_server.cc`` ``ProcessPrometheusRequest``; the metrics themselves are
+not exported yet, so the body is empty). One extra, non-TF path:
   GET  /monitoring/tfmlops/batching  -> batching counters (JSON), for tests/benchmarks.
+
+JSON that does not parse is reported with rapidjson's messages, as TF Serving does
+(``JSON Parse error: Invalid value. at offset: 0``).
 """
 
 from __future__ import annotations
@@ -34,7 +40,55 @@ STATUS_RE = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
 V1_RE = re.compile(r"/v1/.*", re.I | re.S)
 DEBUG_BATCHING_PATH = "/monitoring/tfmlops/batching"
+PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # PrometheusExporter::kPrometheusPath
 _INT64_MAX = (1 << 63) - 1
+
+# Python's json decoder messages -> rapidjson's GetParseError_En, which TF Serving reports
+_RAPIDJSON_ERRORS = {
+    "Expecting value": "Invalid value.",
+    "Expecting property name enclosed in double quotes": "Missing a name for object member.",
+    "Expecting ':' delimiter": "Missing a colon after a name of object member.",
+    "Unterminated string starting at": "Missing a closing quotation mark in string.",
+    "Invalid \\escape": "Invalid escape character in string.",
+    "Invalid \\uXXXX escape": "Incorrect hex digit after \\u escape in string.",
+    "Invalid control character at": "Invalid encoding in string.",
+    "Extra data": "The document root must not be followed by other values.",
+}
+_PY_JSON_ERROR_RE = re.compile(r"JSON Parse error: (.*) at offset: (\d+)", re.S)
+
+
+def _innermost_container(text: str) -> str:
+    """``{`` or ``[``: the container open at the end of ``text`` (a JSON prefix)."""
+    stack, in_string, escaped = [], False, False
+    for ch in text:
+        if in_string:
+            escaped = not escaped and ch == "\\"
+            in_string = escaped or ch != '"'
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            stack.append(ch)
+        elif ch in "}]" and stack:
+            stack.pop()
+    return stack[-1] if stack else ""
+
+
+def parse_json(body: bytes) -> dict:
+    """:func:`json_tensor.parse_json` with TF Serving's (rapidjson's) parse error messages."""
+    try:
+        return J.parse_json(body)
+    except StatusError as exc:
+        m = _PY_JSON_ERROR_RE.fullmatch(exc.message)
+        if m is None:
+            raise
+        reason, offset = m.group(1), int(m.group(2))
+        if reason == "Expecting ',' delimiter":
+            inner = _innermost_container(body[:offset].decode("utf-8", errors="replace"))
+            reason = ("Missing a comma or '}' after an object member." if inner == "{"
+                      else "Missing a comma or ']' after an array element.")
+        else:
+            reason = _RAPIDJSON_ERRORS.get(reason, reason)
+        raise invalid_argument(f"JSON Parse error: {reason} at offset: {offset}") from None
 
 
 def status_json(resp) -> bytes:
@@ -54,11 +108,16 @@ def metadata_json(resp) -> bytes:
 
 
 class RestApi:
-    def __init__(self, core: ServerCore, timeout_ms: int = 30000):
+    def __init__(self, core: ServerCore, timeout_ms: int = 30000, monitoring_config=None):
         self.core = core
         self.timeout_ms = timeout_ms if timeout_ms and timeout_ms > 0 else None
+        prometheus = monitoring_config.prometheus_config if monitoring_config is not None else None
+        self.prometheus_path = (prometheus.path or PROMETHEUS_PATH) if prometheus and prometheus.enable else None
 
-    def handle(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+    def handle(self, method: str, path: str, body: bytes) -> tuple:
+        """``(HTTP status, body)``, or ``(status, body, content type)`` when it is not JSON."""
+        if path == self.prometheus_path:  # a valid, empty Prometheus text exposition (metrics: issue 16)
+            return 200, b"", "text/plain; version=0.0.4"
         if not V1_RE.fullmatch(path):
             if method == "GET" and path == DEBUG_BATCHING_PATH:
                 b = self.core.batcher
@@ -120,7 +179,7 @@ class RestApi:
         raise malformed
 
     def _predict(self, name, version, label, body) -> bytes:
-        doc = J.parse_json(body)
+        doc = parse_json(body)
         sig_name = J.signature_name(doc)
         servable = self.core.acquire(name, version, label)
         try:
@@ -135,7 +194,7 @@ class RestApi:
         return J.predict_outputs_json(outputs, fmt)
 
     def _classify_regress(self, name, version, label, body, classify: bool) -> bytes:
-        doc = J.parse_json(body)
+        doc = parse_json(body)
         sig_name = J.signature_name(doc)
         inp = input_pb2.Input()
         J.classify_regress_input(doc, inp)

@@ -45,4 +45,6 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             raise
         resp = model_management_pb2.ReloadConfigResponse()
         resp.status.error_code = 0
+        for name in request.metric_names:  # RecordMetricsIncrease: no metrics are exported yet
+            resp.metric.add(name=name, int64_value_increase=0)
         return resp

@@ -1,17 +1,18 @@
 """gRPC ``tensorflow.serving.PredictionService``, mirroring TF Serving's
 ``tensorflow_serving/model_servers/prediction_service_impl.cc``: Predict, Classify, Regress and
-GetModelMetadata with the official messages/stubs from tensorflow-serving-api. A client
-deadline becomes the session RunOptions timeout (``DeadlineToTimeoutMillis``).
-
-Deviation: MultiInference answers UNIMPLEMENTED.
+GetModelMetadata and MultiInference (``multi_inference_helper.cc``: the model of the first task)
+with the official messages/stubs from tensorflow-serving-api. A client deadline becomes the
+session RunOptions timeout (``DeadlineToTimeoutMillis``).
 """
 
 from __future__ import annotations
 
-from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_service_pb2_grpc, regression_pb2
+from tensorflow_serving.apis import (classification_pb2, inference_pb2, model_pb2, predict_pb2,
+                                     prediction_service_pb2_grpc, regression_pb2)
 
 from .. import tensors as T
-from ..errors import Code, StatusError, invalid_argument
+from ..errors import invalid_argument
+from ..servables.util import CLASSIFY_METHOD
 from .get_model_metadata_impl import get_model_metadata
 from .grpc_status_util import guard
 from .server_core import ServerCore
@@ -29,6 +30,18 @@ def _set_spec(dst, name, version, signature_name):
     dst.version.value = version
     if signature_name:
         dst.signature_name = signature_name
+
+
+def _fill_classifications(result, rows, has_classes: bool, has_scores: bool) -> None:
+    """A ``ClassificationResult`` from :func:`~..servables.classifier.post_process_classification`."""
+    for row in rows:
+        cl = result.classifications.add()
+        for label, score in row:
+            c = cl.classes.add()
+            if has_classes:
+                c.label = label.decode("utf-8", errors="replace")
+            if has_scores:
+                c.score = score
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -64,14 +77,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 request.model_spec.signature_name, request.input, _timeout_ms(context))
             resp = classification_pb2.ClassificationResponse()
             _set_spec(resp.model_spec, request.model_spec.name, servable.version, sig)
-            for row in rows:
-                cl = resp.result.classifications.add()
-                for label, score in row:
-                    c = cl.classes.add()
-                    if has_classes:
-                        c.label = label.decode("utf-8", errors="replace")
-                    if has_scores:
-                        c.score = score
+            _fill_classifications(resp.result, rows, has_classes, has_scores)
             return resp
         finally:
             servable.release()
@@ -91,4 +97,19 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     @guard
     def MultiInference(self, request, context):
-        raise StatusError(Code.UNIMPLEMENTED, "MultiInference is not supported by tf-serving-local")
+        spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
+        servable = self.core.acquire_spec(spec)
+        try:
+            results = servable.multi_inference(request, _timeout_ms(context))
+            resp = inference_pb2.MultiInferenceResponse()
+            for task, sig, result in results:
+                out = resp.results.add()
+                if task.method_name == CLASSIFY_METHOD:
+                    _fill_classifications(out.classification_result, *result)
+                else:
+                    for v in result:
+                        out.regression_result.regressions.add().value = v
+                _set_spec(out.model_spec, task.model_spec.name, servable.version, sig.name)
+            return resp
+        finally:
+            servable.release()

@@ -9,7 +9,14 @@
   ModelConfigList to another, an empty config is no action, custom configs are refused, a
   model's platform may not change; ``validate_model_config_list`` applies the other checks.
 * Like ServerCore::Create (and ReloadConfig), a config that adds models waits until their
-  newest versions are AVAILABLE and fails with the errors of those that ended in END.
+  newest versions are AVAILABLE and fails with the errors of those that ended in END. The wait
+  happens *after* the config is applied, outside every lock: the file system keeps being polled
+  (new versions of every model keep loading) and a later config, e.g. one that fixes or removes
+  a model that cannot load, is applied meanwhile (a model that leaves the config is no longer
+  waited for). At start-up the wait is unbounded, as TF Serving's (``servable_state_waiter_timeout``
+  is infinite and ``server.cc`` opens its ports after ``ServerCore::Create``); a later reload waits
+  at most ``reload_wait_timeout_s`` (deviation: TF Serving waits for ever, holding ``config_mu_``),
+  then fails with DEADLINE_EXCEEDED naming the models, which keep loading when their versions appear.
 * Version labels follow ServerCore::UpdateModelVersionLabelMap: labels are recomputed
   from each new config *before* it is applied and may only point at AVAILABLE versions;
   with ``allow_version_labels_for_unavailable_models`` a label that is new (or keeps its
@@ -18,8 +25,9 @@
 * Deviation: ``s3://bucket/prefix`` base paths are allowed (tf-serving-local only; TF 2.21 has
   no S3 filesystem); they are served through the cache of
   :mod:`tfmlops.serving.sources.s3_cache`.
-* Deviation: the file system poll loop (``file_system_poll_wait_seconds``) runs here, under the
-  lock that serialises config changes, rather than in the source.
+* Deviation: the file system poll loop (``file_system_poll_wait_seconds``) runs here rather than
+  in the source, under its own lock (``_poll_lock``: loads and unloads happen one model at a time),
+  never under the config lock, which only guards the short swap of config and labels.
 """
 
 from __future__ import annotations
@@ -27,8 +35,9 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+import time
 
-from ..config import ModelServerConfig, model_platform, validate_model_config_list
+from ..config import ModelServerConfig, check_model_platforms, model_platform, validate_model_config_list
 from ..core.aspired_versions_manager import AspiredVersionsManager
 from ..core.servable_state_monitor import AVAILABLE, END, ServableStateMonitor
 from ..errors import Code, StatusError, failed_precondition, invalid_argument
@@ -37,28 +46,31 @@ from ..sources.storage_path import FileSystemStoragePathSource
 log = logging.getLogger("tfmlops.serving")
 
 
-def _validate(cfg: ModelServerConfig) -> None:
-    """ServerCore's checks, with ``s3://`` base paths allowed (served through the S3 cache)."""
+def _without_s3(cfg: ModelServerConfig) -> ModelServerConfig:
+    """``cfg`` for ServerCore's checks, with ``s3://`` base paths (served through the S3 cache)
+    standing as local ones."""
     if any(mc.base_path.startswith("s3://") for mc in cfg.model_config_list.config):
         cfg = copy.deepcopy(cfg)
         for mc in cfg.model_config_list.config:
             if mc.base_path.startswith("s3://"):
                 mc.base_path = "/s3/" + mc.base_path[len("s3://"):]
-    validate_model_config_list(cfg)
+    return cfg
 
 
 class ServerCore:
     def __init__(self, *, file_system_poll_wait_seconds: int = 1,
                  allow_version_labels_for_unavailable_models: bool = False,
-                 batch_scheduler=None, servable_factory=None):
+                 batch_scheduler=None, servable_factory=None, reload_wait_timeout_s: float = 300.0):
         self.fs_poll_seconds = file_system_poll_wait_seconds
+        self.reload_wait_timeout_s = reload_wait_timeout_s
         self.allow_labels_for_unavailable = allow_version_labels_for_unavailable_models
         self.batcher = batch_scheduler
         self.servable_state_monitor = ServableStateMonitor()
         self._manager = AspiredVersionsManager(self.servable_state_monitor, batch_scheduler=batch_scheduler,
                                                servable_factory=servable_factory)
         self._source = FileSystemStoragePathSource(self._manager.set_aspired_versions)
-        self._cfg_lock = threading.RLock()  # serialises config changes and fs polls
+        self._cfg_lock = threading.RLock()  # serialises config changes (never held while waiting or loading)
+        self._poll_lock = threading.RLock()  # serialises polls of the base paths (and the loads they start)
         self._config: ModelServerConfig | None = None
         self._model_configs: dict = {}
         # Read-mostly snapshot, replaced wholesale (lock-free reads on the hot path).
@@ -98,7 +110,12 @@ class ServerCore:
         return {k: dict(v) for k, v in self._labels.items()}
 
     # ================================================================== config
-    def reload_config(self, new_config: ModelServerConfig, *, wait_for_new_models: bool = True) -> None:
+    def reload_config(self, new_config: ModelServerConfig, *, wait_for_new_models: bool = True,
+                      timeout_s: float | None = None) -> None:
+        """Apply ``new_config`` (ServerCore::ReloadConfig), then wait for the models it adds: without a
+        bound for the first config (start-up), at most ``timeout_s`` (default
+        ``reload_wait_timeout_s``) for later ones; ``wait_for_new_models=False``: no wait."""
+        first = self._config is None
         with self._cfg_lock:
             old = self._config
             old_case = old.WhichOneof("config") if old is not None else None
@@ -113,8 +130,9 @@ class ServerCore:
                 return
             if new_case != "model_config_list":
                 raise invalid_argument("ModelServer does not yet support custom model config.")
-            _validate(new_config)
-            if old_case == "model_config_list":
+            checked = _without_s3(new_config)
+            validate_model_config_list(checked, check_platforms=False)  # upstream's order: names, paths,
+            if old_case == "model_config_list":  # then ValidateNoModelsChangePlatforms, then the platforms
                 old_platforms = {mc.name: model_platform(mc) for mc in old.model_config_list.config}
                 for mc in new_config.model_config_list.config:
                     was = old_platforms.get(mc.name)
@@ -122,22 +140,26 @@ class ServerCore:
                         raise invalid_argument(
                             f"Illegal to change a model's platform. For model {mc.name} platform was "
                             f"{was} and new platform requested is {model_platform(mc)}")
+            check_model_platforms(checked)
             new_labels = self._compute_labels(new_config)
             self._config = copy.deepcopy(new_config)
             self._labels = new_labels
             old_names = set(self._model_configs)
             self._model_configs = {mc.name: copy.deepcopy(mc) for mc in new_config.model_config_list.config}
-            new_names = [n for n in self._model_configs if n not in old_names]
-            log.info("Adding/updating models.")
-            for name in sorted(old_names - set(self._model_configs)):
+            model_configs = dict(self._model_configs)
+        new_names = [n for n in model_configs if n not in old_names]
+        log.info("Adding/updating models.")
+        with self._poll_lock:
+            for name in sorted(old_names - set(model_configs)):
                 log.info("Removing model %s (no longer in the config)", name)
                 self._manager.set_aspired_versions(name, set())
-            for name, mc in self._model_configs.items():
+            for name, mc in model_configs.items():
                 log.info(" (Re-)adding model: %s", name)
                 self._source.poll_servable(name, mc)
-            if wait_for_new_models and new_names:
-                self._wait_until_available(new_names)
-            log.info("Finished reloading config")
+        if wait_for_new_models and new_names:
+            bound = None if first else (self.reload_wait_timeout_s if timeout_s is None else timeout_s)
+            self._wait_until_available(new_names, bound, noun="servable(s)" if first else "model(s)")
+        log.info("Finished reloading config")
 
     def _compute_labels(self, cfg: ModelServerConfig) -> dict:
         """ServerCore::UpdateModelVersionLabelMap (the new map; nothing is changed here)."""
@@ -157,7 +179,11 @@ class ServerCore:
                 new_map.setdefault(mc.name, {})[label] = version
         return new_map
 
-    def _wait_until_available(self, names) -> None:
+    def _wait_until_available(self, names, timeout_s: float | None = None, noun: str = "model(s)") -> None:
+        """Until the newest version of each model is AVAILABLE; fails with the errors of those that
+        ended in END, worded as TF Serving's (``servable(s)``: the initial load of ServerCore::Create,
+        load_servables_fast.cc; ``model(s)``: ServerCore::WaitUntilModelsAvailable on reloads)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         pending = list(names)
         while True:
             failures, still = [], []
@@ -177,9 +203,14 @@ class ServerCore:
                     still.append(name)
             if failures:
                 raise StatusError(Code.UNKNOWN,
-                                  f"{len(failures)} model(s) did not become available: {{{''.join(failures)}}}")
+                                  f"{len(failures)} {noun} did not become available: {{{''.join(failures)}}}")
             if not still:
                 return
+            if deadline is not None and time.monotonic() > deadline:
+                waiting = ", ".join(f"{{name: {n}}}" for n in still)
+                raise StatusError(Code.DEADLINE_EXCEEDED,
+                                  f"{len(still)} {noun} did not become available within {timeout_s:g} s: "
+                                  f"{{{waiting}}} (the config is applied; they load when their versions appear)")
             for name in still:
                 if name not in self._warned_empty:
                     self._warned_empty.add(name)
@@ -189,10 +220,12 @@ class ServerCore:
             if self._stop.wait(max(self.fs_poll_seconds, 0.2) if self.fs_poll_seconds > 0 else 0.5):
                 raise StatusError(Code.CANCELLED, "Server is shutting down")
             pending = still
-            for name in pending:
-                mc = self._model_configs.get(name)
-                if mc is not None:
-                    self._source.poll_servable(name, mc)
+            if self._poll_thread is None:  # no poll loop (yet, at start-up): poll the awaited models here
+                with self._poll_lock:
+                    for name in pending:
+                        mc = self._model_configs.get(name)
+                        if mc is not None:
+                            self._source.poll_servable(name, mc)
 
     # ================================================================== polling
     def start_polling(self) -> None:
@@ -209,7 +242,7 @@ class ServerCore:
                 log.exception("File system poll failed")
 
     def poll_once(self) -> None:
-        with self._cfg_lock:
+        with self._poll_lock:
             for name, mc in list(self._model_configs.items()):
                 if self._stop.is_set():
                     return
@@ -222,5 +255,5 @@ class ServerCore:
         if self._poll_thread is not None:
             self._poll_thread.join(timeout=30)
         if unload:
-            with self._cfg_lock:
+            with self._poll_lock:
                 self._manager.unload_all()

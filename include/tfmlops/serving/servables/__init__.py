@@ -1,2 +1,2 @@
-"""A loaded SavedModel version and the APIs run on it (TF Serving's
-``tensorflow_serving/servables/tensorflow/``)."""
+"""A loaded model version (SavedModel, or TFLite with ``--prefer_tflite_model``) and the APIs run
+on it (TF Serving's ``tensorflow_serving/servables/tensorflow/``)."""

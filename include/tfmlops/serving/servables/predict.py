@@ -1,20 +1,23 @@
 """The Predict API on a loaded version, mirroring TF Serving's
-``tensorflow_serving/servables/tensorflow/predict_util.cc`` (``RunPredict``): signature and
-method-name check, inputs matched to the signature by alias with TF Serving's error messages,
-optional ``output_filter``, one session run (through the batcher when batching is on).
+``tensorflow_serving/servables/tensorflow/predict_util.cc`` (``RunPredict``): signature (and,
+with ``--enable_signature_method_name_check``, method-name) check, inputs matched to the signature
+by alias with TF Serving's error messages, optional ``output_filter``, one session run (through the
+batcher when batching is on). Input shapes are not checked against the signature: like TF
+Serving's ``Session::Run``, the graph's ops decide what they accept.
 """
 
 from __future__ import annotations
 
 from .. import tensors as T
 from ..errors import Code, StatusError, invalid_argument
-from .util import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD
+from .util import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD, signature_method_name_check_feature
 
 
 def run_predict(servable, signature_name: str, inputs: dict, output_filter=(), timeout_ms=None):
     """Returns (resolved signature name, {alias: ndarray})."""
     sig = servable.signature(signature_name)
-    if sig.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
+    if signature_method_name_check_feature() and sig.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD,
+                                                                         REGRESS_METHOD):
         raise StatusError(Code.INTERNAL, (
             "Expected prediction signature method_name to be one of {"
             f"{PREDICT_METHOD}, {CLASSIFY_METHOD}, {REGRESS_METHOD}}}. Was: {sig.method_name}"))

@@ -3,18 +3,43 @@
 the signature checks that ``classifier.cc`` and ``regressor.cc`` both start with.
 
 The signature constants are TensorFlow's (``tensorflow/cc/saved_model/signature_constants.h``).
+
+``--enable_signature_method_name_check`` is a process-wide switch, as in TF Serving
+(``SetSignatureMethodNameCheckFeature``): off by default, so Classify/Regress/Predict accept a
+signature whatever its ``method_name`` (native TF2 models export every signature as
+``tensorflow/serving/predict``) as long as its inputs and outputs fit the API.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..errors import invalid_argument
+from .. import tensors as T
+from ..errors import StatusError, invalid_argument
 
 DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
+
+_signature_method_name_check = False
+
+
+def set_signature_method_name_check_feature(enabled: bool) -> None:
+    global _signature_method_name_check
+    _signature_method_name_check = bool(enabled)
+
+
+def signature_method_name_check_feature() -> bool:
+    return _signature_method_name_check
+
+
+def dtype_name(arr: np.ndarray) -> str:
+    """``DataType_Name`` of an output array's type (``DT_FLOAT``, ...)."""
+    try:
+        return T.DTYPE_NAMES[T.dt_of_numpy(arr)]
+    except StatusError:
+        return str(arr.dtype)
 
 
 def serialized_examples(input_proto) -> np.ndarray:
@@ -37,15 +62,19 @@ def serialized_examples(input_proto) -> np.ndarray:
 
 
 def examples_signature(signatures: dict, signature_name: str, method: str, kind: str):
-    """The signature a Classify/Regress request names (``serving_default`` if none): it must exist,
-    have the API's ``method`` name and one input. ``kind`` ("classification", "regression") goes
-    into the error message."""
+    """The signature a Classify/Regress request names (``serving_default`` if none): it must exist
+    (and, with the method-name check on, have the API's ``method`` name). ``kind``
+    ("classification", "regression") goes into the error message."""
     name = signature_name or DEFAULT_SIGNATURE
     sig = signatures.get(name)
     if sig is None:
         raise invalid_argument(f"No signature was found with the name: {name}")
-    if sig.method_name != method:
+    return sig
+
+
+def check_method_name(sig, method: str, kind: str) -> None:
+    """The first check of ``PreProcessClassification``/``PreProcessRegression``, then the input count."""
+    if _signature_method_name_check and sig.method_name != method:
         raise invalid_argument(f"Expected {kind} signature method_name to be {method}. Was: {sig.method_name}")
     if len(sig.inputs) != 1:
         raise invalid_argument("Expected one input Tensor.")
-    return sig

@@ -1,8 +1,9 @@
 """Replay of a version's warmup requests while it loads, mirroring TF Serving's
 ``tensorflow_serving/servables/tensorflow/saved_model_warmup_util.cc``: the
 ``PredictionLog`` records of ``assets.extra/tf_serving_warmup_requests`` (a TFRecord file) are
-run as Predict / Classify / Regress requests on the new version before it becomes AVAILABLE; at
-most 1000 records, and any failure fails the load.
+run as Predict / Classify / Regress / MultiInference requests on the new version before it becomes
+AVAILABLE (each ``--num_request_iterations_for_warmup`` times, once by default); at most 1000
+records, and any failure fails the load.
 
 Deviation: the TFRecord reader does not verify the records' CRCs.
 """
@@ -41,9 +42,27 @@ def read_tfrecords(path: str):
             yield data
 
 
-def run_saved_model_warmup(servable) -> int:
-    """Replay ``<version dir>/assets.extra/tf_serving_warmup_requests`` on ``servable``; returns the
-    number of records (0 without the file)."""
+def _replay(servable, plog, kind: str) -> None:
+    """RunWarmupRequest: one record as the request it logged."""
+    if kind == "predict_log":
+        req = plog.predict_log.request
+        inputs = {k: T.make_ndarray(v, k) for k, v in req.inputs.items()}
+        servable.predict(req.model_spec.signature_name, inputs, list(req.output_filter))
+    elif kind == "classify_log":
+        req = plog.classify_log.request
+        servable.classify(req.model_spec.signature_name, req.input)
+    elif kind == "regress_log":
+        req = plog.regress_log.request
+        servable.regress(req.model_spec.signature_name, req.input)
+    elif kind == "multi_inference_log":
+        servable.multi_inference(plog.multi_inference_log.request)
+    else:
+        raise invalid_argument(f"Unsupported log_type for warmup: {kind}")
+
+
+def run_saved_model_warmup(servable, iterations: int = 1) -> int:
+    """Replay ``<version dir>/assets.extra/tf_serving_warmup_requests`` on ``servable`` (each record
+    ``iterations`` times); returns the number of records (0 without the file)."""
     path = os.path.join(servable.path, WARMUP_FILE)
     if not os.path.exists(path):
         return 0
@@ -57,18 +76,8 @@ def run_saved_model_warmup(servable) -> int:
         except Exception:  # noqa: BLE001 - protobuf's DecodeError and friends: a bad record
             raise invalid_argument(f"Failed to parse warmup record: {record!r} from {path}") from None
         kind = plog.WhichOneof("log_type")
-        if kind == "predict_log":
-            req = plog.predict_log.request
-            inputs = {k: T.make_ndarray(v, k) for k, v in req.inputs.items()}
-            servable.predict(req.model_spec.signature_name, inputs, list(req.output_filter))
-        elif kind == "classify_log":
-            req = plog.classify_log.request
-            servable.classify(req.model_spec.signature_name, req.input)
-        elif kind == "regress_log":
-            req = plog.regress_log.request
-            servable.regress(req.model_spec.signature_name, req.input)
-        else:
-            raise invalid_argument(f"Unsupported log_type for warmup: {kind}")
+        for _ in range(iterations):
+            _replay(servable, plog, kind)
         n += 1
         if n > MAX_WARMUP_RECORDS:
             raise invalid_argument(

@@ -68,6 +68,17 @@ def read_marker(base_uri: str, version: int, s3_client=None) -> dict | None:
     return json.loads(body)
 
 
+MAX_MARKER_BYTES = 1024 * 1024
+
+
+def safe_relative_path(rel) -> bool:
+    """A marker entry is a plain relative path inside the version: no absolute path, no ``..`` or
+    ``.`` part, no backslash, no empty part (it becomes a file under the local cache)."""
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel or "\x00" in rel:
+        return False
+    return all(part not in ("", ".", "..") for part in rel.split("/"))
+
+
 def complete_s3_versions(base_uri: str, s3_client=None) -> dict[int, dict]:
     """{version: {relative file: size}} of the versions under ``base_uri`` that carry the marker
     (one listing; the marker's own file list is read for each)."""
@@ -79,8 +90,20 @@ def complete_s3_versions(base_uri: str, s3_client=None) -> dict[int, dict]:
         rel = key[len(prefix) + 1:]
         head, _, name = rel.partition("/")
         if name == COMPLETE_MARKER and head.isascii() and head.isdigit():
-            marker = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
-            files = marker.get("files", {})
+            if keys[key] > MAX_MARKER_BYTES:
+                log.warning("Ignoring %s/%s: its completion marker is %d bytes", base_uri, head, keys[key])
+                continue
+            try:
+                marker = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+                files = marker.get("files", {})
+                bad = [f for f, size in files.items() if not safe_relative_path(f) or not isinstance(size, int)]
+            except (ValueError, AttributeError) as exc:
+                log.warning("Ignoring %s/%s: unreadable completion marker (%s)", base_uri, head, exc)
+                continue
+            if bad:
+                log.warning("Ignoring %s/%s: its completion marker lists paths outside the version: %s",
+                            base_uri, head, bad[:5])
+                continue
             # every listed object must be there with its size (a re-upload in progress is not complete)
             if all(keys.get(f"{prefix}/{head}/{f}") == size for f, size in files.items()):
                 found[int(head)] = {"files": files, "content_hash": marker.get("content_hash")}
@@ -99,7 +122,9 @@ def download_s3_version(base_uri: str, version: int, files: dict, dst: str | Pat
     staging = dst / f".tmp-{version}-{uuid.uuid4().hex}"
     try:
         for rel in files:
-            local = staging / rel
+            local = (staging / rel).resolve()
+            if not safe_relative_path(rel) or staging.resolve() not in local.parents:
+                raise ValueError(f"{base_uri}/{version}: marker entry {rel!r} is outside the version")
             local.parent.mkdir(parents=True, exist_ok=True)
             client.download_file(bucket, f"{prefix}/{rel}", str(local))
         staging.mkdir(parents=True, exist_ok=True)

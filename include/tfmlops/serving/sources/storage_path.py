@@ -15,6 +15,8 @@
   then it is "not yet seen" (TF Serving would try to load it and fail). Its
   :func:`savedmodel_fingerprint` (names/sizes/mtimes) lets the manager retry a failed version
   once its contents change.
+  A directory holding a ``model.tflite`` counts as complete too (``--prefer_tflite_model``).
+* ``file:///abs/path`` base paths are the local path they name (TensorFlow's ``file`` scheme).
 * ``s3://bucket/prefix`` base paths (tf-serving-local only) are listed through the local cache
   of :mod:`tfmlops.serving.sources.s3_cache`.
 """
@@ -26,11 +28,23 @@ import logging
 import os
 import re
 
+from ..config import FILE_URI_PREFIX
 from .s3_cache import S3VersionCache
 
 log = logging.getLogger("tfmlops.serving")
 
 _SHARD_RE = re.compile(r"^variables\.data-(\d+)-of-(\d+)$")
+TFLITE_MODEL_FILENAME = "model.tflite"
+
+
+def local_path(base_path: str) -> str:
+    """A ``file://`` URI's local path, as TensorFlow's local file system translates it (the host
+    part is dropped: ``file:///a/b`` and ``file://host/a/b`` -> ``/a/b``); other paths unchanged."""
+    if not base_path.startswith(FILE_URI_PREFIX):
+        return base_path
+    rest = base_path[len(FILE_URI_PREFIX):]
+    slash = rest.find("/")
+    return rest[slash:] if slash >= 0 else ""
 
 
 def savedmodel_fingerprint(path: str):
@@ -39,7 +53,7 @@ def savedmodel_fingerprint(path: str):
         names = os.listdir(path)
     except OSError:
         return None
-    if "saved_model.pb" not in names and "saved_model.pbtxt" not in names:
+    if not {"saved_model.pb", "saved_model.pbtxt", TFLITE_MODEL_FILENAME} & set(names):
         return None
     entries = []
     var_dir = os.path.join(path, "variables")
@@ -107,6 +121,7 @@ class FileSystemStoragePathSource:
             base = self._s3_cache.sync(base, functools.partial(aspired_versions, model_config))
             if base is None:
                 return
+        base = local_path(base)
         try:
             entries = os.listdir(base)
         except OSError as exc:
