@@ -56,6 +56,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_dag_parse.py
 	$(BIN)/python benchmarks/bench_offline_pipeline.py
 	$(BIN)/python benchmarks/bench_serving.py
+	$(BIN)/python benchmarks/bench_serving_before_after.py
 	$(BIN)/python benchmarks/bench_formats.py
 	$(BIN)/python benchmarks/bench_rollout.py
 
