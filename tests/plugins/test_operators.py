@@ -348,3 +348,8 @@ def test_quality_drift_returns_the_retrain_decision():
     with mock.patch("tfmlops.steps.monitor.check_quality_drift", side_effect=LookupError("not AVAILABLE")):
         with pytest.raises(AirflowFailException, match="not AVAILABLE"):
             op.execute(context())
+    outside = ModelQualityDriftOperator(task_id="q", model_name="m", root="/etc", dataset="ds")
+    with mock.patch("tfmlops.steps.monitor.check_quality_drift") as step:
+        with pytest.raises(AirflowFailException, match="partitions root '/etc' is not allowed"):
+            outside.execute(context())
+    step.assert_not_called()

@@ -135,6 +135,15 @@ def allowed_partitions_roots() -> list[str]:
     return [DEFAULT_PARTITIONS_ROOT, *(r.strip() for r in listed.split(",") if r.strip())]
 
 
+def checked_partitions_root(root) -> str:
+    """``root`` when it is allowed (:func:`allowed_partitions_roots`), else fail the task naming it."""
+    root, allowed = str(root), allowed_partitions_roots()
+    if not any(_inside(root, a) for a in allowed):
+        raise AirflowFailException(f"partitions root {root!r} is not allowed (allowed: {allowed}; add it to "
+                                   "[tfmlops] allowed_partitions_roots)")
+    return root
+
+
 def _inside(root: str, allowed: str) -> bool:
     if root.startswith("s3://") or allowed.startswith("s3://"):
         return (root.rstrip("/") + "/").startswith(allowed.rstrip("/") + "/")
@@ -157,12 +166,7 @@ class PartitionsOperator(TFMLOpsBaseOperator):
         self.root = root
         self.dataset = dataset
 
-    def check_root(self, root) -> str:
-        root, allowed = str(root), allowed_partitions_roots()
-        if not any(_inside(root, a) for a in allowed):
-            raise AirflowFailException(f"partitions root {root!r} is not allowed (allowed: {allowed}; add it to "
-                                       "[tfmlops] allowed_partitions_roots)")
-        return root
+    check_root = staticmethod(checked_partitions_root)
 
     @cached_property
     def s3_client(self):

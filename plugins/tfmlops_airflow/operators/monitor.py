@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from airflow.sdk.exceptions import AirflowFailException
 
 from tfmlops_airflow.hooks import TFServingHook
-from tfmlops_airflow.operators.base import TFMLOpsBaseOperator, optional
+from tfmlops_airflow.operators.base import TFMLOpsBaseOperator, checked_partitions_root, optional
 
 alert_log = logging.getLogger("tfmlops.alerts")
 
@@ -93,7 +93,8 @@ class ModelQualityDriftOperator(MonitorOperator):
     ``champion`` on the newest labeled partitions, and PSI drift of input statistics and
     predictions vs the version's stored training reference. Returns ``retrain`` and ``reason``.
 
-    :param root: partitions root, a local folder or ``s3://bucket/prefix``. (templated)
+    :param root: partitions root, a local folder or ``s3://bucket/prefix``, inside an allowed root
+        (:func:`~tfmlops_airflow.operators.base.allowed_partitions_roots`). (templated)
     :param dataset: dataset name, the folder under the root. (templated)
     :param newest: how many of the newest partitions to use. (templated)
     :param min_accuracy: accuracy under this asks for a retrain. (templated)
@@ -126,7 +127,8 @@ class ModelQualityDriftOperator(MonitorOperator):
         hook = TFServingHook(self.tf_serving_conn_id)
         try:
             result = check_quality_drift(
-                self.tracking_uri, str(self.model_name), hook.endpoint(), str(self.root), str(self.dataset),
+                self.tracking_uri, str(self.model_name), hook.endpoint(), checked_partitions_root(self.root),
+                str(self.dataset),
                 _thresholds(min_accuracy=self.min_accuracy, max_input_psi=self.max_input_psi,
                             max_prediction_psi=self.max_prediction_psi),
                 newest=int(self.newest), reference_rows=int(self.reference_rows),
