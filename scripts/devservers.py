@@ -102,8 +102,24 @@ def stop(name: str, run_dir: Path, timeout: float = 30.0) -> bool:
             time.sleep(0.2)
         _signal_group(pid, signal.SIGKILL)  # stragglers in the group, if any
         _reap(pid)
+        deadline = time.monotonic() + 10  # a SIGKILLed process takes a moment to be gone
+        while _group_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
     pid_file.unlink(missing_ok=True)
     return pid is not None
+
+
+def _group_alive(pgid: int) -> list[int]:
+    """The processes of process group ``pgid`` that are still running (zombies excluded)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
 
 
 def restarts(name: str, run_dir: Path) -> dict | None:
