@@ -61,3 +61,20 @@ def test_a_reused_pid_is_never_signalled(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_stack_secrets_are_owner_only(tmp_path):
+    """The embedded stack's UI password and JWT secret files: created 0600, and a file an earlier
+    version left world-readable is tightened; the secret is made once, then reused."""
+    import stack
+
+    fresh = tmp_path / "jwt_secret"
+    assert stack.secret_file(fresh, lambda: "s3cret") == "s3cret"
+    assert fresh.stat().st_mode & 0o777 == 0o600
+    assert stack.secret_file(fresh, lambda: "other") == "s3cret"
+    old = tmp_path / "passwords.json"
+    old.write_text('{"admin": "pw"}')
+    old.chmod(0o644)
+    stack.secret_file(old, lambda: "unused")
+    assert old.stat().st_mode & 0o777 == 0o600 and old.read_text() == '{"admin": "pw"}'
+

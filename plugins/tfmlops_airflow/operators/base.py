@@ -166,8 +166,6 @@ class PartitionsOperator(TFMLOpsBaseOperator):
         self.root = root
         self.dataset = dataset
 
-    check_root = staticmethod(checked_partitions_root)
-
     @cached_property
     def s3_client(self):
         return self.s3_client_for(self.root)

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from tfmlops_airflow.assets import NEW_PARTITIONS, partition_key, split_partition_key
-from tfmlops_airflow.operators.base import PartitionsOperator, id_list, lineage, optional
+from tfmlops_airflow.operators.base import PartitionsOperator, checked_partitions_root, id_list, lineage, optional
 
 
 class SimulatePartitionOperator(PartitionsOperator):
@@ -41,7 +41,7 @@ class SimulatePartitionOperator(PartitionsOperator):
         from tfmlops.steps.simulate import simulate
 
         seed = None if optional(self.seed) in (None, -1, "-1") else int(self.seed)
-        root = self.check_root(self.root)
+        root = checked_partitions_root(self.root)
         result = simulate(root, str(self.dataset), int(self.size), str(self.drift), float(self.amount), seed,
                           s3_client=self.s3_client)
         if NEW_PARTITIONS in self.outlets:
@@ -93,7 +93,7 @@ class IngestPartitionsOperator(PartitionsOperator):
                      and (e.extra or {}).get("dataset") == dataset and (e.extra or {}).get("root")]
             if roots:
                 self.root = roots[-1]
-        root = self.check_root(self.root)  # the event's root too: nothing is moved outside the allowed roots
+        root = checked_partitions_root(self.root)  # the event's root too: nothing is moved outside the allowed roots
         result = ingest(root, str(self.dataset), wanted or None, self.n_features, self.num_classes,
                         s3_client=self.s3_client)
         for bad in result["quarantined"]:
@@ -154,8 +154,8 @@ class OnlineUpdateOperator(PartitionsOperator):
                               min_improvement=float(self.min_improvement), tolerance=float(self.tolerance),
                               holdout_uri=str(self.holdout_uri), holdout_rows=int(self.holdout_rows))
         try:
-            result = update(self.tracking_uri, str(self.model_name), self.check_root(self.root), str(self.dataset),
-                            id_list(self.partition_ids), config, tags=lineage(context),
+            result = update(self.tracking_uri, str(self.model_name), checked_partitions_root(self.root),
+                            str(self.dataset), id_list(self.partition_ids), config, tags=lineage(context),
                             s3_client=self.s3_client)
         except OnlineUpdateError as exc:
             raise AirflowFailException(str(exc)) from exc
