@@ -86,6 +86,44 @@ def _format_error(doc, *parts) -> Exception:
     return invalid_argument("JSON Value: " + _jstr(doc) + " " + "".join(parts))
 
 
+# Python's json decoder messages -> rapidjson's GetParseError_En, which TF Serving reports
+_RAPIDJSON_ERRORS = {
+    "Expecting value": "Invalid value.",
+    "Expecting property name enclosed in double quotes": "Missing a name for object member.",
+    "Expecting ':' delimiter": "Missing a colon after a name of object member.",
+    "Unterminated string starting at": "Missing a closing quotation mark in string.",
+    "Invalid \\escape": "Invalid escape character in string.",
+    "Invalid \\uXXXX escape": "Incorrect hex digit after \\u escape in string.",
+    "Invalid control character at": "Invalid encoding in string.",
+    "Extra data": "The document root must not be followed by other values.",
+}
+
+
+def _innermost_container(text: str) -> str:
+    """``{`` or ``[``: the container open at the end of ``text`` (a JSON prefix)."""
+    stack, in_string, escaped = [], False, False
+    for ch in text:
+        if in_string:
+            escaped = not escaped and ch == "\\"
+            in_string = escaped or ch != '"'
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            stack.append(ch)
+        elif ch in "}]" and stack:
+            stack.pop()
+    return stack[-1] if stack else ""
+
+
+def _rapidjson_reason(exc: json.JSONDecodeError) -> str:
+    """rapidjson's message (what TF Serving reports) for a Python decoder error."""
+    if exc.msg == "Expecting ',' delimiter":
+        inner = _innermost_container(exc.doc[:exc.pos] if isinstance(exc.doc, str) else "")
+        return ("Missing a comma or '}' after an object member." if inner == "{"
+                else "Missing a comma or ']' after an array element.")
+    return _RAPIDJSON_ERRORS.get(exc.msg, exc.msg)
+
+
 @_bounded_nesting
 def parse_json(body: bytes) -> dict:
     if not body:
@@ -93,7 +131,7 @@ def parse_json(body: bytes) -> dict:
     try:
         doc = json.loads(body)
     except json.JSONDecodeError as exc:
-        raise invalid_argument(f"JSON Parse error: {exc.msg} at offset: {exc.pos}") from None
+        raise invalid_argument(f"JSON Parse error: {_rapidjson_reason(exc)} at offset: {exc.pos}") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise invalid_argument(f"JSON Parse error: {exc}") from None
     if not isinstance(doc, dict):

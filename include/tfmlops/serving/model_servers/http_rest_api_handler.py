@@ -43,54 +43,6 @@ DEBUG_BATCHING_PATH = "/monitoring/tfmlops/batching"
 PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # PrometheusExporter::kPrometheusPath
 _INT64_MAX = (1 << 63) - 1
 
-# Python's json decoder messages -> rapidjson's GetParseError_En, which TF Serving reports
-_RAPIDJSON_ERRORS = {
-    "Expecting value": "Invalid value.",
-    "Expecting property name enclosed in double quotes": "Missing a name for object member.",
-    "Expecting ':' delimiter": "Missing a colon after a name of object member.",
-    "Unterminated string starting at": "Missing a closing quotation mark in string.",
-    "Invalid \\escape": "Invalid escape character in string.",
-    "Invalid \\uXXXX escape": "Incorrect hex digit after \\u escape in string.",
-    "Invalid control character at": "Invalid encoding in string.",
-    "Extra data": "The document root must not be followed by other values.",
-}
-_PY_JSON_ERROR_RE = re.compile(r"JSON Parse error: (.*) at offset: (\d+)", re.S)
-
-
-def _innermost_container(text: str) -> str:
-    """``{`` or ``[``: the container open at the end of ``text`` (a JSON prefix)."""
-    stack, in_string, escaped = [], False, False
-    for ch in text:
-        if in_string:
-            escaped = not escaped and ch == "\\"
-            in_string = escaped or ch != '"'
-        elif ch == '"':
-            in_string = True
-        elif ch in "{[":
-            stack.append(ch)
-        elif ch in "}]" and stack:
-            stack.pop()
-    return stack[-1] if stack else ""
-
-
-def parse_json(body: bytes) -> dict:
-    """:func:`json_tensor.parse_json` with TF Serving's (rapidjson's) parse error messages."""
-    try:
-        return J.parse_json(body)
-    except StatusError as exc:
-        m = _PY_JSON_ERROR_RE.fullmatch(exc.message)
-        if m is None:
-            raise
-        reason, offset = m.group(1), int(m.group(2))
-        if reason == "Expecting ',' delimiter":
-            inner = _innermost_container(body[:offset].decode("utf-8", errors="replace"))
-            reason = ("Missing a comma or '}' after an object member." if inner == "{"
-                      else "Missing a comma or ']' after an array element.")
-        else:
-            reason = _RAPIDJSON_ERRORS.get(reason, reason)
-        raise invalid_argument(f"JSON Parse error: {reason} at offset: {offset}") from None
-
-
 def status_json(resp) -> bytes:
     return json_format.MessageToJson(resp, always_print_fields_with_no_presence=True, indent=1).encode() + b"\n"
 
@@ -179,7 +131,7 @@ class RestApi:
         raise malformed
 
     def _predict(self, name, version, label, body) -> bytes:
-        doc = parse_json(body)
+        doc = J.parse_json(body)
         sig_name = J.signature_name(doc)
         servable = self.core.acquire(name, version, label)
         try:
@@ -194,7 +146,7 @@ class RestApi:
         return J.predict_outputs_json(outputs, fmt)
 
     def _classify_regress(self, name, version, label, body, classify: bool) -> bytes:
-        doc = parse_json(body)
+        doc = J.parse_json(body)
         sig_name = J.signature_name(doc)
         inp = input_pb2.Input()
         J.classify_regress_input(doc, inp)
