@@ -223,7 +223,6 @@ class RestServer(ThreadingHTTPServer):
         self._conns: dict = {}  # connection -> [phase, deadline (monotonic) or None]
         self.closed_by_watchdog = 0
         super().__init__((host, port), _Handler)
-        self._service_threads: list[threading.Thread] = []  # (ThreadingMixIn owns ``_threads``)
 
     # ------------------------------------------------------------------ connections
     def process_request(self, request, client_address):
@@ -274,11 +273,9 @@ class RestServer(ThreadingHTTPServer):
                     _shutdown(conn)
 
     def start(self) -> None:
-        for target, name in ((self._watchdog, "rest_watchdog"), (self.serve_forever, "rest_accept")):
-            kwargs = {"poll_interval": 0.2} if target == self.serve_forever else {}
-            thread = threading.Thread(target=target, kwargs=kwargs, name=name, daemon=True)
-            thread.start()
-            self._service_threads.append(thread)
+        threading.Thread(target=self._watchdog, name="rest_watchdog", daemon=True).start()
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2}, name="rest_accept",
+                         daemon=True).start()
 
     def stop(self, grace_s: float = 30.0) -> None:
         """Stop accepting; close idle and slow connections at once; let requests being handled finish."""
