@@ -32,6 +32,8 @@ AIRFLOW_HOME = VAR / "airflow"
 SERVING = VAR / "serving"
 CONFIG_FILE = SERVING / "models.config"
 MODELS_ROOT = SERVING / "models"
+REQUEST_LOGS = SERVING / "request-logs"  # <model>/requests-*.tfrecord (tf_feedback_join reads them)
+MONITORING_CONFIG = SERVING / "monitoring.config"
 DAG_ID = "tf_offline_retrain"
 USER = "admin"
 
@@ -86,7 +88,8 @@ def airflow_env() -> dict[str, str]:
         "AIRFLOW_CONN_TF_SERVING_DEFAULT": json.dumps({
             "conn_type": "http", "host": "127.0.0.1", "port": PORTS["rest"],
             "extra": {"grpc_port": PORTS["grpc"], "models_root": str(MODELS_ROOT),
-                      "model_config_file": str(CONFIG_FILE)}}),
+                      "model_config_file": str(CONFIG_FILE), "request_log_prefix": str(REQUEST_LOGS),
+                      "request_log_sampling_rate": 0.1}}),
         "MLFLOW_TRACKING_URI": MLFLOW_URL,
     }
 
@@ -100,7 +103,10 @@ def up() -> None:
     print("Starting the embedded default stack:")
     _start("mlflow", devservers.mlflow_server_argv(VAR / "mlflow", PORTS["mlflow"]))
     # supervised: restarted with back-off when it dies (make status shows the restarts)
-    _start("tf-serving-local", devservers.serving_argv(CONFIG_FILE, PORTS["rest"], PORTS["grpc"]),
+    MONITORING_CONFIG.parent.mkdir(parents=True, exist_ok=True)
+    MONITORING_CONFIG.write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n')
+    _start("tf-serving-local", devservers.serving_argv(CONFIG_FILE, PORTS["rest"], PORTS["grpc"])
+           + [f"--monitoring_config_file={MONITORING_CONFIG}"],
            env={"TF_USE_LEGACY_KERAS": "1"}, supervise=True)
     env = airflow_env()
     airflow = str(devservers.BIN / "airflow")

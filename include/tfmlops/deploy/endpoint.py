@@ -13,7 +13,11 @@ class Endpoint:
     sees it (local path or ``s3://``), ``server_models_root`` the same place as the server sees it
     (e.g. ``/models`` in a container). ``model_config_file`` is the server's ModelServerConfig file:
     it is rewritten with every change (so a restart keeps the state) and is where the current
-    config is read from; without it the rollout keeps the config in ``config``."""
+    config is read from; without it the rollout keeps the config in ``config``.
+
+    ``request_log_prefix`` (a folder as the server sees it; tf-serving-local only: real TF Serving
+    refuses a ``logging_config``) turns request logging on for every model this endpoint is given:
+    ``<prefix>/<model>/requests-….tfrecord`` at ``request_log_sampling_rate``."""
 
     name: str
     host: str = "127.0.0.1"
@@ -23,6 +27,8 @@ class Endpoint:
     server_models_root: str | None = None
     model_config_file: str | None = None
     timeout: float = 30.0
+    request_log_prefix: str | None = None
+    request_log_sampling_rate: float = 0.1
     config: object = field(default=None, repr=False)
     _client: ServingClient | None = field(default=None, repr=False, compare=False)
 

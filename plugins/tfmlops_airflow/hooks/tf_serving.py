@@ -51,7 +51,9 @@ class TFServingHook(BaseHook):
                         grpc_port=int(extra.get("grpc_port", DEFAULT_GRPC_PORT)),
                         models_root=extra.get("models_root", ""),
                         server_models_root=extra.get("server_models_root") or None,
-                        model_config_file=extra.get("model_config_file") or None, timeout=self.timeout)
+                        model_config_file=extra.get("model_config_file") or None, timeout=self.timeout,
+                        request_log_prefix=extra.get("request_log_prefix") or None,
+                        request_log_sampling_rate=float(extra.get("request_log_sampling_rate", 0.1)))
 
     @property
     def client(self):
