@@ -254,6 +254,26 @@ def test_simulate_announces_the_partition():
     assert event.extra == {**written, "root": "/parts"}
 
 
+def test_feedback_join_announces_its_partition_or_skips():
+    from tfmlops_airflow.assets import NEW_PARTITIONS
+    from tfmlops_airflow.operators.online import FeedbackJoinOperator
+
+    op = FeedbackJoinOperator(task_id="join", root="/parts", dataset="ds", log_prefix="/logs/m/requests",
+                              min_rows="20")
+    joined = {"partition_id": "p9", "uri": "/parts/ds/incoming/p9/data.npz", "rows": 25}
+    ctx = context()
+    with mock.patch("tfmlops.steps.online.join_feedback", return_value=joined) as step:
+        op.execute(ctx)
+    assert step.call_args.args == ("/logs/m/requests", "/parts", "ds", 20)
+    event = ctx["outlet_events"][NEW_PARTITIONS]
+    event.add_partitions.assert_called_once_with("ds|p9")
+    assert event.extra == {"dataset": "ds", "partition_id": "p9", "uri": joined["uri"], "root": "/parts",
+                           "source": "feedback"}
+    with mock.patch("tfmlops.steps.online.join_feedback", return_value={"partition_id": None, "rows": 3}):
+        with pytest.raises(AirflowSkipException, match="3 labeled rows, fewer than 20"):
+            op.execute(context())
+
+
 def test_ingest_reads_the_partition_of_its_run():
     from tfmlops_airflow.assets import NEW_PARTITIONS
     from tfmlops_airflow.operators.online import IngestPartitionsOperator

@@ -193,3 +193,37 @@ def test_counters_move_with_traffic_and_requests_are_logged(logged_server, refer
         np.testing.assert_allclose(make_ndarray(p.predict_log.request.inputs["x"], "x"), x)
         np.testing.assert_allclose(make_ndarray(p.predict_log.response.outputs["y"], "y"), reference["mlp_a"],
                                    rtol=1e-5)
+
+
+def test_request_logs_go_to_s3_and_a_failed_upload_is_retried(s3_endpoint, tmp_path):
+    """An ``s3://`` filename_prefix: closed files are uploaded (a real S3 protocol server); while the
+    bucket cannot be written they wait in the local spool, and go up at the next rotation."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from tfmlops.serving.core.log_collector import TFRecordLogCollector
+    from tfmlops.serving.servables.warmup import read_tfrecords
+
+    client = s3_endpoint["client"]()
+    collector = TFRecordLogCollector("s3://request-logs/mnist/requests", max_file_bytes=2000, s3_client=client,
+                                     spool_dir=str(tmp_path / "spool"))
+    sent = []
+    for i in range(30):  # no bucket yet: every upload fails, the files stay in the spool
+        plog = prediction_log_pb2.PredictionLog()
+        plog.log_metadata.request_origin = f"id-{i}"
+        plog.predict_log.request.model_spec.name = "mnist" + "x" * 200
+        collector.collect_message(plog)
+        sent.append(f"id-{i}")
+    spooled = sorted((tmp_path / "spool").rglob("*.tfrecord"))
+    assert len(spooled) >= 2 and not any(u.startswith("s3://") for u in collector.closed_files)
+    client.create_bucket(Bucket="request-logs")
+    collector.close()
+    assert not list((tmp_path / "spool").rglob("*.tfrecord*"))
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket="request-logs")["Contents"]]
+    assert all(k.startswith("mnist/requests-") and k.endswith(".tfrecord") for k in keys)
+    got = []
+    for key in keys:
+        local = tmp_path / key.replace("/", "_")
+        client.download_file("request-logs", key, str(local))
+        got += [prediction_log_pb2.PredictionLog.FromString(r).log_metadata.request_origin
+                for r in read_tfrecords(str(local))]
+    assert sorted(got) == sorted(sent)

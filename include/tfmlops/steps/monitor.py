@@ -178,3 +178,46 @@ def check_quality_drift(tracking_uri: str, model_name: str, endpoint, root: str,
             "quality": {k: q[k] for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "rows")},
             "per_class_f1": q["per_class"]["f1"], "confusion_matrix": q["confusion_matrix"], "drift": d,
             "charts": charts}
+
+
+def check_live_drift(tracking_uri: str, model_name: str, endpoint, log_prefix: str, thresholds: Thresholds,
+                     window_s: float = 3600.0, min_rows: int = 100, reference_rows: int = 2000,
+                     n_features: int = 784, num_classes: int = 10) -> dict:
+    """PSI drift of what users sent to the ``champion`` (the server's request logs of the last
+    ``window_s``, :mod:`tfmlops.feedback`) against the version's training reference; fewer than
+    ``min_rows`` logged rows: no verdict."""
+    from tfmlops import feedback
+
+    champion = registry.get_version(tracking_uri, model_name, registry.CHAMPION)
+    version = int(champion.version)
+    since = time.time() - window_s
+    files = [f for f in feedback.list_request_logs(log_prefix) if Path(f).stat().st_mtime >= since]
+    logged = [r for r in feedback.read_request_logs(files).values()
+              if r["model_version"] == version and r["predicted"] is not None]
+    rows = sum(len(r["x"]) for r in logged)
+    base = {"model_name": model_name, "version": version, "log_files": len(files), "rows": rows, "breaches": [],
+            "retrain": False}
+    if rows < min_rows:
+        return {**base, "reason": f"{rows} logged rows of version {version} in the last {window_s:.0f} s, "
+                                  f"fewer than {min_rows}: no live drift verdict"}
+    x = np.concatenate([r["x"] for r in logged])[:, :n_features]
+    predicted = np.concatenate([r["predicted"] for r in logged])
+    reference = ensure_reference(tracking_uri, model_name, version, endpoint.client, reference_rows, n_features,
+                                 num_classes)
+    d = drift(reference, x, predicted, num_classes)
+    breaches = []
+    if d["input_psi_max"] > thresholds.max_input_psi:
+        breaches.append(f"live input drift: PSI of {d['input_psi_worst']} {d['input_psi_max']:.3f} > "
+                        f"{thresholds.max_input_psi:.3f} on {rows} logged rows")
+    if d["prediction_psi"] > thresholds.max_prediction_psi:
+        breaches.append(f"live prediction drift: PSI {d['prediction_psi']:.3f} > {thresholds.max_prediction_psi:.3f} "
+                        f"on {rows} logged rows")
+    run_id = monitoring_run(tracking_uri, model_name)
+    step = log_step(tracking_uri, run_id, {"live.rows": rows, "live.input_psi_max": d["input_psi_max"],
+                                           "live.prediction_psi": d["prediction_psi"]})
+    log.info("live drift of version %s on %d logged rows: %s", version, rows,
+             {k: d[k] for k in ("input_psi_max", "prediction_psi")})
+    reason = f"{model_name} version {version}, live traffic: " + "; ".join(breaches) if breaches else ""
+    return {**base, "run_id": run_id, "step": step, "drift": d, "breaches": breaches, "retrain": bool(breaches),
+            "reason": reason}
+

@@ -11,7 +11,7 @@ Files are written as ``<prefix>-<UTC time>-<pid>-<seq>.tfrecord.partial`` and re
 ``….tfrecord`` when closed: at ``max_file_bytes``, after ``max_file_age_s``, and when the server
 stops (SIGTERM) — a reader only ever sees complete files, and a record is never split. With an
 ``s3://`` prefix the closed file is uploaded (boto3, ``AWS_*`` variables) and then removed from
-the local spool (``<spool dir>/…``); a failed upload stays in the spool and is retried at the next
+the local spool (``<spool dir>/<bucket>/<key>``); a failed upload stays in the spool and is retried at the next
 rotation and at shutdown.
 """
 
@@ -46,7 +46,9 @@ class TFRecordLogCollector:
             from ..sources.s3_cache import split_s3_prefix
             self.bucket, self.key_prefix = split_s3_prefix(filename_prefix)
             spool = spool_dir or os.path.join(tempfile.gettempdir(), "tf-serving-local-request-logs")
-            self.prefix = os.path.join(spool, self.key_prefix.replace("/", "_") or "log")
+            self.key_dir, base = os.path.split(self.key_prefix)
+            # the spool mirrors bucket/key so that two prefixes never share file names
+            self.prefix = os.path.join(spool, self.bucket, self.key_dir, base or "requests")
             self._s3_client = s3_client
         else:
             self.prefix = filename_prefix
@@ -92,7 +94,7 @@ class TFRecordLogCollector:
             if not (name.startswith(base) and name.endswith(".tfrecord")):
                 continue
             local = os.path.join(spool, name)
-            key = f"{self.key_prefix}/{name}" if self.key_prefix else name
+            key = f"{self.key_dir}/{name}" if self.key_dir else name
             try:
                 self._s3_client = s3_client_or_default(self._s3_client)
                 self._s3_client.upload_file(local, self.bucket, key)
