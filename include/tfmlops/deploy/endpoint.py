@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .client import ServingClient
+from .live_metrics import DEFAULT_METRICS_PATH
 
 
 @dataclass
@@ -13,7 +14,9 @@ class Endpoint:
     sees it (local path or ``s3://``), ``server_models_root`` the same place as the server sees it
     (e.g. ``/models`` in a container). ``model_config_file`` is the server's ModelServerConfig file:
     it is rewritten with every change (so a restart keeps the state) and is where the current
-    config is read from; without it the rollout keeps the config in ``config``."""
+    config is read from; without it the rollout keeps the config in ``config``. ``metrics_path``
+    is where the server exports its Prometheus metrics on the REST port (the ``path`` of its
+    ``--monitoring_config_file``)."""
 
     name: str
     host: str = "127.0.0.1"
@@ -23,6 +26,7 @@ class Endpoint:
     server_models_root: str | None = None
     model_config_file: str | None = None
     timeout: float = 30.0
+    metrics_path: str = DEFAULT_METRICS_PATH
     config: object = field(default=None, repr=False)
     _client: ServingClient | None = field(default=None, repr=False, compare=False)
 
@@ -31,6 +35,15 @@ class Endpoint:
         if self._client is None:
             self._client = ServingClient(self.host, self.rest_port, self.grpc_port, timeout=self.timeout)
         return self._client
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.rest_port}/{self.metrics_path.lstrip('/')}"
+
+    @property
+    def instance(self) -> str:
+        """``host:port`` of the REST port: the ``instance`` label Prometheus gives this replica."""
+        return f"{self.host}:{self.rest_port}"
 
     def base_path(self, model: str) -> str:
         return f"{str(self.server_models_root or self.models_root).rstrip('/')}/{model}"
