@@ -489,7 +489,7 @@ def main() -> int:
         dataset, _ = data.load_validated("mnist", 784, 10, sample_fraction=0.05)
         model = build_model(ModelConfig())
         history = train(model, dataset.x_train, dataset.y_train, TrainConfig(epochs=args.epochs))
-        exported = export_saved_model(model, work / "export", dataset.x_test[:8])
+        exported = export_saved_model(model, work / "export", dataset.x_test[:8], dataset.x_train[:32])
         models_root = work / "serving" / "models"
         publish_version(Path(exported["path"]) / "saved_model", models_root, MODEL_NAME, 1)
         config_file = work / "serving" / "models.config"

@@ -90,7 +90,7 @@ def main() -> int:
         dataset, _ = data.load_validated("mnist", 784, 10, sample_fraction=0.05)
         model = build_model(ModelConfig())
         train(model, dataset.x_train, dataset.y_train, TrainConfig(epochs=1))
-        exported = export_saved_model(model, work / "export", dataset.x_test[:8])
+        exported = export_saved_model(model, work / "export", dataset.x_test[:8], dataset.x_train[:32])
         models_root = work / "models"
         publish_version(Path(exported["path"]) / "saved_model", models_root, MODEL_NAME, 1)
         ports = {}

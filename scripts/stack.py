@@ -41,6 +41,7 @@ CONFIG_FILE = SERVING / "models.config"
 MONITORING_CONFIG = ROOT / "docker" / "serving" / "monitoring.config"
 PROMETHEUS = VAR / "prometheus"
 MODELS_ROOT = SERVING / "models"
+REQUEST_LOGS = SERVING / "request-logs"  # <model>/requests-*.tfrecord (tf_feedback_join reads them)
 DAG_ID = "tf_offline_retrain"
 USER = "admin"
 
@@ -96,7 +97,8 @@ def airflow_env() -> dict[str, str]:
         "AIRFLOW_CONN_TF_SERVING_DEFAULT": json.dumps({
             "conn_type": "http", "host": "127.0.0.1", "port": PORTS["rest"],
             "extra": {"grpc_port": PORTS["grpc"], "models_root": str(MODELS_ROOT),
-                      "model_config_file": str(CONFIG_FILE)}}),
+                      "model_config_file": str(CONFIG_FILE), "request_log_prefix": str(REQUEST_LOGS),
+                      "request_log_sampling_rate": 0.1}}),
         "MLFLOW_TRACKING_URI": MLFLOW_URL,
         **({"AIRFLOW_CONN_PROMETHEUS_DEFAULT": json.dumps({"conn_type": "http", "host": "127.0.0.1",
                                                           "port": PORTS["prometheus"]})}

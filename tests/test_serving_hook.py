@@ -18,7 +18,7 @@ def exported(tmp_path_factory):
     model = build_model(ModelConfig(n_features=8, num_classes=3, hidden_units=[4]))
     x = np.random.default_rng(0).random((5, 8), dtype=np.float32)
     path = tmp_path_factory.mktemp("export") / "m"
-    export_saved_model(model, path, x)
+    export_saved_model(model, path, x, warmup_inputs=x)
     return path, x, model(x).numpy()
 
 

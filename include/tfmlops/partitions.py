@@ -15,12 +15,14 @@ The fine-tuning on new partitions is the step :func:`tfmlops.steps.online.update
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 
 from tfmlops import data
 from tfmlops.storage import checked_name, list_s3_keys, read_bytes, s3, split_s3_uri, write_bytes
@@ -40,6 +42,26 @@ def _join(*parts: str) -> str:
 def dataset_path(root: str, dataset: str, *parts: str) -> str:
     """``<root>/<dataset>/<parts...>``; the dataset name must be one path segment (checked)."""
     return _join(root, checked_name(dataset, "dataset"), *parts)
+
+
+def partition_uri(root: str, dataset: str, partition_id: str) -> str:
+    return dataset_path(root, dataset, "incoming", checked_name(partition_id, "partition id"), "data.npz")
+
+
+def new_partition_id(seed: int | None = None) -> str:
+    """Sortable by creation time: ``p20261125T220700-<suffix>``."""
+    suffix = f"{seed:06d}" if seed is not None else f"{np.random.default_rng().integers(1_000_000):06d}"
+    return time.strftime("p%Y%m%dT%H%M%S", time.gmtime()) + f"-{suffix}"
+
+
+def write_partition(root: str, dataset: str, partition_id: str, arrays: dict[str, np.ndarray],
+                    s3_client=None) -> str:
+    """``<root>/<dataset>/incoming/<partition-id>/data.npz`` with ``arrays`` (compressed)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    uri = partition_uri(root, dataset, partition_id)
+    write_bytes(uri, buffer.getvalue(), s3_client=s3_client)
+    return uri
 
 
 def _list_keys(uri_prefix: str, s3_client) -> list[str]:

@@ -20,29 +20,16 @@ Command: ``python -m tfmlops.simulate --root var/partitions --dataset mnist_stre
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import time
 
 import numpy as np
 
 from tfmlops import data
-from tfmlops.partitions import dataset_path
-from tfmlops.storage import checked_name, write_bytes
+from tfmlops.partitions import new_partition_id, partition_uri, write_partition  # noqa: F401 - used by callers
 
 DRIFTS = ("none", "rotation", "noise", "imbalance", "label_noise")
 MAX_ROTATION_DEG = 60.0
 MAX_NOISE_SIGMA = 128.0
-
-
-def partition_uri(root: str, dataset: str, partition_id: str) -> str:
-    return dataset_path(root, dataset, "incoming", checked_name(partition_id, "partition id"), "data.npz")
-
-
-def new_partition_id(seed: int | None = None) -> str:
-    """Sortable by creation time: ``p20261125T220700-<suffix>``."""
-    suffix = f"{seed:06d}" if seed is not None else f"{np.random.default_rng().integers(1_000_000):06d}"
-    return time.strftime("p%Y%m%dT%H%M%S", time.gmtime()) + f"-{suffix}"
 
 
 def rotate(images: np.ndarray, degrees: float) -> np.ndarray:
@@ -92,15 +79,6 @@ def make_partition(x_pool: np.ndarray, y_pool: np.ndarray, size: int, drift: str
         y[flip] = (y[flip] + rng.integers(1, num_classes, size=int(flip.sum()))) % num_classes
     n_test = max(1, int(round(size * test_fraction)))
     return {"x_train": x[n_test:], "y_train": y[n_test:], "x_test": x[:n_test], "y_test": y[:n_test]}
-
-
-def write_partition(root: str, dataset: str, partition_id: str, arrays: dict[str, np.ndarray],
-                    s3_client=None) -> str:
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    uri = partition_uri(root, dataset, partition_id)
-    write_bytes(uri, buffer.getvalue(), s3_client=s3_client)
-    return uri
 
 
 def simulate(root: str, dataset: str, size: int = 500, drift: str = "none", amount: float = 0.0,

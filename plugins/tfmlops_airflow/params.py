@@ -17,6 +17,10 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # one path segment: not "." or "
 # <project>/var/partitions, the embedded stack's state folder.
 DEFAULT_PARTITIONS_ROOT = os.environ.get("TFMLOPS_PARTITIONS_ROOT") or str(
     Path(__file__).resolve().parents[2] / "var" / "partitions")
+# Where the served model's sampled request logs go (the filename_prefix of its logging_config):
+# $TFMLOPS_REQUEST_LOG_PREFIX, else the embedded stack's <project>/var/serving/request-logs/mnist_mlp/requests.
+DEFAULT_REQUEST_LOG_PREFIX = os.environ.get("TFMLOPS_REQUEST_LOG_PREFIX") or str(
+    Path(__file__).resolve().parents[2] / "var" / "serving" / "request-logs" / "mnist_mlp" / "requests")
 # 1 slot (make run / the compose init create it): the rollout operators run in it by default, so the
 # rollouts of every DAG queue behind each other.
 ROLLOUT_POOL = "tf_serving_rollout"

@@ -40,7 +40,7 @@ def test_saved_model_export_has_serving_signature(tiny, tmp_path):
 
     model = build_model(ModelConfig())
     train(model, tiny.x_train, tiny.y_train, TrainConfig(epochs=1))
-    result = export_saved_model(model, tmp_path / "export", tiny.x_test[:4])
+    result = export_saved_model(model, tmp_path / "export", tiny.x_test[:4], tiny.x_train[:32])
     assert result["max_abs_diff"] <= 1e-5
     loaded = tf.saved_model.load(str(tmp_path / "export" / "saved_model"))
     signature = loaded.signatures["serving_default"]
@@ -50,3 +50,39 @@ def test_saved_model_export_has_serving_signature(tiny, tmp_path):
     np.testing.assert_allclose(probs, model(tiny.x_test[:4]).numpy(), atol=1e-6)
     smoke = json.loads((tmp_path / "export" / "smoke.json").read_text())
     np.testing.assert_allclose(smoke["expected"], probs, atol=1e-6)
+
+
+def test_export_writes_warmup_requests_that_tf_serving_local_replays(tiny, tmp_path):
+    """The warmup file holds one PredictRequest of real training rows per batch size; loading the
+    version in tf-serving-local replays them (``model_warmup_records_read``); no rows, no export."""
+    import shutil
+    import urllib.request
+
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from serving._proc import ServerProcess  # tests/ is on sys.path: tests/serving is a package
+    from tfmlops.export import WARMUP_BATCH_SIZES, WARMUP_FILE, export_saved_model
+    from tfmlops.serving.servables.warmup import read_tfrecords
+    from tfmlops.serving.tensors import make_ndarray
+
+    model = build_model(ModelConfig())
+    with pytest.raises(ValueError, match="warmup rows"):
+        export_saved_model(model, tmp_path / "none", tiny.x_test[:4], tiny.x_train[:0])
+    result = export_saved_model(model, tmp_path / "export", tiny.x_test[:4], tiny.x_train[:32])
+    saved_model = tmp_path / "export" / "saved_model"
+    records = [prediction_log_pb2.PredictionLog.FromString(r) for r in read_tfrecords(str(saved_model / WARMUP_FILE))]
+    assert result["warmup_records"] == len(records) == len(WARMUP_BATCH_SIZES)
+    for size, rec in zip(WARMUP_BATCH_SIZES, records):
+        assert rec.predict_log.request.model_spec.signature_name == "serving_default"
+        np.testing.assert_array_equal(make_ndarray(rec.predict_log.request.inputs["pixels"], "pixels"),
+                                      np.resize(tiny.x_train[:32], (size, 784)))
+
+    shutil.copytree(saved_model, tmp_path / "models" / "mnist" / "1")
+    (tmp_path / "monitoring.config").write_text("prometheus_config { enable: true }\n")
+    with ServerProcess.running([f"--model_base_path={tmp_path / 'models' / 'mnist'}", "--model_name=mnist",
+                                f"--monitoring_config_file={tmp_path / 'monitoring.config'}"]) as srv:
+        url = f"http://127.0.0.1:{srv.rest_port}/monitoring/prometheus/metrics"
+        page = urllib.request.urlopen(url, timeout=10).read().decode()
+    line = [s for s in page.splitlines() if s.startswith(":tensorflow:serving:model_warmup_records_read{")]
+    assert line == [f':tensorflow:serving:model_warmup_records_read{{model_path="{tmp_path}/models/mnist/1",'
+                    f'status="OK"}} {len(WARMUP_BATCH_SIZES)}']

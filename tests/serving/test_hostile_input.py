@@ -272,7 +272,7 @@ def test_many_large_requests_keep_memory_bounded(hostile):
 
 # -------------------------------------------------------------------- HTTP server in process
 class EchoApi:
-    def handle(self, method, path, body):
+    def handle(self, method, path, body, request_id=None):
         return 200, json.dumps({"method": method, "bytes": len(body)}).encode()
 
 

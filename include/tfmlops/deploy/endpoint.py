@@ -14,9 +14,14 @@ class Endpoint:
     sees it (local path or ``s3://``), ``server_models_root`` the same place as the server sees it
     (e.g. ``/models`` in a container). ``model_config_file`` is the server's ModelServerConfig file:
     it is rewritten with every change (so a restart keeps the state) and is where the current
-    config is read from; without it the rollout keeps the config in ``config``. ``metrics_path``
-    is where the server exports its Prometheus metrics on the REST port (the ``path`` of its
-    ``--monitoring_config_file``)."""
+    config is read from; without it the rollout keeps the config in ``config``.
+
+    ``request_log_prefix`` (a folder as the server sees it; tf-serving-local only: real TF Serving
+    refuses a ``logging_config``) turns request logging on for every model this endpoint is given:
+    ``<prefix>/<model>/requests-….tfrecord`` at ``request_log_sampling_rate``.
+
+    ``metrics_path`` is where the server exports its Prometheus metrics on the REST port (the
+    ``path`` of its ``--monitoring_config_file``)."""
 
     name: str
     host: str = "127.0.0.1"
@@ -27,6 +32,8 @@ class Endpoint:
     model_config_file: str | None = None
     timeout: float = 30.0
     metrics_path: str = DEFAULT_METRICS_PATH
+    request_log_prefix: str | None = None
+    request_log_sampling_rate: float = 0.1
     config: object = field(default=None, repr=False)
     _client: ServingClient | None = field(default=None, repr=False, compare=False)
 

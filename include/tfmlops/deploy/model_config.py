@@ -19,11 +19,27 @@ def read_config(ep: Endpoint):
     return copy.deepcopy(ep.config) if ep.config is not None else ModelServerConfig()
 
 
+def with_request_logging(ep: Endpoint, cfg):
+    """``cfg`` where each model without a ``logging_config`` gets the endpoint's (when it has one)."""
+    if not ep.request_log_prefix:
+        return cfg
+    if not 0.0 <= ep.request_log_sampling_rate <= 1.0:
+        raise ValueError(f"{ep.name}: request_log_sampling_rate must be in [0, 1], got {ep.request_log_sampling_rate}")
+    cfg = copy.deepcopy(cfg)
+    for entry in cfg.model_config_list.config:
+        if not entry.HasField("logging_config"):
+            lc = entry.logging_config
+            lc.log_collector_config.filename_prefix = f"{ep.request_log_prefix.rstrip('/')}/{entry.name}/requests"
+            lc.sampling_config.sampling_rate = ep.request_log_sampling_rate
+    return cfg
+
+
 def apply_config(ep: Endpoint, cfg) -> None:
     """Write the config file first (a server polling it sees the same config), then
     HandleReloadConfigRequest; on a rejected reload the previous file is restored."""
     from tfmlops.serving.config import write_config
 
+    cfg = with_request_logging(ep, cfg)
     previous = read_config(ep)
     if ep.model_config_file:
         write_config(ep.model_config_file, cfg)

@@ -33,7 +33,7 @@ def _input_spec(model):
 
 def write_saved_model(model, out: Path, smoke_inputs: np.ndarray) -> Path:
     """The serving SavedModel (``serving_default``: ``pixels`` → ``probabilities``) + smoke.json."""
-    export_saved_model(model, out, smoke_inputs)
+    export_saved_model(model, out, smoke_inputs, warmup_inputs=smoke_inputs)
     return Path(out)
 
 

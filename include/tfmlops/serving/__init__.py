@@ -36,6 +36,8 @@ module                                             TF Serving source it mirrors
 ``model_servers.get_model_status_impl``            ``model_servers/get_model_status_impl.cc``
 ``model_servers.get_model_metadata_impl``          ``model_servers/get_model_metadata_impl.cc``
 ``core.servable_state_monitor``                    ``core/servable_state_monitor.cc``
+``core.server_request_logger``                     ``core/request_logger.cc`` + ``core/server_request_logger.cc``
+``core.log_collector``                             none (TF Serving's open-source build has no collector)
 ``core.aspired_versions_manager``                  ``core/aspired_versions_manager.cc`` +
                                                    ``core/availability_preserving_policy.cc``
 ``sources.storage_path``                           ``sources/storage_path/file_system_storage_path_source.cc``
@@ -49,6 +51,8 @@ module                                             TF Serving source it mirrors
 ``servables.multi_inference``                      ``servables/tensorflow/multi_inference.cc``
 ``servables.tflite_session``                       ``servables/tensorflow/tflite_session.cc`` (through LiteRT)
 ``servables.warmup``                               ``servables/tensorflow/saved_model_warmup_util.cc``
+``util.monitoring``                                TensorFlow's ``core/lib/monitoring`` (counter, sampler)
+``util.prometheus_exporter``                       ``util/prometheus_exporter.cc``
 =================================================  =========================================================
 
 Deviations from TF Serving are listed in the docstring of the module that has them (search for

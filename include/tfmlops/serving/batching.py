@@ -6,9 +6,11 @@ Every session run of a loaded version goes through one queue per
 (``num_batch_threads``) take a queue when it holds ``max_batch_size`` rows or its oldest
 task has waited ``batch_timeout_micros``; the tasks' inputs are concatenated along the 0th
 dimension (padded up to the next ``allowed_batch_sizes`` entry if set), run once, and the
-outputs are split back. Errors use TF Serving's messages. ``stats()`` exposes counters so
-tests can see that merging happened (served at ``GET /monitoring/tfmlops/batching``, a
-path real TF Serving answers with 404, so no TF Serving format changes).
+outputs are split back. Errors use TF Serving's messages. TF Serving's batching metrics are
+kept (``batching_session.cc``: ``queuing_latency{thread_pool_name}`` per task when its batch
+is taken, ``wrapped_run_count`` per run of the wrapped session); ``stats()`` exposes more
+counters so tests can see that merging happened (served at ``GET /monitoring/tfmlops/batching``,
+a path real TF Serving answers with 404, so no TF Serving format changes).
 """
 
 from __future__ import annotations
@@ -22,8 +24,16 @@ import numpy as np
 
 from .config import BatchingOptions
 from .errors import Code, StatusError, invalid_argument
+from .util import monitoring
 
 log = logging.getLogger("tfmlops.serving")
+
+_queuing_latency = monitoring.sampler(
+    "/tensorflow/serving/batching_session/queuing_latency",
+    "Distribution of wall time spent (in microseconds) in queuing", ("thread_pool_name",),
+    monitoring.exponential_buckets(100, 1.2, 52))
+_wrapped_run_count = monitoring.counter(
+    "/tensorflow/serving/batching_session/wrapped_run_count", "Total count of run calls on the wrapped session")
 
 
 class _Task:
@@ -169,6 +179,10 @@ class BatchScheduler:
 
     def _process(self, q: _Queue, batch: list, rows: int) -> None:
         target = rows
+        dequeued = time.monotonic()
+        queuing = _queuing_latency.get_cell(self.options.thread_pool_name)
+        for t in batch:
+            queuing.add((dequeued - t.enqueued) * 1e6)
         try:
             sizes = self.options.allowed_batch_sizes
             if sizes:
@@ -184,6 +198,7 @@ class BatchScheduler:
                         parts.append(np.repeat(first, target - rows, axis=0))
                     merged.append(np.concatenate(parts, axis=0))
             timeouts = [t.timeout_ms for t in batch if t.timeout_ms]
+            _wrapped_run_count.get_cell().increment_by(1)  # TF Serving counts every run, whatever its status
             outputs = q.servable.session_run(q.feeds, merged, q.fetches, min(timeouts) if timeouts else None)
             if len(batch) == 1 and target == rows:
                 batch[0].result = outputs

@@ -23,7 +23,7 @@ import numpy as np
 
 from tfmlops import data, evaluation
 from tfmlops.partitions import ingest, list_partitions, read_ledger, write_ledger
-from tfmlops.steps.retrain import SMOKE_ROWS, export_model, model_metrics, register
+from tfmlops.steps.retrain import SMOKE_ROWS, WARMUP_ROWS, export_model, model_metrics, register
 
 __all__ = ["OnlineConfig", "OnlineUpdateError", "fixed_holdout", "improvement_gate", "ingest", "update"]
 
@@ -169,7 +169,7 @@ def update(tracking_uri: str, model_name: str, root: str, dataset: str, partitio
               "run_id": run_id, "gate": decision.to_dict(), "metrics": metrics, "replay_rows": replay_rows}
     if decision.passed:
         model_uri = registry.log_keras_model(tracking_uri, run_id, model, x_new_test[:SMOKE_ROWS])
-        export_model(tracking_uri, run_id, model, x_new_test[:SMOKE_ROWS])
+        export_model(tracking_uri, run_id, model, x_new_test[:SMOKE_ROWS], x_new[:WARMUP_ROWS])
         registered = register(tracking_uri, model_name, run_id, model_uri,
                               {"accuracy": after["holdout"]["accuracy"], "new_accuracy": after["new"]["accuracy"]},
                               lineage)
@@ -182,3 +182,10 @@ def update(tracking_uri: str, model_name: str, root: str, dataset: str, partitio
                                      "parent_version": parent, "consumed_at": stamp}
     write_ledger(root, dataset, ledger, s3_client)
     return result
+
+
+def join_feedback(log_prefix: str, root: str, dataset: str, min_rows: int = 50) -> dict:
+    """Labeled live requests → a new partition (:func:`tfmlops.feedback.join_feedback`)."""
+    from tfmlops import feedback
+
+    return feedback.join_feedback(log_prefix, root, dataset, min_rows=min_rows)

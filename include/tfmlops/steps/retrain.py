@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # tfmlops.models imports TensorFlow: only inside the steps th
 log = logging.getLogger(__name__)
 
 SMOKE_ROWS = 8
+WARMUP_ROWS = 32
 SERVING_ARTIFACT = "serving"
 
 
@@ -134,19 +135,21 @@ def gate_against_champion(tracking_uri: str, model_name: str, run_id: str, candi
 
 
 def export(tracking_uri: str, run_id: str, model_uri: str, spec: DataSpec) -> dict:
-    """Export the run's model as the serving SavedModel (+ smoke batch from the test split)."""
+    """Export the run's model as the serving SavedModel (+ smoke batch from the test split, warmup
+    requests from training rows)."""
     dataset, _ = spec.load()
     return export_model(tracking_uri, run_id, registry.load_keras_model(tracking_uri, model_uri),
-                        dataset.x_test[:SMOKE_ROWS])
+                        dataset.x_test[:SMOKE_ROWS], dataset.x_train[:WARMUP_ROWS])
 
 
-def export_model(tracking_uri: str, run_id: str, model, smoke_inputs: np.ndarray) -> dict:
-    """Export ``model`` as the serving SavedModel, reloaded and checked on ``smoke_inputs``, and log
-    it to the run under ``serving/`` (what a rollout publishes)."""
+def export_model(tracking_uri: str, run_id: str, model, smoke_inputs: np.ndarray, warmup_inputs: np.ndarray) -> dict:
+    """Export ``model`` as the serving SavedModel, reloaded and checked on ``smoke_inputs``, with
+    warmup requests from ``warmup_inputs``, and log it to the run under ``serving/`` (what a rollout
+    publishes)."""
     from tfmlops.export import export_saved_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        result = export_saved_model(model, Path(tmp) / SERVING_ARTIFACT, smoke_inputs)
+        result = export_saved_model(model, Path(tmp) / SERVING_ARTIFACT, smoke_inputs, warmup_inputs)
         artifact_uri = registry.log_files(tracking_uri, run_id, result["path"], SERVING_ARTIFACT)
     registry.log_metrics(tracking_uri, run_id, {"export_max_abs_diff": result["max_abs_diff"]})
     return {"serving_artifact_uri": artifact_uri, "max_abs_diff": result["max_abs_diff"]}

@@ -53,6 +53,8 @@ class TFServingHook(BaseHook):
                         models_root=extra.get("models_root", ""),
                         server_models_root=extra.get("server_models_root") or None,
                         model_config_file=extra.get("model_config_file") or None, timeout=self.timeout,
+                        request_log_prefix=extra.get("request_log_prefix") or None,
+                        request_log_sampling_rate=float(extra.get("request_log_sampling_rate", 0.1)),
                         **({"metrics_path": extra["metrics_path"]} if extra.get("metrics_path") else {}))
 
     @property

@@ -53,6 +53,40 @@ class SimulatePartitionOperator(PartitionsOperator):
         return result
 
 
+class FeedbackJoinOperator(PartitionsOperator):
+    """Join the model server's request logs (``log_prefix``: the ``filename_prefix`` of the served
+    model's ``logging_config``) with the labels under ``<root>/<dataset>/feedback/labels/*.jsonl``;
+    with at least ``min_rows`` labeled rows, write them as a new partition and announce it on the
+    ``NEW_PARTITIONS`` asset (which schedules ``tf_online_update``); else skip.
+
+    :param log_prefix: request log files' prefix (local). (templated)
+    :param min_rows: fewest labeled rows worth a partition. (templated)
+    """
+
+    template_fields: Sequence[str] = (*PartitionsOperator.template_fields, "log_prefix", "min_rows")
+
+    def __init__(self, *, log_prefix: str, min_rows: int | str = 50, **kwargs):
+        kwargs.setdefault("outlets", [NEW_PARTITIONS])
+        super().__init__(**kwargs)
+        self.log_prefix = log_prefix
+        self.min_rows = min_rows
+
+    def execute(self, context) -> dict[str, Any]:
+        from tfmlops.steps.online import join_feedback
+
+        root = checked_partitions_root(self.root)
+        result = join_feedback(str(self.log_prefix), root, str(self.dataset), int(self.min_rows))
+        self.log.info("feedback join: %s", result)
+        if result["partition_id"] is None:
+            raise AirflowSkipException(f"{result['rows']} labeled rows, fewer than {self.min_rows}: no partition")
+        if NEW_PARTITIONS in self.outlets:
+            event = context["outlet_events"][NEW_PARTITIONS]
+            event.extra = {"dataset": str(self.dataset), "partition_id": result["partition_id"], "uri": result["uri"],
+                           "root": str(self.root), "source": "feedback"}
+            event.add_partitions(partition_key(str(self.dataset), result["partition_id"]))
+        return result
+
+
 class IngestPartitionsOperator(PartitionsOperator):
     """Validate the new partitions with the training-data checks: in a run for one partition of
     the ``NEW_PARTITIONS`` asset (its ``partition_key``), that partition, under the root its

@@ -339,7 +339,6 @@ def testPrometheusEndpoint():
     url = f"http://{host}:{port}/monitoring/prometheus/metrics"
     resp_data = CallREST(url, None)
     assert resp_data is not None
-    pytest.skip("metrics: issue 16 (the endpoint answers; '# TYPE' lines need the exported metrics)")
     # Verify that there should be some metric type information.
     assert "# TYPE" in resp_data.decode("utf-8")
 

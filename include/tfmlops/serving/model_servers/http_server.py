@@ -171,7 +171,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._linger()
             return
         srv._phase(conn, "busy")
-        self._respond(*srv.api.handle(self.command, path, body))
+        self._respond(*srv.api.handle(self.command, path, body, self.headers.get("X-Request-Id")))
 
     def _respond(self, status: int, payload: bytes, content_type: str = "application/json"):
         self.server._phase(self.connection, "write")

@@ -7,8 +7,8 @@ Deviations: an unknown flag or a stray argument is an error (exit status 2; TF S
 "unknown argument" and starts anyway). The flags of :data:`NO_EFFECT` are accepted and ignored
 (logged once: "flag X has no effect in tf-serving-local"); ``--ssl_config_file`` and
 ``--use_alts_credentials`` are refused (the gRPC server is plaintext only; serving plaintext where
-TLS was asked for would be worse than not starting). ``--host``, ``--rest_api_max_body_bytes`` and
-``--s3_cache_dir`` are tf-serving-local's own.
+TLS was asked for would be worse than not starting). ``--host``, ``--rest_api_max_body_bytes``,
+``--s3_cache_dir`` and the ``--request_log_*`` rotation bounds are tf-serving-local's own.
 """
 
 from __future__ import annotations
@@ -89,6 +89,9 @@ FLAGS = {
     "s3_cache_dir": (str, "", "Local cache for s3:// base paths (tf-serving-local only; default "
                               "$TF_SERVING_LOCAL_S3_CACHE or a temp dir). S3 endpoint and credentials come "
                               "from the AWS_* environment variables (e.g. AWS_ENDPOINT_URL_S3)."),
+    "request_log_max_file_bytes": (int, 64 * 1024 * 1024, "Request log files (logging_config) are closed at this "
+                                                          "size (tf-serving-local only)."),
+    "request_log_max_file_age_s": (float, 300.0, "... and after this many seconds (tf-serving-local only)."),
 }
 # Flags of main.cc that tune things tf-serving-local does not have (thread pools, caches, retries,
 # TensorFlow session / XLA / GPU / TPU / profiler settings, ...): accepted, logged, ignored.
@@ -216,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     options = ServerOptions(
         host=flags["host"], grpc_port=flags["port"], http_port=flags["rest_api_port"],
         http_timeout_in_ms=flags["rest_api_timeout_in_ms"], http_max_body_bytes=flags["rest_api_max_body_bytes"],
+        request_log_max_file_bytes=flags["request_log_max_file_bytes"],
+        request_log_max_file_age_s=flags["request_log_max_file_age_s"],
         grpc_max_threads=flags["grpc_max_threads"], enable_batching=flags["enable_batching"],
         batching_parameters_file=flags["batching_parameters_file"], model_name=flags["model_name"],
         model_base_path=flags["model_base_path"], model_config_file=flags["model_config_file"],

@@ -46,6 +46,8 @@ class ServerOptions:
     http_header_timeout_s: float = 10.0
     http_body_timeout_s: float = 60.0
     reload_wait_timeout_s: float = 300.0
+    request_log_max_file_bytes: int = 64 * 1024 * 1024
+    request_log_max_file_age_s: float = 300.0
     grpc_max_threads: int = 64
     enable_batching: bool = False
     batching_parameters_file: str = ""
@@ -145,6 +147,7 @@ class ModelServer:
                               "server_options.batching_parameters_file is set without setting "
                               "server_options.enable_batching to true.")
 
+        from ..core.server_request_logger import ServerRequestLogger
         from ..servables.saved_model_bundle import servable_factory
         from .grpc_server import make_grpc_server
         from .http_rest_api_handler import RestApi
@@ -160,7 +163,9 @@ class ModelServer:
         core = self.server_core = ServerCore(
             file_system_poll_wait_seconds=o.file_system_poll_wait_seconds,
             allow_version_labels_for_unavailable_models=o.allow_version_labels_for_unavailable_models,
-            batch_scheduler=self.batcher, servable_factory=factory, reload_wait_timeout_s=o.reload_wait_timeout_s)
+            batch_scheduler=self.batcher, servable_factory=factory, reload_wait_timeout_s=o.reload_wait_timeout_s,
+            request_logger=ServerRequestLogger(max_file_bytes=o.request_log_max_file_bytes,
+                                               max_file_age_s=o.request_log_max_file_age_s))
         core.reload_config(config)  # waits for the initial models, like ServerCore::Create
         core.start_polling()
         if o.fs_model_config_poll_wait_seconds > 0 and o.model_config_file:

@@ -25,6 +25,10 @@
 * Deviation: ``s3://bucket/prefix`` base paths are allowed (tf-serving-local only; TF 2.21 has
   no S3 filesystem); they are served through the cache of
   :mod:`tfmlops.serving.sources.s3_cache`.
+* Request logging: each model's ``logging_config`` goes to the
+  :class:`~tfmlops.serving.core.server_request_logger.ServerRequestLogger` after the models are
+  updated (``MaybeUpdateServerRequestLogger``); the loggers are created, and so checked, before
+  anything of the new config is applied.
 * Deviation: the file system poll loop (``file_system_poll_wait_seconds``) runs here rather than
   in the source, under its own lock (``_poll_lock``: loads and unloads happen one model at a time),
   never under the config lock, which only guards the short swap of config and labels.
@@ -40,6 +44,7 @@ import time
 from ..config import ModelServerConfig, check_model_platforms, model_platform, validate_model_config_list
 from ..core.aspired_versions_manager import AspiredVersionsManager
 from ..core.servable_state_monitor import AVAILABLE, END, ServableStateMonitor
+from ..core.server_request_logger import ServerRequestLogger
 from ..errors import Code, StatusError, failed_precondition, invalid_argument
 from ..sources.storage_path import FileSystemStoragePathSource
 
@@ -60,11 +65,13 @@ def _without_s3(cfg: ModelServerConfig) -> ModelServerConfig:
 class ServerCore:
     def __init__(self, *, file_system_poll_wait_seconds: int = 1,
                  allow_version_labels_for_unavailable_models: bool = False,
-                 batch_scheduler=None, servable_factory=None, reload_wait_timeout_s: float = 300.0):
+                 batch_scheduler=None, servable_factory=None, reload_wait_timeout_s: float = 300.0,
+                 request_logger: ServerRequestLogger | None = None):
         self.fs_poll_seconds = file_system_poll_wait_seconds
         self.reload_wait_timeout_s = reload_wait_timeout_s
         self.allow_labels_for_unavailable = allow_version_labels_for_unavailable_models
         self.batcher = batch_scheduler
+        self.request_logger = request_logger or ServerRequestLogger()
         self.servable_state_monitor = ServableStateMonitor()
         self._manager = AspiredVersionsManager(self.servable_state_monitor, batch_scheduler=batch_scheduler,
                                                servable_factory=servable_factory)
@@ -142,6 +149,9 @@ class ServerCore:
                             f"{was} and new platform requested is {model_platform(mc)}")
             check_model_platforms(checked)
             new_labels = self._compute_labels(new_config)
+            loggers = self.request_logger.prepare(
+                {mc.name: [mc.logging_config] for mc in new_config.model_config_list.config
+                 if mc.HasField("logging_config")})
             self._config = copy.deepcopy(new_config)
             self._labels = new_labels
             old_names = set(self._model_configs)
@@ -156,6 +166,7 @@ class ServerCore:
             for name, mc in model_configs.items():
                 log.info(" (Re-)adding model: %s", name)
                 self._source.poll_servable(name, mc)
+            self.request_logger.apply(loggers)
         if wait_for_new_models and new_names:
             bound = None if first else (self.reload_wait_timeout_s if timeout_s is None else timeout_s)
             self._wait_until_available(new_names, bound, noun="servable(s)" if first else "model(s)")
@@ -251,6 +262,7 @@ class ServerCore:
     # ================================================================== shutdown
     def stop(self, unload: bool = True) -> None:
         self._stop.set()
+        self.request_logger.close()
         self._manager.stop_loading()
         if self._poll_thread is not None:
             self._poll_thread.join(timeout=30)

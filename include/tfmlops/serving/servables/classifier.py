@@ -6,10 +6,13 @@ error messages. The pre/post-processing halves are shared with :mod:`.multi_infe
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from ..errors import invalid_argument
-from .util import CLASSIFY_METHOD, check_method_name, dtype_name, examples_signature, serialized_examples
+from .util import (CLASSIFY_METHOD, check_method_name, dtype_name, examples_signature, record_runtime_latency,
+                   serialized_examples)
 
 CLASSIFY_INPUTS = "inputs"
 CLASSIFY_OUTPUT_CLASSES = "classes"
@@ -78,5 +81,7 @@ def run_classify(servable, signature_name: str, input_proto, timeout_ms=None):
     sig = examples_signature(servable.signatures, signature_name, CLASSIFY_METHOD, "classification")
     feed, fetches = pre_process_classification(sig)
     examples = serialized_examples(input_proto)
+    start = time.monotonic()
     outs = dict(zip(fetches, servable.run((feed,), [examples], fetches, timeout_ms)))
+    record_runtime_latency(servable.name, "Classify", "TF1", (time.monotonic() - start) * 1e6)
     return (sig.name, *post_process_classification(sig, len(examples), outs))

@@ -9,7 +9,8 @@ from __future__ import annotations
 from ..errors import Code, StatusError, invalid_argument
 from .classifier import post_process_classification, pre_process_classification
 from .regressor import post_process_regression, pre_process_regression
-from .util import CLASSIFY_METHOD, DEFAULT_SIGNATURE, REGRESS_METHOD, serialized_examples
+from .util import (CLASSIFY_METHOD, DEFAULT_SIGNATURE, REGRESS_METHOD, record_request_example_count,
+                   serialized_examples)
 
 _PRE = {CLASSIFY_METHOD: pre_process_classification, REGRESS_METHOD: pre_process_regression}
 
@@ -44,6 +45,7 @@ def run_multi_inference(servable, request, timeout_ms=None) -> list:
     feeds, fetches = tuple(sorted(feeds)), tuple(sorted(fetches))
     outputs = dict(zip(fetches, servable.run(feeds, [examples] * len(feeds), fetches, timeout_ms)))
     n = len(examples)
+    record_request_example_count(servable.name, n)
     results = []
     for task, sig in plans:
         if task.method_name == CLASSIFY_METHOD:

@@ -8,9 +8,12 @@ Serving's ``Session::Run``, the graph's ops decide what they accept.
 
 from __future__ import annotations
 
+import time
+
 from .. import tensors as T
 from ..errors import Code, StatusError, invalid_argument
-from .util import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD, signature_method_name_check_feature
+from .util import (CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD, record_runtime_latency,
+                   signature_method_name_check_feature)
 
 
 def run_predict(servable, signature_name: str, inputs: dict, output_filter=(), timeout_ms=None):
@@ -62,5 +65,7 @@ def run_predict(servable, signature_name: str, inputs: dict, output_filter=(), t
     else:
         aliases = sorted(sig.outputs)
     fetches = tuple(sig.outputs[a].tensor_name for a in aliases)
+    start = time.monotonic()
     results = servable.run(tuple(feeds), values, fetches, timeout_ms)
+    record_runtime_latency(servable.name, "Predict", "TF1", (time.monotonic() - start) * 1e6)
     return sig.name, dict(zip(aliases, results))

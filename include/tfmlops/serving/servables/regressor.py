@@ -6,10 +6,13 @@ messages. The pre/post-processing halves are shared with :mod:`.multi_inference`
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from ..errors import invalid_argument
-from .util import REGRESS_METHOD, check_method_name, dtype_name, examples_signature, serialized_examples
+from .util import (REGRESS_METHOD, check_method_name, dtype_name, examples_signature, record_runtime_latency,
+                   serialized_examples)
 
 REGRESS_INPUTS = "inputs"
 REGRESS_OUTPUTS = "outputs"
@@ -56,5 +59,7 @@ def run_regress(servable, signature_name: str, input_proto, timeout_ms=None):
     sig = examples_signature(servable.signatures, signature_name, REGRESS_METHOD, "regression")
     feed, fetches = pre_process_regression(sig)
     examples = serialized_examples(input_proto)
+    start = time.monotonic()
     outs = dict(zip(fetches, servable.run((feed,), [examples], fetches, timeout_ms)))
+    record_runtime_latency(servable.name, "Regress", "TF1", (time.monotonic() - start) * 1e6)
     return sig.name, post_process_regression(sig, len(examples), outs)

@@ -1,6 +1,7 @@
 """What the per-API modules share, mirroring TF Serving's
-``tensorflow_serving/servables/tensorflow/util.cc`` (``InputToSerializedExampleTensor``) and
-the signature checks that ``classifier.cc`` and ``regressor.cc`` both start with.
+``tensorflow_serving/servables/tensorflow/util.cc`` (``InputToSerializedExampleTensor``, the
+per-model metrics and their ``Record*`` functions) and the signature checks that
+``classifier.cc`` and ``regressor.cc`` both start with.
 
 The signature constants are TensorFlow's (``tensorflow/cc/saved_model/signature_constants.h``).
 
@@ -15,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import tensors as T
-from ..errors import StatusError, invalid_argument
+from ..errors import Code, StatusError, invalid_argument
+from ..util import monitoring
 
 DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -23,6 +25,40 @@ CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 
 _signature_method_name_check = False
+
+# util.cc's metrics: names, descriptions, labels and buckets as TF Serving defines them.
+_example_counts = monitoring.sampler(
+    "/tensorflow/serving/request_example_counts", "The number of tensorflow.Examples per request.",
+    ("model",), monitoring.exponential_buckets(1, 2, 15))
+_example_count_total = monitoring.counter(
+    "/tensorflow/serving/request_example_count_total", "The total number of tensorflow.Examples.", "model")
+_model_request_status_count_total = monitoring.counter(
+    "/tensorflow/serving/request_count", "The total number of requests.", "model_name", "status")
+_runtime_latency = monitoring.sampler(
+    "/tensorflow/serving/runtime_latency", "Distribution of wall time (in microseconds) for Tensorflow runtime.",
+    ("model_name", "API", "runtime"), monitoring.exponential_buckets(10, 1.8, 33))
+_request_latency = monitoring.sampler(
+    "/tensorflow/serving/request_latency",
+    "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
+    ("model_name", "API", "entrypoint"), monitoring.exponential_buckets(10, 1.8, 33))
+
+
+def record_model_request_count(model_name: str, code: Code) -> None:
+    """``RecordModelRequestCount``: one request of ``model_name`` ended with ``code``."""
+    _model_request_status_count_total.get_cell(model_name, Code(code).name).increment_by(1)
+
+
+def record_request_example_count(model_name: str, count: int) -> None:
+    _example_counts.get_cell(model_name).add(count)
+    _example_count_total.get_cell(model_name).increment_by(count)
+
+
+def record_runtime_latency(model_name: str, api: str, runtime: str, latency_usec: float) -> None:
+    _runtime_latency.get_cell(model_name, api, runtime).add(latency_usec)
+
+
+def record_request_latency(model_name: str, api: str, entrypoint: str, latency_usec: float) -> None:
+    _request_latency.get_cell(model_name, api, entrypoint).add(latency_usec)
 
 
 def set_signature_method_name_check_feature(enabled: bool) -> None:

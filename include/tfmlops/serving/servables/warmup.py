@@ -13,14 +13,24 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import time
 
 from .. import tensors as T
 from ..errors import Code, StatusError, invalid_argument
+from ..util import monitoring
 
 log = logging.getLogger("tfmlops.serving")
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000
+
+_warmup_latency = monitoring.sampler(
+    "/tensorflow/serving/model_warmup_latency",
+    "Distribution of wall time (in microseconds) for warming up the model.",
+    ("model_path", "status"), monitoring.exponential_buckets(10, 1.8, 33))
+_warmup_records_read = monitoring.counter(
+    "/tensorflow/serving/model_warmup_records_read", "Total number of warmup records read during model warmup.",
+    "model_path", "status")
 
 
 def read_tfrecords(path: str):
@@ -68,19 +78,31 @@ def run_saved_model_warmup(servable, iterations: int = 1) -> int:
         return 0
     from tensorflow_serving.apis import prediction_log_pb2
 
-    n = 0
-    for record in read_tfrecords(path):
-        plog = prediction_log_pb2.PredictionLog()
-        try:
-            plog.ParseFromString(record)
-        except Exception:  # noqa: BLE001 - protobuf's DecodeError and friends: a bad record
-            raise invalid_argument(f"Failed to parse warmup record: {record!r} from {path}") from None
-        kind = plog.WhichOneof("log_type")
-        for _ in range(iterations):
-            _replay(servable, plog, kind)
-        n += 1
-        if n > MAX_WARMUP_RECORDS:
-            raise invalid_argument(
-                f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}")
+    n, status, start = 0, "OK", time.monotonic()
+    try:
+        records = read_tfrecords(path)
+        while True:
+            if n > MAX_WARMUP_RECORDS:  # checked before each read, as TF Serving does
+                raise invalid_argument(
+                    f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}")
+            record = next(records, None)
+            if record is None:
+                break
+            plog = prediction_log_pb2.PredictionLog()
+            try:
+                plog.ParseFromString(record)
+            except Exception:  # noqa: BLE001 - protobuf's DecodeError and friends: a bad record
+                raise invalid_argument(f"Failed to parse warmup record: {record!r} from {path}") from None
+            kind = plog.WhichOneof("log_type")
+            for _ in range(iterations):
+                _replay(servable, plog, kind)
+            n += 1
+    except StatusError as exc:
+        status = f"{exc.code.name}: {exc.message}"  # absl::Status::ToString
+        raise
+    finally:
+        # RunSavedModelWarmup records both once the file exists, whatever the outcome.
+        _warmup_latency.get_cell(servable.path, status).add((time.monotonic() - start) * 1e6)
+        _warmup_records_read.get_cell(servable.path, status).increment_by(n)
     log.info("Finished reading warmup data for model at %s. Number of warmup records read: %d.", path, n)
     return n

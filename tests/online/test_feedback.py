@@ -1,0 +1,118 @@
+"""Feedback loop: logged live requests + labels that arrive later → a labeled partition.
+
+The request logs come from a real tf-serving-local with a ``logging_config`` (sampling rate 1.0);
+the labels are the true MNIST labels of the rows sent, written the way a labelling tool would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+
+import numpy as np
+import pytest
+
+from serving._proc import ServerProcess  # tests/ is on sys.path: tests/serving is a package
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from tfmlops.export import export_saved_model
+    from tfmlops.models import ModelConfig, build_model
+
+    tmp = tmp_path_factory.mktemp("feedback")
+    model = build_model(ModelConfig())
+    rows = np.random.default_rng(0).random((4, 784), dtype=np.float32)
+    export_saved_model(model, tmp / "export", rows, rows)
+    os.makedirs(tmp / "models" / "mnist")
+    os.replace(tmp / "export" / "saved_model", tmp / "models" / "mnist" / "1")
+    prefix = tmp / "logs" / "mnist" / "requests"
+    (tmp / "models.config").write_text(
+        'model_config_list { config { name: "mnist" base_path: "%s" model_platform: "tensorflow" '
+        'logging_config { log_collector_config { filename_prefix: "%s" } sampling_config { sampling_rate: 1.0 } } '
+        '} }\n' % (tmp / "models" / "mnist", prefix))
+    srv = ServerProcess([f"--model_config_file={tmp / 'models.config'}"])
+    srv.wait_ready()
+    yield srv, tmp, prefix
+    srv.terminate()
+
+
+def _predict(port: int, rows: np.ndarray, request_id: str) -> None:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/mnist:predict", method="POST",
+                                 data=json.dumps({"instances": rows.tolist()}).encode(),
+                                 headers={"X-Request-Id": request_id})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.status == 200
+
+
+def test_logged_requests_and_late_labels_become_a_partition(served):
+    from tfmlops import data, feedback, partitions
+
+    srv, tmp, prefix = served
+    mnist = data.load_mnist()
+    x = (mnist.x_test[:80].reshape(80, 784) / 255.0).astype(np.float32)
+    y = mnist.y_test[:80].astype(int)
+    for i in range(60):  # one row per request
+        _predict(srv.rest_port, x[i:i + 1], f"r{i}")
+    _predict(srv.rest_port, x[60:80], "batch")  # 20 rows in one request
+    assert srv.terminate() == 0  # closes the log file
+    root = str(tmp / "partitions")
+    labels_dir = tmp / "partitions" / "mnist" / "feedback" / "labels"
+    labels_dir.mkdir(parents=True)
+    lines = [{"request_id": f"r{i}", "label": int(y[i])} for i in range(55)]
+    lines += [{"request_id": "batch", "labels": [int(v) for v in y[60:80]]},
+              {"request_id": "r55", "labels": [1, 2]},          # wrong row count: refused
+              {"request_id": "not-logged-yet", "label": 4}]      # waits for its request
+    (labels_dir / "a.jsonl").write_text("".join(json.dumps(d) + "\n" for d in lines) + "{broken\n")
+
+    summary = feedback.join_feedback(str(prefix), root, "mnist", min_rows=50)
+    assert summary["logged_requests"] == 61 and summary["joined_requests"] == 56 and summary["rows"] == 75
+    assert summary["missing"] == 1 and len(summary["refused"]) == 2
+    assert any("2 labels for 1 rows" in r for r in summary["refused"])
+    arrays = np.load(partitions.partition_uri(root, "mnist", summary["partition_id"]))
+    images = np.concatenate([arrays["x_train"], arrays["x_test"]])
+    labels = np.concatenate([arrays["y_train"], arrays["y_test"]])
+    assert images.dtype == np.uint8 and images.shape == (75, 28, 28) and len(arrays["y_test"]) == 22
+    # every row is the image that was sent, with its true label
+    sent = {mnist.x_test[i].tobytes(): int(mnist.y_test[i]) for i in list(range(55)) + list(range(60, 80))}
+    assert sorted(sent.get(img.tobytes(), -1) for img in images) == sorted(labels.tolist())
+    # the partition passes the training-data checks of ingestion
+    ingested = partitions.ingest(root, "mnist")
+    assert summary["partition_id"] in json.dumps(ingested)
+    # only the label still waiting for its request is left; a second run writes nothing new
+    assert [json.loads(s)["request_id"] for s in (labels_dir / "a.jsonl").read_text().splitlines()] == [
+        "not-logged-yet"]
+    again = feedback.join_feedback(str(prefix), root, "mnist", min_rows=50)
+    assert again["partition_id"] is None and again["joined_requests"] == 0
+
+
+@pytest.mark.e2e
+def test_feedback_dag_announces_the_partition(served, airflow_db):
+    """``tf_feedback_join`` from its form: the joined partition is an event of
+    ``tfmlops_new_partitions`` (which schedules ``tf_online_update``); nothing to join → skipped."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    from tfmlops import data
+
+    from .conftest import load_dag, states
+
+    _, tmp, prefix = served
+    root = tmp / "partitions"
+    y = data.load_mnist().y_test
+    (root / "mnist" / "feedback" / "labels" / "b.jsonl").write_text(
+        "".join(json.dumps({"request_id": f"r{i}", "label": int(y[i])}) + "\n" for i in range(56, 60)))
+    conf = {"root": str(root), "dataset": "mnist", "log_prefix": str(prefix), "min_rows": 2}
+    run = load_dag("tf_feedback_join").test(run_conf=conf)
+    assert str(run.state) == "success", states(run)
+    with create_session() as session:
+        events = {e.partition_key: e.extra for e in session.query(AssetEvent)
+                  .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                  .filter(AssetModel.name == "tfmlops_new_partitions")}
+    (key, extra), = [(k, v) for k, v in events.items() if (v or {}).get("source") == "feedback"]
+    assert key == f"mnist|{extra['partition_id']}" and extra["root"] == str(root)
+    with np.load(extra["uri"]) as npz:
+        assert len(npz["y_train"]) + len(npz["y_test"]) == 4
+    run = load_dag("tf_feedback_join").test(run_conf=conf)  # the labels are used: nothing left
+    assert states(run) == {"join": "skipped"}
