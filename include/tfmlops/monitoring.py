@@ -198,7 +198,7 @@ def live_record(traffic: Traffic) -> dict:
 
 
 def live_traffic(endpoints: list, model: str, prometheus=None, window_s: int = 300, scrape_window_s: float = 15.0,
-                 timeout: float = 10.0) -> dict[str, dict]:
+                 timeout: float = 10.0, at: float | None = None) -> dict[str, dict]:
     """Where each endpoint's (:class:`~tfmlops.deploy.endpoint.Endpoint`) health comes from:
     ``{name: {"source": "prometheus" | "scrape" | "probe", "traffic": Traffic | None, "reason": str}}``.
 
@@ -207,13 +207,13 @@ def live_traffic(endpoints: list, model: str, prometheus=None, window_s: int = 3
     REST ``host:port``); the replicas it does not scrape, or all of them when it cannot be
     queried, are scraped directly: twice, ``scrape_window_s`` apart, at their metrics path.
     ``probe`` (with the reason) where the model got no request in the window or the metrics
-    could not be read."""
+    could not be read. ``at``: the time Prometheus evaluates at (now)."""
     out: dict[str, dict] = {}
     notes: dict[str, str] = {}
     pending = list(endpoints)
     if prometheus is not None:
         try:
-            at = time.time()
+            at = time.time() if at is None else at
             up = prometheus.targets_up(at)
             seen = prometheus.traffic(model, window_s, at)
         except MetricsError as exc:
@@ -246,12 +246,12 @@ def live_traffic(endpoints: list, model: str, prometheus=None, window_s: int = 3
 
 def live_health(endpoints: list, model: str, probe_row: Callable[[], np.ndarray], requests: int = 50,
                 prometheus=None, window_s: int = 300, scrape_window_s: float = 15.0,
-                timeout: float = 10.0) -> tuple[dict, dict]:
+                timeout: float = 10.0, at: float | None = None) -> tuple[dict, dict]:
     """Health of every endpoint from its live traffic (:func:`live_traffic`), probed
     (:func:`health`, with the row ``probe_row()`` gives) only where there was none →
     ``(result, sources)``: ``result`` as :func:`health`'s, a live endpoint as one record
     ``{name: {"live": {"all": record}}}``; ``sources`` ``{name: {"source", "reason", "window_s"}}``."""
-    sources = live_traffic(endpoints, model, prometheus, window_s, scrape_window_s, timeout)
+    sources = live_traffic(endpoints, model, prometheus, window_s, scrape_window_s, timeout, at)
     result: dict = {}
     probed = [ep for ep in endpoints if sources[ep.name]["traffic"] is None]
     if probed:
