@@ -15,10 +15,15 @@ DOC = """
 
 Every 15 minutes, or from **Trigger ▸ with config**:
 
-- **health** — for each target endpoint and each AVAILABLE version of the model, `requests`
-  sequential single-row predicts over REST and over gRPC: latency p50/p95/p99, throughput,
-  error rate. Over `max_p99_ms` or `max_error_rate` **fails the task with the numbers** (an
-  alert through the failure callback; no retry, the next run probes again).
+- **health** — for each target endpoint, the model's **live traffic**: request rate, error rate
+  (non-OK share of TF Serving's `request_count`) and latency p50/p95/p99 (from its
+  `request_latency` histogram) — read from Prometheus over `window_s` when the connection
+  `prometheus_default` exists, else from two scrapes of the replica's metrics path
+  `scrape_window_s` apart. Only a replica that served the model nothing in the window (or whose
+  metrics cannot be read) is **probed**: each AVAILABLE version, `requests` sequential single-row
+  predicts over REST and over gRPC. The result names each endpoint's source. Over `max_p99_ms` or
+  `max_error_rate` **fails the task with the numbers** (an alert through the failure callback; no
+  retry, the next run checks again).
 - **quality & drift** — the newest labeled partitions (`<root>/<dataset>/incoming/`) sent through
   the served `champion`: accuracy, precision, recall, F1 (macro and per class), confusion matrix;
   PSI of input statistics (intensity, ink, centre of mass, second moments) and of the predicted
@@ -29,14 +34,23 @@ Every 15 minutes, or from **Trigger ▸ with config**:
 
 Everything goes to one MLflow run per model (experiment `<model>-monitoring`, step = time),
 with trend charts (`charts/monitoring_trends.png`) and the last confusion matrix.
-Connections: `mlflow_default`, `tf_serving_default` (and the other targets), `aws_default`.
+Connections: `mlflow_default`, `tf_serving_default` (and the other targets; extra `metrics_path`
+if not TF Serving's `/monitoring/prometheus/metrics`), `aws_default`, optionally
+`prometheus_default`.
 """
 
 PARAMS = {
     "model_name": params.model_name("Registered and served model name."),
     "targets": params.targets("TF Serving connection ids to probe."),
+    "window_s": Param(300, type="integer", minimum=30, maximum=86400, title="Live window (s)",
+                      description="Health from Prometheus: seconds of live traffic (rate and quantiles over this "
+                                  "window)."),
+    "scrape_window_s": Param(15, type="number", minimum=1, maximum=300, title="Scrape window (s)",
+                             description="Health without Prometheus: seconds between the two scrapes of each "
+                                         "replica's metrics."),
     "requests": Param(50, type="integer", minimum=5, maximum=2000, title="Probe requests",
-                      description="Requests per endpoint, version and API (REST, gRPC) in the health probe."),
+                      description="Requests per endpoint, version and API (REST, gRPC) in the health probe of a "
+                                  "replica that got no live traffic in the window."),
     "max_p99_ms": Param(500, type="number", exclusiveMinimum=0, maximum=60000, title="Max p99 latency (ms)",
                         description="Health: p99 latency above this fails the task."),
     "max_error_rate": Param(0.01, type="number", minimum=0, maximum=1, title="Max error rate",
@@ -69,9 +83,11 @@ with DAG(
                   "on_failure_callback": alert_on_failure},
 ) as dag:
     health = ServingHealthOperator(
-        task_id="health", task_display_name="Serving health (REST + gRPC)", model_name="{{ params.model_name }}",
+        task_id="health", task_display_name="Serving health (live traffic, else probe)",
+        model_name="{{ params.model_name }}",
         targets="{{ params.targets }}", requests="{{ params.requests }}", max_p99_ms="{{ params.max_p99_ms }}",
-        max_error_rate="{{ params.max_error_rate }}")
+        max_error_rate="{{ params.max_error_rate }}", window_s="{{ params.window_s }}",
+        scrape_window_s="{{ params.scrape_window_s }}")
     quality = ModelQualityDriftOperator(
         task_id="quality_drift", task_display_name="Quality and drift on new data",
         model_name="{{ params.model_name }}", root="{{ params.root }}", dataset="{{ params.dataset }}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -214,6 +215,35 @@ def mlflow_server_argv(root: Path, port: int, backend_store_uri: str | None = No
     return [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
             "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
             "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
+
+
+def prometheus_config(path: Path, targets: list[str], metrics_path: str, scrape_interval: str = "15s",
+                      rule_files: tuple = ()) -> Path:
+    """A Prometheus config scraping ``targets`` (``host:port``) at ``metrics_path`` as the job
+    ``tf-serving`` (the production stack's job name, which the alert rules select)."""
+    config = {"global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
+              "rule_files": [str(Path(f).resolve()) for f in rule_files],
+              "scrape_configs": [{"job_name": "tf-serving", "metrics_path": metrics_path,
+                                  "static_configs": [{"targets": list(targets)}]}]}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config, indent=2))  # JSON is YAML
+    return path
+
+
+def prometheus_binary() -> str | None:
+    """Debian's ``prometheus`` (package ``prometheus``), or None when it is not installed."""
+    return shutil.which("prometheus")
+
+
+def prometheus_argv(config_file: Path, data_dir: Path, port: int) -> list[str] | None:
+    """Prometheus on 127.0.0.1:``port``, its data under ``data_dir``; None when the binary is not
+    installed."""
+    exe = prometheus_binary()
+    if exe is None:
+        return None
+    return [exe, f"--config.file={Path(config_file).resolve()}", f"--storage.tsdb.path={Path(data_dir).resolve()}",
+            f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=7d"]
 
 
 def serving_argv(config_file: Path, rest_port: int, grpc_port: int, poll_s: int = 1) -> list[str]:

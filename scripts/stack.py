@@ -2,8 +2,14 @@
 
 Everything lives in the project: ``var/airflow`` (AIRFLOW_HOME, SQLite), ``var/mlflow`` (MLflow
 SQLite backend + artifacts), ``var/serving`` (model versions + ModelServerConfig file),
-``var/run`` (PIDs and logs). All servers listen on 127.0.0.1 only. Ports can be moved with the
-environment variables AIRFLOW_PORT, MLFLOW_PORT, SERVING_REST_PORT and SERVING_GRPC_PORT.
+``var/run`` (PIDs and logs), ``var/prometheus`` (its config and data). All servers listen on
+127.0.0.1 only. Ports can be moved with the environment variables AIRFLOW_PORT, MLFLOW_PORT,
+SERVING_REST_PORT, SERVING_GRPC_PORT and PROMETHEUS_PORT.
+
+The model server exports TF Serving's metrics (``docker/serving/monitoring.config``, as in the
+production stack); when Debian's ``prometheus`` is installed, a Prometheus scrapes it with the
+production stack's rules (``docker/prometheus/rules.yml``) and Airflow gets the connection
+``prometheus_default`` to it; without it, tf_model_monitor scrapes the server itself.
 
 ``run`` brings the stack up (reusing what already runs), runs ``tf_offline_retrain`` once through
 the scheduler and prints where to look. ``loop`` (after ``run``) writes a drifted data partition
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import sys
 import time
@@ -31,20 +38,22 @@ RUN = VAR / "run"
 AIRFLOW_HOME = VAR / "airflow"
 SERVING = VAR / "serving"
 CONFIG_FILE = SERVING / "models.config"
+MONITORING_CONFIG = ROOT / "docker" / "serving" / "monitoring.config"
+PROMETHEUS = VAR / "prometheus"
 MODELS_ROOT = SERVING / "models"
 REQUEST_LOGS = SERVING / "request-logs"  # <model>/requests-*.tfrecord (tf_feedback_join reads them)
-MONITORING_CONFIG = SERVING / "monitoring.config"
 DAG_ID = "tf_offline_retrain"
 USER = "admin"
 
 PORTS = {name: int(os.environ.get(var, default)) for name, var, default in (
     ("airflow", "AIRFLOW_PORT", 8080), ("mlflow", "MLFLOW_PORT", 5000),
-    ("rest", "SERVING_REST_PORT", 8501), ("grpc", "SERVING_GRPC_PORT", 8500))}
+    ("rest", "SERVING_REST_PORT", 8501), ("grpc", "SERVING_GRPC_PORT", 8500), ("prometheus", "PROMETHEUS_PORT", 9090))}
 AIRFLOW_URL = f"http://127.0.0.1:{PORTS['airflow']}"
 MLFLOW_URL = f"http://127.0.0.1:{PORTS['mlflow']}"
 REST_URL = f"http://127.0.0.1:{PORTS['rest']}"
+PROMETHEUS_URL = f"http://127.0.0.1:{PORTS['prometheus']}"
 AIRFLOW_SERVICES = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor")
-ALL_SERVICES = ("mlflow", "tf-serving-local", *AIRFLOW_SERVICES)
+ALL_SERVICES = ("mlflow", "tf-serving-local", "prometheus", *AIRFLOW_SERVICES)
 
 
 PASSWORDS_FILE = AIRFLOW_HOME / "simple_auth_manager_passwords.json.generated"
@@ -91,7 +100,26 @@ def airflow_env() -> dict[str, str]:
                       "model_config_file": str(CONFIG_FILE), "request_log_prefix": str(REQUEST_LOGS),
                       "request_log_sampling_rate": 0.1}}),
         "MLFLOW_TRACKING_URI": MLFLOW_URL,
+        **({"AIRFLOW_CONN_PROMETHEUS_DEFAULT": json.dumps({"conn_type": "http", "host": "127.0.0.1",
+                                                          "port": PORTS["prometheus"]})}
+           if devservers.prometheus_binary() else {}),
     }
+
+
+def metrics_path() -> str:
+    """The path the model server exports its metrics at (``path`` of the monitoring config)."""
+    found = re.search(r'^\s*path:\s*"([^"]+)"', MONITORING_CONFIG.read_text(), re.M)
+    return found.group(1) if found else "/monitoring/prometheus/metrics"
+
+
+def prometheus_argv() -> list[str] | None:
+    """Prometheus scraping the model server with the production stack's rules (its config written
+    under var/prometheus); None when not installed."""
+    if devservers.prometheus_binary() is None:
+        return None
+    config = devservers.prometheus_config(PROMETHEUS / "prometheus.yml", [f"127.0.0.1:{PORTS['rest']}"],
+                                          metrics_path(), "15s", (ROOT / "docker" / "prometheus" / "rules.yml",))
+    return devservers.prometheus_argv(config, PROMETHEUS / "data", PORTS["prometheus"])
 
 
 def _start(name: str, argv: list[str], env: dict | None = None, supervise: bool = False) -> None:
@@ -103,11 +131,15 @@ def up() -> None:
     print("Starting the embedded default stack:")
     _start("mlflow", devservers.mlflow_server_argv(VAR / "mlflow", PORTS["mlflow"]))
     # supervised: restarted with back-off when it dies (make status shows the restarts)
-    MONITORING_CONFIG.parent.mkdir(parents=True, exist_ok=True)
-    MONITORING_CONFIG.write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n')
-    _start("tf-serving-local", devservers.serving_argv(CONFIG_FILE, PORTS["rest"], PORTS["grpc"])
-           + [f"--monitoring_config_file={MONITORING_CONFIG}"],
+    _start("tf-serving-local", [*devservers.serving_argv(CONFIG_FILE, PORTS["rest"], PORTS["grpc"]),
+                                f"--monitoring_config_file={MONITORING_CONFIG}"],
            env={"TF_USE_LEGACY_KERAS": "1"}, supervise=True)
+    prometheus = prometheus_argv()
+    if prometheus:
+        _start("prometheus", prometheus)
+    else:
+        print("  prometheus             not installed (apt-get install prometheus): tf_model_monitor scrapes the "
+              "model server's metrics itself")
     env = airflow_env()
     airflow = str(devservers.BIN / "airflow")
     if not any(devservers.running_pid(name, RUN) for name in AIRFLOW_SERVICES):
@@ -123,6 +155,8 @@ def up() -> None:
     _start("airflow-dag-processor", [airflow, "dag-processor"], env)
     devservers.wait_http(f"{MLFLOW_URL}/health", 120, "mlflow", RUN)
     devservers.wait_http(f"{REST_URL}/v1/models/_", 120, "tf-serving-local", RUN, any_status=True)
+    if prometheus:
+        devservers.wait_http(f"{PROMETHEUS_URL}/-/ready", 60, "prometheus", RUN)
     devservers.wait_http(f"{AIRFLOW_URL}/api/v2/monitor/health", 180, "airflow-api-server", RUN)
     print("Stack is up.")
 
@@ -277,6 +311,8 @@ def summary(model_name: str, outcome: dict) -> int:
     accuracy = champion.tags.get("test_accuracy", "?")
     print(f"  Registered   {model_name} version {champion.version} (alias champion, test accuracy {accuracy})")
     print(f"  Served       {REST_URL}/v1/models/{model_name}  (gRPC on 127.0.0.1:{PORTS['grpc']})")
+    scraped_by = f"  (Prometheus {PROMETHEUS_URL})" if devservers.running_pid("prometheus", RUN) else ""
+    print(f"  Metrics      {REST_URL}{metrics_path()}{scraped_by}")
     print("  Predict:")
     print(f"    curl -s -X POST {REST_URL}/v1/models/{model_name}:predict -d @{sample.relative_to(ROOT)}")
     return 0 if outcome["state"] == "success" else 1

@@ -521,3 +521,59 @@ def test_redis_and_mlflow_require_credentials(services):
 
 def worker_s3_login(services) -> str:
     return json.loads(environment(services["airflow-worker"])["AIRFLOW_CONN_AWS_DEFAULT"])["login"]
+
+
+# ----------------------------------------------------------------------------------- metrics
+def prometheus_config() -> dict:
+    return yaml.safe_load((ROOT / "docker" / "prometheus" / "prometheus.yml").read_text())
+
+
+def mounted_file(service: dict, target: str) -> tuple[Path, bool]:
+    """The project file bind-mounted at ``target`` in ``service`` and whether it is read-only."""
+    for source, mount_target, ro in mounts(service):
+        if mount_target == target:
+            assert source.startswith("./"), f"{target} is not a file of the project"
+            return ROOT / source, ro
+    raise AssertionError(f"nothing is mounted at {target}")
+
+
+def test_every_replica_exports_metrics_where_prometheus_scrapes_them(services):
+    from tfmlops.serving.config import load_monitoring_config
+
+    replicas = sorted(n for n in services if n.startswith("tf-serving-"))
+    scrape = {job["job_name"]: job for job in prometheus_config()["scrape_configs"]}
+    job = scrape["tf-serving"]
+    targets = {t for group in job["static_configs"] for t in group["targets"]}
+    expected = set()
+    for name in replicas:
+        flags = command_flags(services[name])
+        config_file, read_only = mounted_file(services[name], flags["monitoring_config_file"])
+        assert read_only, f"{name}: the monitoring config must be mounted read-only"
+        monitoring = load_monitoring_config(str(config_file))
+        assert monitoring.prometheus_config.enable, f"{name}: {config_file.name} does not enable Prometheus"
+        assert monitoring.prometheus_config.path == job["metrics_path"], name
+        expected.add(f"{name}:{flags['rest_api_port']}")  # metrics are on the REST port
+    assert targets == expected
+
+
+def test_prometheus_service_is_pinned_loopback_and_persistent(services, compose):
+    prom = services["prometheus"]
+    assert prom["image"].startswith("prom/prometheus:v")
+    flags = command_flags(prom)
+    config, ro = mounted_file(prom, flags["config.file"])
+    assert ro and config == ROOT / "docker" / "prometheus" / "prometheus.yml"
+    for rule_file in prometheus_config()["rule_files"]:  # relative to the config file, as Prometheus reads it
+        target = str(PurePosixPath(flags["config.file"]).parent / rule_file)
+        source, ro = mounted_file(prom, target)
+        assert ro and source.exists(), target
+    assert volume_of(prom, flags["storage.tsdb.path"], compose)[1] == "."
+    assert prom["ports"] == [f"127.0.0.1:{env_example()['PROMETHEUS_PORT']}:9090"]
+    assert flags["web.listen-address"].endswith(":9090")
+    conn = environment(services["airflow-worker"])["AIRFLOW_CONN_PROMETHEUS_DEFAULT"]
+    assert conn == "http://prometheus:9090"
+
+
+def test_published_ports_bind_loopback_only(services):
+    for name, svc in services.items():
+        for port in svc.get("ports") or []:
+            assert isinstance(port, str) and port.startswith("127.0.0.1:"), f"{name} publishes {port!r}"

@@ -1,8 +1,13 @@
 """Measurements of a served model: serving health, quality on labeled data, drift (no MLflow,
 no Airflow; TensorFlow only through the gRPC client). :mod:`tfmlops.steps.monitor` records them.
 
-- **Health** — per endpoint and loaded version, a bounded probe of single-row predicts over REST
-  and over gRPC: latency p50/p95/p99, throughput (sequential requests per second), error rate.
+- **Health** — per endpoint, from the traffic the model really served (:func:`live_health`):
+  request rate, error rate (non-OK share) and latency p50/p95/p99 over a window, read from a
+  Prometheus server that scrapes the replicas, else from two scrapes of each replica's own metrics
+  (:mod:`tfmlops.deploy.live_metrics`); only a replica that served the model nothing in the window
+  (or whose metrics cannot be read) is probed: per loaded version, a bounded probe of single-row
+  predicts over REST and over gRPC: latency p50/p95/p99, throughput (sequential requests per
+  second), error rate. Each endpoint's result says which source it came from.
 - **Quality** — labeled rows sent through the served model: accuracy, macro and per-class
   precision/recall/F1, confusion matrix.
 - **Drift** — population stability index (PSI) of per-image input statistics (mean intensity,
@@ -15,10 +20,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 
 from tfmlops import evaluation
+from tfmlops.deploy.live_metrics import MetricsError, Traffic, scrape_traffic
 
 
 PSI_EPS = 1e-4
@@ -174,18 +181,110 @@ def health(endpoints: dict, model: str, row: np.ndarray, requests: int = 50) -> 
     return out
 
 
+# ------------------------------------------------------------------------------ live traffic
+LIVE = "live"  # the "version" key of a live record: TF Serving's request metrics have no version label
+
+
+def live_record(traffic: Traffic) -> dict:
+    """A replica's live traffic as a health record: a probe's keys (``last_error`` lists the
+    non-OK statuses), plus its ``source`` and ``window_s``, the latencies per entrypoint and the
+    examples."""
+    failed = {s: n for s, n in traffic.by_status.items() if s != "OK" and n > 0}
+    return {"p50_ms": traffic.p50_ms, "p95_ms": traffic.p95_ms, "p99_ms": traffic.p99_ms,
+            "throughput_rps": traffic.request_rate or 0.0, "error_rate": traffic.error_rate or 0.0,
+            "requests": traffic.requests, "errors": traffic.errors,
+            "last_error": ", ".join(f"{s} ×{n:.0f}" for s, n in sorted(failed.items())), "source": traffic.source,
+            "window_s": traffic.window_s, "by_entrypoint": traffic.by_entrypoint, "examples": traffic.examples}
+
+
+def live_traffic(endpoints: list, model: str, prometheus=None, window_s: int = 300, scrape_window_s: float = 15.0,
+                 timeout: float = 10.0, at: float | None = None) -> dict[str, dict]:
+    """Where each endpoint's (:class:`~tfmlops.deploy.endpoint.Endpoint`) health comes from:
+    ``{name: {"source": "prometheus" | "scrape" | "probe", "traffic": Traffic | None, "reason": str}}``.
+
+    With ``prometheus`` (a :class:`~tfmlops.deploy.live_metrics.PrometheusClient`), the traffic of
+    the last ``window_s`` seconds of each replica Prometheus scrapes (``instance`` = the endpoint's
+    REST ``host:port``); the replicas it does not scrape, or all of them when it cannot be
+    queried, are scraped directly: twice, ``scrape_window_s`` apart, at their metrics path.
+    ``probe`` (with the reason) where the model got no request in the window or the metrics
+    could not be read. ``at``: the time Prometheus evaluates at (now)."""
+    out: dict[str, dict] = {}
+    notes: dict[str, str] = {}
+    pending = list(endpoints)
+    if prometheus is not None:
+        try:
+            at = time.time() if at is None else at
+            up = prometheus.targets_up(at)
+            seen = prometheus.traffic(model, window_s, at)
+        except MetricsError as exc:
+            notes = {ep.name: f"Prometheus not used ({exc}); " for ep in pending}
+        else:
+            for ep in pending:
+                traffic = seen.get(ep.instance)
+                if ep.instance not in up:
+                    notes[ep.name] = f"Prometheus scrapes no target {ep.instance}; "
+                elif traffic is not None and not traffic.idle:
+                    out[ep.name] = {"source": "prometheus", "traffic": traffic, "reason": ""}
+                else:
+                    down = ", its last scrape failed" if up[ep.instance] == 0 else ""
+                    out[ep.name] = {"source": "probe", "traffic": None, "reason": (
+                        f"no request for {model} on {ep.instance} in the last {window_s}s (Prometheus{down})")}
+            pending = [ep for ep in pending if ep.name not in out]
+    if pending:
+        scraped = scrape_traffic({ep.name: ep.metrics_url for ep in pending}, model, scrape_window_s, timeout)
+        for ep in pending:
+            got, note = scraped[ep.name], notes.get(ep.name, "")
+            if isinstance(got, MetricsError):
+                out[ep.name] = {"source": "probe", "traffic": None, "reason": f"{note}metrics not readable: {got}"}
+            elif got.idle:
+                out[ep.name] = {"source": "probe", "traffic": None, "reason": (
+                    f"{note}no request for {model} in {got.window_s:.1f}s between two scrapes of {ep.metrics_url}")}
+            else:
+                out[ep.name] = {"source": "scrape", "traffic": got, "reason": note.removesuffix("; ")}
+    return {ep.name: out[ep.name] for ep in endpoints}
+
+
+def live_health(endpoints: list, model: str, probe_row: Callable[[], np.ndarray], requests: int = 50,
+                prometheus=None, window_s: int = 300, scrape_window_s: float = 15.0,
+                timeout: float = 10.0, at: float | None = None) -> tuple[dict, dict]:
+    """Health of every endpoint from its live traffic (:func:`live_traffic`), probed
+    (:func:`health`, with the row ``probe_row()`` gives) only where there was none →
+    ``(result, sources)``: ``result`` as :func:`health`'s, a live endpoint as one record
+    ``{name: {"live": {"all": record}}}``; ``sources`` ``{name: {"source", "reason", "window_s"}}``."""
+    sources = live_traffic(endpoints, model, prometheus, window_s, scrape_window_s, timeout, at)
+    result: dict = {}
+    probed = [ep for ep in endpoints if sources[ep.name]["traffic"] is None]
+    if probed:
+        result.update(health({ep.name: ep.client for ep in probed}, model, probe_row(), requests))
+    for ep in endpoints:
+        traffic = sources[ep.name]["traffic"]
+        if traffic is not None:
+            result[ep.name] = {LIVE: {"all": live_record(traffic)}}
+    summary = {name: {"source": s["source"], "reason": s["reason"],
+                      "window_s": s["traffic"].window_s if s["traffic"] is not None else None}
+               for name, s in sources.items()}
+    return {ep.name: result[ep.name] for ep in endpoints}, summary
+
+
+def _where(name: str, version, api: str, m: dict) -> str:
+    if version == LIVE:
+        return f"{name} live traffic ({m['source']}, {m['window_s']:.0f}s)"
+    return f"{name} version {version} {api.upper()}"
+
+
 def health_breaches(result: dict, thresholds: Thresholds) -> list[str]:
     breaches = []
     for name, versions in result.items():
         for version, apis in versions.items():
             for api, m in apis.items():
-                where = f"{name} version {version} {api.upper()}"
+                where = _where(name, version, api, m)
                 if m["error_rate"] > thresholds.max_error_rate:
                     breaches.append(f"{where}: error rate {m['error_rate']:.2%} > {thresholds.max_error_rate:.2%} "
-                                    f"({m['errors']}/{m['requests']} requests; last: {m['last_error']})")
+                                    f"({m['errors']:.0f}/{m['requests']:.0f} requests; "
+                                    f"{'non-OK' if version == LIVE else 'last'}: {m['last_error']})")
                 if np.isfinite(m["p99_ms"]) and m["p99_ms"] > thresholds.max_p99_ms:
                     breaches.append(f"{where}: p99 latency {m['p99_ms']:.1f} ms > {thresholds.max_p99_ms:.1f} ms "
-                                    f"(p50 {m['p50_ms']:.1f}, p95 {m['p95_ms']:.1f}, {m['requests']} requests)")
+                                    f"(p50 {m['p50_ms']:.1f}, p95 {m['p95_ms']:.1f}, {m['requests']:.0f} requests)")
     return breaches
 
 
@@ -195,9 +294,10 @@ def health_metrics(result: dict) -> dict[str, float]:
     for name, versions in result.items():
         for version, apis in versions.items():
             for api, m in apis.items():
+                tag = version if version == LIVE else f"v{version}"
                 for key in ("p50_ms", "p95_ms", "p99_ms", "throughput_rps", "error_rate"):
                     if np.isfinite(m[key]):
-                        flat[f"health.{name}.v{version}.{api}.{key}"] = m[key]
+                        flat[f"health.{name}.{tag}.{api}.{key}"] = m[key]
     return flat
 
 

@@ -353,6 +353,38 @@ def test_health_breach_fails_with_the_numbers():
     tracking, model, endpoints, thresholds, requests = step.call_args.args
     assert [ep.name for ep in endpoints] == ["tf_serving_default", "probe_only"] and requests == 20
     assert (thresholds.max_p99_ms, thresholds.max_error_rate) == (250.0, 0.01)  # unset: the default
+    # no prometheus_default connection: the replicas' metrics are scraped (at TF Serving's path)
+    assert step.call_args.kwargs == {"prometheus": None, "window_s": 300, "scrape_window_s": 15.0}
+    assert endpoints[0].metrics_url == "http://serving.test:9501/monitoring/prometheus/metrics"
+
+
+def test_health_reads_prometheus_when_its_connection_exists(monkeypatch):
+    from tfmlops_airflow.hooks import PrometheusHook
+    from tfmlops_airflow.operators.monitor import ServingHealthOperator
+
+    monkeypatch.setenv("AIRFLOW_CONN_PROMETHEUS_DEFAULT", json.dumps({
+        "conn_type": "http", "host": "prom.test", "port": 9091, "login": "u", "password": "p",
+        "extra": {"path_prefix": "/prom/", "timeout": 4, "selector": 'job="tf-serving"'}}))
+    monkeypatch.setenv("AIRFLOW_CONN_TF_SERVING_METRICS", json.dumps({
+        "conn_type": "http", "host": "s.test", "port": 8601, "extra": {"metrics_path": "/metrics"}}))
+    op = ServingHealthOperator(task_id="health", model_name="m", targets=["tf_serving_metrics"], window_s="600",
+                               scrape_window_s="5")
+    with mock.patch("tfmlops.steps.monitor.check_health", return_value={"breaches": [], "sources": {}}) as step, \
+            mock.patch.object(PrometheusHook, "close") as close:
+        op.execute(context())
+    hook = step.call_args.kwargs["prometheus"]
+    assert isinstance(hook, PrometheusHook) and hook.prometheus_conn_id == "prometheus_default"
+    assert (step.call_args.kwargs["window_s"], step.call_args.kwargs["scrape_window_s"]) == (600, 5.0)
+    close.assert_called_once()
+    client = hook.client
+    assert (client.base_url, client.timeout, client.selector) == ("http://prom.test:9091/prom", 4.0, 'job="tf-serving"')
+    assert client._session.auth == ("u", "p")
+    assert step.call_args.args[2][0].metrics_url == "http://s.test:8601/metrics"
+    assert PrometheusHook.configured() and not PrometheusHook.configured("no_such_connection")
+    off = ServingHealthOperator(task_id="health", model_name="m", prometheus_conn_id=None)
+    with mock.patch("tfmlops.steps.monitor.check_health", return_value={"breaches": []}) as step:
+        off.execute(context())
+    assert step.call_args.kwargs["prometheus"] is None
 
 
 def test_quality_drift_returns_the_retrain_decision():

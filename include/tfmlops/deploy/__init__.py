@@ -8,5 +8,6 @@ No Airflow import; MLflow only in :mod:`tfmlops.steps.rollout`, the step that ne
 local or S3), ``model_config`` (config edits and reloads), ``status`` (version states, waits),
 ``checks`` (smoke parity, holdout accuracy, latency), ``locking`` (one rollout at a time per
 endpoint), ``rollout`` (the replace / canary state machine), ``fleet`` (docker SDK replicas),
-``errors`` (the rollout error types).
+``errors`` (the rollout error types), ``live_metrics`` (the replicas' own metrics: scraped, or
+from a Prometheus server).
 """

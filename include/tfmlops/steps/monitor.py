@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from tfmlops import data, registry
-from tfmlops.monitoring import (Thresholds, available_versions, build_reference, drift, health, health_breaches,
-                                health_metrics, quality, quality_metrics, served_probabilities)
+from tfmlops.monitoring import (Thresholds, available_versions, build_reference, drift, health_breaches, health_metrics,
+                                live_health, quality, quality_metrics, served_probabilities)
 from tfmlops.partitions import list_partitions
 
 __all__ = ["Thresholds", "check_health", "check_quality_drift"]
@@ -114,16 +114,26 @@ def ensure_reference(tracking_uri: str, model_name: str, version: int, client, r
 
 # ------------------------------------------------------------------------------ entry points
 def check_health(tracking_uri: str, model_name: str, endpoints: list, thresholds: Thresholds, requests: int = 50,
-                 n_features: int = 784) -> dict:
-    """Probe every endpoint (:class:`tfmlops.deploy.endpoint.Endpoint`) and version, log the numbers
-    as one time step, redraw the charts."""
-    row = data.load_mnist().x_test[0].reshape(-1)[:n_features].astype(np.float32) / 255.0
-    result = health({ep.name: ep.client for ep in endpoints}, model_name, row, requests)
+                 n_features: int = 784, prometheus=None, window_s: int = 300, scrape_window_s: float = 15.0) -> dict:
+    """Health of every endpoint (:class:`tfmlops.deploy.endpoint.Endpoint`) from the model's live
+    traffic — from ``prometheus`` (a :class:`~tfmlops.deploy.live_metrics.PrometheusClient`) over
+    ``window_s`` seconds, else from two scrapes of each replica's metrics ``scrape_window_s``
+    apart — and probed (every version, ``requests`` predicts per API) where it served nothing in
+    the window (:func:`tfmlops.monitoring.live_health`). The numbers are logged as one time step,
+    the sources as the run's tag ``last_health_sources``; the charts are redrawn."""
+    def probe_row() -> np.ndarray:
+        return data.load_mnist().x_test[0].reshape(-1)[:n_features].astype(np.float32) / 255.0
+
+    result, sources = live_health(endpoints, model_name, probe_row, requests, prometheus, window_s, scrape_window_s)
+    for name, s in sources.items():
+        log.info("health of %s on %s from %s%s", model_name, name, s["source"], f" ({s['reason']})" * bool(s["reason"]))
     run_id = monitoring_run(tracking_uri, model_name)
     step = log_step(tracking_uri, run_id, health_metrics(result))
+    registry.set_tags(tracking_uri, run_id, {"last_health_sources": json.dumps(sources)[:4000]})
     breaches = health_breaches(result, thresholds)
     charts = log_trend_charts(tracking_uri, run_id)
     return {"model_name": model_name, "run_id": run_id, "step": step, "breaches": breaches, "charts": charts,
+            "sources": sources,
             "health": {ep: {str(v): apis for v, apis in versions.items()} for ep, versions in result.items()}}
 
 

@@ -14,7 +14,8 @@ class TFServingHook(BaseHook):
     ``grpc_port`` (8500), ``models_root`` (where version directories are published, as this worker
     sees it: a folder or ``s3://``), ``model_config_file`` (the ModelServerConfig file the server
     reads) and optionally ``server_models_root`` (the same folder as the server sees it, e.g.
-    ``/models`` in a container).
+    ``/models`` in a container) and ``metrics_path`` (where the server exports its Prometheus
+    metrics, TF Serving's ``/monitoring/prometheus/metrics`` by default).
 
     :meth:`endpoint` is the endpoint as :mod:`tfmlops.deploy` drives it (publish, config reloads,
     rollouts, checks); :attr:`client` its REST + gRPC client (status, metadata, predict, reload).
@@ -53,7 +54,8 @@ class TFServingHook(BaseHook):
                         server_models_root=extra.get("server_models_root") or None,
                         model_config_file=extra.get("model_config_file") or None, timeout=self.timeout,
                         request_log_prefix=extra.get("request_log_prefix") or None,
-                        request_log_sampling_rate=float(extra.get("request_log_sampling_rate", 0.1)))
+                        request_log_sampling_rate=float(extra.get("request_log_sampling_rate", 0.1)),
+                        **({"metrics_path": extra["metrics_path"]} if extra.get("metrics_path") else {}))
 
     @property
     def client(self):

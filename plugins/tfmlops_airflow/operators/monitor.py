@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from tfmlops_airflow.hooks import TFServingHook
+from tfmlops_airflow.hooks import PrometheusHook, TFServingHook
 from tfmlops_airflow.operators.base import TFMLOpsBaseOperator, checked_partitions_root, optional
 
 alert_log = logging.getLogger("tfmlops.alerts")
@@ -50,39 +50,59 @@ class MonitorOperator(TFMLOpsBaseOperator):
 
 
 class ServingHealthOperator(MonitorOperator):
-    """Probe every target endpoint and every AVAILABLE version of the model over REST and gRPC
-    (``requests`` sequential single-row predicts each): p50/p95/p99, throughput, error rate,
-    logged to the model's MLflow monitoring run with trend charts. A breach fails the task
-    (:class:`ServingHealthBreached`) with the numbers.
+    """Health of the model on every target endpoint: request rate, error rate (non-OK share) and
+    latency p50/p95/p99 of the traffic it really served — over ``window_s`` from Prometheus when
+    the connection ``prometheus_conn_id`` exists, else from two scrapes of each replica's metrics
+    ``scrape_window_s`` apart. A replica that served the model nothing in the window is probed
+    instead: every AVAILABLE version over REST and gRPC (``requests`` sequential single-row
+    predicts each). Logged to the model's MLflow monitoring run with trend charts; the result
+    names each endpoint's source. A breach fails the task (:class:`ServingHealthBreached`) with
+    the numbers.
 
-    :param targets: TF Serving connection ids to probe. (templated)
-    :param requests: requests per endpoint, version and API. (templated)
+    :param targets: TF Serving connection ids to check. (templated)
+    :param requests: probe requests per endpoint, version and API. (templated)
     :param max_p99_ms: p99 latency above this is a breach. (templated)
     :param max_error_rate: share of failed requests above this is a breach. (templated)
+    :param window_s: seconds of live traffic read from Prometheus. (templated)
+    :param scrape_window_s: seconds between the two scrapes without Prometheus. (templated)
+    :param prometheus_conn_id: the Prometheus connection; unset or missing: scrape the replicas.
     """
 
     template_fields: Sequence[str] = (*MonitorOperator.template_fields, "targets", "requests", "max_p99_ms",
-                                      "max_error_rate")
+                                      "max_error_rate", "window_s", "scrape_window_s")
 
     def __init__(self, *, targets: list[str] | str = ("tf_serving_default",), requests: int | str = 50,
-                 max_p99_ms: float | str = 500.0, max_error_rate: float | str = 0.01, **kwargs):
+                 max_p99_ms: float | str = 500.0, max_error_rate: float | str = 0.01, window_s: int | str = 300,
+                 scrape_window_s: float | str = 15.0, prometheus_conn_id: str | None = "prometheus_default",
+                 **kwargs):
         super().__init__(**kwargs)
         self.targets = targets
         self.requests = requests
         self.max_p99_ms = max_p99_ms
         self.max_error_rate = max_error_rate
+        self.window_s = window_s
+        self.scrape_window_s = scrape_window_s
+        self.prometheus_conn_id = prometheus_conn_id
 
     def execute(self, context) -> dict[str, Any]:
         from tfmlops.steps.monitor import check_health
 
+        prometheus = None
+        if optional(self.prometheus_conn_id) is not None and PrometheusHook.configured(self.prometheus_conn_id):
+            prometheus = PrometheusHook(self.prometheus_conn_id)
+        else:
+            self.log.info("no connection %r: the replicas' metrics are scraped directly", self.prometheus_conn_id)
         endpoints = self.serving_endpoints(self.targets)
         try:
             result = check_health(self.tracking_uri, str(self.model_name), endpoints,
                                   _thresholds(max_p99_ms=self.max_p99_ms, max_error_rate=self.max_error_rate),
-                                  int(self.requests))
+                                  int(self.requests), prometheus=prometheus, window_s=int(self.window_s),
+                                  scrape_window_s=float(self.scrape_window_s))
         finally:
             for ep in endpoints:
                 ep.close()
+            if prometheus is not None:
+                prometheus.close()
         if result["breaches"]:
             raise ServingHealthBreached(f"{self.model_name}: " + "; ".join(result["breaches"]))
         return result
