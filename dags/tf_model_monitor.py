@@ -8,7 +8,8 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import DAG, Param, task
 
 from tfmlops_airflow import params
-from tfmlops_airflow.operators.monitor import ModelQualityDriftOperator, ServingHealthOperator, alert_on_failure
+from tfmlops_airflow.operators.monitor import (LiveDriftOperator, ModelQualityDriftOperator, ServingHealthOperator,
+                                               alert_on_failure)
 
 DOC = """
 ### Monitoring of the served model (closes the loop)
@@ -29,8 +30,11 @@ Every 15 minutes, or from **Trigger ▸ with config**:
   PSI of input statistics (intensity, ink, centre of mass, second moments) and of the predicted
   classes against the version's training reference (`monitoring/reference.json` on its MLflow
   run; computed from a sample of its training data the first time).
-- **retrain** — when accuracy is under `min_accuracy` or a PSI over its threshold,
-  `tf_offline_retrain` is triggered with `conf.reason` naming the breach.
+- **live drift** — the same PSI on what users really sent: the model server's sampled request
+  logs (`log_prefix`, the `filename_prefix` of the model's `logging_config`) of the last
+  `live_window_s`, against the same reference; under `live_min_rows` logged rows, no verdict.
+- **retrain** — when accuracy is under `min_accuracy` or a PSI (new data or live traffic) over
+  its threshold, `tf_offline_retrain` is triggered with `conf.reason` naming the breach.
 
 Everything goes to one MLflow run per model (experiment `<model>-monitoring`, step = time),
 with trend charts (`charts/monitoring_trends.png`) and the last confusion matrix.
@@ -64,6 +68,13 @@ PARAMS = {
                            description="Drift: PSI of any input statistic above this triggers a retrain."),
     "max_prediction_psi": Param(0.25, type="number", exclusiveMinimum=0, maximum=100, title="Max prediction PSI",
                                 description="Drift: PSI of the predicted classes above this triggers a retrain."),
+    "log_prefix": Param(params.DEFAULT_REQUEST_LOG_PREFIX, type="string", minLength=1, maxLength=1000,
+                        title="Request log prefix",
+                        description="filename_prefix of the served model's logging_config (a local path)."),
+    "live_window_s": Param(3600, type="integer", minimum=60, maximum=30 * 86400, title="Live drift window (s)",
+                           description="How far back the request logs are read for live drift."),
+    "live_min_rows": Param(100, type="integer", minimum=10, maximum=1_000_000, title="Live drift min rows",
+                           description="Fewest logged rows for a live drift verdict."),
     "reference_rows": Param(2000, type="integer", minimum=100, maximum=60000, title="Reference rows",
                             description="Training rows sampled when a version's drift reference is first built."),
 }
@@ -95,11 +106,21 @@ with DAG(
         max_input_psi="{{ params.max_input_psi }}", max_prediction_psi="{{ params.max_prediction_psi }}",
         reference_rows="{{ params.reference_rows }}")
 
-    @task.short_circuit(task_display_name="Retrain needed?")
-    def retrain_needed(retrain: bool) -> bool:
-        return bool(retrain)
+    live = LiveDriftOperator(
+        task_id="live_drift", task_display_name="Drift of live traffic (request logs)",
+        model_name="{{ params.model_name }}", log_prefix="{{ params.log_prefix }}",
+        window_s="{{ params.live_window_s }}", min_rows="{{ params.live_min_rows }}",
+        max_input_psi="{{ params.max_input_psi }}", max_prediction_psi="{{ params.max_prediction_psi }}",
+        reference_rows="{{ params.reference_rows }}")
+    quality >> live  # the drift reference is built once, by the first of them
 
+    @task.short_circuit(task_display_name="Retrain needed?")
+    def retrain_needed(quality_result: dict, live_result: dict) -> str:
+        """The reasons of the checks that ask for a retrain ('' = none: the trigger is skipped)."""
+        return "; ".join(r["reason"] for r in (quality_result, live_result) if r.get("retrain"))
+
+    reason = retrain_needed(quality.output, live.output)
     trigger = TriggerDagRunOperator(
         task_id="trigger_retrain", task_display_name="Trigger tf_offline_retrain", trigger_dag_id="tf_offline_retrain",
-        conf={"model_name": "{{ params.model_name }}", "reason": quality.output["reason"]})
-    retrain_needed(quality.output["retrain"]) >> trigger
+        conf={"model_name": "{{ params.model_name }}", "reason": reason})
+    reason >> trigger

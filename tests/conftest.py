@@ -71,11 +71,13 @@ def serving_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
     rest, grpc = devservers.free_port(), devservers.free_port()
     config_file = root / "models.config"
-    devservers.start("tf-serving-local", devservers.serving_argv(config_file, rest, grpc), root)
+    # request log files (of models given a logging_config) are closed within ~2 s, for the tests to read
+    devservers.start("tf-serving-local", devservers.serving_argv(config_file, rest, grpc)
+                     + ["--request_log_max_file_age_s=1"], root)
     try:
         devservers.wait_http(f"http://127.0.0.1:{rest}/v1/models/_", 120, "tf-serving-local", root, any_status=True)
         yield {"rest_port": rest, "grpc_port": grpc, "models_root": root / "models", "config_file": config_file,
-               "run_dir": root}
+               "run_dir": root, "request_logs": root / "request-logs"}
     finally:
         devservers.stop("tf-serving-local", root)
 

@@ -42,6 +42,19 @@ def _tfrecords(path: str):
     return read_tfrecords(path)
 
 
+def _complete_records(path: str):
+    """The records of a log file; of a file still being written (``.partial``) the complete ones."""
+    from tfmlops.serving.errors import StatusError
+
+    if path.endswith(".partial") and not os.path.exists(path):
+        path = path[:-len(".partial")]  # closed since it was listed
+    try:
+        yield from _tfrecords(path)
+    except StatusError:
+        if not path.endswith(".partial"):
+            raise
+
+
 def read_request_logs(paths: list[str], input_name: str = INPUT_NAME) -> dict[str, dict]:
     """``{request id: {"x": float32 rows, "predicted": classes, "model_version": int}}`` of the
     Predict records in ``paths`` (other log types are skipped)."""
@@ -51,7 +64,7 @@ def read_request_logs(paths: list[str], input_name: str = INPUT_NAME) -> dict[st
 
     out: dict[str, dict] = {}
     for path in paths:
-        for record in _tfrecords(path):
+        for record in _complete_records(path):
             plog = prediction_log_pb2.PredictionLog.FromString(record)
             if plog.WhichOneof("log_type") != "predict_log" or input_name not in plog.predict_log.request.inputs:
                 continue
@@ -67,14 +80,16 @@ def read_request_logs(paths: list[str], input_name: str = INPUT_NAME) -> dict[st
     return out
 
 
-def list_request_logs(prefix: str) -> list[str]:
-    """The complete log files of a ``filename_prefix`` (``<prefix>-….tfrecord``; files still being
-    written end in ``.partial`` and are left alone)."""
+def list_request_logs(prefix: str, include_partial: bool = False) -> list[str]:
+    """The complete log files of a ``filename_prefix`` (``<prefix>-….tfrecord``); files still being
+    written (``.partial``) only with ``include_partial`` (monitoring may look at them, the join
+    never does: it would take their records again once they are complete)."""
     directory, base = os.path.split(prefix)
     if not os.path.isdir(directory or "."):
         return []
+    ends = (".tfrecord", ".tfrecord.partial") if include_partial else (".tfrecord",)
     return sorted(os.path.join(directory, f) for f in os.listdir(directory or ".")
-                  if f.startswith(base + "-") and f.endswith(".tfrecord"))
+                  if f.startswith(base + "-") and f.endswith(ends))
 
 
 def read_labels(path: str) -> tuple[dict[str, list[int]], list[str]]:

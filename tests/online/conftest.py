@@ -37,8 +37,10 @@ def champion(mlflow_server, serving_server):
     metrics = pipeline.evaluate(mlflow_server, trained["run_id"], trained["model_uri"], spec)
     pipeline.export(mlflow_server, trained["run_id"], trained["model_uri"], spec)
     version = pipeline.register(mlflow_server, MODEL, trained["run_id"], trained["model_uri"], metrics, {})["version"]
+    # every request to the champion is logged (the embedded stack's way: the endpoint's request_log_prefix)
     endpoint = Endpoint("local", "127.0.0.1", serving_server["rest_port"], serving_server["grpc_port"],
-                        str(serving_server["models_root"]), model_config_file=str(serving_server["config_file"]))
+                        str(serving_server["models_root"]), model_config_file=str(serving_server["config_file"]),
+                        request_log_prefix=str(serving_server["request_logs"]), request_log_sampling_rate=1.0)
     try:
         assert rollout_registered(mlflow_server, MODEL, version, [endpoint])["outcome"] == "promoted"
     finally:

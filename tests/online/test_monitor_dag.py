@@ -24,19 +24,22 @@ def retrain_runs():
                 session.query(DagRun).filter(DagRun.dag_id == "tf_offline_retrain", DagRun.run_type != "scheduled")]
 
 
-def test_monitor_clean_then_drifted(champion, airflow_db, airflow_connections, mlflow_server, tmp_path):
+def test_monitor_clean_then_drifted(champion, airflow_db, airflow_connections, mlflow_server, serving_server,
+                                    tmp_path):
     from mlflow import MlflowClient
 
+    # live drift reads the champion's request logs (every request to it is logged in these tests)
+    conf = {**CONF, "log_prefix": str(serving_server["request_logs"] / MODEL / "requests"), "live_min_rows": 100}
     root = str(tmp_path)
     x, y = simulate.pool()
     simulate.write_partition(root, "clean", "p1", simulate.make_partition(x, y, 300, seed=11))
     before = retrain_runs()
 
     # 1. clean data: healthy, accurate, no drift → no retrain
-    run = load_dag("tf_model_monitor").test(run_conf={**CONF, "root": root, "dataset": "clean"})
+    run = load_dag("tf_model_monitor").test(run_conf={**conf, "root": root, "dataset": "clean"})
     assert str(run.state) == "success", states(run)
     task_states = states(run)
-    assert task_states["health"] == task_states["quality_drift"] == "success", task_states
+    assert task_states["health"] == task_states["quality_drift"] == task_states["live_drift"] == "success", task_states
     assert task_states["trigger_retrain"] == "skipped", task_states
     assert retrain_runs() == before
 
@@ -56,7 +59,9 @@ def test_monitor_clean_then_drifted(champion, airflow_db, airflow_connections, m
     # 2. rotated data → accuracy drop / input drift → tf_offline_retrain triggered with the reason;
     #    an impossible latency threshold fails the health task with the numbers
     simulate.write_partition(root, "drifted", "p1", simulate.make_partition(x, y, 300, "rotation", 0.75, seed=12))
-    run = load_dag("tf_model_monitor").test(run_conf={**CONF, "root": root, "dataset": "drifted",
+    live_rows = metrics["live.rows"]  # the clean partition's 300 rows went through the champion, and more
+    assert live_rows >= 300, metrics
+    run = load_dag("tf_model_monitor").test(run_conf={**conf, "root": root, "dataset": "drifted",
                                                       "max_p99_ms": 0.001})
     task_states = states(run)
     assert task_states["health"] == "failed" and task_states["trigger_retrain"] == "success", task_states
@@ -66,6 +71,10 @@ def test_monitor_clean_then_drifted(champion, airflow_db, airflow_connections, m
     assert conf["model_name"] == MODEL
     assert "input drift" in conf["reason"] or "accuracy" in conf["reason"], conf
     assert len(mlf.get_metric_history(monitor_run.info.run_id, "quality.accuracy")) == 2
+    # live traffic now holds the rotated rows too: more logged rows, and its input drift went up
+    rows = [m.value for m in mlf.get_metric_history(monitor_run.info.run_id, "live.rows")]
+    psi = [m.value for m in mlf.get_metric_history(monitor_run.info.run_id, "live.input_psi_max")]
+    assert len(rows) == len(psi) == 2 and rows[1] >= rows[0] + 300 and psi[1] > psi[0], (rows, psi)
 
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session

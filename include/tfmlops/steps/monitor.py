@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -201,7 +202,13 @@ def check_live_drift(tracking_uri: str, model_name: str, endpoint, log_prefix: s
     champion = registry.get_version(tracking_uri, model_name, registry.CHAMPION)
     version = int(champion.version)
     since = time.time() - window_s
-    files = [f for f in feedback.list_request_logs(log_prefix) if Path(f).stat().st_mtime >= since]
+    files = []
+    for f in feedback.list_request_logs(log_prefix, include_partial=True):
+        try:
+            if os.path.getmtime(f) >= since:
+                files.append(f)
+        except FileNotFoundError:  # a .partial file closed meanwhile: its complete name
+            files.append(f.removesuffix(".partial"))
     logged = [r for r in feedback.read_request_logs(files).values()
               if r["model_version"] == version and r["predicted"] is not None]
     rows = sum(len(r["x"]) for r in logged)

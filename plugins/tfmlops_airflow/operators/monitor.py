@@ -160,3 +160,53 @@ class ModelQualityDriftOperator(MonitorOperator):
         if result["retrain"]:
             self.log.warning("retrain needed: %s", result["reason"])
         return result
+
+
+class LiveDriftOperator(MonitorOperator):
+    """PSI drift of what users sent to the served ``champion`` — the model server's sampled request
+    logs of the last ``window_s`` — against the version's training reference. Fewer than
+    ``min_rows`` logged rows: no verdict. Returns ``retrain`` and ``reason``.
+
+    :param log_prefix: the request logs' ``filename_prefix`` (local; the model's ``logging_config``). (templated)
+    :param window_s: how far back the logs are read. (templated)
+    :param min_rows: fewest logged rows for a verdict. (templated)
+    :param max_input_psi: PSI of any input statistic above this asks for a retrain. (templated)
+    :param max_prediction_psi: PSI of the predicted classes above this asks for a retrain. (templated)
+    :param reference_rows: training rows sampled when a version's drift reference is first built. (templated)
+    :param tf_serving_conn_id: the TF Serving connection (builds the reference when there is none).
+    """
+
+    template_fields: Sequence[str] = (*MonitorOperator.template_fields, "log_prefix", "window_s", "min_rows",
+                                      "max_input_psi", "max_prediction_psi", "reference_rows")
+
+    def __init__(self, *, log_prefix: str, window_s: float | str = 3600, min_rows: int | str = 100,
+                 max_input_psi: float | str = 0.25, max_prediction_psi: float | str = 0.25,
+                 reference_rows: int | str = 2000, tf_serving_conn_id: str = "tf_serving_default", **kwargs):
+        super().__init__(**kwargs)
+        self.log_prefix = log_prefix
+        self.window_s = window_s
+        self.min_rows = min_rows
+        self.max_input_psi = max_input_psi
+        self.max_prediction_psi = max_prediction_psi
+        self.reference_rows = reference_rows
+        self.tf_serving_conn_id = tf_serving_conn_id
+
+    def execute(self, context) -> dict[str, Any]:
+        from tfmlops.steps.monitor import check_live_drift
+
+        hook = TFServingHook(self.tf_serving_conn_id)
+        try:
+            result = check_live_drift(
+                self.tracking_uri, str(self.model_name), hook.endpoint(), str(self.log_prefix),
+                _thresholds(max_input_psi=self.max_input_psi, max_prediction_psi=self.max_prediction_psi),
+                window_s=float(self.window_s), min_rows=int(self.min_rows), reference_rows=int(self.reference_rows))
+        except LookupError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        finally:
+            hook.close()
+        if result["retrain"]:
+            self.log.warning("retrain needed: %s", result["reason"])
+        else:
+            self.log.info("live drift: %s", result.get("reason") or result.get("drift"))
+        return result
+
