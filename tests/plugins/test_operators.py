@@ -415,7 +415,8 @@ def test_live_drift_passes_its_settings_and_returns_the_decision():
     decision = {"retrain": True, "reason": "live input drift"}
     with mock.patch("tfmlops.steps.monitor.check_live_drift", return_value=decision) as step:
         assert op.execute(context()) == decision
-    assert step.call_args.args[1:4:2] == ("m", "/logs/m/requests") and step.call_args.args[2].name == "tf_serving_default"
+    assert step.call_args.args[1:4:2] == ("m", "/logs/m/requests")
+    assert step.call_args.args[2].name == "tf_serving_default"
     assert (step.call_args.args[4].max_input_psi, step.call_args.args[4].max_prediction_psi) == (0.3, 0.4)
     assert (step.call_args.kwargs["window_s"], step.call_args.kwargs["min_rows"]) == (600.0, 50)
     with mock.patch("tfmlops.steps.monitor.check_live_drift", side_effect=LookupError("no champion")):

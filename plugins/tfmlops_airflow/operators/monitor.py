@@ -48,6 +48,20 @@ class MonitorOperator(TFMLOpsBaseOperator):
         super().__init__(**kwargs)
         self.model_name = model_name
 
+    def _retrain_decision(self, conn_id: str, check) -> dict[str, Any]:
+        """``check(endpoint)`` of a step that returns ``retrain`` and ``reason``; a missing champion
+        or version (``LookupError``) fails the task with the step's message."""
+        hook = TFServingHook(conn_id)
+        try:
+            result = check(hook.endpoint())
+        except LookupError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        finally:
+            hook.close()
+        if result["retrain"]:
+            self.log.warning("retrain needed: %s", result["reason"])
+        return result
+
 
 class ServingHealthOperator(MonitorOperator):
     """Health of the model on every target endpoint: request rate, error rate (non-OK share) and
@@ -144,22 +158,12 @@ class ModelQualityDriftOperator(MonitorOperator):
     def execute(self, context) -> dict[str, Any]:
         from tfmlops.steps.monitor import check_quality_drift
 
-        hook = TFServingHook(self.tf_serving_conn_id)
-        try:
-            result = check_quality_drift(
-                self.tracking_uri, str(self.model_name), hook.endpoint(), checked_partitions_root(self.root),
-                str(self.dataset),
-                _thresholds(min_accuracy=self.min_accuracy, max_input_psi=self.max_input_psi,
-                            max_prediction_psi=self.max_prediction_psi),
-                newest=int(self.newest), reference_rows=int(self.reference_rows),
-                s3_client=self.s3_client_for(self.root))
-        except LookupError as exc:
-            raise AirflowFailException(str(exc)) from exc
-        finally:
-            hook.close()
-        if result["retrain"]:
-            self.log.warning("retrain needed: %s", result["reason"])
-        return result
+        root = checked_partitions_root(self.root)
+        thresholds = _thresholds(min_accuracy=self.min_accuracy, max_input_psi=self.max_input_psi,
+                                 max_prediction_psi=self.max_prediction_psi)
+        return self._retrain_decision(self.tf_serving_conn_id, lambda endpoint: check_quality_drift(
+            self.tracking_uri, str(self.model_name), endpoint, root, str(self.dataset), thresholds,
+            newest=int(self.newest), reference_rows=int(self.reference_rows), s3_client=self.s3_client_for(root)))
 
 
 class LiveDriftOperator(MonitorOperator):
@@ -194,19 +198,8 @@ class LiveDriftOperator(MonitorOperator):
     def execute(self, context) -> dict[str, Any]:
         from tfmlops.steps.monitor import check_live_drift
 
-        hook = TFServingHook(self.tf_serving_conn_id)
-        try:
-            result = check_live_drift(
-                self.tracking_uri, str(self.model_name), hook.endpoint(), str(self.log_prefix),
-                _thresholds(max_input_psi=self.max_input_psi, max_prediction_psi=self.max_prediction_psi),
-                window_s=float(self.window_s), min_rows=int(self.min_rows), reference_rows=int(self.reference_rows))
-        except LookupError as exc:
-            raise AirflowFailException(str(exc)) from exc
-        finally:
-            hook.close()
-        if result["retrain"]:
-            self.log.warning("retrain needed: %s", result["reason"])
-        else:
-            self.log.info("live drift: %s", result.get("reason") or result.get("drift"))
-        return result
+        thresholds = _thresholds(max_input_psi=self.max_input_psi, max_prediction_psi=self.max_prediction_psi)
+        return self._retrain_decision(self.tf_serving_conn_id, lambda endpoint: check_live_drift(
+            self.tracking_uri, str(self.model_name), endpoint, str(self.log_prefix), thresholds,
+            window_s=float(self.window_s), min_rows=int(self.min_rows), reference_rows=int(self.reference_rows)))
 
