@@ -19,10 +19,11 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-lock.txt requiremen
 # System packages some tests use, from Debian (installed only when missing and running as root;
 # otherwise those tests skip and say what to install): chromium (TF.js in a real browser),
 # postgresql (the Postgres-backed end-to-end run), docker-compose (`config -q` of the stack),
-# prometheus (promtool checks of docker/prometheus/, and a real Prometheus scraping the local server).
-# Debian starts the packaged prometheus daemon (all interfaces, :9090) where systemd runs: it is
-# stopped and disabled right after the install (the tests start their own, on loopback).
-SYSTEM_PACKAGES := chromium:chromium postgresql:/usr/lib/postgresql docker-compose:docker-compose prometheus:promtool
+# prometheus (promtool checks of docker/prometheus/, and a real Prometheus scraping the local server),
+# haproxy (the traffic router of gray releases).
+# Debian starts the packaged prometheus (all interfaces, :9090) and haproxy daemons where systemd
+# runs: they are stopped and disabled right after the install (the tests start their own, on loopback).
+SYSTEM_PACKAGES := chromium:chromium postgresql:/usr/lib/postgresql docker-compose:docker-compose prometheus:promtool haproxy:haproxy
 system-deps:
 	@missing=""; for entry in $(SYSTEM_PACKAGES); do pkg=$${entry%%:*}; probe=$${entry#*:}; \
 	  { command -v $$probe >/dev/null || [ -e $$probe ]; } || missing="$$missing $$pkg"; done; \
@@ -30,8 +31,8 @@ system-deps:
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } || \
 	  echo "could not install$$missing; the tests that need them skip"; \
-	  case " $$missing " in *" prometheus "*) if [ -d /run/systemd/system ]; then \
-	    systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true; fi;; esac; \
+	  if [ -d /run/systemd/system ]; then \
+	    systemctl disable --now prometheus prometheus-node-exporter haproxy >/dev/null 2>&1 || true; fi; \
 	else echo "not installed:$$missing (needs root: apt-get install$$missing); the tests that need them skip"; fi
 
 venv: $(STAMP)

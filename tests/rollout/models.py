@@ -14,9 +14,13 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 X_SMOKE = np.array([[1.0, 2.0, 3.0, 4.0], [0.5, -1.0, 0.25, 2.0], [-2.0, 0.0, 1.0, -1.0]], np.float32)
 
 
-def build(path: str, seed: int, scale: float = 1.0) -> dict:
+def build(path: str, seed: int, scale: float = 1.0, fault: str | None = None) -> dict:
     """SavedModel with serving_default ``x`` float32 [None,4] → ``y`` [None,3]; returns its smoke
-    batch (what ``tfmlops.export`` writes next to a registered model's SavedModel)."""
+    batch (what ``tfmlops.export`` writes next to a registered model's SavedModel).
+
+    ``fault`` injects a defect that only live traffic meets (single-row requests; the smoke batch
+    has three rows, so the version passes its smoke check): ``"error"`` fails them
+    (INVALID_ARGUMENT), ``"slow"`` answers them ~60 ms late."""
     import tensorflow as tf
     import tf_keras as keras
 
@@ -26,9 +30,22 @@ def build(path: str, seed: int, scale: float = 1.0) -> dict:
     for layer, factor in zip(model.layers, (1.0, scale)):  # explicit weights: same seed, same model
         layer.set_weights([rng.normal(size=w.shape).astype(np.float32) * factor for w in layer.get_weights()])
 
+    def slow(y):
+        t0 = tf.timestamp()
+        spin = tf.while_loop(lambda i: tf.timestamp() - t0 < 0.06, lambda i: i + 1, [tf.constant(0)])[0]
+        with tf.control_dependencies([spin]):
+            return tf.identity(y)
+
     @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
     def serve(x):
-        return {"y": model(x, training=False)}
+        y = model(x, training=False)
+        if fault == "error":
+            check = tf.debugging.assert_greater(tf.shape(x)[0], 1, message="injected fault: single-row request")
+            with tf.control_dependencies([check]):
+                y = tf.identity(y)
+        elif fault == "slow":
+            y = tf.cond(tf.shape(x)[0] == 1, lambda: slow(y), lambda: y)
+        return {"y": y}
 
     tf.saved_model.save(model, path, signatures={"serving_default": serve})
     expected = tf.saved_model.load(path).signatures["serving_default"](x=tf.constant(X_SMOKE))["y"].numpy()

@@ -1,0 +1,223 @@
+"""Gray (progressive) release on live traffic through the router (:mod:`.router`), decided from
+the replicas' own metrics.
+
+``gray_release`` of version N, with a ``stable`` replica group serving the old version and a
+``canary`` group (both behind the router):
+
+1. N is rolled onto the canary group with the router's canary share at 0 % (a ``replace``
+   rollout: published, loaded, smoke parity over REST and gRPC; a failure there rolls the canary
+   group back and ends the release — no client saw N);
+2. for each step (default 5 → 25 → 50 → 100 %) the router sends that share of the live requests
+   to the canary group, for ``window_s``; the two groups' traffic over the window comes from
+   their replicas' TF Serving metrics (request count by status, latency histogram;
+   :mod:`.live_metrics`) and is compared: the canary's error rate may exceed the stable's by at
+   most ``max_error_rate_increase``, its p99 the stable's by at most ``max_p99_increase_ms``; a
+   canary replica the router marks DOWN, or a canary group that got no request, is a breach too.
+   The router is polled every ``poll_s`` during a window, so a crash or an error burst ends the
+   step early;
+3. a breach → share back to 0 % at once, the canary group back to the old version, the reason;
+4. every step passed → N is rolled onto the stable group (``replace``), then the share goes back
+   to 0 % (both groups serve N; the canary group is ready for the next release).
+
+Every decision and number is kept in :class:`GrayResult` (``steps``: share, the two groups'
+numbers, the verdict, time) for the caller to record (MLflow, task log).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from .endpoint import Endpoint
+from .live_metrics import MetricsError, Traffic, scrape, traffic_between
+from .rollout import PROMOTED, ROLLED_BACK, Candidate, rollout
+from .router import CANARY, STABLE, Router
+
+log = logging.getLogger("tfmlops.rollout")
+
+DEFAULT_STEPS = (5.0, 25.0, 50.0, 100.0)
+
+
+@dataclass
+class GrayThresholds:
+    max_error_rate_increase: float = 0.01  # canary error rate − stable error rate
+    max_p99_increase_ms: float = 25.0  # canary p99 − stable p99
+    min_requests: int = 20  # fewer canary requests in a window: no verdict → breach (nothing learned)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class GrayResult:
+    model: str
+    version: int
+    outcome: str
+    reason: str = ""
+    steps: list = field(default_factory=list)
+    seconds: float = 0.0
+    canary_rollout: dict = field(default_factory=dict)
+    stable_rollout: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == PROMOTED
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _group_traffic(parts: list[Traffic]) -> dict:
+    requests = sum(t.requests for t in parts)
+    errors = sum(t.errors for t in parts)
+    p99 = max((t.p99_ms for t in parts if t.requests > t.errors), default=float("nan"))
+    return {"requests": requests, "errors": errors, "error_rate": errors / requests if requests else None,
+            "p99_ms": p99}
+
+
+def compare(stable: dict, canary: dict, thresholds: GrayThresholds) -> list[str]:
+    """The breaches of the canary group's numbers against the stable group's (same window)."""
+    breaches = []
+    if canary["requests"] < thresholds.min_requests:
+        return [f"canary group got {canary['requests']:.0f} requests in the window "
+                f"(< {thresholds.min_requests}): nothing to judge on"]
+    base_err = stable["error_rate"] or 0.0
+    if canary["error_rate"] - base_err > thresholds.max_error_rate_increase:
+        breaches.append(f"error rate {canary['error_rate']:.2%} vs stable {base_err:.2%} "
+                        f"(allowed +{thresholds.max_error_rate_increase:.2%})")
+    base_p99 = stable["p99_ms"] if stable["p99_ms"] == stable["p99_ms"] else 0.0
+    if canary["p99_ms"] == canary["p99_ms"] and canary["p99_ms"] - base_p99 > thresholds.max_p99_increase_ms:
+        breaches.append(f"p99 {canary['p99_ms']:.1f} ms vs stable {base_p99:.1f} ms "
+                        f"(allowed +{thresholds.max_p99_increase_ms:.0f} ms)")
+    return breaches
+
+
+class GrayRelease:
+    def __init__(self, candidate: Candidate, router: Router, groups: dict[str, list[Endpoint]],
+                 steps=DEFAULT_STEPS, window_s: float = 30.0, thresholds: GrayThresholds | None = None,
+                 poll_s: float = 0.5, timeout_s: float = 120.0, s3_client=None,
+                 on_event: Callable[[str], None] | None = None):
+        steps = [float(s) for s in steps]
+        if not steps or any(not 0 < s <= 100 for s in steps) or steps != sorted(steps) or steps[-1] != 100:
+            raise ValueError(f"gray steps must be increasing shares in (0, 100] ending at 100, got {steps}")
+        if not groups.get(STABLE) or not groups.get(CANARY):
+            raise ValueError("a gray release needs a stable and a canary replica group")
+        self.cand, self.router, self.groups = candidate, router, groups
+        self.steps, self.window_s, self.poll_s = steps, float(window_s), float(poll_s)
+        self.thresholds = thresholds or GrayThresholds()
+        self.timeout_s, self.s3_client, self.on_event = timeout_s, s3_client, on_event
+        self._canary_names = {r.name for r in router.replicas if r.group == CANARY}
+
+    def _event(self, msg: str) -> None:
+        log.info(msg)
+        if self.on_event is not None:
+            self.on_event(msg)
+
+    def _rollout(self, group: str, candidate: Candidate):
+        # nothing is retired while the canary is judged: the stable version must stay loadable there
+        keep = 2 if group == STABLE else 1_000_000
+        return rollout(candidate, self.groups[group], "replace", keep=keep, timeout_s=self.timeout_s,
+                       s3_client=self.s3_client, on_event=self.on_event)
+
+    def _scrape(self) -> dict:
+        return {ep.name: scrape(ep.metrics_url) for g in (STABLE, CANARY) for ep in self.groups[g]}
+
+    def _traffic(self, before: dict, after: dict) -> dict[str, dict]:
+        return {g: _group_traffic([traffic_between(before[ep.name], after[ep.name], self.cand.model, ep.name)
+                                   for ep in self.groups[g]]) for g in (STABLE, CANARY)}
+
+    def _watch(self, share: float) -> dict:
+        """One step: the share for ``window_s`` (ended early by a DOWN canary replica)."""
+        self.router.set_share(share)
+        t0 = time.monotonic()
+        before = self._scrape()
+        down: list[str] = []
+        while time.monotonic() - t0 < self.window_s:
+            time.sleep(min(self.poll_s, max(0.0, self.window_s - (time.monotonic() - t0))))
+            down = [d for d in self.router.down() if d.split("/", 1)[1] in self._canary_names]
+            if down:
+                break
+        try:
+            groups = self._traffic(before, self._scrape())
+            breaches = compare(groups[STABLE], groups[CANARY], self.thresholds)
+        except MetricsError as exc:  # a canary replica that died cannot be scraped
+            groups, breaches = {}, [f"metrics unreadable: {exc}"]
+        if down:
+            breaches.insert(0, f"canary replica(s) down: {', '.join(down)}")
+        return {"share_pct": share, "seconds": round(time.monotonic() - t0, 3), **groups, "breaches": breaches}
+
+    def run(self) -> GrayResult:
+        t0 = time.monotonic()
+        model, n = self.cand.model, self.cand.version
+        res = GrayResult(model, n, PROMOTED)
+        self.router.set_share(0)
+        canary = self._rollout(CANARY, self.cand)
+        res.canary_rollout = canary.to_dict()
+        if not canary.ok:
+            res.outcome, res.reason = ROLLED_BACK, f"canary group: {canary.reason}"
+            self._event(f"gray release of {model} version {n}: {res.reason}")
+            res.seconds = round(time.monotonic() - t0, 3)
+            return res
+        old = sorted({v for vs in canary.old_versions.values() for v in vs})
+        for share in self.steps:
+            step = self._watch(share)
+            res.steps.append(step)
+            self._event(f"gray {model} v{n} at {share:g} %: {step.get(CANARY)} vs stable {step.get(STABLE)}"
+                        f"{' BREACH ' + '; '.join(step['breaches']) if step['breaches'] else ''}")
+            if step["breaches"]:
+                self.router.set_share(0)
+                res.outcome, res.reason = ROLLED_BACK, f"at {share:g} %: " + "; ".join(step["breaches"])
+                self._event(f"gray release of {model} version {n} rolled back ({res.reason}); share 0 %")
+                self._restore_canary(old, res)
+                break
+        else:
+            stable = self._rollout(STABLE, self.cand)
+            res.stable_rollout = stable.to_dict()
+            self.router.set_share(0)
+            if not stable.ok:
+                res.outcome, res.reason = ROLLED_BACK, f"stable group: {stable.reason}"
+                self._restore_canary(old, res)
+        res.seconds = round(time.monotonic() - t0, 3)
+        return res
+
+    def _restore_canary(self, old: list[int], res: GrayResult) -> None:
+        """The canary group back to the version(s) it served before (config only: still published).
+        It takes no traffic meanwhile (share 0 %); a replica that cannot be restored (crashed) is
+        named in the result's reason — its config file already says ``old`` for its restart."""
+        for ep in self.groups[CANARY]:
+            try:
+                self._restore(ep, old)
+            except Exception as exc:  # noqa: BLE001 - a dead replica must not hide the rollback's outcome
+                res.reason += f"; {ep.name} not restored yet: {exc}"
+                self._event(f"{ep.name}: not restored to {old}: {exc}")
+
+    def _restore(self, ep: Endpoint, old: list[int]) -> None:
+        from .model_config import apply_config, find_entry, read_config, with_versions
+        from .status import wait_available, wait_unloaded
+
+        if not old:
+            return
+        model, n = self.cand.model, self.cand.version
+        cfg = read_config(ep)
+        entry = find_entry(cfg, model)
+        labels = {k: v for k, v in entry.version_labels.items() if v in old} if entry is not None else {}
+        try:
+            apply_config(ep, with_versions(cfg, model, ep.base_path(model), set(old) | {n}, labels))
+            for v in old:
+                wait_available(ep.client, model, v, self.timeout_s, f"{ep.name}: restore version {v}")
+        finally:  # reachable or not, the replica's config says ``old`` (what a restart serves)
+            final = with_versions(read_config(ep), model, ep.base_path(model), old, labels)
+            if ep.model_config_file:
+                from tfmlops.serving.config import write_config
+
+                write_config(ep.model_config_file, final)
+        apply_config(ep, final)
+        wait_unloaded(ep.client, model, [n], self.timeout_s)
+        self._event(f"{ep.name}: canary group back on {old}")
+
+
+def gray_release(candidate: Candidate, router: Router, groups: dict[str, list[Endpoint]], **kwargs) -> GrayResult:
+    """See the module docstring; never raises for a breach (the result says ``rolled_back``)."""
+    return GrayRelease(candidate, router, groups, **kwargs).run()
