@@ -11,6 +11,12 @@ production stack); when Debian's ``prometheus`` is installed, a Prometheus scrap
 production stack's rules (``docker/prometheus/rules.yml``) and Airflow gets the connection
 ``prometheus_default`` to it; without it, tf_model_monitor scrapes the server itself.
 
+When Debian's ``haproxy`` is installed, a second model server (the ``canary`` replica group,
+``var/serving/canary.models.config``) and an HAProxy traffic router in front of both
+(``var/router``) run too: clients use the router's REST and gRPC addresses, and
+``tf_serving_rollout`` with ``strategy=gray`` shifts live traffic to the canary group step by step
+(connection ``tf_serving_router``).
+
 ``run`` brings the stack up (reusing what already runs), runs ``tf_offline_retrain`` once through
 the scheduler and prints where to look. ``loop`` (after ``run``) writes a drifted data partition
 with ``tf_data_simulator``, follows the ``tf_online_update`` run the scheduler creates for it,
@@ -42,18 +48,23 @@ MONITORING_CONFIG = ROOT / "docker" / "serving" / "monitoring.config"
 PROMETHEUS = VAR / "prometheus"
 MODELS_ROOT = SERVING / "models"
 REQUEST_LOGS = SERVING / "request-logs"  # <model>/requests-*.tfrecord (tf_feedback_join reads them)
+CANARY_CONFIG_FILE = SERVING / "canary.models.config"
+ROUTER = VAR / "router"
 DAG_ID = "tf_offline_retrain"
 USER = "admin"
 
 PORTS = {name: int(os.environ.get(var, default)) for name, var, default in (
     ("airflow", "AIRFLOW_PORT", 8080), ("mlflow", "MLFLOW_PORT", 5000),
-    ("rest", "SERVING_REST_PORT", 8501), ("grpc", "SERVING_GRPC_PORT", 8500), ("prometheus", "PROMETHEUS_PORT", 9090))}
+    ("rest", "SERVING_REST_PORT", 8501), ("grpc", "SERVING_GRPC_PORT", 8500), ("prometheus", "PROMETHEUS_PORT", 9090),
+    ("canary_rest", "CANARY_REST_PORT", 8511), ("canary_grpc", "CANARY_GRPC_PORT", 8510),
+    ("router_rest", "ROUTER_REST_PORT", 8601), ("router_grpc", "ROUTER_GRPC_PORT", 8600),
+    ("router_metrics", "ROUTER_METRICS_PORT", 8405))}
 AIRFLOW_URL = f"http://127.0.0.1:{PORTS['airflow']}"
 MLFLOW_URL = f"http://127.0.0.1:{PORTS['mlflow']}"
 REST_URL = f"http://127.0.0.1:{PORTS['rest']}"
 PROMETHEUS_URL = f"http://127.0.0.1:{PORTS['prometheus']}"
 AIRFLOW_SERVICES = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor")
-ALL_SERVICES = ("mlflow", "tf-serving-local", "prometheus", *AIRFLOW_SERVICES)
+ALL_SERVICES = ("mlflow", "tf-serving-local", "tf-serving-canary", "router", "prometheus", *AIRFLOW_SERVICES)
 
 
 PASSWORDS_FILE = AIRFLOW_HOME / "simple_auth_manager_passwords.json.generated"
@@ -100,9 +111,39 @@ def airflow_env() -> dict[str, str]:
                       "model_config_file": str(CONFIG_FILE), "request_log_prefix": str(REQUEST_LOGS),
                       "request_log_sampling_rate": 0.1}}),
         "MLFLOW_TRACKING_URI": MLFLOW_URL,
+        **(router_connections() if router_available() else {}),
         **({"AIRFLOW_CONN_PROMETHEUS_DEFAULT": json.dumps({"conn_type": "http", "host": "127.0.0.1",
                                                           "port": PORTS["prometheus"]})}
            if devservers.prometheus_binary() else {}),
+    }
+
+
+def router_available() -> bool:
+    return devservers.shutil.which("haproxy") is not None
+
+
+def router_config():
+    from tfmlops.deploy.router import Replica, RouterConfig
+
+    return RouterConfig(
+        [Replica("tf_serving_default", "stable", "127.0.0.1", PORTS["rest"], PORTS["grpc"]),
+         Replica("tf_serving_canary", "canary", "127.0.0.1", PORTS["canary_rest"], PORTS["canary_grpc"])],
+        rest_port=PORTS["router_rest"], grpc_port=PORTS["router_grpc"], metrics_port=PORTS["router_metrics"],
+        admin_socket=str(ROUTER / "haproxy.sock"))
+
+
+def router_connections() -> dict[str, str]:
+    """The canary replica (same models root, its own config file) and the router in front of both."""
+    return {
+        "AIRFLOW_CONN_TF_SERVING_CANARY": json.dumps({
+            "conn_type": "http", "host": "127.0.0.1", "port": PORTS["canary_rest"],
+            "extra": {"grpc_port": PORTS["canary_grpc"], "models_root": str(MODELS_ROOT),
+                      "model_config_file": str(CANARY_CONFIG_FILE), "request_log_prefix": str(REQUEST_LOGS),
+                      "request_log_sampling_rate": 0.1}}),
+        "AIRFLOW_CONN_TF_SERVING_ROUTER": json.dumps({
+            "conn_type": "generic", "host": "127.0.0.1", "port": PORTS["router_rest"],
+            "extra": {"grpc_port": PORTS["router_grpc"], "admin_socket": str(ROUTER / "haproxy.sock"),
+                      "stable": ["tf_serving_default"], "canary": ["tf_serving_canary"]}}),
     }
 
 
@@ -117,7 +158,8 @@ def prometheus_argv() -> list[str] | None:
     under var/prometheus); None when not installed."""
     if devservers.prometheus_binary() is None:
         return None
-    config = devservers.prometheus_config(PROMETHEUS / "prometheus.yml", [f"127.0.0.1:{PORTS['rest']}"],
+    replicas = [f"127.0.0.1:{PORTS['rest']}"] + ([f"127.0.0.1:{PORTS['canary_rest']}"] if router_available() else [])
+    config = devservers.prometheus_config(PROMETHEUS / "prometheus.yml", replicas,
                                           metrics_path(), "15s", (ROOT / "docker" / "prometheus" / "rules.yml",))
     return devservers.prometheus_argv(config, PROMETHEUS / "data", PORTS["prometheus"])
 
@@ -134,6 +176,16 @@ def up() -> None:
     _start("tf-serving-local", [*devservers.serving_argv(CONFIG_FILE, PORTS["rest"], PORTS["grpc"]),
                                 f"--monitoring_config_file={MONITORING_CONFIG}"],
            env={"TF_USE_LEGACY_KERAS": "1"}, supervise=True)
+    if router_available():  # the canary replica group and the router in front of both groups
+        _start("tf-serving-canary", [*devservers.serving_argv(CANARY_CONFIG_FILE, PORTS["canary_rest"],
+                                                              PORTS["canary_grpc"]),
+                                     f"--monitoring_config_file={MONITORING_CONFIG}"],
+               env={"TF_USE_LEGACY_KERAS": "1"}, supervise=True)
+        ROUTER.mkdir(parents=True, exist_ok=True)
+        (ROUTER / "haproxy.cfg").write_text(router_config().render())
+        _start("router", ["haproxy", "-db", "-f", str(ROUTER / "haproxy.cfg")], supervise=True)
+    else:
+        print("  router                 not installed (apt-get install haproxy): no canary replica, no gray release")
     prometheus = prometheus_argv()
     if prometheus:
         _start("prometheus", prometheus)
@@ -311,6 +363,10 @@ def summary(model_name: str, outcome: dict) -> int:
     accuracy = champion.tags.get("test_accuracy", "?")
     print(f"  Registered   {model_name} version {champion.version} (alias champion, test accuracy {accuracy})")
     print(f"  Served       {REST_URL}/v1/models/{model_name}  (gRPC on 127.0.0.1:{PORTS['grpc']})")
+    if devservers.running_pid("router", RUN):
+        print(f"  Router       http://127.0.0.1:{PORTS['router_rest']}/v1/models/{model_name}  (gRPC on "
+              f"127.0.0.1:{PORTS['router_grpc']}; clients use these: tf_serving_rollout strategy=gray shifts "
+              "their traffic)")
     scraped_by = f"  (Prometheus {PROMETHEUS_URL})" if devservers.running_pid("prometheus", RUN) else ""
     print(f"  Metrics      {REST_URL}{metrics_path()}{scraped_by}")
     print("  Predict:")

@@ -65,9 +65,11 @@ def partitions() -> dict[str, Param]:
 def rollout(strategy: str = "replace", targets_description: str | None = None) -> dict[str, Param]:
     """The rollout settings (strategy, canary checks, versions to keep, targets)."""
     return {
-        "strategy": Param(strategy, type="string", enum=["replace", "canary"], title="Rollout strategy",
+        "strategy": Param(strategy, type="string", enum=["replace", "canary", "gray"], title="Rollout strategy",
                           description="replace: load next to the old version, check, switch; "
-                                      "canary: stable/canary labels, checks, promote."),
+                                      "canary: stable/canary labels, checks, promote; "
+                                      "gray: live traffic shifted step by step to the router's canary group, "
+                                      "judged from live metrics, promoted or rolled back by itself."),
         "canary_holdout_uri": Param(None, type=["null", "string"], maxLength=1000, title="Canary holdout",
                                     description="Canary accuracy check through the server: .npz with x/y (or "
                                                 "x_test/y_test) as float features, local or s3://. Empty: no check."),
@@ -76,6 +78,20 @@ def rollout(strategy: str = "replace", targets_description: str | None = None) -
         "latency_budget_ms": Param(250, type="number", exclusiveMinimum=0, maximum=60000,
                                    title="Canary p99 latency budget (ms)",
                                    description="p99 of single-row REST predicts on the canary label."),
+        "router": Param("tf_serving_router", type="string", minLength=1, maxLength=250, title="Traffic router (gray)",
+                        description="Connection of the router in front of the stable and canary replica groups."),
+        "gray_steps": Param([5, 25, 50, 100], type="array", items={"type": "number", "exclusiveMinimum": 0,
+                                                                   "maximum": 100},
+                            minItems=1, maxItems=20, title="Gray steps (%)",
+                            description="Canary shares of live traffic, increasing, ending at 100."),
+        "gray_window_s": Param(60, type="number", minimum=1, maximum=3600, title="Gray watch window (s)",
+                               description="How long each share is held and watched."),
+        "gray_max_error_rate_increase": Param(0.01, type="number", minimum=0, maximum=1,
+                                              title="Gray: max error-rate increase",
+                                              description="Canary error rate minus stable error rate allowed."),
+        "gray_max_p99_increase_ms": Param(25, type="number", minimum=0, maximum=60000,
+                                          title="Gray: max p99 increase (ms)",
+                                          description="Canary p99 minus stable p99 allowed."),
         "keep": Param(2, type="integer", minimum=1, maximum=50, title="Versions to keep",
                       description="Version directories kept in the base path (referenced ones are always kept)."),
         "targets": targets(targets_description) if targets_description else targets(),
@@ -87,4 +103,8 @@ def rollout_arguments() -> dict[str, str]:
     return {"model_name": "{{ params.model_name }}", "targets": "{{ params.targets }}",
             "strategy": "{{ params.strategy }}", "holdout_uri": "{{ params.canary_holdout_uri }}",
             "min_accuracy": "{{ params.canary_min_accuracy }}", "latency_budget_ms": "{{ params.latency_budget_ms }}",
-            "keep": "{{ params.keep }}"}
+            "keep": "{{ params.keep }}", "router_conn_id": "{{ params.router }}",
+            "gray_steps": "{{ params.gray_steps }}",
+            "gray_window_s": "{{ params.gray_window_s }}",
+            "max_error_rate_increase": "{{ params.gray_max_error_rate_increase }}",
+            "max_p99_increase_ms": "{{ params.gray_max_p99_increase_ms }}"}

@@ -222,6 +222,36 @@ def test_rollout_maps_rollback_and_promotion():
     assert ctx["outlet_events"][CHAMPION].extra == {"model_name": "m", "version": 3}
 
 
+def test_gray_rollout_goes_through_the_router(monkeypatch):
+    from tfmlops_airflow.assets import CHAMPION
+    from tfmlops_airflow.operators.rollout import ServingRolloutFailed, ServingRolloutOperator
+
+    for conn, port in (("TF_SERVING_DEFAULT", 8501), ("TF_SERVING_CANARY", 8511)):
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn}", json.dumps({"conn_type": "http", "host": "127.0.0.1",
+                                                               "port": port, "extra": {"models_root": "/m"}}))
+    monkeypatch.setenv("AIRFLOW_CONN_TF_SERVING_ROUTER", json.dumps({"conn_type": "generic", "extra": {
+        "admin_socket": "/r.sock", "stable": ["tf_serving_default"], "canary": ["tf_serving_canary"]}}))
+    op = ServingRolloutOperator(task_id="rollout", model_name="m", version="4", strategy="gray",
+                                gray_steps="[10, 50, 100]", gray_window_s="30", max_error_rate_increase="0.02",
+                                max_p99_increase_ms="40", announce_champion=True)
+    promoted = {"model": "m", "version": 4, "strategy": "gray", "outcome": "promoted", "endpoints": ["a", "b"],
+                "steps": [], "aliases": {}, "seconds": 1.0}
+    ctx = context()
+    with mock.patch("tfmlops.steps.rollout.gray_release_registered", return_value=promoted) as step:
+        assert op.execute(ctx)["outcome"] == "promoted"
+    args, kwargs = step.call_args.args, step.call_args.kwargs
+    assert args[:3] == (TRACKING, "m", "4") and args[3].admin_socket == "/r.sock"
+    assert {g: [ep.name for ep in eps] for g, eps in args[4].items()} == {
+        "stable": ["tf_serving_default"], "canary": ["tf_serving_canary"]}
+    assert kwargs["steps"] == [10.0, 50.0, 100.0] and kwargs["window_s"] == 30.0
+    assert (kwargs["thresholds"].max_error_rate_increase, kwargs["thresholds"].max_p99_increase_ms) == (0.02, 40.0)
+    assert ctx["outlet_events"][CHAMPION].extra == {"model_name": "m", "version": 4}
+    rolled_back = {**promoted, "outcome": "rolled_back", "reason": "at 10 %: p99 90 ms vs stable 4 ms"}
+    with mock.patch("tfmlops.steps.rollout.gray_release_registered", return_value=rolled_back):
+        with pytest.raises(ServingRolloutFailed, match="rolled back \\(gray\\): at 10 %"):
+            op.execute(context())
+
+
 def test_docker_targets_come_from_the_fleet():
     from tfmlops.deploy.endpoint import Endpoint
     from tfmlops_airflow.operators.rollout import ServingRolloutOperator

@@ -9,5 +9,6 @@ local or S3), ``model_config`` (config edits and reloads), ``status`` (version s
 ``checks`` (smoke parity, holdout accuracy, latency), ``locking`` (one rollout at a time per
 endpoint), ``rollout`` (the replace / canary state machine), ``fleet`` (docker SDK replicas),
 ``errors`` (the rollout error types), ``live_metrics`` (the replicas' own metrics: scraped, or
-from a Prometheus server).
+from a Prometheus server), ``router`` (the HAProxy traffic router in front of replica groups),
+``progressive`` (gray release on live traffic through the router).
 """

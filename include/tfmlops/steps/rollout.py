@@ -15,11 +15,12 @@ import numpy as np
 from tfmlops import registry
 from tfmlops.deploy.checks import CanaryChecks
 from tfmlops.deploy.endpoint import Endpoint
+from tfmlops.deploy.progressive import GrayThresholds
 from tfmlops.deploy.rollout import PROMOTED, Candidate, Rollout, RolloutBusy
 from tfmlops.steps.retrain import download_serving_artifact, resolve
 
-__all__ = ["PROMOTED", "CanaryChecks", "Endpoint", "RolloutBusy", "fleet_endpoints", "load_canary_holdout",
-           "publish_registered", "rollout_registered"]
+__all__ = ["PROMOTED", "CanaryChecks", "Endpoint", "GrayThresholds", "RolloutBusy", "fleet_endpoints",
+           "gray_release_registered", "load_canary_holdout", "publish_registered", "rollout_registered"]
 
 
 def load_canary_holdout(uri: str, s3_client=None) -> tuple[np.ndarray, np.ndarray]:
@@ -72,3 +73,66 @@ def rollout_registered(tracking_uri: str, model_name: str, version_or_alias, end
         result = Rollout(cand, endpoints, strategy, checks, keep, timeout_s, s3_client, on_event).run().to_dict()
     result["aliases"] = registry.record_rollout(tracking_uri, model_name, cand.version, result)
     return result
+
+
+def _gray_chart(result: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = result["steps"]
+    t = np.cumsum([s["seconds"] for s in steps])
+    fig, (a1, a2, a3) = plt.subplots(3, 1, figsize=(7, 7), sharex=True)
+    a1.step(t, [s["share_pct"] for s in steps], where="pre")
+    a1.set_ylabel("canary share (%)")
+    for group in ("stable", "canary"):
+        a2.plot(t, [100 * (s.get(group, {}).get("error_rate") or 0) for s in steps], marker="o", label=group)
+        a3.plot(t, [s.get(group, {}).get("p99_ms", float("nan")) for s in steps], marker="o", label=group)
+    a2.set_ylabel("error rate (%)")
+    a3.set_ylabel("p99 (ms)")
+    a3.set_xlabel("seconds since the first step")
+    a2.legend()
+    fig.suptitle(f"gray release of version {result['version']}: {result['outcome']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def gray_release_registered(tracking_uri: str, model_name: str, version_or_alias, router, groups: dict,
+                            steps=(5, 25, 50, 100), window_s: float = 60.0, thresholds: GrayThresholds | None = None,
+                            timeout_s: float = 180.0, s3_client=None, on_event=None) -> dict:
+    """Gray release of a registered version through the router (:mod:`tfmlops.deploy.progressive`),
+    recorded in MLflow: aliases and ``serving.*`` tags as any rollout, each step's share and the two
+    groups' numbers as ``gray.*`` metrics of the version's run and a chart of share vs error rate
+    and p99 (``serving/gray_v<N>.png``)."""
+    from tfmlops.deploy.progressive import gray_release
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cand = fetch_candidate(tracking_uri, model_name, version_or_alias, tmp)
+        champion = registry.alias_version(tracking_uri, model_name, registry.CHAMPION)
+        if champion is None or int(champion.version) != cand.version:
+            registry.set_alias(tracking_uri, model_name, registry.CHALLENGER, cand.version)
+        res = gray_release(cand, router, groups, steps=steps, window_s=window_s, thresholds=thresholds,
+                           timeout_s=timeout_s, s3_client=s3_client, on_event=on_event).to_dict()
+        names = [ep.name for g in ("stable", "canary") for ep in groups[g]]
+        result = {**res, "strategy": "gray", "endpoints": names if res["outcome"] == PROMOTED else [],
+                  "rolled_back": [] if res["outcome"] == PROMOTED else names}
+        run_id = registry.get_version(tracking_uri, model_name, cand.version).run_id
+        for i, step in enumerate(res["steps"]):
+            metrics = {"gray.share_pct": step["share_pct"], "gray.breaches": len(step["breaches"])}
+            for group in ("stable", "canary"):
+                for key in ("requests", "error_rate", "p99_ms"):
+                    value = step.get(group, {}).get(key)
+                    if value is not None and value == value:
+                        metrics[f"gray.{group}.{key}"] = float(value)
+            registry.log_metrics(tracking_uri, run_id, metrics, step=i)
+        if res["steps"]:
+            charts = Path(tmp) / "gray_charts"
+            charts.mkdir()
+            _gray_chart(res, charts / f"gray_v{cand.version}.png")
+            registry.log_files(tracking_uri, run_id, charts, "serving")
+    result["aliases"] = registry.record_rollout(tracking_uri, model_name, cand.version, result)
+    return result
+

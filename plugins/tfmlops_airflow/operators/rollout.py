@@ -70,7 +70,9 @@ class ServingRolloutOperator(ServingVersionOperator):
     the reason (no retry); another rollout holding an endpoint past ``timeout_s`` fails it with
     a normal retry.
 
-    :param strategy: ``replace`` or ``canary``. (templated)
+    :param strategy: ``replace``, ``canary`` or ``gray`` (live traffic shifted step by step through
+        the router of ``router_conn_id`` to its canary replica group, judged from the replicas'
+        metrics; ``targets`` are then the router's groups). (templated)
     :param holdout_uri: canary accuracy check: ``.npz`` with x/y, local or ``s3://``; unset = no check. (templated)
     :param min_accuracy: accuracy the canary must reach on the holdout. (templated)
     :param latency_budget_ms: p99 of single-row REST predicts on the canary label. (templated)
@@ -78,14 +80,24 @@ class ServingRolloutOperator(ServingVersionOperator):
     :param timeout_s: how long a load, an unload or another rollout's lock may take. (templated)
     :param announce_champion: emit an event on the ``CHAMPION`` asset naming the model and version
         on promotion (the retraining DAGs; it schedules ``tf_optimize_export``).
+    :param router_conn_id: ``gray``: the traffic router connection (:class:`TrafficRouterHook`).
+    :param gray_steps: ``gray``: the canary group's shares of live traffic, in %, ending at 100. (templated)
+    :param gray_window_s: ``gray``: how long each share is held and watched. (templated)
+    :param max_error_rate_increase: ``gray``: canary error rate − stable error rate allowed. (templated)
+    :param max_p99_increase_ms: ``gray``: canary p99 − stable p99 allowed, in ms. (templated)
     """
 
     template_fields: Sequence[str] = (*ServingVersionOperator.template_fields, "strategy", "holdout_uri",
-                                      "min_accuracy", "latency_budget_ms", "keep", "timeout_s")
+                                      "min_accuracy", "latency_budget_ms", "keep", "timeout_s", "gray_steps",
+                                      "router_conn_id", "gray_window_s", "max_error_rate_increase",
+                                      "max_p99_increase_ms")
 
     def __init__(self, *, strategy: str = "replace", holdout_uri: str | None = None,
                  min_accuracy: float | str | None = None, latency_budget_ms: float | str | None = None,
-                 keep: int | str = 2, timeout_s: float | str = 180, announce_champion: bool = False, **kwargs):
+                 keep: int | str = 2, timeout_s: float | str = 180, announce_champion: bool = False,
+                 router_conn_id: str = "tf_serving_router", gray_steps: list | str = (5, 25, 50, 100),
+                 gray_window_s: float | str = 60, max_error_rate_increase: float | str = 0.01,
+                 max_p99_increase_ms: float | str = 25, **kwargs):
         if announce_champion:
             kwargs.setdefault("outlets", [CHAMPION])
         super().__init__(**kwargs)
@@ -95,9 +107,46 @@ class ServingRolloutOperator(ServingVersionOperator):
         self.latency_budget_ms = latency_budget_ms
         self.keep = keep
         self.timeout_s = timeout_s
+        self.router_conn_id = router_conn_id
+        self.gray_steps = gray_steps
+        self.gray_window_s = gray_window_s
+        self.max_error_rate_increase = max_error_rate_increase
+        self.max_p99_increase_ms = max_p99_increase_ms
+
+    def _gray(self) -> dict[str, Any]:
+        from tfmlops.steps.rollout import GrayThresholds, gray_release_registered
+        from tfmlops_airflow.hooks.router import TrafficRouterHook
+
+        steps = self.gray_steps
+        if isinstance(steps, str):
+            steps = [s for s in steps.replace("[", " ").replace("]", " ").replace(",", " ").split() if s]
+        hook = TrafficRouterHook(self.router_conn_id)
+        try:
+            groups = hook.groups()
+            endpoints = [ep for eps in groups.values() for ep in eps]
+            return gray_release_registered(
+                self.tracking_uri, self.model_name, self.version, hook.router(), groups,
+                steps=[float(s) for s in steps], window_s=float(self.gray_window_s),
+                thresholds=GrayThresholds(max_error_rate_increase=float(self.max_error_rate_increase),
+                                          max_p99_increase_ms=float(self.max_p99_increase_ms)),
+                timeout_s=float(self.timeout_s), s3_client=self.models_root_s3_client(endpoints),
+                on_event=self.log.info)
+        finally:
+            hook.close()
 
     def execute(self, context) -> dict[str, Any]:
         from tfmlops.steps.rollout import CanaryChecks, load_canary_holdout, rollout_registered
+
+        if self.strategy == "gray":
+            result = self._gray()
+            if result["outcome"] != "promoted":
+                raise ServingRolloutFailed(f"{self.model_name} version {result['version']} rolled back (gray): "
+                                           f"{result['reason']}")
+            if CHAMPION in self.outlets:
+                context["outlet_events"][CHAMPION].extra = {"model_name": self.model_name,
+                                                            "version": result["version"]}
+            return {k: result[k] for k in ("model", "version", "strategy", "outcome", "endpoints", "steps",
+                                           "aliases", "seconds")}
 
         checks = CanaryChecks(min_accuracy=number_or_none(self.min_accuracy),
                               latency_budget_ms=number_or_none(self.latency_budget_ms))

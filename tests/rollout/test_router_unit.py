@@ -1,0 +1,58 @@
+"""The router's pieces that need no process: weights for a share, the rendered config, its hook."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tfmlops.deploy.router import GRPC_BACKEND, REST_BACKEND, Replica, RouterConfig, group_weights
+
+
+@pytest.mark.parametrize("share,n_stable,n_canary", [(5, 1, 1), (25, 2, 1), (50, 3, 2), (1, 4, 4), (99, 1, 3),
+                                                     (33.3, 2, 2), (0.5, 1, 1)])
+def test_group_weights_give_the_share(share, n_stable, n_canary):
+    ws, wc = group_weights(share, n_stable, n_canary)
+    assert 0 < ws <= 256 and 0 < wc <= 256
+    measured = 100 * wc * n_canary / (wc * n_canary + ws * n_stable)
+    assert abs(measured - share) <= 0.5, (ws, wc, measured)
+
+
+def test_group_weights_edges_and_errors():
+    assert group_weights(0, 2, 1) == (1, 0) and group_weights(100, 2, 1) == (0, 1)
+    with pytest.raises(ValueError, match=r"in \[0, 100\]"):
+        group_weights(101, 1, 1)
+    with pytest.raises(ValueError, match="no canary replica"):
+        group_weights(5, 1, 0)
+
+
+def test_rendered_config_has_both_protocols_and_groups():
+    replicas = [Replica("s0", "stable", "127.0.0.1", 8501, 8500), Replica("c0", "canary", "127.0.0.1", 8511, 8510)]
+    text = RouterConfig(replicas, rest_port=8601, grpc_port=8600, metrics_port=8405,
+                        admin_socket="/tmp/x.sock").render()
+    assert "bind 127.0.0.1:8600 proto h2" in text and "bind 127.0.0.1:8601\n" in text
+    assert f"backend {REST_BACKEND}" in text and f"backend {GRPC_BACKEND}" in text
+    assert "server s0 127.0.0.1:8501 weight 100" in text and "server c0 127.0.0.1:8511 weight 0" in text
+    assert "server c0 127.0.0.1:8510 proto h2 weight 0" in text
+    with pytest.raises(ValueError, match="at least one stable"):
+        RouterConfig(replicas[1:], rest_port=1, grpc_port=2, metrics_port=3, admin_socket="/x").render()
+    with pytest.raises(ValueError, match="group must be one of"):
+        Replica("x", "blue", "h", 1, 2)
+
+
+def test_router_hook_builds_groups_from_connections(monkeypatch):
+    from tfmlops_airflow.hooks.router import TrafficRouterHook
+
+    for conn, port in (("TF_SERVING_A", 9501), ("TF_SERVING_B", 9511)):
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn}", json.dumps({"conn_type": "http", "host": "127.0.0.1",
+                                                               "port": port, "extra": {"grpc_port": port - 1}}))
+    monkeypatch.setenv("AIRFLOW_CONN_ROUTER_X", json.dumps({"conn_type": "generic", "extra": {
+        "admin_socket": "/run/haproxy.sock", "stable": ["tf_serving_a"], "canary": ["tf_serving_b"]}}))
+    hook = TrafficRouterHook("router_x")
+    router = hook.router()
+    assert router.admin_socket == "/run/haproxy.sock"
+    assert [(r.name, r.group, r.rest_port, r.grpc_port) for r in router.replicas] == [
+        ("tf_serving_a", "stable", 9501, 9500), ("tf_serving_b", "canary", 9511, 9510)]
+    monkeypatch.setenv("AIRFLOW_CONN_ROUTER_Y", json.dumps({"conn_type": "generic", "extra": {"stable": ["a"]}}))
+    with pytest.raises(ValueError, match=r"extra needs \['admin_socket', 'canary'\]"):
+        TrafficRouterHook("router_y").groups()
