@@ -334,9 +334,11 @@ def test_rollout_pool_is_created_by_the_init_job(services):
 
 # ----------------------------------------------------------------------------------- serving
 def serving_connections(services) -> dict[str, str]:
+    """The TF Serving replicas' connections (the router's, tf_serving_router, is not a replica)."""
     env = environment(services["airflow-worker"])
     return {k.removeprefix("AIRFLOW_CONN_").lower(): v for k, v in env.items()
-            if k.startswith(f"AIRFLOW_CONN_{TF_SERVING_PREFIX.upper()}")}
+            if k.startswith(f"AIRFLOW_CONN_{TF_SERVING_PREFIX.upper()}")
+            and k != "AIRFLOW_CONN_TF_SERVING_ROUTER"}
 
 
 def test_every_serving_replica_has_a_connection(services):
@@ -577,3 +579,30 @@ def test_published_ports_bind_loopback_only(services):
     for name, svc in services.items():
         for port in svc.get("ports") or []:
             assert isinstance(port, str) and port.startswith("127.0.0.1:"), f"{name} publishes {port!r}"
+
+
+def test_router_routes_to_both_replica_groups_and_is_generated(services):
+    """docker/router/haproxy.cfg is what RouterConfig renders for the compose replicas (regenerate it
+    with the call below when the router changes); the router's admin socket is shared with the
+    Airflow workers, whose router connection names the replicas' connections as its groups."""
+    from tfmlops.deploy.router import Replica, RouterConfig
+
+    expected = RouterConfig([Replica("tf_serving_default", "stable", "tf-serving-0", 8501, 8500),
+                             Replica("tf_serving_replica_1", "canary", "tf-serving-1", 8501, 8500)],
+                            rest_port=8501, grpc_port=8500, metrics_port=8405,
+                            admin_socket="/var/run/haproxy/admin.sock", bind="0.0.0.0",
+                            nameserver="127.0.0.11:53").render()
+    text = (ROOT / "docker" / "router" / "haproxy.cfg").read_text()
+    assert text.rstrip().endswith(expected.rstrip())
+    router = services["router"]
+    assert router["image"].startswith("haproxy:") and router["image"] == env_example()["ROUTER_IMAGE"]
+    assert any(v.startswith("router-run:/var/run/haproxy") for v in router["volumes"])
+    worker = services["airflow-worker"]
+    assert "router-run:/var/run/haproxy" in [v.split(" ")[0] for v in worker["volumes"]]
+    conn = json.loads(environment(worker)["AIRFLOW_CONN_TF_SERVING_ROUTER"])
+    assert conn["extra"]["admin_socket"] == "/var/run/haproxy/admin.sock"
+    assert (conn["extra"]["stable"], conn["extra"]["canary"]) == (["tf_serving_default"], ["tf_serving_replica_1"])
+    for conn_id, host in (("TF_SERVING_DEFAULT", "tf-serving-0"), ("TF_SERVING_REPLICA_1", "tf-serving-1")):
+        assert f"//{host}:8501/" in environment(worker)[f"AIRFLOW_CONN_{conn_id}"]
+    scrape = {job["job_name"]: job for job in prometheus_config()["scrape_configs"]}
+    assert scrape["tf-serving-router"]["static_configs"][0]["targets"] == ["router:8405"]

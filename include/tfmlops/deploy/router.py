@@ -63,6 +63,7 @@ class RouterConfig:
     check_interval_ms: int = 500
     server_timeout_s: float = 60.0
     extra_global: list[str] = field(default_factory=list)
+    nameserver: str | None = None  # e.g. Docker's 127.0.0.11:53: replica addresses re-resolved at run time
 
     def render(self) -> str:
         """The ``haproxy.cfg``: both groups in one backend per protocol, canary at weight 0."""
@@ -90,6 +91,8 @@ class RouterConfig:
             "    option redispatch 1",
             "    retry-on conn-failure empty-response response-timeout",
             "",
+            *(["resolvers dns", f"    nameserver dns1 {self.nameserver}", "    hold valid 10s", ""]
+              if self.nameserver else []),
             "frontend rest",
             f"    bind {self.bind}:{self.rest_port}",
             "    option http-buffer-request",
@@ -106,8 +109,10 @@ class RouterConfig:
             "",
         ]
         for backend, port_of, proto in ((REST_BACKEND, "rest_port", ""), (GRPC_BACKEND, "grpc_port", " proto h2")):
+            # a replica whose name does not resolve yet starts DOWN instead of failing the router
+            resolve = " resolvers dns init-addr last,libc,none" if self.nameserver else " init-addr last,libc,none"
             lines += [f"backend {backend}", "    balance roundrobin",
-                      "    default-server check inter {0}ms fall 2 rise 2 slowstart 0s".format(self.check_interval_ms)]
+                      f"    default-server check inter {self.check_interval_ms}ms fall 2 rise 2{resolve}"]
             for r in self.replicas:
                 weight = 100 if r.group == STABLE else 0
                 lines.append(f"    server {r.name} {r.host}:{getattr(r, port_of)}{proto} weight {weight}")
