@@ -1,4 +1,4 @@
-"""Roll a registered MLflow model version out to TF Serving: replace or canary, promote or roll back."""
+"""Roll a registered MLflow model version out to TF Serving: replace, canary or gray, promote or roll back."""
 
 from __future__ import annotations
 
@@ -30,13 +30,22 @@ it is bad. Run it from **Trigger ▸ with config**; daily it reconciles serving 
    - `canary`: versions {old, *N*}, labels `stable`→old and `canary`→*N*; checks through the
      `canary` label (smoke parity, accuracy on the holdout, p99 latency budget); promote =
      `stable`→*N*, then old is dropped.
+   - `gray` (live traffic, through the traffic router `router`): *N* is rolled onto the
+     router's canary replica group at 0 %, then the canary group gets `gray_steps` % of the
+     clients' requests (default 5 → 25 → 50 → 100), each held `gray_window_s`; after each window
+     its error rate and p99 (from the replicas' TF Serving metrics) are compared with the stable
+     group's, and a canary replica the router marks down ends the step at once. A breach puts the
+     share back to 0 % and the canary group back on the old version; all steps passed → *N* is
+     rolled onto the stable group. Each step's numbers are `gray.*` metrics of the version's run,
+     with a chart (`serving/gray_v<N>.png`). `targets` are not used: the groups are the router's.
    A failed check, a version that fails to load (state END) or any error rolls back every
    endpoint touched (config back to the old version only), moves the MLflow aliases back and
    fails the task with the reason (also in the `serving.reason` tag of the version).
    On success: `champion`→*N* (the old one becomes `previous`), `serving.*` tags, and version
    directories beyond **keep** are retired once nothing references them.
 
-Clients should address the `stable` label: unversioned requests go to the highest loaded version.
+With `replace`/`canary`, clients should address the `stable` label (unversioned requests go to
+the highest loaded version); with `gray`, clients use the router's address.
 Rollouts never interleave: each locks every endpoint's config file for its whole run, and the
 rollout tasks of every DAG share the `tf_serving_rollout` pool (1 slot); `max_active_runs=1`.
 Connections: `mlflow_default`, the target TF Serving connections (`tf_serving_default`),

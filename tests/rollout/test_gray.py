@@ -7,6 +7,7 @@ reason, after at most one step."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -186,6 +187,7 @@ def test_good_version_is_promoted_step_by_step_with_no_failed_request(stack, zoo
     with Clients(stack["config"], outputs) as clients:
         res = _release(stack, zoo, "v2", 4)
     assert res.outcome == "promoted", res.to_dict()
+    json.dumps(res.to_dict(), allow_nan=False)  # what Airflow stores as the task's XCom
     assert [s["share_pct"] for s in res.steps] == [5, 25, 50, 100]
     assert clients.failures == [] and clients.ok > 200, (clients.failures[:5], clients.ok)
     for step in res.steps:  # the canary's share of the requests follows the configured one

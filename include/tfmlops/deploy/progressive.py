@@ -70,9 +70,10 @@ class GrayResult:
 
 
 def _group_traffic(parts: list[Traffic]) -> dict:
+    """A group's numbers (JSON-safe: None where there is nothing to measure)."""
     requests = sum(t.requests for t in parts)
     errors = sum(t.errors for t in parts)
-    p99 = max((t.p99_ms for t in parts if t.requests > t.errors), default=float("nan"))
+    p99 = max((t.p99_ms for t in parts if t.requests > t.errors and t.p99_ms == t.p99_ms), default=None)
     return {"requests": requests, "errors": errors, "error_rate": errors / requests if requests else None,
             "p99_ms": p99}
 
@@ -87,8 +88,8 @@ def compare(stable: dict, canary: dict, thresholds: GrayThresholds) -> list[str]
     if canary["error_rate"] - base_err > thresholds.max_error_rate_increase:
         breaches.append(f"error rate {canary['error_rate']:.2%} vs stable {base_err:.2%} "
                         f"(allowed +{thresholds.max_error_rate_increase:.2%})")
-    base_p99 = stable["p99_ms"] if stable["p99_ms"] == stable["p99_ms"] else 0.0
-    if canary["p99_ms"] == canary["p99_ms"] and canary["p99_ms"] - base_p99 > thresholds.max_p99_increase_ms:
+    base_p99 = stable["p99_ms"] or 0.0
+    if canary["p99_ms"] is not None and canary["p99_ms"] - base_p99 > thresholds.max_p99_increase_ms:
         breaches.append(f"p99 {canary['p99_ms']:.1f} ms vs stable {base_p99:.1f} ms "
                         f"(allowed +{thresholds.max_p99_increase_ms:.0f} ms)")
     return breaches
@@ -109,6 +110,7 @@ class GrayRelease:
         self.thresholds = thresholds or GrayThresholds()
         self.timeout_s, self.s3_client, self.on_event = timeout_s, s3_client, on_event
         self._canary_names = {r.name for r in router.replicas if r.group == CANARY}
+        self._baseline: dict | None = None  # the stable group's numbers of the last window it had traffic
 
     def _event(self, msg: str) -> None:
         log.info(msg)
@@ -141,7 +143,11 @@ class GrayRelease:
                 break
         try:
             groups = self._traffic(before, self._scrape())
-            breaches = compare(groups[STABLE], groups[CANARY], self.thresholds)
+            if groups[STABLE]["requests"] > 0:
+                self._baseline = groups[STABLE]
+            # at 100 % the stable group gets nothing: the canary is compared with its last numbers
+            baseline = groups[STABLE] if groups[STABLE]["requests"] > 0 else (self._baseline or groups[STABLE])
+            breaches = compare(baseline, groups[CANARY], self.thresholds)
         except MetricsError as exc:  # a canary replica that died cannot be scraped
             groups, breaches = {}, [f"metrics unreadable: {exc}"]
         if down:
