@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: venv system-deps run loop up stop status lint test bench lock clean
+.PHONY: venv system-deps run loop up stop status lint test bench lock clean docker-up docker-down docker-purge
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-lock.txt requirements-nodeps.txt pyproject.toml web/package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,19 @@ stop:  ## stop every service of the stack
 status:
 	@$(BIN)/python scripts/stack.py status
 
+# The project's own Docker engine (root + Debian; scripts/docker_engine.py): dockerd from Debian's
+# docker.io under var/docker, no change to the machine's network, plus the local images that stand in
+# for hub images (local/debian:bookworm from debootstrap, local/tf-serving-local). Idempotent; where
+# it cannot run it says why (exit status 3). Use it with `export DOCKER_HOST=unix://$(CURDIR)/var/docker/docker.sock`.
+docker-up: venv
+	$(BIN)/python scripts/docker_engine.py up --images
+
+docker-down:  ## remove its containers, stop it, unmount what it left (images stay cached)
+	@if test -x $(BIN)/python; then $(BIN)/python scripts/docker_engine.py down; fi
+
+docker-purge:  ## docker-down and remove var/docker (images and layers)
+	@if test -x $(BIN)/python; then $(BIN)/python scripts/docker_engine.py down --purge; fi
+
 lint: venv  ## ruff (configured in pyproject.toml)
 	$(BIN)/ruff check .
 
@@ -63,5 +76,5 @@ bench: venv
 lock: venv  ## refresh the full resolved pin set after changing requirements*.txt
 	$(BIN)/uv pip freeze --python $(BIN)/python --exclude-editable > requirements-lock.txt
 
-clean: stop
+clean: stop docker-down
 	rm -rf var
