@@ -82,7 +82,7 @@ def unavailable_reason() -> str:
                 "engine you already run)")
     if not Path("/etc/debian_version").exists() or not shutil.which("apt-get"):
         return "the set-up installs Debian's docker.io and debootstrap with apt-get: not a Debian machine"
-    sock = engine_dir() / "docker.sock"
+    sock = engine_dir() / "exec/containerd/containerd.sock.ttrpc"  # the longest socket path under it
     if len(str(sock)) > UNIX_PATH_MAX:
         return f"the socket path {sock} is longer than {UNIX_PATH_MAX} bytes: set TFMLOPS_DOCKER_DIR to a shorter path"
     return ""
@@ -379,6 +379,7 @@ def ensure_serving_image(client, base: str = BASE_IMAGE) -> str:
                     log(text.strip())
     if _image_label(client, tag) != inputs:
         raise ImageBuildError(f"the build did not produce {tag} with label {INPUTS_LABEL}={inputs}")
+    client.images.prune(filters={"dangling": True})  # the image this one replaced (the engine holds only ours)
     log(f"{tag} built in {time.monotonic() - t0:.0f}s")
     return tag
 

@@ -116,11 +116,12 @@ def test_fleet_created_found_and_rolled_out_under_load(docker_fleet, docker_engi
         ep.close()
 
 
-def test_rolling_replace_with_a_new_image_keeps_the_fleet_answering(docker_fleet, docker_engine, zoo):
+def test_rolling_replace_with_a_new_image_keeps_the_fleet_answering(docker_fleet, docker_engine, zoo, request):
     from tfmlops.deploy.status import serving_versions
 
     image = docker_engine.client.images.get(docker_fleet.image)
     image.tag("local/tf-serving-local", "rolled")  # a "new" image: another tag of the same one
+    request.addfinalizer(lambda: docker_engine.client.images.remove("local/tf-serving-local:rolled", force=True))
     old_ids = [c.id for c in docker_fleet.containers()]
     eps = docker_fleet.endpoints()
     x = np.asarray(zoo.smoke["v1"]["instances"], np.float32)
