@@ -87,6 +87,46 @@ def test_bridge_mode_needs_a_bridge_network(docker_engine, tmp_path):
     assert not fleet.containers()
 
 
+def test_image_runs_as_tensorflow_serving_does(docker_engine, tmp_path, zoo):
+    """The stand-in image as the tensorflow/serving image is run: its entrypoint with MODEL_NAME and
+    the /models volume (ports moved with --port / --rest_api_port, the host's network here); it
+    stops on `docker stop`'s SIGTERM at once with status 0 (the server is PID 1)."""
+    import time
+
+    from tfmlops.deploy.client import ServingClient
+    from tfmlops.deploy.publish import publish_version
+
+    publish_version(zoo.path["v1"], tmp_path / "models", MODEL, 1)
+    rest, grpc = _free_port_pairs(2)
+    container = docker_engine.client.containers.run(
+        docker_engine.images["tf-serving-local"], detach=True, name=f"tfmlops-test-{os.getpid()}-image",
+        labels={LABEL: f"tfmlops-test-{os.getpid()}"}, network_mode="host",
+        environment={"MODEL_NAME": MODEL, "TF_SERVING_HOST": "127.0.0.1"},
+        volumes={str(tmp_path / "models"): {"bind": "/models", "mode": "ro"}},
+        command=[f"--port={grpc}", f"--rest_api_port={rest}"])
+    try:
+        with ServingClient("127.0.0.1", rest, grpc, timeout=10) as client:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    client.wait_until_available(MODEL, 1, timeout_s=5)
+                    break
+                except Exception:  # noqa: BLE001 - refused while the container starts
+                    if time.monotonic() > deadline:
+                        raise AssertionError(container.logs(tail=30).decode(errors="replace")) from None
+                    time.sleep(0.5)
+            x = zoo.smoke["v1"]["instances"]
+            np.testing.assert_allclose(client.predict_rest(MODEL, x), zoo.out["v1"], atol=1e-5)
+            np.testing.assert_allclose(client.predict_grpc(MODEL, {"x": np.asarray(x, np.float32)})["y"],
+                                       zoo.out["v1"], atol=1e-5)
+        t0 = time.monotonic()
+        container.stop(timeout=20)
+        assert time.monotonic() - t0 < 10
+        assert container.wait(timeout=5)["StatusCode"] == 0
+    finally:
+        container.remove(force=True)
+
+
 def test_fleet_created_found_and_rolled_out_under_load(docker_fleet, docker_engine, zoo):
     from tfmlops.deploy.model_config import apply_config, find_entry, read_config, with_versions
     from tfmlops.deploy.rollout import PROMOTED, Candidate, rollout
