@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: venv system-deps run loop up stop status lint test bench lock clean docker-up docker-down docker-purge
+.PHONY: venv system-deps run loop up stop status lint test bench lock clean docker-up docker-up-isolated docker-down docker-purge
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-lock.txt requirements-nodeps.txt pyproject.toml web/package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,10 +53,15 @@ status:
 docker-up: venv
 	$(BIN)/python scripts/docker_engine.py up --images
 
-docker-down:  ## remove its containers, stop it, unmount what it left (images stay cached)
+# and a second engine in a network namespace of its own (Docker's bridge, published ports and
+# user-defined networks stay inside it; nothing in it reaches out), the tf-serving-local image copied in
+docker-up-isolated: venv
+	$(BIN)/python scripts/docker_engine.py up --isolated
+
+docker-down:  ## remove their containers, stop both engines, unmount what they left (images stay cached)
 	@if test -x $(BIN)/python; then $(BIN)/python scripts/docker_engine.py down; fi
 
-docker-purge:  ## docker-down and remove var/docker (images and layers)
+docker-purge:  ## docker-down and remove var/docker and var/docker-isolated (images and layers)
 	@if test -x $(BIN)/python; then $(BIN)/python scripts/docker_engine.py down --purge; fi
 
 lint: venv  ## ruff (configured in pyproject.toml)

@@ -13,6 +13,13 @@ why it cannot, and the tests that need it skip with that reason.
   after one that died; ``down`` removes every container of *this* engine (it only ever runs what
   this project started), stops the daemon by its PID and unmounts what it left under ``<dir>``.
   Images stay in ``<dir>/data`` for the next run (``down --purge`` removes them too).
+- **Isolated engine** (``up --isolated``, under ``<dir>-isolated``): a second dockerd in a network
+  namespace of its own (``unshare --net``, loopback only), with Docker's default networking —
+  the bridge, published ports, user-defined networks and their DNS, iptables rules — all of it
+  inside that namespace, which has no way out. Images are built on the first engine and copied
+  (``copy_image``: ``docker save | docker load``); clients of its containers run in its
+  namespace (``nsenter --net=<Engine.netns>``). Never send test traffic to private-range
+  addresses from the machine's own namespace: inside this one it stays there.
 - **Base image** ``local/debian:bookworm``: no image registry is reachable from here, so
   ``FROM debian:bookworm`` cannot be pulled. ``debootstrap --variant=minbase`` builds the root file
   system from the Debian mirror of the machine's own apt sources, with ``ca-certificates`` and the
@@ -54,6 +61,8 @@ PACKAGES = {"docker.io": "/usr/sbin/dockerd", "debootstrap": "/usr/sbin/debootst
 # the flags measured to start dockerd without changing anything in the machine's network
 DOCKERD_FLAGS = ["--iptables=false", "--ip-forward=false", "--ip-masq=false", "--bridge=none",
                  "--userland-proxy=false", "--storage-driver=overlay2"]
+# in a network namespace of its own, Docker's default networking changes that namespace only
+ISOLATED_FLAGS = ["--storage-driver=overlay2"]
 UNIX_PATH_MAX = 107  # sun_path: 108 bytes with the terminating NUL
 
 
@@ -69,8 +78,9 @@ def log(msg: str) -> None:
     print(f"[docker-engine] {msg}", file=sys.stderr, flush=True)
 
 
-def engine_dir() -> Path:
-    return Path(os.environ.get("TFMLOPS_DOCKER_DIR") or DEFAULT_DIR).resolve()
+def engine_dir(isolated: bool = False) -> Path:
+    d = Path(os.environ.get("TFMLOPS_DOCKER_DIR") or DEFAULT_DIR).resolve()
+    return d.with_name(d.name + "-isolated") if isolated else d
 
 
 def unavailable_reason() -> str:
@@ -82,7 +92,7 @@ def unavailable_reason() -> str:
                 "engine you already run)")
     if not Path("/etc/debian_version").exists() or not shutil.which("apt-get"):
         return "the set-up installs Debian's docker.io and debootstrap with apt-get: not a Debian machine"
-    sock = engine_dir() / "exec/containerd/containerd.sock.ttrpc"  # the longest socket path under it
+    sock = engine_dir(isolated=True) / "exec/containerd/containerd.sock.ttrpc"  # the longest socket path
     if len(str(sock)) > UNIX_PATH_MAX:
         return f"the socket path {sock} is longer than {UNIX_PATH_MAX} bytes: set TFMLOPS_DOCKER_DIR to a shorter path"
     return ""
@@ -107,10 +117,19 @@ def ensure_packages(names: list[str]) -> None:
 class Engine:
     dir: Path
     started: bool  # True when this call started the daemon (the caller then owns its tear-down)
+    isolated: bool = False
 
     @property
     def host(self) -> str:
         return f"unix://{self.dir / 'docker.sock'}"
+
+    @property
+    def netns(self) -> str:
+        """The daemon's network namespace (``nsenter --net=<this>``): where its containers' ports are."""
+        pid = _pid(self.dir)
+        if not pid:
+            raise EngineUnavailable(f"no dockerd runs for {self.dir}")
+        return f"/proc/{pid}/ns/net"
 
     def client(self, timeout: int = 600):
         import docker
@@ -165,21 +184,22 @@ def _unmount_all(d: Path) -> None:
             subprocess.run(["umount", "-l", point], capture_output=True)
 
 
-def up(d: Path | None = None, timeout_s: float = 60) -> Engine:
-    """The engine under ``d``: reused when it answers, else started (after cleaning up a dead one)."""
-    d = d or engine_dir()
+def up(d: Path | None = None, timeout_s: float = 60, isolated: bool = False) -> Engine:
+    """The engine under ``d``: reused when it answers, else started (after cleaning up a dead one);
+    ``isolated``: in a network namespace of its own, with Docker's default networking there."""
+    d = d or engine_dir(isolated)
     why = unavailable_reason()
     if why:
         raise EngineUnavailable(why)
     if _answers(d):
-        return Engine(d, started=False)
+        return Engine(d, started=False, isolated=isolated)
     ensure_packages(["docker.io"])
     if _pid(d):  # alive but not answering: a daemon still starting, or a stuck one
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and _pid(d) and not _answers(d):
             time.sleep(0.5)
         if _answers(d):
-            return Engine(d, started=False)
+            return Engine(d, started=False, isolated=isolated)
         _stop_daemon(d)
     _unmount_all(d / "exec")  # what a daemon that died left behind (its netns mount, overlays)
     for name in ("docker.sock", "docker.pid"):
@@ -187,8 +207,10 @@ def up(d: Path | None = None, timeout_s: float = 60) -> Engine:
     for sub in ("data", "exec"):
         (d / sub).mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o700)
-    argv = ["dockerd", *DOCKERD_FLAGS, f"--data-root={d / 'data'}", f"--exec-root={d / 'exec'}",
-            f"-H=unix://{d / 'docker.sock'}", f"--pidfile={d / 'docker.pid'}"]
+    argv = ["dockerd", *(ISOLATED_FLAGS if isolated else DOCKERD_FLAGS), f"--data-root={d / 'data'}",
+            f"--exec-root={d / 'exec'}", f"-H=unix://{d / 'docker.sock'}", f"--pidfile={d / 'docker.pid'}"]
+    if isolated:  # a new network namespace with its loopback up; the socket stays a file we reach
+        argv = ["unshare", "--net", "--fork", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *argv]
     with open(d / "dockerd.log", "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -201,8 +223,9 @@ def up(d: Path | None = None, timeout_s: float = 60) -> Engine:
             proc.terminate()
             raise EngineUnavailable(f"dockerd did not answer within {timeout_s:.0f}s; see {d / 'dockerd.log'}")
         time.sleep(0.2)
-    log(f"dockerd (PID {proc.pid}) answers at unix://{d / 'docker.sock'} after {time.monotonic() - t0:.1f}s")
-    return Engine(d, started=True)
+    log(f"dockerd (PID {_pid(d)}{', own network namespace' if isolated else ''}) answers at "
+        f"unix://{d / 'docker.sock'} after {time.monotonic() - t0:.1f}s")
+    return Engine(d, started=True, isolated=isolated)
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -222,7 +245,7 @@ def _stop_daemon(d: Path, timeout_s: float = 30) -> None:
         time.sleep(0.2)
     if _pid(d):
         log(f"dockerd (PID {pid}) still runs after {timeout_s:.0f}s: SIGKILL")
-        os.killpg(pid, signal.SIGKILL)  # its session: dockerd, its containerd and the shims it started
+        os.killpg(os.getpgid(pid), signal.SIGKILL)  # its group: dockerd, its containerd and shims (and unshare)
         time.sleep(1)
 
 
@@ -384,6 +407,25 @@ def ensure_serving_image(client, base: str = BASE_IMAGE) -> str:
     return tag
 
 
+def copy_image(src, dst, tag: str) -> str:
+    """``docker save | docker load`` of ``tag`` from engine ``src`` to ``dst`` (the isolated engine
+    has no way out to build or pull); nothing is copied when ``dst`` has the same image."""
+    import docker
+
+    image = src.images.get(tag)
+    try:
+        if dst.images.get(tag).id == image.id:
+            return tag
+    except docker.errors.ImageNotFound:
+        pass
+    t0 = time.monotonic()
+    dst.images.load(image.save(chunk_size=8 << 20, named=tag))  # named: the tarball carries the tag
+    if dst.images.get(tag).id != image.id:
+        raise ImageBuildError(f"docker load of {tag} gave another image than {image.id}")
+    log(f"copied {tag} in {time.monotonic() - t0:.0f}s")
+    return tag
+
+
 def ensure_images(client) -> dict:
     return {"base": ensure_base_image(client), "tf-serving-local": ensure_serving_image(client)}
 
@@ -394,27 +436,38 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_up = sub.add_parser("up", help="start the engine (reusing one that answers)")
     p_up.add_argument("--images", action="store_true", help="also build the local images (reused when unchanged)")
-    p_down = sub.add_parser("down", help="remove its containers, stop it, unmount what it left")
-    p_down.add_argument("--purge", action="store_true", help=f"also remove {engine_dir()} (images and layers)")
-    sub.add_parser("status", help="say whether it answers")
+    p_up.add_argument("--isolated", action="store_true",
+                      help=f"also the engine in its own network namespace ({engine_dir(True)}), with the images")
+    p_down = sub.add_parser("down", help="remove their containers, stop both engines, unmount what they left")
+    p_down.add_argument("--purge", action="store_true",
+                        help=f"also remove {engine_dir()} and {engine_dir(True)} (images and layers)")
+    sub.add_parser("status", help="say whether they answer")
     args = parser.parse_args(argv)
 
-    d = engine_dir()
     if args.cmd == "down":
-        down(d, purge=args.purge)
+        for isolated in (True, False):
+            down(engine_dir(isolated), purge=args.purge)
         log("stopped" + (" and purged" if args.purge else ""))
         return 0
     if args.cmd == "status":
-        state = "answers" if _answers(d) else "is not running"
-        print(f"the engine at unix://{d / 'docker.sock'} {state}")
-        return 0 if _answers(d) else 1
+        for isolated in (False, True):
+            d = engine_dir(isolated)
+            print(f"the engine at unix://{d / 'docker.sock'} {'answers' if _answers(d) else 'is not running'}")
+        return 0 if _answers(engine_dir()) else 1
     try:
         t0 = time.monotonic()
-        engine = up(d)
-        if args.images:
+        engine = up()
+        if args.images or args.isolated:
             client = engine.client()
-            for kind, tag in ensure_images(client).items():
+            images = ensure_images(client)
+            for kind, tag in images.items():
                 log(f"{kind}: {tag}")
+            if args.isolated:
+                iso = up(isolated=True)
+                iso_client = iso.client()
+                copy_image(client, iso_client, images["tf-serving-local"])
+                iso_client.close()
+                log(f"isolated engine: export DOCKER_HOST={iso.host}; its network: nsenter --net={iso.netns}")
             client.close()
     except EngineUnavailable as exc:
         log(f"no Docker engine here: {exc}")

@@ -113,15 +113,24 @@ def s3_endpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def docker_engine():
     """The project's own Docker engine with its local images (``scripts/docker_engine.py``, what
-    ``make docker-up --images`` does): reused when it already answers, else started here and stopped
-    at the end of the session (images stay cached under ``var/docker``). Skips with the reason
-    where it cannot be set up (not root, not Debian). Each phase's time goes to
-    ``var/test-output/docker-engine.json``."""
+    ``make docker-up`` does): reused when it already answers, else started here and stopped at the
+    end of the session (images stay cached under ``var/docker``). Skips with the reason where it
+    cannot be set up (not root, not Debian). Each phase's time goes to
+    ``var/test-output/docker-engine.json``. With ``TFMLOPS_DOCKER_ENGINE=isolated`` (a test run
+    started inside the isolated engine's network namespace by an outer one): that engine, as is."""
     import time
     from types import SimpleNamespace
 
     import docker_engine as de
 
+    if os.environ.get("TFMLOPS_DOCKER_ENGINE") == "isolated":  # a run inside the isolated engine's namespace
+        engine = de.up(isolated=True)  # started by the outer run, with the image copied in
+        client = engine.client()
+        os.environ["DOCKER_HOST"] = engine.host  # this process exists for these tests only
+        yield SimpleNamespace(client=client, host=engine.host, images={"tf-serving-local": de.serving_image_tag()},
+                              times={})
+        client.close()
+        return
     times = {}
     t0 = time.monotonic()
     try:

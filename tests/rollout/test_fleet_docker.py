@@ -4,12 +4,16 @@ the ``tf-serving-local`` image standing in for ``tensorflow/serving`` (fixture `
 tests skip with the reason, except the check that a missing engine is reported clearly.
 
 The engine runs without a bridge network (it must not touch the machine's network), so the fleet
-runs in ``network_mode="host"`` on free loopback ports, its servers bound to 127.0.0.1."""
+runs in ``network_mode="host"`` on free loopback ports, its servers bound to 127.0.0.1. The last
+test runs the fleet tests again in the default ``bridge`` mode (published ports), on the isolated
+engine: a second dockerd in a network namespace of its own, the tests inside it (``nsenter``)."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,6 +24,8 @@ from .load import FailoverLoop, LoadLoop
 
 pytestmark = pytest.mark.e2e
 MODEL = "dock"
+# "host" on the project's engine; "bridge" when run again inside the isolated engine's namespace
+NETWORK = os.environ.get("TFMLOPS_FLEET_NETWORK", "host")
 
 
 def test_missing_engine_is_reported_clearly(monkeypatch, tmp_path):
@@ -63,8 +69,9 @@ def docker_fleet(docker_engine, tmp_path_factory, zoo):
     models = root / "models"
     publish_version(zoo.path["v1"], models, MODEL, 1)
     fleet = DockerFleet(f"tfmlops-test-{os.getpid()}", models_dir=str(models), state_dir=str(root / "state"),
-                        image=docker_engine.images["tf-serving-local"], network_mode="host",
-                        environment={"TF_SERVING_HOST": "127.0.0.1"}, client=docker_engine.client)
+                        image=docker_engine.images["tf-serving-local"], network_mode=NETWORK,
+                        environment={"TF_SERVING_HOST": "127.0.0.1"} if NETWORK == "host" else {},
+                        client=docker_engine.client)
     rest, grpc = _free_port_pairs(2)
     fleet.start(2, rest_port=rest, grpc_port=grpc, timeout_s=180)
     try:
@@ -134,7 +141,7 @@ def test_fleet_created_found_and_rolled_out_under_load(docker_fleet, docker_engi
 
     found = DockerFleet.from_env(docker_fleet.name, client=docker_engine.client)
     assert [r.name for r in found.replicas] == [f"{docker_fleet.name}-0", f"{docker_fleet.name}-1"]
-    assert (found.network_mode, found.environment, found.image) == ("host", {"TF_SERVING_HOST": "127.0.0.1"},
+    assert (found.network_mode, found.environment, found.image) == (NETWORK, docker_fleet.environment,
                                                                    docker_fleet.image)
     assert all(c.status == "running" for c in found.containers())
     eps = found.endpoints()
@@ -195,3 +202,28 @@ def test_replicas_removed(docker_fleet, docker_engine):
     assert docker_engine.client.containers.list(all=True, filters={"label": f"{LABEL}={docker_fleet.name}"}) == []
     with pytest.raises(FleetError, match="has no containers"):
         DockerFleet.from_env(docker_fleet.name, client=docker_engine.client).endpoints()
+
+
+@pytest.mark.skipif(NETWORK != "host", reason="this is the run it starts")
+def test_the_fleet_in_bridge_mode_on_the_isolated_engine(docker_engine, tmp_path):
+    """The fleet tests again with the default network mode (ports published through Docker's
+    bridge, servers on 0.0.0.0 in their containers as TF Serving's), where a bridge may exist:
+    the isolated engine's own network namespace; the tests run inside it."""
+    import docker_engine as de
+
+    iso = de.up(isolated=True)
+    iso_client = iso.client()
+    try:
+        de.copy_image(docker_engine.client, iso_client, docker_engine.images["tf-serving-local"])
+        assert iso_client.networks.list(names=["bridge"])
+        env = dict(os.environ, TFMLOPS_FLEET_NETWORK="bridge", TFMLOPS_DOCKER_ENGINE="isolated")
+        proc = subprocess.run(
+            ["nsenter", f"--net={iso.netns}", sys.executable, "-m", "pytest", __file__, "-q", "-x",
+             "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'inner'}",
+             "-k", "fleet_created or rolling_replace or replicas_removed"],
+            cwd=de.ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0 and "3 passed" in proc.stdout, proc.stdout[-6000:] + proc.stderr[-3000:]
+    finally:
+        iso_client.close()
+        if iso.started:
+            de.down(iso.dir)
