@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: venv system-deps run loop up stop status lint test bench lock clean
+.PHONY: venv system-deps run loop up stop status lint test bench lock clean docker-up docker-up-isolated docker-down docker-purge
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-lock.txt requirements-nodeps.txt pyproject.toml web/package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,24 @@ stop:  ## stop every service of the stack
 status:
 	@$(BIN)/python scripts/stack.py status
 
+# The project's own Docker engine (root + Debian; scripts/docker_engine.py): dockerd from Debian's
+# docker.io under var/docker, no change to the machine's network, plus the local images that stand in
+# for hub images (local/debian:bookworm from debootstrap, local/tf-serving-local). Idempotent; where
+# it cannot run it says why (exit status 3). Use it with `export DOCKER_HOST=unix://$(CURDIR)/var/docker/docker.sock`.
+docker-up: venv
+	$(BIN)/python scripts/docker_engine.py up --images
+
+# and a second engine in a network namespace of its own (Docker's bridge, published ports and
+# user-defined networks stay inside it; nothing in it reaches out), the tf-serving-local image copied in
+docker-up-isolated: venv
+	$(BIN)/python scripts/docker_engine.py up --isolated
+
+docker-down:  ## remove their containers, stop both engines, unmount what they left (images stay cached)
+	@if test -x $(BIN)/python; then $(BIN)/python scripts/docker_engine.py down; fi
+
+docker-purge:  ## docker-down and remove var/docker and var/docker-isolated (images and layers)
+	@if test -x $(BIN)/python; then $(BIN)/python scripts/docker_engine.py down --purge; fi
+
 lint: venv  ## ruff (configured in pyproject.toml)
 	$(BIN)/ruff check .
 
@@ -69,5 +87,5 @@ bench: venv
 lock: venv  ## refresh the full resolved pin set after changing requirements*.txt
 	$(BIN)/uv pip freeze --python $(BIN)/python --exclude-editable > requirements-lock.txt
 
-clean: stop
+clean: stop docker-down
 	rm -rf var

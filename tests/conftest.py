@@ -110,3 +110,64 @@ def s3_endpoint(tmp_path_factory):
                                               aws_access_key_id="testing", aws_secret_access_key="testing")}
     finally:
         devservers.stop("moto", root)
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    """The project's own Docker engine with its local images (``scripts/docker_engine.py``, what
+    ``make docker-up`` does): reused when it already answers, else started here and stopped at the
+    end of the session (images stay cached under ``var/docker``). Skips with the reason where it
+    cannot be set up (not root, not Debian). Each phase's time goes to
+    ``var/test-output/docker-engine.json``. With ``TFMLOPS_DOCKER_ENGINE=isolated`` (a test run
+    started inside the isolated engine's network namespace by an outer one): that engine, as is."""
+    import time
+    from types import SimpleNamespace
+
+    import docker_engine as de
+
+    if os.environ.get("TFMLOPS_DOCKER_ENGINE") == "isolated":  # a run inside the isolated engine's namespace
+        engine = de.up(isolated=True)  # started by the outer run, with the image copied in
+        client = engine.client()
+        os.environ["DOCKER_HOST"] = engine.host  # this process exists for these tests only
+        yield SimpleNamespace(client=client, host=engine.host, images={"tf-serving-local": de.serving_image_tag()},
+                              times={})
+        client.close()
+        return
+    times = {}
+    t0 = time.monotonic()
+    try:
+        engine = de.up()
+    except de.EngineUnavailable as exc:
+        pytest.skip(f"no Docker engine: {exc}")
+    times["engine_s"] = round(time.monotonic() - t0, 1)
+    client = engine.client()
+    try:
+        t0 = time.monotonic()
+        base = de.ensure_base_image(client)
+        times["base_image_s"] = round(time.monotonic() - t0, 1)
+        t0 = time.monotonic()
+        serving = de.ensure_serving_image(client, base)
+        times["tf_serving_local_image_s"] = round(time.monotonic() - t0, 1)
+    except BaseException as exc:
+        client.close()
+        if engine.started:
+            de.down(engine.dir)
+        if isinstance(exc, de.EngineUnavailable):  # e.g. the Debian mirror unreachable; a bad Dockerfile fails
+            pytest.skip(f"no base image: {exc}")
+        raise
+    out = ROOT / "var" / "test-output"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "docker-engine.json").write_text(json.dumps({**times, "started_here": engine.started}, indent=1))
+    previous = os.environ.get("DOCKER_HOST")
+    os.environ["DOCKER_HOST"] = engine.host  # docker.from_env() in the code under test
+    try:
+        yield SimpleNamespace(client=client, host=engine.host, images={"base": base, "tf-serving-local": serving},
+                              times=times)
+    finally:
+        if previous is None:
+            os.environ.pop("DOCKER_HOST", None)
+        else:
+            os.environ["DOCKER_HOST"] = previous
+        client.close()
+        if engine.started:
+            de.down(engine.dir)

@@ -263,7 +263,8 @@ def test_images_are_pinned(services):
     serving_images = {svc["image"] for n, svc in services.items() if n.startswith("tf-serving-")}
     assert len(serving_images) == 1 and next(iter(serving_images)).startswith("tensorflow/serving:")
     assert env_example()["TF_SERVING_IMAGE"] in serving_images
-    for dockerfile in (DOCKERFILE, ROOT / "docker" / "mlflow" / "Dockerfile"):
+    for dockerfile in (DOCKERFILE, ROOT / "docker" / "mlflow" / "Dockerfile", ROOT / "docker" / "tf-serving-local" /
+                       "Dockerfile"):
         for ref in re.findall(r"^(?:FROM|ARG \w+_IMAGE=)\s*(\S+)", dockerfile.read_text(), re.M):
             if not ref.startswith("$"):
                 assert re.search(r":[\w.\-]+$", ref) and not ref.endswith(":latest"), f"{dockerfile.name}: {ref}"

@@ -75,3 +75,63 @@ class LoadLoop:
         for t in self._threads:
             t.join(30)
         return False
+
+
+class FailoverLoop(LoadLoop):
+    """Steady REST and gRPC clients of a fleet as a whole, as a load balancer sees it: each request
+    goes to the next replica in turn and, when that one does not answer (stopped, restarting),
+    to the others. A request counts as failed only when no replica answered it correctly."""
+
+    def __init__(self, endpoints, model: str, x: np.ndarray, outputs: dict[int, np.ndarray], *,
+                 label: str | None = None, pause_s: float = 0.01, threads_per_api: int = 2):
+        super().__init__(endpoints, model, x, outputs, label=label, pause_s=pause_s)
+        self.failovers = 0
+        self._threads = [threading.Thread(target=self._run_fleet, args=(api, i), daemon=True)
+                         for api in ("rest", "grpc") for i in range(threads_per_api)]
+
+    def _ask(self, client, ep, api: str) -> int:
+        """The version that answered (correct outputs), else raises."""
+        if api == "rest":
+            got = np.asarray(client.predict_rest(self.model, self.x.tolist(), label=self.label))
+            version = self._match(got)
+            if version is None:
+                raise AssertionError(f"REST {ep.name}: outputs of no known version")
+            return version
+        from tfmlops.serving import tensors
+
+        resp = client.predict_grpc_response(self.model, {"x": self.x}, label=self.label)
+        version = int(resp.model_spec.version.value)
+        expected = self.outputs.get(version)
+        if expected is None or not np.allclose(tensors.make_ndarray(resp.outputs["y"], "y"), expected, atol=1e-5):
+            raise AssertionError(f"gRPC {ep.name}: version {version} answered outputs that are not its own")
+        return version
+
+    def _run_fleet(self, api: str, start: int) -> None:
+        clients = [ServingClient(ep.host, ep.rest_port, ep.grpc_port, timeout=10) for ep in self.endpoints]
+        turn = start
+        try:
+            while not self._stop.is_set():
+                errors = []
+                version = None
+                for k in range(len(self.endpoints)):
+                    i = (turn + k) % len(self.endpoints)
+                    try:
+                        version = self._ask(clients[i], self.endpoints[i], api)
+                        break
+                    except AssertionError as exc:  # a wrong answer is a failure, never failed over
+                        errors.append(str(exc))
+                        break
+                    except Exception as exc:  # noqa: BLE001 - not answering: the next replica
+                        errors.append(f"{api} {self.endpoints[i].name}: {type(exc).__name__}: {exc}")
+                turn += 1
+                with self._lock:
+                    if version is None:
+                        self.failures.append("; ".join(errors))
+                    else:
+                        self.ok += 1
+                        self.versions.add(version)
+                        self.failovers += len(errors)
+                time.sleep(self.pause_s)
+        finally:
+            for c in clients:
+                c.close()

@@ -1,0 +1,484 @@
+"""The project's own Docker engine on this machine, and the local images that stand in for hub images.
+
+Development tooling (``make docker-up`` / ``make docker-down``, the test fixture ``docker_engine``),
+not part of the library. It needs root on Debian (or a Debian derivative); anywhere else it says
+why it cannot, and the tests that need it skip with that reason.
+
+- **Engine**: Debian's ``docker.io`` (dockerd 20.10, its own containerd) started with its data,
+  exec root, socket and PID file under ``<dir>`` (default ``var/docker``; ``TFMLOPS_DOCKER_DIR``)
+  and without touching the machine's network: no bridge, no iptables rules, no IP forwarding or
+  masquerading, no userland proxy. Containers therefore use ``network_mode="host"`` (or none);
+  ``-p`` port publishing does nothing on this engine. Clients reach it with
+  ``DOCKER_HOST=unix://<dir>/docker.sock``. ``up`` reuses an engine that answers and cleans up
+  after one that died; ``down`` removes every container of *this* engine (it only ever runs what
+  this project started), stops the daemon by its PID and unmounts what it left under ``<dir>``.
+  Images stay in ``<dir>/data`` for the next run (``down --purge`` removes them too).
+- **Isolated engine** (``up --isolated``, under ``<dir>-isolated``): a second dockerd in a network
+  namespace of its own (``unshare --net``, loopback only), with Docker's default networking —
+  the bridge, published ports, user-defined networks and their DNS, iptables rules — all of it
+  inside that namespace, which has no way out. Images are built on the first engine and copied
+  (``copy_image``: ``docker save | docker load``); clients of its containers run in its
+  namespace (``nsenter --net=<Engine.netns>``). Never send test traffic to private-range
+  addresses from the machine's own namespace: inside this one it stays there.
+- **Base image** ``local/debian:bookworm``: no image registry is reachable from here, so
+  ``FROM debian:bookworm`` cannot be pulled. ``debootstrap --variant=minbase`` builds the root file
+  system from the Debian mirror of the machine's own apt sources, with ``ca-certificates`` and the
+  machine's local CA certificates (the ``.crt`` files of ``/usr/local/share/ca-certificates``,
+  copied at build time, never committed: without them TLS to the package registries fails inside
+  builds), then ``docker import`` makes it an image.
+- **tf-serving-local image** (``docker/tf-serving-local/Dockerfile``): stands in for
+  ``tensorflow/serving``, built ``FROM`` the local base with ``--network host`` (the only network
+  a build has on this engine).
+
+Each image carries a label with a hash of its inputs; an image whose label matches is reused,
+so a second run builds nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DIR = ROOT / "var" / "docker"
+BASE_IMAGE = "local/debian:bookworm"
+SERVING_DOCKERFILE = "docker/tf-serving-local/Dockerfile"
+INPUTS_LABEL = "tfmlops.inputs"
+LOCAL_CA_DIR = Path("/usr/local/share/ca-certificates")
+# Debian packages and the file each one provides (installed only when missing)
+PACKAGES = {"docker.io": "/usr/sbin/dockerd", "debootstrap": "/usr/sbin/debootstrap"}
+# the flags measured to start dockerd without changing anything in the machine's network
+DOCKERD_FLAGS = ["--iptables=false", "--ip-forward=false", "--ip-masq=false", "--bridge=none",
+                 "--userland-proxy=false", "--storage-driver=overlay2"]
+# in a network namespace of its own, Docker's default networking changes that namespace only
+ISOLATED_FLAGS = ["--storage-driver=overlay2"]
+UNIX_PATH_MAX = 107  # sun_path: 108 bytes with the terminating NUL
+
+
+class EngineUnavailable(RuntimeError):
+    """A Docker engine cannot be set up on this machine; the message says why and what would fix it."""
+
+
+class ImageBuildError(RuntimeError):
+    """A Dockerfile of the project did not build (the build's last lines in the message)."""
+
+
+def log(msg: str) -> None:
+    print(f"[docker-engine] {msg}", file=sys.stderr, flush=True)
+
+
+def engine_dir(isolated: bool = False) -> Path:
+    d = Path(os.environ.get("TFMLOPS_DOCKER_DIR") or DEFAULT_DIR).resolve()
+    return d.with_name(d.name + "-isolated") if isolated else d
+
+
+def unavailable_reason() -> str:
+    """Why the engine cannot be set up here ("" when it can, perhaps after installing packages)."""
+    if platform.system() != "Linux":
+        return f"the Docker engine set-up runs on Linux only (this is {platform.system()})"
+    if os.geteuid() != 0:
+        return ("starting dockerd needs root (run `sudo make docker-up` once, or export DOCKER_HOST for an "
+                "engine you already run)")
+    if not Path("/etc/debian_version").exists() or not shutil.which("apt-get"):
+        return "the set-up installs Debian's docker.io and debootstrap with apt-get: not a Debian machine"
+    sock = engine_dir(isolated=True) / "exec/containerd/containerd.sock.ttrpc"  # the longest socket path
+    if len(str(sock)) > UNIX_PATH_MAX:
+        return f"the socket path {sock} is longer than {UNIX_PATH_MAX} bytes: set TFMLOPS_DOCKER_DIR to a shorter path"
+    return ""
+
+
+def ensure_packages(names: list[str]) -> None:
+    missing = [n for n in names if not Path(PACKAGES[n]).exists()]
+    if not missing:
+        return
+    log(f"installing Debian packages: {' '.join(missing)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    try:
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise EngineUnavailable(f"apt-get install {' '.join(missing)} failed: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------- engine
+@dataclass
+class Engine:
+    dir: Path
+    started: bool  # True when this call started the daemon (the caller then owns its tear-down)
+    isolated: bool = False
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.dir / 'docker.sock'}"
+
+    @property
+    def netns(self) -> str:
+        """The daemon's network namespace (``nsenter --net=<this>``): where its containers' ports are."""
+        pid = _pid(self.dir)
+        if not pid:
+            raise EngineUnavailable(f"no dockerd runs for {self.dir}")
+        return f"/proc/{pid}/ns/net"
+
+    def client(self, timeout: int = 600):
+        import docker
+
+        return docker.DockerClient(base_url=self.host, timeout=timeout)
+
+
+def _answers(d: Path) -> bool:
+    if not (d / "docker.sock").exists():
+        return False
+    import docker
+
+    try:
+        client = docker.DockerClient(base_url=f"unix://{d / 'docker.sock'}", timeout=5)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:  # noqa: BLE001 - docker.errors.DockerException, connection refused/reset: it does not answer
+        return False
+
+
+def _pid(d: Path) -> int | None:
+    try:
+        pid = int((d / "docker.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    # a PID reused by another process after a crash is not ours: it must be dockerd on our socket
+    ours = (Path(cmdline[0].decode(errors="replace")).name == "dockerd"
+            and f"unix://{d / 'docker.sock'}".encode() in b" ".join(cmdline))
+    return pid if ours else None
+
+
+def _mounts_under(d: Path) -> list[str]:
+    """Mount points at or below ``d`` (deepest first), from /proc/self/mountinfo."""
+    prefix = str(d).rstrip("/") + "/"
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].replace("\\040", " ")
+        if point.startswith(prefix) or point == str(d):
+            points.append(point)
+    return sorted(points, key=len, reverse=True)
+
+
+def _unmount_all(d: Path) -> None:
+    for point in _mounts_under(d):
+        if subprocess.run(["umount", point], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", point], capture_output=True)
+
+
+def up(d: Path | None = None, timeout_s: float = 60, isolated: bool = False) -> Engine:
+    """The engine under ``d``: reused when it answers, else started (after cleaning up a dead one);
+    ``isolated``: in a network namespace of its own, with Docker's default networking there."""
+    d = d or engine_dir(isolated)
+    why = unavailable_reason()
+    if why:
+        raise EngineUnavailable(why)
+    if _answers(d):
+        return Engine(d, started=False, isolated=isolated)
+    ensure_packages(["docker.io"])
+    if _pid(d):  # alive but not answering: a daemon still starting, or a stuck one
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and _pid(d) and not _answers(d):
+            time.sleep(0.5)
+        if _answers(d):
+            return Engine(d, started=False, isolated=isolated)
+        _stop_daemon(d)
+    _unmount_all(d / "exec")  # what a daemon that died left behind (its netns mount, overlays)
+    for name in ("docker.sock", "docker.pid"):
+        (d / name).unlink(missing_ok=True)
+    for sub in ("data", "exec"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o700)
+    argv = ["dockerd", *(ISOLATED_FLAGS if isolated else DOCKERD_FLAGS), f"--data-root={d / 'data'}",
+            f"--exec-root={d / 'exec'}", f"-H=unix://{d / 'docker.sock'}", f"--pidfile={d / 'docker.pid'}"]
+    if isolated:  # a new network namespace with its loopback up; the socket stays a file we reach
+        argv = ["unshare", "--net", "--fork", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *argv]
+    with open(d / "dockerd.log", "ab") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    t0 = time.monotonic()
+    while not _answers(d):
+        if proc.poll() is not None:
+            raise EngineUnavailable(f"dockerd exited with status {proc.returncode}; see {d / 'dockerd.log'}:\n"
+                                    + _tail(d / "dockerd.log"))
+        if time.monotonic() - t0 > timeout_s:
+            proc.terminate()
+            raise EngineUnavailable(f"dockerd did not answer within {timeout_s:.0f}s; see {d / 'dockerd.log'}")
+        time.sleep(0.2)
+    log(f"dockerd (PID {_pid(d)}{', own network namespace' if isolated else ''}) answers at "
+        f"unix://{d / 'docker.sock'} after {time.monotonic() - t0:.1f}s")
+    return Engine(d, started=True, isolated=isolated)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _stop_daemon(d: Path, timeout_s: float = 30) -> None:
+    pid = _pid(d)
+    if not pid:
+        return
+    os.kill(pid, signal.SIGTERM)  # dockerd stops its containers and its own containerd
+    deadline = time.monotonic() + timeout_s
+    while _pid(d) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _pid(d):
+        log(f"dockerd (PID {pid}) still runs after {timeout_s:.0f}s: SIGKILL")
+        os.killpg(os.getpgid(pid), signal.SIGKILL)  # its group: dockerd, its containerd and shims (and unshare)
+        time.sleep(1)
+
+
+def down(d: Path | None = None, purge: bool = False) -> None:
+    """Remove every container of this engine, stop the daemon, unmount what it left under ``d``;
+    ``purge`` also removes its data (images, layers)."""
+    d = d or engine_dir()
+    if not d.exists():
+        return
+    if _answers(d):
+        client = Engine(d, started=False).client(timeout=60)
+        for c in client.containers.list(all=True):
+            log(f"removing container {c.name}")
+            c.remove(force=True)
+        client.close()
+    _stop_daemon(d)
+    _unmount_all(d)
+    for name in ("docker.sock", "docker.pid"):
+        (d / name).unlink(missing_ok=True)
+    if purge:
+        shutil.rmtree(d)
+        log(f"removed {d}")
+
+
+# ---------------------------------------------------------------------------------------------- images
+def _image_label(client, tag: str) -> str | None:
+    import docker
+
+    try:
+        return (client.images.get(tag).labels or {}).get(INPUTS_LABEL)
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def _digest(parts: list[tuple[str, bytes]]) -> str:
+    h = hashlib.sha256()
+    for name, data in parts:
+        h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return h.hexdigest()[:16]
+
+
+def apt_mirror(suite: str = "bookworm", apt_dir: Path = Path("/etc/apt")) -> str:
+    """The Debian mirror of the machine's apt sources (deb822 ``*.sources`` or one-line ``*.list``)."""
+    candidates = []
+    parts = apt_dir / "sources.list.d"
+    for f in sorted(parts.glob("*.sources")):
+        for stanza in f.read_text().split("\n\n"):
+            fields = {}
+            for line in stanza.splitlines():
+                if line.strip() and not line.startswith(("#", " ")) and ":" in line:
+                    key, _, value = line.partition(":")
+                    fields[key.strip().lower()] = value.split()
+            if "deb" in fields.get("types", []) and suite in fields.get("suites", []) and fields.get("uris"):
+                candidates.append(fields["uris"][0])
+    for f in [apt_dir / "sources.list", *sorted(parts.glob("*.list"))]:
+        if f.is_file():
+            for line in f.read_text().splitlines():
+                words = re.sub(r"\[[^\]]*\]", " ", line.split("#")[0]).split()  # without [options]
+                if len(words) >= 3 and words[0] == "deb" and words[2] == suite:
+                    candidates.append(words[1])
+    if not candidates:
+        raise EngineUnavailable(f"no Debian mirror for {suite} in the apt sources under {apt_dir}")
+    return candidates[0]
+
+
+def local_ca_certs() -> list[Path]:
+    return sorted(LOCAL_CA_DIR.glob("**/*.crt")) if LOCAL_CA_DIR.is_dir() else []
+
+
+def ensure_base_image(client, tag: str = BASE_IMAGE, suite: str = "bookworm") -> str:
+    """``local/debian:<suite>`` from debootstrap (minbase + ca-certificates + the local CA certificates)."""
+    mirror = apt_mirror(suite)
+    certs = local_ca_certs()
+    inputs = _digest([("suite", suite.encode()), ("mirror", mirror.encode()), ("variant", b"minbase"),
+                      ("include", b"ca-certificates")] + [(f"ca/{c.name}", c.read_bytes()) for c in certs])
+    if _image_label(client, tag) == inputs:
+        return tag
+    ensure_packages(["debootstrap"])
+    work = Path(tempfile.mkdtemp(prefix="rootfs-", dir=engine_dir()))
+    rootfs = work / "rootfs"
+    t0 = time.monotonic()
+    try:
+        log(f"debootstrap --variant=minbase {suite} from {mirror} (about a minute)")
+        subprocess.run(["debootstrap", "--variant=minbase", "--include=ca-certificates", suite, str(rootfs), mirror],
+                       check=True, stdout=subprocess.DEVNULL)
+        for c in certs:  # the machine's CA certificates: TLS to the registries goes through them here
+            shutil.copy2(c, rootfs / "usr/local/share/ca-certificates" / c.name)
+        subprocess.run(["chroot", str(rootfs), "update-ca-certificates"], check=True, stdout=subprocess.DEVNULL)
+        shutil.rmtree(rootfs / "var/cache/apt/archives", ignore_errors=True)
+        (rootfs / "var/cache/apt/archives/partial").mkdir(parents=True)
+        for p in (rootfs / "var/lib/apt/lists").glob("*_*"):
+            p.unlink()
+        log(f"docker import -> {tag}")
+        tar = subprocess.Popen(["tar", "--numeric-owner", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        client.api.import_image_from_stream(tar.stdout, repository=tag.split(":")[0], tag=tag.split(":")[1],
+                                            changes=[f'LABEL {INPUTS_LABEL}="{inputs}"', 'CMD ["bash"]'])
+        if tar.wait() != 0:
+            raise EngineUnavailable(f"tar of {rootfs} failed with status {tar.returncode}")
+    finally:
+        _unmount_all(work)  # debootstrap mounts /proc and /sys in the chroot; they are gone by now normally
+        shutil.rmtree(work, ignore_errors=True)
+    if _image_label(client, tag) != inputs:
+        raise EngineUnavailable(f"docker import did not produce {tag} with label {INPUTS_LABEL}={inputs}")
+    log(f"{tag} built in {time.monotonic() - t0:.0f}s")
+    return tag
+
+
+def _lock_pin(package: str) -> str:
+    for line in (ROOT / "requirements-lock.txt").read_text().splitlines():
+        name, sep, version = line.strip().partition("==")
+        if sep and name.lower() == package:
+            return version
+    raise EngineUnavailable(f"{package} is not pinned in requirements-lock.txt")
+
+
+def serving_image_tag() -> str:
+    return f"local/tf-serving-local:{_lock_pin('tensorflow-serving-api')}"
+
+
+def _serving_context_files() -> list[str]:
+    """The build context of docker/tf-serving-local/Dockerfile (paths relative to the repository root)."""
+    files = [SERVING_DOCKERFILE, "requirements-lock.txt", "include/tfmlops/__init__.py"]
+    files += [str(p.relative_to(ROOT)) for p in sorted((ROOT / "docker/tf-serving-local").iterdir())
+              if p.is_file() and str(p.relative_to(ROOT)) != SERVING_DOCKERFILE]
+    files += [str(p.relative_to(ROOT)) for p in sorted((ROOT / "include/tfmlops/serving").rglob("*.py"))]
+    return files
+
+
+def ensure_serving_image(client, base: str = BASE_IMAGE) -> str:
+    """The tf-serving-local image (stand-in for tensorflow/serving), rebuilt only when its inputs changed."""
+    tag = serving_image_tag()
+    files = _serving_context_files()
+    base_id = client.images.get(base).id
+    inputs = _digest([("base", base_id.encode())] + [(f, (ROOT / f).read_bytes()) for f in files])
+    if _image_label(client, tag) == inputs:
+        return tag
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="context-", dir=engine_dir()) as ctx:
+        for f in files:  # only what the Dockerfile copies, at the paths it names
+            (Path(ctx) / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, Path(ctx) / f)
+        log(f"building {tag} FROM {base} (pip installs TensorFlow: a few minutes the first time)")
+        out = client.api.build(path=ctx, dockerfile=SERVING_DOCKERFILE, tag=tag, network_mode="host", rm=True,
+                               forcerm=True, decode=True, buildargs={"BASE_IMAGE": base},
+                               labels={INPUTS_LABEL: inputs})
+        tail: list[str] = []
+        for chunk in out:
+            if "error" in chunk:
+                raise ImageBuildError(f"building {tag} failed: {chunk['error'].strip()}\n" + "".join(tail[-20:]))
+            text = chunk.get("stream", "")
+            if text:
+                tail.append(text)
+                if text.startswith("Step "):
+                    log(text.strip())
+    if _image_label(client, tag) != inputs:
+        raise ImageBuildError(f"the build did not produce {tag} with label {INPUTS_LABEL}={inputs}")
+    client.images.prune(filters={"dangling": True})  # the image this one replaced (the engine holds only ours)
+    log(f"{tag} built in {time.monotonic() - t0:.0f}s")
+    return tag
+
+
+def copy_image(src, dst, tag: str) -> str:
+    """``docker save | docker load`` of ``tag`` from engine ``src`` to ``dst`` (the isolated engine
+    has no way out to build or pull); nothing is copied when ``dst`` has the same image."""
+    import docker
+
+    image = src.images.get(tag)
+    try:
+        if dst.images.get(tag).id == image.id:
+            return tag
+    except docker.errors.ImageNotFound:
+        pass
+    t0 = time.monotonic()
+    dst.images.load(image.save(chunk_size=8 << 20, named=tag))  # named: the tarball carries the tag
+    if dst.images.get(tag).id != image.id:
+        raise ImageBuildError(f"docker load of {tag} gave another image than {image.id}")
+    log(f"copied {tag} in {time.monotonic() - t0:.0f}s")
+    return tag
+
+
+def ensure_images(client) -> dict:
+    return {"base": ensure_base_image(client), "tf-serving-local": ensure_serving_image(client)}
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_up = sub.add_parser("up", help="start the engine (reusing one that answers)")
+    p_up.add_argument("--images", action="store_true", help="also build the local images (reused when unchanged)")
+    p_up.add_argument("--isolated", action="store_true",
+                      help=f"also the engine in its own network namespace ({engine_dir(True)}), with the images")
+    p_down = sub.add_parser("down", help="remove their containers, stop both engines, unmount what they left")
+    p_down.add_argument("--purge", action="store_true",
+                        help=f"also remove {engine_dir()} and {engine_dir(True)} (images and layers)")
+    sub.add_parser("status", help="say whether they answer")
+    args = parser.parse_args(argv)
+
+    if args.cmd == "down":
+        for isolated in (True, False):
+            down(engine_dir(isolated), purge=args.purge)
+        log("stopped" + (" and purged" if args.purge else ""))
+        return 0
+    if args.cmd == "status":
+        for isolated in (False, True):
+            d = engine_dir(isolated)
+            print(f"the engine at unix://{d / 'docker.sock'} {'answers' if _answers(d) else 'is not running'}")
+        return 0 if _answers(engine_dir()) else 1
+    try:
+        t0 = time.monotonic()
+        engine = up()
+        if args.images or args.isolated:
+            client = engine.client()
+            images = ensure_images(client)
+            for kind, tag in images.items():
+                log(f"{kind}: {tag}")
+            if args.isolated:
+                iso = up(isolated=True)
+                iso_client = iso.client()
+                copy_image(client, iso_client, images["tf-serving-local"])
+                iso_client.close()
+                log(f"isolated engine: export DOCKER_HOST={iso.host}; its network: nsenter --net={iso.netns}")
+            client.close()
+    except EngineUnavailable as exc:
+        log(f"no Docker engine here: {exc}")
+        return 3
+    except ImageBuildError as exc:
+        log(str(exc))
+        return 1
+    log(f"ready in {time.monotonic() - t0:.1f}s; use it with:  export DOCKER_HOST={engine.host}")
+    print(f"DOCKER_HOST={engine.host}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
