@@ -82,16 +82,23 @@ def _gray_chart(result: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     steps = result["steps"]
-    t = np.cumsum([s["seconds"] for s in steps])
+    ends = np.cumsum([s["seconds"] for s in steps])  # each window's numbers are plotted at its end
     fig, (a1, a2, a3) = plt.subplots(3, 1, figsize=(7, 7), sharex=True)
-    a1.step(t, [s["share_pct"] for s in steps], where="pre")
+    shares = [s["share_pct"] for s in steps]
+    a1.step(np.concatenate([[0.0], ends]), [*shares, shares[-1]], where="post")
     a1.set_ylabel("canary share (%)")
+    a1.set_ylim(0, 105)
+
+    def value(step: dict, group: str, key: str, scale: float = 1.0) -> float:
+        v = step.get(group, {}).get(key)
+        return float("nan") if v is None else v * scale  # no traffic in that window: no point
+
     for group in ("stable", "canary"):
-        a2.plot(t, [100 * (s.get(group, {}).get("error_rate") or 0) for s in steps], marker="o", label=group)
-        a3.plot(t, [s.get(group, {}).get("p99_ms", float("nan")) for s in steps], marker="o", label=group)
+        a2.plot(ends, [value(s, group, "error_rate", 100) for s in steps], marker="o", label=group)
+        a3.plot(ends, [value(s, group, "p99_ms") for s in steps], marker="o", label=group)
     a2.set_ylabel("error rate (%)")
     a3.set_ylabel("p99 (ms)")
-    a3.set_xlabel("seconds since the first step")
+    a3.set_xlabel("seconds since the first step (points: end of each watch window)")
     a2.legend()
     fig.suptitle(f"gray release of version {result['version']}: {result['outcome']}")
     fig.tight_layout()
