@@ -13,8 +13,8 @@ the replicas' own metrics.
    :mod:`.live_metrics`) and is compared: the canary's error rate may exceed the stable's by at
    most ``max_error_rate_increase``, its p99 the stable's by at most ``max_p99_increase_ms``; a
    canary replica the router marks DOWN, or a canary group that got no request, is a breach too.
-   The router is polled every ``poll_s`` during a window, so a crash or an error burst ends the
-   step early;
+   The router and the replicas are polled every ``poll_s`` during a window, so a crash, or an
+   error rate over its limit on ``min_requests`` canary requests, ends the step early;
 3. a breach → share back to 0 % at once, the canary group back to the old version, the reason;
 4. every step passed → N is rolled onto the stable group (``replace``), then the share goes back
    to 0 % (both groups serve N; the canary group is ready for the next release).
@@ -130,8 +130,18 @@ class GrayRelease:
         return {g: _group_traffic([traffic_between(before[ep.name], after[ep.name], self.cand.model, ep.name)
                                    for ep in self.groups[g]]) for g in (STABLE, CANARY)}
 
+    def _judge(self, before: dict, after: dict) -> tuple[dict, list[str]]:
+        groups = self._traffic(before, after)
+        if groups[STABLE]["requests"] > 0:
+            self._baseline = groups[STABLE]
+        # at 100 % the stable group gets nothing: the canary is compared with its last numbers
+        baseline = groups[STABLE] if groups[STABLE]["requests"] > 0 else (self._baseline or groups[STABLE])
+        return groups, compare(baseline, groups[CANARY], self.thresholds)
+
     def _watch(self, share: float) -> dict:
-        """One step: the share for ``window_s`` (ended early by a DOWN canary replica)."""
+        """One step: the share for ``window_s``. Ended early by a canary replica marked DOWN, or by
+        an error rate already over its limit on at least ``min_requests`` canary requests (errors
+        are unambiguous; latency is judged on the whole window only)."""
         self.router.set_share(share)
         t0 = time.monotonic()
         before = self._scrape()
@@ -141,13 +151,15 @@ class GrayRelease:
             down = [d for d in self.router.down() if d.split("/", 1)[1] in self._canary_names]
             if down:
                 break
+            try:
+                groups, breaches = self._judge(before, self._scrape())
+            except MetricsError:
+                continue  # judged (and reported) at the end of the window
+            if groups[CANARY]["requests"] >= self.thresholds.min_requests and any(
+                    b.startswith("error rate") for b in breaches):
+                break
         try:
-            groups = self._traffic(before, self._scrape())
-            if groups[STABLE]["requests"] > 0:
-                self._baseline = groups[STABLE]
-            # at 100 % the stable group gets nothing: the canary is compared with its last numbers
-            baseline = groups[STABLE] if groups[STABLE]["requests"] > 0 else (self._baseline or groups[STABLE])
-            breaches = compare(baseline, groups[CANARY], self.thresholds)
+            groups, breaches = self._judge(before, self._scrape())
         except MetricsError as exc:  # a canary replica that died cannot be scraped
             groups, breaches = {}, [f"metrics unreadable: {exc}"]
         if down:
