@@ -15,7 +15,7 @@ from tfmlops_airflow.operators.optimize import (
     OptimizeModelOperator,
 )
 
-VARIANTS = ["dynamic_range", "float16", "int8", "pruned", "pruned_int8", "distilled"]
+VARIANTS = ["dynamic_range", "float16", "int8", "qat_int8", "pruned", "pruned_int8", "distilled"]
 FORMATS = ["saved_model", "keras", "h5", "tflite", "onnx", "tfjs_layers", "tfjs_layers_uint8",
            "tfjs_layers_float16", "tfjs_graph"]
 
@@ -47,7 +47,8 @@ model and version named by the asset event, with the default Params for the rest
    its task with the numbers; only verified artifacts are attached to the version's run, under
    `formats/<variant>-<format>/`.
 4. **report** — `formats/report/` on the run: a table (format, runtime, bytes, gzipped bytes,
-   accuracy, max |diff|, latency per example) as JSON and Markdown, and a size-vs-accuracy PNG.
+   accuracy, max |diff|, latency per example) as JSON and Markdown, a size-vs-accuracy PNG, and
+   `qat_int8` next to post-training `int8` (accuracy drop, bytes, epochs, calibration rows).
 
 Connections: `mlflow_default`, `aws_default` (for `s3://` datasets). Needs `node` with
 `web/node_modules` (`npm ci --prefix web`) and Debian's `chromium` for the TF.js checks.
@@ -69,6 +70,8 @@ PARAMS = {
                                          "below it."),
     "pruning_epochs": Param(4, type="integer", minimum=1, maximum=50, title="Pruning epochs",
                             description="Fine-tuning epochs while pruning."),
+    "qat_epochs": Param(2, type="integer", minimum=1, maximum=50, title="QAT epochs",
+                        description="Quantization-aware fine-tuning epochs of the qat_int8 variant."),
     "teacher": Param("trained", type="string", enum=["trained", "source"], title="Distillation teacher",
                      description="'trained': a larger MLP (256-128) trained here; 'source': the version being "
                                  "optimized (e.g. the champion)."),
@@ -116,6 +119,7 @@ with DAG(
             task_id=f"optimize_{variant}", task_display_name=f"Optimize: {variant}", variant=variant,
             variants="{{ params.variants }}", int8_samples="{{ params.int8_samples }}",
             target_sparsity="{{ params.target_sparsity }}", pruning_epochs="{{ params.pruning_epochs }}",
+            qat_epochs="{{ params.qat_epochs }}",
             teacher="{{ params.teacher }}", temperature="{{ params.temperature }}", alpha="{{ params.alpha }}",
             distill_epochs="{{ params.distill_epochs }}", max_accuracy_drop="{{ params.max_accuracy_drop }}",
             **model, **data)

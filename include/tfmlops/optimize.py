@@ -13,6 +13,12 @@ Each *variant* is built from the float tf_keras model and gated against it:
   the same representative rows as ``int8``; the zeros survive quantization (symmetric int8
   weights, zero point 0), so the flatbuffer compresses well — its int8 weight sparsity must
   still reach the target;
+- ``qat_int8`` — quantization-aware training: tensorflow-model-optimization's ``quantize_model``
+  wraps a copy of the float model in fake-quantization layers (int8 weights per channel, int8
+  activations with learned ranges), fine-tunes it for ``qat_epochs``, and the converter turns it
+  into a full-int8 TFLite flatbuffer (int8 input and output, like ``int8``) from the ranges it
+  learned — no calibration rows. The Keras model kept with it (the source its format check
+  compares with) is the float model with the fine-tuned weights, as plain Dense layers;
 - ``distilled`` — a student (the seed MLP by default) trained on a teacher's softened outputs
   (temperature, alpha) by :class:`Distiller`, a ``keras.Model`` with its own ``train_step``;
   the teacher is a larger MLP trained here, or a given model (e.g. the current champion).
@@ -64,6 +70,10 @@ class OptimizeConfig:
     temperature: float = 4.0
     alpha: float = 0.1
     distill_epochs: int = 15
+    # quantization-aware fine-tuning: a few epochs at a low learning rate (the float model is
+    # already trained; QAT only adapts it to the int8 grid)
+    qat_epochs: int = 2
+    qat_learning_rate: float = 1e-4
     teacher: str = "trained"
     teacher_hidden_units: list[int] = field(default_factory=lambda: [256, 128])
     teacher_epochs: int = 3
@@ -208,6 +218,60 @@ def prune(model, x: np.ndarray, y: np.ndarray, target_sparsity: float, epochs: i
     return stripped, report
 
 
+# --- quantization-aware training -------------------------------------------------------------
+
+def quantization_aware(model, x: np.ndarray, y: np.ndarray, epochs: int = 2, batch_size: int = 128,
+                       learning_rate: float = 1e-4, seed: int = 0):
+    """Fine-tune a copy of ``model`` with fake int8 quantization (tfmot ``quantize_model``, the
+    default 8-bit scheme); returns the quantization-aware model and a report. The source is not
+    touched."""
+    import tensorflow_model_optimization as tfmot
+
+    if epochs < 1:
+        raise OptimizationError(f"quantization-aware training needs at least one epoch, got {epochs}")
+    keras.utils.set_random_seed(seed)
+    qat = tfmot.quantization.keras.quantize_model(_copy(model))
+    qat.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"])
+    history = qat.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, callbacks=[models.EpochLogger(epochs)])
+    report = {"qat_epochs": epochs, "qat_learning_rate": learning_rate,
+              "final_loss": float(history.history["loss"][-1]),
+              "quantized_layers": sum(1 for layer in qat.layers if hasattr(layer, "quantize_config"))}
+    return qat, report
+
+
+def unwrap_quantization_aware(qat_model, model):
+    """A plain copy of ``model`` (no tfmot layer: loadable by :mod:`tfmlops.model_files`) holding the
+    float weights that quantization-aware training fine-tuned inside ``qat_model``'s wrappers."""
+    # the wrapper owns the inner layer's variables (its ``kernel`` attribute becomes the
+    # fake-quantized tensor), so take them from the wrapper's weights, by variable name
+    trained = {}
+    for wrapper in qat_model.layers:
+        if hasattr(wrapper, "layer") and hasattr(wrapper, "quantize_config"):
+            for weight in wrapper.weights:
+                owner, _, leaf = weight.name.rpartition("/")
+                if owner == wrapper.layer.name:
+                    trained[(owner, leaf.split(":")[0])] = weight.numpy()
+    plain = _copy(model)
+    for layer in plain.layers:
+        for weight in layer.weights:
+            key = (layer.name, weight.name.rpartition("/")[2].split(":")[0])
+            if key not in trained:
+                raise OptimizationError(f"{layer.name}: no fine-tuned {key[1]} in the quantization-aware model")
+            weight.assign(trained[key])
+    return plain
+
+
+def qat_to_tflite(qat_model) -> bytes:
+    """Full-int8 TFLite (int8 input/output) from a quantization-aware model: the converter takes
+    every range from the fake-quantization layers, so no representative rows are needed."""
+    converter = tf.lite.TFLiteConverter.from_keras_model(qat_model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
 # --- distillation -------------------------------------------------------------------------------
 
 def _log_probs(probs):
@@ -346,6 +410,18 @@ def build_variant(name: str, model, dataset, config: OptimizeConfig, teacher=Non
                                        "pruned_accuracy": pruned_accuracy, "tflite_bytes": len(content),
                                        "tflite_gzipped_bytes": gzipped_size(content),
                                        "calibration_rows": len(representative)})
+    elif name == "qat_int8":
+        qat, report = quantization_aware(model, dataset.x_train, dataset.y_train, config.qat_epochs,
+                                         config.batch_size, config.qat_learning_rate, config.seed)
+        content = qat_to_tflite(qat)
+        fine_tuned = unwrap_quantization_aware(qat, model)
+        probs = LiteRTModel(content)(np.ascontiguousarray(dataset.x_test, np.float32))
+        variant = Variant(name, accuracy(probs, dataset.y_test), model=fine_tuned, tflite=content,
+                          details={**report, "fake_quant_accuracy": accuracy(qat.predict(dataset.x_test, verbose=0),
+                                                                             dataset.y_test),
+                                   "fine_tuned_float_accuracy": accuracy(fine_tuned.predict(dataset.x_test, verbose=0),
+                                                                         dataset.y_test),
+                                   "tflite_bytes": len(content), "tflite_gzipped_bytes": gzipped_size(content)})
     elif name == "distilled":
         if teacher is None:
             if config.teacher == "source":

@@ -138,6 +138,12 @@ def test_optimize_skips_unselected_and_rejected_variants():
     assert args[2] == "int8" and args[4]["int8_samples"] == 50 and args[4]["max_accuracy_drop"] == 0.02
     assert args[4]["seed"] == 1 and step.call_args.kwargs == {"stamp": "manual__1"}
 
+    qat = OptimizeModelOperator(task_id="q", variant="qat_int8", variants=["qat_int8"], model=MODEL, qat_epochs="3")
+    assert "qat_epochs" in OptimizeModelOperator.template_fields
+    with mock.patch("tfmlops.steps.optimize.optimize_variant", return_value={"status": "passed"}) as step:
+        assert qat.execute(context()) == {"status": "passed"}
+    assert step.call_args.args[2] == "qat_int8" and step.call_args.args[4]["qat_epochs"] == 3
+
 
 def test_export_format_check_failure_fails_the_task():
     from tfmlops.formats import FormatCheckError

@@ -6,7 +6,8 @@ Everything lands on the MLflow run of the registered version being optimized:
 - ``optimization/<variant>/`` — ``result.json`` (status passed / rejected / failed, accuracy, drop,
   reason, details) for every requested variant, and the candidate model when it passed
   (``model.tflite`` for the quantizations, ``model.keras`` for pruned / distilled, both for
-  ``pruned_int8``: the flatbuffer and the pruned model it is checked against);
+  ``pruned_int8`` and ``qat_int8``: the flatbuffer and the Keras model it is checked against —
+  the pruned model, the fine-tuned float weights);
 - ``format_checks/<variant>-<format>.json`` — the numbers of every format check, passed or not;
 - ``formats/<variant>-<format>/`` — only the artifacts that passed their check (one folder each,
   with ``verification.json`` and, for TF.js, ``chromium.png``);
@@ -85,7 +86,7 @@ def _source(tracking_uri: str, model: dict, variant: str, tmp: Path):
     if not (local / "model.keras").exists():
         raise FileNotFoundError(f"{variant} has no candidate model on run {model['run_id']} (status: "
                                 f"{json.loads((local / 'result.json').read_text()).get('status')})")
-    # pruned_int8: the flatbuffer is checked against the pruned Keras model it was quantized from
+    # pruned_int8 / qat_int8: the flatbuffer is checked against the Keras model it was quantized from
     variant_model = load_keras_file(local / "model.keras")
     return variant_model, tflite, lambda x: variant_model.predict(x, batch_size=1024, verbose=0)
 

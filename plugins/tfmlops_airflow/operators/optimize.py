@@ -42,11 +42,13 @@ class ModelVersionOperator(DatasetOperator):
 class OptimizeModelOperator(ModelVersionOperator):
     """Build one optimized ``variant`` and gate it (accuracy drop vs the float model).
 
-    :param variant: ``dynamic_range``, ``float16``, ``int8``, ``pruned``, ``pruned_int8`` or ``distilled``.
+    :param variant: ``dynamic_range``, ``float16``, ``int8``, ``qat_int8``, ``pruned``, ``pruned_int8`` or
+        ``distilled``.
     :param variants: the variants selected in this run; another variant skips. (templated)
     :param int8_samples: training rows calibrating the int8 quantization. (templated)
     :param target_sparsity: share of Dense kernel weights pruned to zero. (templated)
     :param pruning_epochs: fine-tuning epochs while pruning. (templated)
+    :param qat_epochs: quantization-aware fine-tuning epochs (``qat_int8``). (templated)
     :param temperature: distillation temperature. (templated)
     :param alpha: weight of the hard-label loss in distillation. (templated)
     :param distill_epochs: epochs of student training. (templated)
@@ -55,19 +57,20 @@ class OptimizeModelOperator(ModelVersionOperator):
     """
 
     template_fields: Sequence[str] = (*ModelVersionOperator.template_fields, "variants", "int8_samples",
-                                      "target_sparsity", "pruning_epochs", "temperature", "alpha", "distill_epochs",
-                                      "teacher", "max_accuracy_drop")
+                                      "target_sparsity", "pruning_epochs", "qat_epochs", "temperature", "alpha",
+                                      "distill_epochs", "teacher", "max_accuracy_drop")
 
     def __init__(self, *, variant: str, variants: list[str] | str | None = None, int8_samples: int | str = 200,
-                 target_sparsity: float | str = 0.8, pruning_epochs: int | str = 4, temperature: float | str = 4.0,
-                 alpha: float | str = 0.1, distill_epochs: int | str = 15, teacher: str = "trained",
-                 max_accuracy_drop: float | str = 0.01, **kwargs):
+                 target_sparsity: float | str = 0.8, pruning_epochs: int | str = 4, qat_epochs: int | str = 2,
+                 temperature: float | str = 4.0, alpha: float | str = 0.1, distill_epochs: int | str = 15,
+                 teacher: str = "trained", max_accuracy_drop: float | str = 0.01, **kwargs):
         super().__init__(**kwargs)
         self.variant = variant
         self.variants = variants
         self.int8_samples = int8_samples
         self.target_sparsity = target_sparsity
         self.pruning_epochs = pruning_epochs
+        self.qat_epochs = qat_epochs
         self.temperature = temperature
         self.alpha = alpha
         self.distill_epochs = distill_epochs
@@ -80,8 +83,9 @@ class OptimizeModelOperator(ModelVersionOperator):
         from tfmlops.steps.optimize import optimize_variant
 
         config = {"int8_samples": int(self.int8_samples), "target_sparsity": float(self.target_sparsity),
-                  "pruning_epochs": int(self.pruning_epochs), "temperature": float(self.temperature),
-                  "alpha": float(self.alpha), "distill_epochs": int(self.distill_epochs), "teacher": str(self.teacher),
+                  "pruning_epochs": int(self.pruning_epochs), "qat_epochs": int(self.qat_epochs),
+                  "temperature": float(self.temperature), "alpha": float(self.alpha),
+                  "distill_epochs": int(self.distill_epochs), "teacher": str(self.teacher),
                   "max_accuracy_drop": float(self.max_accuracy_drop), "seed": int(self.seed)}
         result = optimize_variant(self.tracking_uri, self.resolved(), self.variant, self.data_spec(), config,
                                   stamp=context["run_id"])
