@@ -8,6 +8,7 @@ from airflow.sdk import DAG, Param
 
 from tfmlops_airflow import params
 from tfmlops_airflow.assets import CHAMPION
+from tfmlops_airflow.operators.card import ModelCardOperator
 from tfmlops_airflow.operators.retrain import ResolveModelVersionOperator
 from tfmlops_airflow.operators.optimize import (
     ExportFormatOperator,
@@ -49,6 +50,8 @@ model and version named by the asset event, with the default Params for the rest
 4. **report** — `formats/report/` on the run: a table (format, runtime, bytes, gzipped bytes,
    accuracy, max |diff|, latency per example) as JSON and Markdown, a size-vs-accuracy PNG, and
    `qat_int8` next to post-training `int8` (accuracy drop, bytes, epochs, calibration rows).
+5. **model card** — the version's card rewritten with every verified format (size, latency,
+   accuracy) and the variants' gate results (see `tf_offline_retrain`).
 
 Connections: `mlflow_default`, `aws_default` (for `s3://` datasets). Needs `node` with
 `web/node_modules` (`npm ci --prefix web`) and Debian's `chromium` for the TF.js checks.
@@ -129,4 +132,6 @@ with DAG(
         exports.append(export)
 
     report = FormatReportOperator(task_id="report", task_display_name="Trade-off report", **model, **data)
-    exports >> report
+    card = ModelCardOperator(task_id="model_card", task_display_name="Model card",
+                             model_name=resolve.output["model_name"], version=resolve.output["version"])
+    exports >> report >> card

@@ -202,6 +202,26 @@ def test_publish_needs_a_models_root_and_closes_its_endpoints():
         op.execute(context())
 
 
+def test_model_card_skips_without_a_version_and_fails_on_an_unknown_one():
+    from tfmlops_airflow.operators.card import ModelCardOperator
+
+    assert ModelCardOperator.template_fields == ("model_name", "version")
+    for unset in (None, "", "None"):  # register was skipped: its XCom renders as nothing
+        op = ModelCardOperator(task_id="c", model_name="m", version=unset)
+        assert op.trigger_rule == "all_done"
+        with mock.patch("tfmlops.steps.card.write_model_card") as step:
+            with pytest.raises(AirflowSkipException, match="no registered version"):
+                op.execute(context())
+        step.assert_not_called()
+    op = ModelCardOperator(task_id="c", model_name="m", version=2)
+    with mock.patch("tfmlops.steps.card.write_model_card", return_value={"version": 2}) as step:
+        assert op.execute(context()) == {"version": 2}
+    step.assert_called_once_with(TRACKING, "m", 2)
+    with mock.patch("tfmlops.steps.card.write_model_card", side_effect=LookupError("no version 9")):
+        with pytest.raises(AirflowFailException, match="no version 9"):
+            ModelCardOperator(task_id="c", model_name="m", version="9").execute(context())
+
+
 def test_rollout_maps_rollback_and_promotion():
     from tfmlops_airflow.assets import CHAMPION
     from tfmlops_airflow.operators.rollout import ServingRolloutFailed, ServingRolloutOperator
