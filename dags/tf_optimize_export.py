@@ -13,6 +13,7 @@ from tfmlops_airflow.operators.retrain import ResolveModelVersionOperator
 from tfmlops_airflow.operators.optimize import (
     ExportFormatOperator,
     FormatReportOperator,
+    MobileBundleOperator,
     OptimizeModelOperator,
 )
 
@@ -50,7 +51,12 @@ model and version named by the asset event, with the default Params for the rest
 4. **report** — `formats/report/` on the run: a table (format, runtime, bytes, gzipped bytes,
    accuracy, max |diff|, latency per example) as JSON and Markdown, a size-vs-accuracy PNG, and
    `qat_int8` next to post-training `int8` (accuracy drop, bytes, epochs, calibration rows).
-5. **model card** — the version's card rewritten with every verified format (size, latency,
+5. **mobile bundles** — for `int8` and `float16`, when their TFLite artifact was verified in this
+   run: a zip with the flatbuffer carrying TFLite metadata (normalization, labels — what Android
+   Studio's ML binding and the LiteRT support library read), `labels.txt`, `io.json`, Gradle +
+   Kotlin (LiteRT) and Podfile + Swift snippets; each is run from its own files in LiteRT against
+   the registered model, then attached under `mobile/<variant>/`.
+6. **model card** — the version's card rewritten with every verified format (size, latency,
    accuracy) and the variants' gate results (see `tf_offline_retrain`).
 
 Connections: `mlflow_default`, `aws_default` (for `s3://` datasets). Needs `node` with
@@ -130,6 +136,11 @@ with DAG(
                                       variant=variant, fmt="tflite", **model, **check, **data)
         optimize >> export
         exports.append(export)
+
+    mobile = MobileBundleOperator(task_id="mobile_bundles", task_display_name="Mobile bundles (int8, float16)",
+                                  targets=["int8", "float16"], **model, **data)
+    [e for e in exports if e.task_id in ("export_int8_tflite", "export_float16_tflite")] >> mobile
+    exports.append(mobile)
 
     report = FormatReportOperator(task_id="report", task_display_name="Trade-off report", **model, **data)
     card = ModelCardOperator(task_id="model_card", task_display_name="Model card",

@@ -101,6 +101,16 @@ def test_dag_optimizes_and_exports_a_registered_version(mlflow_server, registere
             "formats/report"} <= run_files
     assert states["optimize_pruned_int8"] == "skipped" and states["export_pruned_int8_tflite"] == "skipped", states
 
+    # the mobile bundle of the one target verified in this run (float16; int8 was not selected)
+    assert states["mobile_bundles"] == "success", states
+    assert paths(mlflow_server, registered["run_id"], "mobile") == {"mobile/float16"}
+    assert paths(mlflow_server, registered["run_id"], "mobile/float16") == {
+        f"mobile/float16/{f}" for f in (f"{MODEL}-v1-float16-mobile.zip", "smoke.json")}
+    with tempfile.TemporaryDirectory() as tmp:
+        smoke = json.loads(registry.download(mlflow_server, f"runs:/{registered['run_id']}/mobile/float16/smoke.json",
+                                             tmp).read_text())
+    assert smoke["passed"] and smoke["argmax_agreement"] >= 0.99 and smoke["stamp"] == run.run_id
+
     # the model card, rewritten after the report, lists this run's verified formats and variants
     assert states["model_card"] == "success", states
     with tempfile.TemporaryDirectory() as tmp:

@@ -145,6 +145,24 @@ def test_optimize_skips_unselected_and_rejected_variants():
     assert step.call_args.args[2] == "qat_int8" and step.call_args.args[4]["qat_epochs"] == 3
 
 
+def test_mobile_bundles_skip_without_a_verified_target_and_fail_on_a_bad_bundle():
+    from tfmlops.steps.optimize import MobileBundleError
+    from tfmlops_airflow.operators.optimize import MobileBundleOperator
+
+    op = MobileBundleOperator(task_id="m", model=MODEL, targets="int8,float16")
+    assert op.trigger_rule == "all_done" and "targets" in MobileBundleOperator.template_fields
+    with mock.patch("tfmlops.steps.optimize.mobile_bundles", return_value={"bundles": {}, "missing": ["int8"]}):
+        with pytest.raises(AirflowSkipException, match="no verified TFLite artifact of"):
+            op.execute(context())
+    with mock.patch("tfmlops.steps.optimize.mobile_bundles",
+                    return_value={"bundles": {"float16": {"passed": True}}, "missing": ["int8"]}) as step:
+        assert op.execute(context())["missing"] == ["int8"]
+    assert step.call_args.args[3] == ["int8", "float16"] and step.call_args.kwargs == {"stamp": "manual__1"}
+    with mock.patch("tfmlops.steps.optimize.mobile_bundles", side_effect=MobileBundleError("agreement 0.4")):
+        with pytest.raises(AirflowFailException, match="agreement 0.4"):
+            op.execute(context())
+
+
 def test_export_format_check_failure_fails_the_task():
     from tfmlops.formats import FormatCheckError
     from tfmlops_airflow.operators.optimize import ExportFormatOperator

@@ -7,6 +7,8 @@
 - :class:`ExportFormatOperator` — one (variant, format) artifact, verified in its runtime;
   a failed check fails the task with the numbers (no retry: it is deterministic) and the
   artifact is not attached to the run.
+- :class:`MobileBundleOperator` — a mobile bundle (zip) per target whose TFLite artifact this run
+  verified, smoke-run from its own files.
 - :class:`FormatReportOperator` — the trade-off report of the run (JSON, Markdown, PNG).
 
 Each takes ``model``: the registered version as ``ResolveModelVersionOperator`` returns it
@@ -128,6 +130,36 @@ class ExportFormatOperator(ModelVersionOperator):
             raise AirflowFailException(str(exc)) from exc
         return {k: v for k, v in row.items() if k != "checks"} | {
             "checks": [{k: v for k, v in c.items() if k != "details"} for c in row["checks"]]}
+
+
+class MobileBundleOperator(ModelVersionOperator):
+    """A mobile bundle per target (TFLite with metadata, labels, I/O description, Kotlin and Swift
+    snippets) for each target variant whose TFLite artifact passed its check in this run; each
+    bundle is run from its own files against the registered model and logged under ``mobile/``.
+    Runs whatever its upstream tasks did (``trigger_rule=all_done``): no verified target skips; a
+    bundle that fails its smoke run fails the task with the numbers (no retry: deterministic).
+
+    :param targets: the variants to bundle (``int8``, ``float16``). (templated)
+    """
+
+    template_fields: Sequence[str] = (*ModelVersionOperator.template_fields, "targets")
+
+    def __init__(self, *, targets: list[str] | str = ("int8", "float16"), **kwargs):
+        kwargs.setdefault("trigger_rule", "all_done")
+        super().__init__(**kwargs)
+        self.targets = targets
+
+    def execute(self, context) -> dict[str, Any]:
+        from tfmlops.steps.optimize import MobileBundleError, mobile_bundles
+
+        try:
+            result = mobile_bundles(self.tracking_uri, self.resolved(), self.data_spec(), id_list(self.targets),
+                                    stamp=context["run_id"])
+        except MobileBundleError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        if not result["bundles"]:
+            raise AirflowSkipException(f"no verified TFLite artifact of {result['missing']} in this run")
+        return result
 
 
 class FormatReportOperator(ModelVersionOperator):
