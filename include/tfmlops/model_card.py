@@ -12,7 +12,7 @@ TensorFlow Model Card Toolkit's layout, kept to what this project measures:
    (precision, recall, F1, support) from the confusion matrix;
 5. validation gate — the decision and its reason;
 6. formats — every verified artifact with its runtime, bytes, gzipped bytes, accuracy and latency;
-   optimization variants with their gate status;
+   optimization variants with their gate status; mobile bundles with their smoke run;
 7. serving history — each recorded rollout (promoted / rolled back / superseded), the current
    serving tags;
 8. known limitations — measured ones (weakest classes, variants rejected, formats not verified)
@@ -79,7 +79,9 @@ def build(facts: dict) -> dict:
     ``confusion_matrix``, ``gate`` (``decision``, ``reason``), ``formats`` (report rows:
     ``artifact``, ``runtime``, ``bytes``, ``gzipped_bytes``, ``accuracy``, ``latency_ms``, ``passed``),
     ``variants`` (``variant``, ``status``, ``accuracy``, ``accuracy_drop``, ``reason``), ``serving``
-    (``history``: list of events, ``current``: the ``serving.*`` tags), ``limitations`` (extra lines)."""
+    (``history``: list of events, ``current``: the ``serving.*`` tags), ``mobile`` (smoke results of
+    the mobile bundles: ``bundle``, ``bytes``, ``input_dtype``, ``argmax_agreement``, ``passed``),
+    ``limitations`` (extra lines)."""
     missing = [key for key in ("model_name", "version") if facts.get(key) in (None, "")]
     if missing:
         raise ValueError(f"a model card needs {missing}")
@@ -101,6 +103,7 @@ def build(facts: dict) -> dict:
         "formats": {"verified": [f for f in formats if f.get("passed")],
                     "failed": [f for f in formats if not f.get("passed")]},
         "variants": variants,
+        "mobile": list(facts.get("mobile") or []),
         "serving": {"history": history, "current": dict((facts.get("serving") or {}).get("current") or {})},
     }
     card["limitations"] = _limitations(card) + list(FIXED_LIMITATIONS) + list(facts.get("limitations") or [])
@@ -199,6 +202,12 @@ def _tables(card: dict) -> list[tuple[str, list[tuple[str, str]] | None, list[st
                                                          "reason"],
                          [[v["variant"], _v(v.get("status")), _v(v.get("accuracy"), "ratio"),
                            _v(v.get("accuracy_drop"), "pp"), _v(v.get("reason"))] for v in card["variants"]]))
+    if card["mobile"]:
+        sections.append(("Mobile bundles", None, ["bundle", "bytes", "input dtype", "agreement with the model",
+                                                  "smoke run"],
+                         [[m["bundle"], _v(m.get("bytes"), "bytes"), _v(m.get("input_dtype")),
+                           _v(m.get("argmax_agreement"), "ratio"), "passed" if m.get("passed") else "failed"]
+                          for m in card["mobile"]]))
     current = card["serving"]["current"]
     sections.append(("Serving history", [("Last outcome", _v(current.get("serving.outcome"))),
                                          ("Strategy", _v(current.get("serving.strategy"))),

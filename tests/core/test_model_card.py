@@ -42,6 +42,8 @@ def _facts(matrix):
                         {"artifact": "float-onnx", "runtime": "onnxruntime", "bytes": 1, "passed": False}],
             "variants": [{"variant": "int8", "status": "passed", "accuracy": 0.9087, "accuracy_drop": 0.0013},
                          {"variant": "pruned", "status": "rejected", "accuracy": 0.8, "accuracy_drop": 0.11}],
+            "mobile": [{"bundle": "digits-v3-int8-mobile.zip", "bytes": 21_004, "input_dtype": "int8",
+                        "argmax_agreement": 0.998, "passed": True}],
             "serving": {"history": [{"at": "2026-12-01T10:05:00+00:00", "event": "promoted", "strategy": "canary",
                                      "endpoints": "localhost:8501", "detail": ""}],
                         "current": {"serving.outcome": "promoted", "serving.strategy": "canary"}}}
@@ -71,7 +73,8 @@ def test_card_has_every_section_with_the_numbers_in_markdown_and_html():
         assert f"## {title}" in md and f"<h2>{title}</h2>" in page
     for text in ("0.9100", "f" * 64, "manual__1", "the champion the validation gate compared it with",
                  "| int8-tflite | litert | 54,816 | 48,618 | 0.9087 | 0.0125 |", "| promoted | canary |",
-                 "accuracy 0.9100 >= 0.9000", "| pruned | rejected | 0.8000 | 11.00 |"):
+                 "accuracy 0.9100 >= 0.9000", "| pruned | rejected | 0.8000 | 11.00 |",
+                 "| digits-v3-int8-mobile.zip | 21,004 | int8 | 0.9980 | passed |"):
         assert text in md, text
     assert "float-onnx" not in md.split("## Formats")[1].split("## Optimization")[0].split("|---|")[1]
     assert len(card["per_class"]) == 10 and md.count("\n| ") >= 10

@@ -50,6 +50,8 @@ def test_model_card_of_a_registered_version(mlflow_server, tmp_path):
     optimize_steps.optimize_variant(mlflow_server, model, "int8", spec, OptimizeConfig(int8_samples=100), stamp="c")
     tflite = optimize_steps.export_format(mlflow_server, model, "int8", "tflite", spec, stamp="c")
     optimize_steps.report(mlflow_server, model, stamp="c")
+    mobile = optimize_steps.mobile_bundles(mlflow_server, model, spec, ["int8", "float16"], stamp="c")
+    assert list(mobile["bundles"]) == ["int8"] and mobile["missing"] == ["float16"]  # float16 was not built
 
     summary = write_model_card(mlflow_server, MODEL, "champion")
     assert summary["version"] == second["version"] and summary["verified_formats"] == 1
@@ -68,6 +70,8 @@ def test_model_card_of_a_registered_version(mlflow_server, tmp_path):
                  "- **Decision:** passed", f"- **Reason:** {second['gate']['reason']}",
                  f"| int8-tflite | litert | {tflite['bytes']:,} | {tflite['gzipped_bytes']:,} | "
                  f"{tflite['checks'][0]['accuracy']:.4f} |", "| promoted | replace | tf_serving_default |",
+                 f"| {MODEL}-v2-int8-mobile.zip | {mobile['bundles']['int8']['bytes']:,} | int8 | "
+                 f"{mobile['bundles']['int8']['argmax_agreement']:.4f} | passed |",
                  "- **Aliases:** challenger, champion"):  # record_rollout leaves challenger where it was
         assert text in md, text
     card = json.loads((local / "model_card.json").read_text())

@@ -6,8 +6,8 @@ What it reads: the version (tags — lineage, test metrics, ``serving.*``, ``ser
 ``online.parent_version`` —, aliases, description), its run (tags ``dataset_uri`` /
 ``dataset_fingerprint`` / ``gate`` / ``gate_reason`` / ``gate.champion_version``, ``data.*``
 params, ``test_*`` or ``holdout_*`` metrics) and two run artifacts when present:
-``evaluation/confusion_matrix.json`` and ``formats/report/report.json`` (the last optimize run's
-verified formats and variants).
+``evaluation/confusion_matrix.json``, ``formats/report/report.json`` (the last optimize run's
+verified formats and variants) and ``mobile/<variant>/smoke.json`` (the mobile bundles).
 
 What it writes: ``model_card/`` on the version's run (``model_card.md``, ``model_card.html``,
 ``model_card.json``), the version tag ``model_card`` (the HTML's ``runs:/`` URI) and a line in the
@@ -78,6 +78,8 @@ def gather_facts(tracking_uri: str, model_name: str, version_or_alias, tmp: Path
     run_tags, params, run_metrics, tags = run.data.tags, run.data.params, run.data.metrics, dict(mv.tags)
     matrix = _json_artifact(tracking_uri, mv.run_id, "evaluation/confusion_matrix.json", tmp / "matrix")
     report = _json_artifact(tracking_uri, mv.run_id, "formats/report/report.json", tmp / "report") or {}
+    mobile = [_json_artifact(tracking_uri, mv.run_id, f"{entry.path}/smoke.json", tmp / "mobile" / entry.path)
+              for entry in registry.client(tracking_uri).list_artifacts(mv.run_id, "mobile") if entry.is_dir]
     parent, relation = _parent(run_tags, tags)
     try:
         history = json.loads(tags.get(registry.SERVING_HISTORY_TAG, "[]"))
@@ -103,6 +105,7 @@ def gather_facts(tracking_uri: str, model_name: str, version_or_alias, tmp: Path
         "gate": {"decision": run_tags.get("gate"), "reason": run_tags.get("gate_reason")},
         "formats": report.get("rows") or [],
         "variants": report.get("variants") or [],
+        "mobile": [m for m in mobile if m],
         "serving": {"history": history,
                     "current": {k: v for k, v in tags.items() if k.startswith("serving.")
                                 and k != registry.SERVING_HISTORY_TAG}},
