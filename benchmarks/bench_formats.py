@@ -178,6 +178,13 @@ def goals(result: dict, work: Path, x_test, latency_runs: int) -> tuple[list[dic
             notes.append(f"QAT fine-tunes the model ({q.get('qat_epochs')} epochs) as it quantizes it: its float "
                          f"weights alone score {q['fine_tuned_float_accuracy']:.4f}, its int8 flatbuffer "
                          f"{qat['accuracy']:.4f}, so part of its gain over post-training int8 is extra training.")
+        pruned, pqat = variants.get("pruned_int8", {}), variants.get("pruned_qat_int8", {})
+        if "accuracy_drop" in pruned and "accuracy_drop" in pqat:
+            notes.append(f"Pruned 80 %: pruning-preserving QAT int8 {pqat['accuracy_drop'] * 100:.2f} pp vs "
+                         f"post-training int8 {pruned['accuracy_drop'] * 100:.2f} pp below float; int8 weight sparsity "
+                         f"{pqat['details'].get('int8_weight_sparsity')}, gzipped "
+                         f"{pqat['details'].get('tflite_gzipped_bytes')} vs "
+                         f"{pruned['details'].get('tflite_gzipped_bytes')} bytes.")
     else:
         out += [_goal("QAT int8 drop - post-training int8 drop (pp, vs float)", None, 0.0, "<="),
                 _goal("QAT int8 accuracy loss vs float (pp, LiteRT)", None, 0.5, "<="),

@@ -17,7 +17,8 @@ from tfmlops_airflow.operators.optimize import (
     OptimizeModelOperator,
 )
 
-VARIANTS = ["dynamic_range", "float16", "int8", "qat_int8", "pruned", "pruned_int8", "distilled"]
+VARIANTS = ["dynamic_range", "float16", "int8", "qat_int8", "pruned", "pruned_int8", "pruned_qat_int8",
+            "distilled"]
 FORMATS = ["saved_model", "keras", "h5", "tflite", "onnx", "tfjs_layers", "tfjs_layers_uint8",
            "tfjs_layers_float16", "tfjs_graph"]
 
@@ -34,7 +35,8 @@ model and version named by the asset event, with the default Params for the rest
    `dynamic_range`, `float16`, `int8` (post-training quantization to TFLite; int8 is fully
    integer, calibrated on *int8 sample size* real training rows), `pruned` (magnitude pruning to
    the *target sparsity*, fine-tuned; fails if the sparsity is not reached), `pruned_int8` (the
-   pruned model quantized to full int8 like `int8`; its zeros survive, so it gzips small), `distilled` (the
+   pruned model quantized to full int8 like `int8`; its zeros survive, so it gzips small),
+   `pruned_qat_int8` (the pruned model fine-tuned with pruning-preserving QAT, then full int8), `distilled` (the
    seed MLP trained on a teacher's outputs softened by *temperature*, weighted by *alpha*).
    Each must stay within *max accuracy drop* of the float model. A variant that is not selected,
    rejected or failed is **skipped** with the reason (in the log and in

@@ -19,6 +19,10 @@ Each *variant* is built from the float tf_keras model and gated against it:
   into a full-int8 TFLite flatbuffer (int8 input and output, like ``int8``) from the ranges it
   learned — no calibration rows. The Keras model kept with it (the source its format check
   compares with) is the float model with the fine-tuned weights, as plain Dense layers;
+- ``pruned_qat_int8`` — pruning-preserving quantization-aware training: the ``pruned`` model
+  fine-tuned with tfmot's ``Default8BitPrunePreserveQuantizeScheme`` (fake int8 quantization that
+  keeps the zeros), then full int8 like ``qat_int8``; its int8 weight sparsity must still reach the
+  target, like ``pruned_int8``'s;
 - ``distilled`` — a student (the seed MLP by default) trained on a teacher's softened outputs
   (temperature, alpha) by :class:`Distiller`, a ``keras.Model`` with its own ``train_step``;
   the teacher is a larger MLP trained here, or a given model (e.g. the current champion).
@@ -221,20 +225,26 @@ def prune(model, x: np.ndarray, y: np.ndarray, target_sparsity: float, epochs: i
 # --- quantization-aware training -------------------------------------------------------------
 
 def quantization_aware(model, x: np.ndarray, y: np.ndarray, epochs: int = 2, batch_size: int = 128,
-                       learning_rate: float = 1e-4, seed: int = 0):
+                       learning_rate: float = 1e-4, seed: int = 0, preserve_sparsity: bool = False):
     """Fine-tune a copy of ``model`` with fake int8 quantization (tfmot ``quantize_model``, the
-    default 8-bit scheme); returns the quantization-aware model and a report. The source is not
-    touched."""
+    default 8-bit scheme; with ``preserve_sparsity``, the scheme that keeps a pruned model's zeros);
+    returns the quantization-aware model and a report. The source is not touched."""
     import tensorflow_model_optimization as tfmot
 
     if epochs < 1:
         raise OptimizationError(f"quantization-aware training needs at least one epoch, got {epochs}")
     keras.utils.set_random_seed(seed)
-    qat = tfmot.quantization.keras.quantize_model(_copy(model))
+    if preserve_sparsity:
+        qat = tfmot.quantization.keras.quantize_apply(
+            tfmot.quantization.keras.quantize_annotate_model(_copy(model)),
+            tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme())
+    else:
+        qat = tfmot.quantization.keras.quantize_model(_copy(model))
     qat.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
                 metrics=["accuracy"])
     history = qat.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, callbacks=[models.EpochLogger(epochs)])
     report = {"qat_epochs": epochs, "qat_learning_rate": learning_rate,
+              "qat_scheme": "prune-preserving 8-bit" if preserve_sparsity else "default 8-bit",
               "final_loss": float(history.history["loss"][-1]),
               "quantized_layers": sum(1 for layer in qat.layers if hasattr(layer, "quantize_config"))}
     return qat, report
@@ -387,7 +397,7 @@ def build_variant(name: str, model, dataset, config: OptimizeConfig, teacher=Non
         if representative is not None:
             details["calibration_rows"] = len(representative)
         variant = Variant(name, accuracy(probs, dataset.y_test), tflite=content, details=details)
-    elif name in ("pruned", "pruned_int8"):
+    elif name in ("pruned", "pruned_int8", "pruned_qat_int8"):
         cache = {} if cache is None else cache
         if "pruned" not in cache:  # pruned and pruned_int8 share one (deterministic) pruning run
             cache["pruned"] = prune(model, dataset.x_train, dataset.y_train, config.target_sparsity,
@@ -397,6 +407,21 @@ def build_variant(name: str, model, dataset, config: OptimizeConfig, teacher=Non
         pruned_accuracy = accuracy(pruned.predict(dataset.x_test, verbose=0), dataset.y_test)
         if name == "pruned":
             variant = Variant(name, pruned_accuracy, model=pruned, details=dict(report))
+        elif name == "pruned_qat_int8":
+            qat, qat_report = quantization_aware(pruned, dataset.x_train, dataset.y_train, config.qat_epochs,
+                                                 config.batch_size, config.qat_learning_rate, config.seed,
+                                                 preserve_sparsity=True)
+            content = qat_to_tflite(qat)
+            int8_sparsity = tflite_weight_sparsity(content)
+            if int8_sparsity < config.target_sparsity - 1e-3:
+                raise OptimizationError(f"int8 weights after pruning-preserving QAT have {int8_sparsity:.2%} zeros, "
+                                        f"below the target {config.target_sparsity:.2%}")
+            probs = LiteRTModel(content)(np.ascontiguousarray(dataset.x_test, np.float32))
+            variant = Variant(name, accuracy(probs, dataset.y_test), model=unwrap_quantization_aware(qat, pruned),
+                              tflite=content,
+                              details={**report, **qat_report, "int8_weight_sparsity": round(int8_sparsity, 6),
+                                       "pruned_accuracy": pruned_accuracy, "tflite_bytes": len(content),
+                                       "tflite_gzipped_bytes": gzipped_size(content)})
         else:
             representative = representative_sample(dataset.x_train, config.int8_samples, config.seed)
             content = to_tflite(pruned, "int8", representative)

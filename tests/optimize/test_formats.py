@@ -164,3 +164,10 @@ def test_report_compares_quantization_aware_with_post_training_int8(tmp_path):
     assert "| qat_int8 | quantization-aware training | passed | 0.9702 | -0.67 | 53,528 | 47,000 | 2 | 0 |" in markdown
     # one of the two missing (e.g. not selected): no comparison
     assert report_lib.quantization_comparison(variants[:1]) == []
+    pruned = [{"variant": "pruned_int8", "status": "passed", "accuracy": 0.95, "accuracy_drop": 0.004,
+               "details": {"tflite_bytes": 54_816, "tflite_gzipped_bytes": 18_000, "calibration_rows": 200}},
+              {"variant": "pruned_qat_int8", "status": "rejected", "accuracy": 0.9, "accuracy_drop": 0.05,
+               "details": {"tflite_bytes": 53_528, "tflite_gzipped_bytes": 17_500, "qat_epochs": 2}}]
+    both = report_lib.quantization_comparison(variants + pruned)
+    assert [r["variant"] for r in both] == ["int8", "qat_int8", "pruned_int8", "pruned_qat_int8"]
+    assert both[3]["status"] == "rejected" and both[3]["accuracy_drop_pp"] == 5.0

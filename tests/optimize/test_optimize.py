@@ -133,6 +133,19 @@ def test_pruned_int8_is_fully_integer_and_keeps_the_zeros(small, float_model):
     assert variant.details["tflite_gzipped_bytes"] < 0.6 * plain_int8.details["tflite_gzipped_bytes"]
     assert variant.details["tflite_gzipped_bytes"] == optimize.gzipped_size(content)
 
+    # pruning-preserving QAT from the same pruning run: full int8, the zeros kept through training
+    config = optimize.OptimizeConfig(**{**config.to_dict(), "qat_epochs": 1})
+    pqat = optimize.build_variant("pruned_qat_int8", float_model, small, config, cache=cache)
+    dtypes = LiteRTModel(pqat.tflite).tensor_dtypes()
+    assert dtypes["input"] == "int8" and dtypes["output"] == "int8"
+    assert optimize.tflite_weight_sparsity(pqat.tflite) >= 0.75 and pqat.details["int8_weight_sparsity"] >= 0.75
+    assert pqat.details["qat_scheme"] == "prune-preserving 8-bit" and pqat.details["qat_epochs"] == 1
+    assert [type(layer).__name__ for layer in pqat.model.layers] == ["InputLayer", "Dense", "Dense"]
+    assert optimize.kernel_sparsity(pqat.model) >= 0.75  # its Keras source kept the zeros too
+    assert not np.array_equal(pqat.model.get_weights()[0], pruned.model.get_weights()[0])  # and was fine-tuned
+    assert _agreement(pqat.predict(small.x_test), pqat.model.predict(small.x_test, verbose=0)) >= 0.95
+    assert pqat.details["tflite_gzipped_bytes"] < 0.6 * plain_int8.details["tflite_gzipped_bytes"]
+
 
 def test_qat_int8_trains_with_fake_quantization_and_converts_to_full_int8(small, float_model, float_predict, tmp_path):
     from tfmlops.model_files import load_keras_file

@@ -24,15 +24,20 @@ def table(artifact_rows: list[dict]) -> list[dict]:
     return flat
 
 
+QUANTIZATION_PAIRS = ((("int8", "post-training"), ("qat_int8", "quantization-aware training")),
+                      (("pruned_int8", "pruned, post-training"),
+                       ("pruned_qat_int8", "pruned, pruning-preserving quantization-aware training")))
+
+
 def quantization_comparison(variants: list[dict] | None) -> list[dict]:
-    """Post-training ``int8`` next to quantization-aware ``qat_int8`` (when both have numbers):
-    method, status, accuracy and drop vs the float model, flatbuffer bytes (raw and gzipped), the
-    training epochs it cost and the calibration rows it needed. Empty unless both were built."""
+    """Post-training int8 next to quantization-aware int8 (``int8`` / ``qat_int8``, and
+    ``pruned_int8`` / ``pruned_qat_int8``), for each pair whose two variants have numbers: method,
+    status, accuracy and drop vs the float model, flatbuffer bytes (raw and gzipped), the training
+    epochs it cost and the calibration rows it needed."""
     by_name = {v["variant"]: v for v in variants or [] if v.get("accuracy") is not None}
-    if "int8" not in by_name or "qat_int8" not in by_name:
-        return []
+    pairs = [pair for pair in QUANTIZATION_PAIRS if all(name in by_name for name, _ in pair)]
     rows = []
-    for name, method in (("int8", "post-training"), ("qat_int8", "quantization-aware training")):
+    for name, method in (member for pair in pairs for member in pair):
         v, details = by_name[name], by_name[name].get("details", {})
         rows.append({"variant": name, "method": method, "status": v.get("status"), "accuracy": v["accuracy"],
                      "accuracy_drop_pp": round(v["accuracy_drop"] * 100, 4),

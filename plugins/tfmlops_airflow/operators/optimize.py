@@ -44,13 +44,13 @@ class ModelVersionOperator(DatasetOperator):
 class OptimizeModelOperator(ModelVersionOperator):
     """Build one optimized ``variant`` and gate it (accuracy drop vs the float model).
 
-    :param variant: ``dynamic_range``, ``float16``, ``int8``, ``qat_int8``, ``pruned``, ``pruned_int8`` or
-        ``distilled``.
+    :param variant: ``dynamic_range``, ``float16``, ``int8``, ``qat_int8``, ``pruned``, ``pruned_int8``,
+        ``pruned_qat_int8`` or ``distilled``.
     :param variants: the variants selected in this run; another variant skips. (templated)
     :param int8_samples: training rows calibrating the int8 quantization. (templated)
     :param target_sparsity: share of Dense kernel weights pruned to zero. (templated)
     :param pruning_epochs: fine-tuning epochs while pruning. (templated)
-    :param qat_epochs: quantization-aware fine-tuning epochs (``qat_int8``). (templated)
+    :param qat_epochs: quantization-aware fine-tuning epochs (``qat_int8``, ``pruned_qat_int8``). (templated)
     :param temperature: distillation temperature. (templated)
     :param alpha: weight of the hard-label loss in distillation. (templated)
     :param distill_epochs: epochs of student training. (templated)
