@@ -182,8 +182,12 @@ def kernel_sparsity(model) -> float:
 
 
 def _copy(model):
+    """A trainable copy: the fine-tuning variants train it even when the source was frozen (a
+    distillation teacher is set ``trainable = False``; the clone would inherit that, and tfmot's
+    prune-preserving scheme skips layers without trainable weights)."""
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
+    clone.trainable = True
     return clone
 
 

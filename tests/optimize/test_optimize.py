@@ -184,3 +184,13 @@ def test_qat_needs_an_epoch(small, float_model):
     config = optimize.OptimizeConfig(qat_epochs=0)
     _, result = optimize.optimize_one("qat_int8", float_model, small, config)
     assert result["status"] == "failed" and "at least one epoch" in result["reason"]
+
+
+def test_fine_tuning_copies_are_trainable_even_from_a_frozen_source(float_model):
+    """Distillation freezes its teacher (possibly the source model itself): pruning and QAT must
+    still train their copy, else tfmot's prune-preserving scheme skips the layers."""
+    frozen = optimize._copy(float_model)
+    frozen.trainable = False
+    assert not frozen.trainable_weights
+    copy = optimize._copy(frozen)
+    assert len(copy.trainable_weights) == len(float_model.weights) and not frozen.trainable_weights
