@@ -14,7 +14,9 @@ the measured numbers: int8 TFLite ≤ 0.27× the float TFLite's bytes, ≤ 0.5 p
 and ≥ 2× lower latency than float TFLite in LiteRT (median of ``--latency-runs`` one-row
 ``invoke()`` calls per round, after warmup, float and int8 interleaved over several rounds);
 pruned 80 % + int8 gzipped ≤ 0.1× the float ``.h5``; distilled student ≤ 0.25× the teacher's
-parameters and within 1 pp of its accuracy.
+parameters and within 1 pp of its accuracy; quantization-aware int8 (``qat_int8``) loses no more
+accuracy vs the float model than post-training int8, both ≤ 0.5 pp, at no more than 1.05× its
+bytes.
 """
 
 from __future__ import annotations
@@ -156,6 +158,38 @@ def goals(result: dict, work: Path, x_test, latency_runs: int) -> tuple[list[dic
                      target_sparsity=pi8.get("details", {}).get("target_sparsity"),
                      int8_weight_sparsity=pi8.get("details", {}).get("int8_weight_sparsity"),
                      pruned_int8_accuracy=pi8.get("accuracy"), variant_status=pi8.get("status")))
+
+    ptq, qat = variants.get("int8", {}), variants.get("qat_int8", {})
+    if "accuracy_drop" in ptq and "accuracy_drop" in qat:
+        ptq_pp, qat_pp = ptq["accuracy_drop"] * 100, qat["accuracy_drop"] * 100
+        q = qat.get("details", {})
+        out += [
+            _goal("QAT int8 drop - post-training int8 drop (pp, vs float)", qat_pp - ptq_pp, 0.0, "<=",
+                  qat_int8_drop_pp=round(qat_pp, 4), int8_drop_pp=round(ptq_pp, 4), qat_epochs=q.get("qat_epochs"),
+                  qat_fine_tuned_float_accuracy=q.get("fine_tuned_float_accuracy"),
+                  qat_fake_quant_accuracy=q.get("fake_quant_accuracy")),
+            _goal("QAT int8 accuracy loss vs float (pp, LiteRT)", qat_pp, 0.5, "<=", qat_int8_accuracy=qat["accuracy"],
+                  variant_status=qat.get("status")),
+            _goal("QAT int8 TFLite bytes / post-training int8 TFLite bytes",
+                  q["tflite_bytes"] / ptq["details"]["tflite_bytes"], 1.05, "<=", qat_int8_bytes=q["tflite_bytes"],
+                  int8_bytes=ptq["details"]["tflite_bytes"]),
+        ]
+        if q.get("fine_tuned_float_accuracy") is not None:
+            notes.append(f"QAT fine-tunes the model ({q.get('qat_epochs')} epochs) as it quantizes it: its float "
+                         f"weights alone score {q['fine_tuned_float_accuracy']:.4f}, its int8 flatbuffer "
+                         f"{qat['accuracy']:.4f}, so part of its gain over post-training int8 is extra training.")
+        pruned, pqat = variants.get("pruned_int8", {}), variants.get("pruned_qat_int8", {})
+        if "accuracy_drop" in pruned and "accuracy_drop" in pqat:
+            notes.append(f"Pruned 80 %: pruning-preserving QAT int8 {pqat['accuracy_drop'] * 100:.2f} pp vs "
+                         f"post-training int8 {pruned['accuracy_drop'] * 100:.2f} pp below float; int8 weight sparsity "
+                         f"{pqat['details'].get('int8_weight_sparsity')}, gzipped "
+                         f"{pqat['details'].get('tflite_gzipped_bytes')} vs "
+                         f"{pruned['details'].get('tflite_gzipped_bytes')} bytes.")
+    else:
+        out += [_goal("QAT int8 drop - post-training int8 drop (pp, vs float)", None, 0.0, "<="),
+                _goal("QAT int8 accuracy loss vs float (pp, LiteRT)", None, 0.5, "<="),
+                _goal("QAT int8 TFLite bytes / post-training int8 TFLite bytes", None, 1.05, "<=")]
+        notes.append(f"int8 {ptq.get('status')} / qat_int8 {qat.get('status')}: {qat.get('reason')}")
 
     dist = variants.get("distilled", {})
     d = dist.get("details", {})

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, Param, task
+from airflow.sdk.exceptions import AirflowFailException
 
 from tfmlops_airflow import params
+from tfmlops_airflow.operators.card import ModelCardOperator
 from tfmlops_airflow.operators.retrain import (
     EvaluateModelOperator,
     ExportSavedModelOperator,
@@ -39,6 +41,13 @@ config**), and deploys the result only if it is good enough:
    then switched to; one endpoint at a time, rolled back by itself on a failed check. On success
    `champion` → *N* (the old champion becomes `previous`) and an event on the asset
    `tfmlops_champion` schedules `tf_optimize_export`.
+8. **model card** — whatever the rollout did: the version's card (intended use, data fingerprint
+   and lineage, metrics overall and per class, the gate's decision, serving history, known
+   limitations) as Markdown and HTML under `model_card/` on its run, linked from the version's
+   description; `tf_optimize_export` rewrites it with the verified formats.
+
+A **watcher** task fails the run when any task failed (Airflow decides a run's state by its last
+tasks, and the model card runs — and succeeds — after a failed rollout too); otherwise it is skipped.
 
 Connections: `mlflow_default`, the target TF Serving connections (`tf_serving_default`),
 `aws_default` (for `s3://` datasets and base paths).
@@ -98,5 +107,14 @@ with DAG(
         task_id="rollout", task_display_name="Roll out to TF Serving, set champion",
         version=register.output["version"], announce_champion=True, **params.rollout_arguments())
 
+    card = ModelCardOperator(
+        task_id="model_card", task_display_name="Model card", model_name="{{ params.model_name }}",
+        version=register.output["version"])
+
+    @task(task_id="watcher", task_display_name="Fail the run if a task failed", trigger_rule="one_failed")
+    def watcher():
+        raise AirflowFailException("a task of this run failed (see the grid); the model card was still written")
+
     validate >> train
-    gate >> export >> register >> rollout
+    gate >> export >> register >> rollout >> card
+    dag.tasks >> watcher()

@@ -8,14 +8,17 @@ from airflow.sdk import DAG, Param
 
 from tfmlops_airflow import params
 from tfmlops_airflow.assets import CHAMPION
+from tfmlops_airflow.operators.card import ModelCardOperator
 from tfmlops_airflow.operators.retrain import ResolveModelVersionOperator
 from tfmlops_airflow.operators.optimize import (
     ExportFormatOperator,
     FormatReportOperator,
+    MobileBundleOperator,
     OptimizeModelOperator,
 )
 
-VARIANTS = ["dynamic_range", "float16", "int8", "pruned", "pruned_int8", "distilled"]
+VARIANTS = ["dynamic_range", "float16", "int8", "qat_int8", "pruned", "pruned_int8", "pruned_qat_int8",
+            "distilled"]
 FORMATS = ["saved_model", "keras", "h5", "tflite", "onnx", "tfjs_layers", "tfjs_layers_uint8",
            "tfjs_layers_float16", "tfjs_graph"]
 
@@ -32,7 +35,8 @@ model and version named by the asset event, with the default Params for the rest
    `dynamic_range`, `float16`, `int8` (post-training quantization to TFLite; int8 is fully
    integer, calibrated on *int8 sample size* real training rows), `pruned` (magnitude pruning to
    the *target sparsity*, fine-tuned; fails if the sparsity is not reached), `pruned_int8` (the
-   pruned model quantized to full int8 like `int8`; its zeros survive, so it gzips small), `distilled` (the
+   pruned model quantized to full int8 like `int8`; its zeros survive, so it gzips small),
+   `pruned_qat_int8` (the pruned model fine-tuned with pruning-preserving QAT, then full int8), `distilled` (the
    seed MLP trained on a teacher's outputs softened by *temperature*, weighted by *alpha*).
    Each must stay within *max accuracy drop* of the float model. A variant that is not selected,
    rejected or failed is **skipped** with the reason (in the log and in
@@ -47,7 +51,15 @@ model and version named by the asset event, with the default Params for the rest
    its task with the numbers; only verified artifacts are attached to the version's run, under
    `formats/<variant>-<format>/`.
 4. **report** — `formats/report/` on the run: a table (format, runtime, bytes, gzipped bytes,
-   accuracy, max |diff|, latency per example) as JSON and Markdown, and a size-vs-accuracy PNG.
+   accuracy, max |diff|, latency per example) as JSON and Markdown, a size-vs-accuracy PNG, and
+   `qat_int8` next to post-training `int8` (accuracy drop, bytes, epochs, calibration rows).
+5. **mobile bundles** — for `int8` and `float16`, when their TFLite artifact was verified in this
+   run: a zip with the flatbuffer carrying TFLite metadata (normalization, labels — what Android
+   Studio's ML binding and the LiteRT support library read), `labels.txt`, `io.json`, Gradle +
+   Kotlin (LiteRT) and Podfile + Swift snippets; each is run from its own files in LiteRT against
+   the registered model, then attached under `mobile/<variant>/`.
+6. **model card** — the version's card rewritten with every verified format (size, latency,
+   accuracy) and the variants' gate results (see `tf_offline_retrain`).
 
 Connections: `mlflow_default`, `aws_default` (for `s3://` datasets). Needs `node` with
 `web/node_modules` (`npm ci --prefix web`) and Debian's `chromium` for the TF.js checks.
@@ -69,6 +81,8 @@ PARAMS = {
                                          "below it."),
     "pruning_epochs": Param(4, type="integer", minimum=1, maximum=50, title="Pruning epochs",
                             description="Fine-tuning epochs while pruning."),
+    "qat_epochs": Param(2, type="integer", minimum=1, maximum=50, title="QAT epochs",
+                        description="Quantization-aware fine-tuning epochs of the qat_int8 variant."),
     "teacher": Param("trained", type="string", enum=["trained", "source"], title="Distillation teacher",
                      description="'trained': a larger MLP (256-128) trained here; 'source': the version being "
                                  "optimized (e.g. the champion)."),
@@ -116,6 +130,7 @@ with DAG(
             task_id=f"optimize_{variant}", task_display_name=f"Optimize: {variant}", variant=variant,
             variants="{{ params.variants }}", int8_samples="{{ params.int8_samples }}",
             target_sparsity="{{ params.target_sparsity }}", pruning_epochs="{{ params.pruning_epochs }}",
+            qat_epochs="{{ params.qat_epochs }}",
             teacher="{{ params.teacher }}", temperature="{{ params.temperature }}", alpha="{{ params.alpha }}",
             distill_epochs="{{ params.distill_epochs }}", max_accuracy_drop="{{ params.max_accuracy_drop }}",
             **model, **data)
@@ -124,5 +139,12 @@ with DAG(
         optimize >> export
         exports.append(export)
 
+    mobile = MobileBundleOperator(task_id="mobile_bundles", task_display_name="Mobile bundles (int8, float16)",
+                                  targets=["int8", "float16"], **model, **data)
+    [e for e in exports if e.task_id in ("export_int8_tflite", "export_float16_tflite")] >> mobile
+    exports.append(mobile)
+
     report = FormatReportOperator(task_id="report", task_display_name="Trade-off report", **model, **data)
-    exports >> report
+    card = ModelCardOperator(task_id="model_card", task_display_name="Model card",
+                             model_name=resolve.output["model_name"], version=resolve.output["version"])
+    exports >> report >> card

@@ -67,7 +67,8 @@ def test_every_dag_is_documented_tagged_and_retried(parsed):
 def test_offline_retrain_contract():
     dag = parse(ROOT / "dags" / "tf_offline_retrain.py")["dags"]["tf_offline_retrain"]
     assert dag["max_active_runs"] == 1
-    assert set(dag["retries"]) == {"validate_data", "train", "evaluate", "gate", "export", "register", "rollout"}
+    assert set(dag["retries"]) == {"validate_data", "train", "evaluate", "gate", "export", "register", "rollout",
+                                  "model_card", "watcher"}
     params = dag["params"]
     assert {"model_name", "dataset_uri", "epochs", "batch_size", "learning_rate", "sample_fraction"} <= set(params)
     for numeric in ("epochs", "batch_size", "learning_rate", "sample_fraction"):

@@ -3,6 +3,7 @@ and the TF Serving-compatible local server process (both started by fixtures).""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ def test_offline_retrain_then_rejected_candidate(airflow_db, airflow_connections
     # 1. A first run trains, passes the gate (no champion yet) and is served as version 1.
     run = load_dag().test(run_conf={"model_name": MODEL, "epochs": 3, "min_accuracy": 0.8, **SAMPLE})
     assert str(run.state) == "success", states(run)
-    assert set(states(run).values()) == {"success"}
+    assert {t: s for t, s in states(run).items() if s != "success"} == {"watcher": "skipped"}
 
     mlf = MlflowClient(mlflow_server)
     champion = mlf.get_model_version_by_alias(MODEL, "champion")
@@ -54,6 +55,14 @@ def test_offline_retrain_then_rejected_candidate(airflow_db, airflow_connections
     assert len(mlf.get_metric_history(champion.run_id, "val_accuracy")) == 3
     artifacts = {a.path for a in mlf.list_artifacts(champion.run_id, "plots")}
     assert artifacts == {"plots/training_curves.png", "plots/confusion_matrix.png"}
+
+    # the model card, written after the rollout, records this run and the promotion
+    assert champion.tags["model_card"] == f"runs:/{champion.run_id}/model_card/model_card.html"
+    assert f"`{champion.tags['model_card']}`" in champion.description
+    card = json.loads(Path(mlf.download_artifacts(champion.run_id, "model_card/model_card.json")).read_text())
+    assert card["lineage"]["dag_run_id"] == run.run_id and card["gate"]["decision"] == "passed"
+    assert card["metrics"]["accuracy"] == pytest.approx(metrics["test_accuracy"]) and len(card["per_class"]) == 10
+    assert [e["event"] for e in card["serving"]["history"]] == ["promoted"]
 
     # promote announced the new champion on the asset that schedules tf_optimize_export
     from airflow.models.asset import AssetEvent, AssetModel
@@ -85,7 +94,9 @@ def test_offline_retrain_then_rejected_candidate(airflow_db, airflow_connections
                                   "tolerance": 0.0, **SAMPLE})
     task_states = states(rejected)
     assert task_states["gate"] == "skipped", task_states
-    assert all(task_states[t] == "skipped" for t in ("export", "register", "rollout")), task_states
+    assert all(task_states[t] == "skipped" for t in ("export", "register", "rollout", "model_card", "watcher")), \
+        task_states
+    assert str(rejected.state) == "success"  # a rejection is the gate doing its job
     assert mlf.get_model_version_by_alias(MODEL, "champion").version == "1"
     assert len(mlf.search_model_versions(f"name='{MODEL}'")) == 1
     assert [v["version"] for v in served_status(serving_server["rest_port"])["model_version_status"]] == ["1"]
@@ -104,4 +115,5 @@ def test_bad_dataset_fails_validation_naming_file_and_problem(airflow_db, tmp_pa
     task_states = states(run)
     assert str(run.state) == "failed" and task_states["validate_data"] == "failed", task_states
     assert task_states["train"] in ("upstream_failed", "None"), task_states
+    assert task_states["watcher"] == "failed", task_states  # the run stays failed whatever runs after
     assert f"{bad}: x_train has NaN or inf values in 1 rows" in "".join(capfd.readouterr())

@@ -13,6 +13,16 @@ Each *variant* is built from the float tf_keras model and gated against it:
   the same representative rows as ``int8``; the zeros survive quantization (symmetric int8
   weights, zero point 0), so the flatbuffer compresses well — its int8 weight sparsity must
   still reach the target;
+- ``qat_int8`` — quantization-aware training: tensorflow-model-optimization's ``quantize_model``
+  wraps a copy of the float model in fake-quantization layers (int8 weights per channel, int8
+  activations with learned ranges), fine-tunes it for ``qat_epochs``, and the converter turns it
+  into a full-int8 TFLite flatbuffer (int8 input and output, like ``int8``) from the ranges it
+  learned — no calibration rows. The Keras model kept with it (the source its format check
+  compares with) is the float model with the fine-tuned weights, as plain Dense layers;
+- ``pruned_qat_int8`` — pruning-preserving quantization-aware training: the ``pruned`` model
+  fine-tuned with tfmot's ``Default8BitPrunePreserveQuantizeScheme`` (fake int8 quantization that
+  keeps the zeros), then full int8 like ``qat_int8``; its int8 weight sparsity must still reach the
+  target, like ``pruned_int8``'s;
 - ``distilled`` — a student (the seed MLP by default) trained on a teacher's softened outputs
   (temperature, alpha) by :class:`Distiller`, a ``keras.Model`` with its own ``train_step``;
   the teacher is a larger MLP trained here, or a given model (e.g. the current champion).
@@ -64,6 +74,10 @@ class OptimizeConfig:
     temperature: float = 4.0
     alpha: float = 0.1
     distill_epochs: int = 15
+    # quantization-aware fine-tuning: a few epochs at a low learning rate (the float model is
+    # already trained; QAT only adapts it to the int8 grid)
+    qat_epochs: int = 2
+    qat_learning_rate: float = 1e-4
     teacher: str = "trained"
     teacher_hidden_units: list[int] = field(default_factory=lambda: [256, 128])
     teacher_epochs: int = 3
@@ -168,8 +182,12 @@ def kernel_sparsity(model) -> float:
 
 
 def _copy(model):
+    """A trainable copy: the fine-tuning variants train it even when the source was frozen (a
+    distillation teacher is set ``trainable = False``; the clone would inherit that, and tfmot's
+    prune-preserving scheme skips layers without trainable weights)."""
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
+    clone.trainable = True
     return clone
 
 
@@ -206,6 +224,66 @@ def prune(model, x: np.ndarray, y: np.ndarray, target_sparsity: float, epochs: i
         raise OptimizationError(f"pruning reached {sparsity:.2%} kernel sparsity, below the target "
                                 f"{target_sparsity:.2%} ({steps} steps, end_step {end_step}, frequency {frequency})")
     return stripped, report
+
+
+# --- quantization-aware training -------------------------------------------------------------
+
+def quantization_aware(model, x: np.ndarray, y: np.ndarray, epochs: int = 2, batch_size: int = 128,
+                       learning_rate: float = 1e-4, seed: int = 0, preserve_sparsity: bool = False):
+    """Fine-tune a copy of ``model`` with fake int8 quantization (tfmot ``quantize_model``, the
+    default 8-bit scheme; with ``preserve_sparsity``, the scheme that keeps a pruned model's zeros);
+    returns the quantization-aware model and a report. The source is not touched."""
+    import tensorflow_model_optimization as tfmot
+
+    if epochs < 1:
+        raise OptimizationError(f"quantization-aware training needs at least one epoch, got {epochs}")
+    keras.utils.set_random_seed(seed)
+    if preserve_sparsity:
+        qat = tfmot.quantization.keras.quantize_apply(
+            tfmot.quantization.keras.quantize_annotate_model(_copy(model)),
+            tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme())
+    else:
+        qat = tfmot.quantization.keras.quantize_model(_copy(model))
+    qat.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"])
+    history = qat.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, callbacks=[models.EpochLogger(epochs)])
+    report = {"qat_epochs": epochs, "qat_learning_rate": learning_rate,
+              "qat_scheme": "prune-preserving 8-bit" if preserve_sparsity else "default 8-bit",
+              "final_loss": float(history.history["loss"][-1]),
+              "quantized_layers": sum(1 for layer in qat.layers if hasattr(layer, "quantize_config"))}
+    return qat, report
+
+
+def unwrap_quantization_aware(qat_model, model):
+    """A plain copy of ``model`` (no tfmot layer: loadable by :mod:`tfmlops.model_files`) holding the
+    float weights that quantization-aware training fine-tuned inside ``qat_model``'s wrappers."""
+    # the wrapper owns the inner layer's variables (its ``kernel`` attribute becomes the
+    # fake-quantized tensor), so take them from the wrapper's weights, by variable name
+    trained = {}
+    for wrapper in qat_model.layers:
+        if hasattr(wrapper, "layer") and hasattr(wrapper, "quantize_config"):
+            for weight in wrapper.weights:
+                owner, _, leaf = weight.name.rpartition("/")
+                if owner == wrapper.layer.name:
+                    trained[(owner, leaf.split(":")[0])] = weight.numpy()
+    plain = _copy(model)
+    for layer in plain.layers:
+        for weight in layer.weights:
+            key = (layer.name, weight.name.rpartition("/")[2].split(":")[0])
+            if key not in trained:
+                raise OptimizationError(f"{layer.name}: no fine-tuned {key[1]} in the quantization-aware model")
+            weight.assign(trained[key])
+    return plain
+
+
+def qat_to_tflite(qat_model) -> bytes:
+    """Full-int8 TFLite (int8 input/output) from a quantization-aware model: the converter takes
+    every range from the fake-quantization layers, so no representative rows are needed."""
+    converter = tf.lite.TFLiteConverter.from_keras_model(qat_model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return converter.convert()
 
 
 # --- distillation -------------------------------------------------------------------------------
@@ -323,7 +401,7 @@ def build_variant(name: str, model, dataset, config: OptimizeConfig, teacher=Non
         if representative is not None:
             details["calibration_rows"] = len(representative)
         variant = Variant(name, accuracy(probs, dataset.y_test), tflite=content, details=details)
-    elif name in ("pruned", "pruned_int8"):
+    elif name in ("pruned", "pruned_int8", "pruned_qat_int8"):
         cache = {} if cache is None else cache
         if "pruned" not in cache:  # pruned and pruned_int8 share one (deterministic) pruning run
             cache["pruned"] = prune(model, dataset.x_train, dataset.y_train, config.target_sparsity,
@@ -333,6 +411,21 @@ def build_variant(name: str, model, dataset, config: OptimizeConfig, teacher=Non
         pruned_accuracy = accuracy(pruned.predict(dataset.x_test, verbose=0), dataset.y_test)
         if name == "pruned":
             variant = Variant(name, pruned_accuracy, model=pruned, details=dict(report))
+        elif name == "pruned_qat_int8":
+            qat, qat_report = quantization_aware(pruned, dataset.x_train, dataset.y_train, config.qat_epochs,
+                                                 config.batch_size, config.qat_learning_rate, config.seed,
+                                                 preserve_sparsity=True)
+            content = qat_to_tflite(qat)
+            int8_sparsity = tflite_weight_sparsity(content)
+            if int8_sparsity < config.target_sparsity - 1e-3:
+                raise OptimizationError(f"int8 weights after pruning-preserving QAT have {int8_sparsity:.2%} zeros, "
+                                        f"below the target {config.target_sparsity:.2%}")
+            probs = LiteRTModel(content)(np.ascontiguousarray(dataset.x_test, np.float32))
+            variant = Variant(name, accuracy(probs, dataset.y_test), model=unwrap_quantization_aware(qat, pruned),
+                              tflite=content,
+                              details={**report, **qat_report, "int8_weight_sparsity": round(int8_sparsity, 6),
+                                       "pruned_accuracy": pruned_accuracy, "tflite_bytes": len(content),
+                                       "tflite_gzipped_bytes": gzipped_size(content)})
         else:
             representative = representative_sample(dataset.x_train, config.int8_samples, config.seed)
             content = to_tflite(pruned, "int8", representative)
@@ -346,6 +439,18 @@ def build_variant(name: str, model, dataset, config: OptimizeConfig, teacher=Non
                                        "pruned_accuracy": pruned_accuracy, "tflite_bytes": len(content),
                                        "tflite_gzipped_bytes": gzipped_size(content),
                                        "calibration_rows": len(representative)})
+    elif name == "qat_int8":
+        qat, report = quantization_aware(model, dataset.x_train, dataset.y_train, config.qat_epochs,
+                                         config.batch_size, config.qat_learning_rate, config.seed)
+        content = qat_to_tflite(qat)
+        fine_tuned = unwrap_quantization_aware(qat, model)
+        probs = LiteRTModel(content)(np.ascontiguousarray(dataset.x_test, np.float32))
+        variant = Variant(name, accuracy(probs, dataset.y_test), model=fine_tuned, tflite=content,
+                          details={**report, "fake_quant_accuracy": accuracy(qat.predict(dataset.x_test, verbose=0),
+                                                                             dataset.y_test),
+                                   "fine_tuned_float_accuracy": accuracy(fine_tuned.predict(dataset.x_test, verbose=0),
+                                                                         dataset.y_test),
+                                   "tflite_bytes": len(content), "tflite_gzipped_bytes": gzipped_size(content)})
     elif name == "distilled":
         if teacher is None:
             if config.teacher == "source":

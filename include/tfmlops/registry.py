@@ -228,6 +228,31 @@ def set_version_tags(tracking_uri: str, name: str, version: int, tags: dict) -> 
         mlf.set_model_version_tag(name, str(version), key, str(value))
 
 
+def set_version_description(tracking_uri: str, name: str, version: int, description: str) -> None:
+    client(tracking_uri).update_model_version(name, str(version), description=description)
+
+
+SERVING_HISTORY_TAG = "serving.history"
+SERVING_HISTORY_MAX_CHARS = 4000  # under MLflow's limit on a model version tag value
+
+
+def append_serving_history(tracking_uri: str, name: str, version: int, event: dict) -> list[dict]:
+    """Append ``event`` (with a UTC ``at``) to the version's ``serving.history`` tag, a JSON list;
+    the oldest events are dropped when it would not fit a tag value. Returns the list."""
+    from datetime import datetime, timezone
+
+    mv = client(tracking_uri).get_model_version(name, str(version))
+    try:
+        history = json.loads(mv.tags.get(SERVING_HISTORY_TAG, "[]"))
+    except json.JSONDecodeError:
+        history = []
+    history.append({"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **event})
+    while len(history) > 1 and len(json.dumps(history)) > SERVING_HISTORY_MAX_CHARS:
+        history.pop(0)
+    set_version_tags(tracking_uri, name, version, {SERVING_HISTORY_TAG: json.dumps(history)})
+    return history
+
+
 def delete_alias(tracking_uri: str, name: str, alias: str) -> None:
     try:
         client(tracking_uri).delete_registered_model_alias(name, alias)
@@ -241,17 +266,25 @@ def record_rollout(tracking_uri: str, name: str, version: int, result: dict) -> 
     old champion becomes ``previous``). Rolled back: ``challenger`` is dropped from it and
     ``champion`` stays where it was (a rollback restores the serving state from before, and a
     version becomes champion only when promoted; a champion failing a re-check stays champion,
-    the failure is in its ``serving.*`` tags). Idempotent."""
+    the failure is in its ``serving.*`` tags). Tags and aliases are idempotent; each call also
+    appends the outcome to the version's ``serving.history`` (and "superseded" to the old
+    champion's), which the model card shows."""
     promoted = result["outcome"] == "promoted"
+    endpoints = ",".join(result["endpoints"] or result.get("rolled_back") or [])
     set_version_tags(tracking_uri, name, version, {
         "serving.version": version, "serving.strategy": result["strategy"], "serving.outcome": result["outcome"],
-        "serving.endpoints": ",".join(result["endpoints"] or result.get("rolled_back") or []),
-        "serving.reason": (result.get("reason") or "")[:4000]})
+        "serving.endpoints": endpoints, "serving.reason": (result.get("reason") or "")[:4000]})
+    append_serving_history(tracking_uri, name, version, {
+        "event": result["outcome"], "strategy": result["strategy"], "endpoints": endpoints,
+        "detail": (result.get("reason") or "")[:300]})
     champion = alias_version(tracking_uri, name, CHAMPION)
     champion_v = int(champion.version) if champion is not None else None
     if promoted:
         if champion_v is not None and champion_v != version:
             set_alias(tracking_uri, name, PREVIOUS, champion_v)
+            append_serving_history(tracking_uri, name, champion_v, {
+                "event": "superseded", "strategy": result["strategy"], "endpoints": endpoints,
+                "detail": f"version {version} promoted; this version is now '{PREVIOUS}'"})
         set_alias(tracking_uri, name, CHAMPION, version)
         champion_v = version
     else:  # serving is back to its state before the rollout, and champion was not moved for it

@@ -22,6 +22,7 @@ def test_artifact_matrix_and_tolerances():
     assert pairs == [("float", "onnx"), ("int8", "tflite"), ("pruned", "tflite")]
     assert tolerance_for("float", "onnx").max_abs_diff == 1e-5
     assert tolerance_for("int8", "tflite").min_agreement == 0.99
+    assert tolerance_for("qat_int8", "tflite").min_agreement == 0.99
     assert tolerance_for("pruned", "tflite").max_abs_diff == 1e-5
     with pytest.raises(ValueError):
         artifacts(formats=["pickle"])
@@ -144,3 +145,29 @@ def test_chart_labels_do_not_overlap(tmp_path):
     renderer = FigureCanvasAgg(labels[0].figure).get_renderer()  # the figure was closed after saving
     boxes = [t.get_window_extent(renderer) for t in labels]
     assert not [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b)]
+
+
+def test_report_compares_quantization_aware_with_post_training_int8(tmp_path):
+    variants = [{"variant": "int8", "status": "passed", "accuracy": 0.9636, "accuracy_drop": -0.0001,
+                 "details": {"tflite_bytes": 54_816, "tflite_gzipped_bytes": 48_618, "calibration_rows": 200}},
+                {"variant": "qat_int8", "status": "passed", "accuracy": 0.9702, "accuracy_drop": -0.0067,
+                 "details": {"tflite_bytes": 53_528, "tflite_gzipped_bytes": 47_000, "qat_epochs": 2}}]
+    rows = report_lib.quantization_comparison(variants)
+    assert [(r["variant"], r["method"]) for r in rows] == [("int8", "post-training"),
+                                                            ("qat_int8", "quantization-aware training")]
+    assert rows[1]["accuracy_drop_pp"] == -0.67 and rows[1]["training_epochs"] == 2
+    assert rows[0]["calibration_rows"] == 200 and rows[0]["training_epochs"] == 0
+    report_lib.write([], tmp_path, variants)
+    assert json.loads((tmp_path / "report.json").read_text())["quantization_comparison"] == rows
+    markdown = (tmp_path / "report.md").read_text()
+    assert "## int8: quantization-aware training vs post-training" in markdown
+    assert "| qat_int8 | quantization-aware training | passed | 0.9702 | -0.67 | 53,528 | 47,000 | 2 | 0 |" in markdown
+    # one of the two missing (e.g. not selected): no comparison
+    assert report_lib.quantization_comparison(variants[:1]) == []
+    pruned = [{"variant": "pruned_int8", "status": "passed", "accuracy": 0.95, "accuracy_drop": 0.004,
+               "details": {"tflite_bytes": 54_816, "tflite_gzipped_bytes": 18_000, "calibration_rows": 200}},
+              {"variant": "pruned_qat_int8", "status": "rejected", "accuracy": 0.9, "accuracy_drop": 0.05,
+               "details": {"tflite_bytes": 53_528, "tflite_gzipped_bytes": 17_500, "qat_epochs": 2}}]
+    both = report_lib.quantization_comparison(variants + pruned)
+    assert [r["variant"] for r in both] == ["int8", "qat_int8", "pruned_int8", "pruned_qat_int8"]
+    assert both[3]["status"] == "rejected" and both[3]["accuracy_drop_pp"] == 5.0

@@ -132,3 +132,65 @@ def test_pruned_int8_is_fully_integer_and_keeps_the_zeros(small, float_model):
     plain_int8 = optimize.build_variant("int8", float_model, small, config)
     assert variant.details["tflite_gzipped_bytes"] < 0.6 * plain_int8.details["tflite_gzipped_bytes"]
     assert variant.details["tflite_gzipped_bytes"] == optimize.gzipped_size(content)
+
+    # pruning-preserving QAT from the same pruning run: full int8, the zeros kept through training
+    config = optimize.OptimizeConfig(**{**config.to_dict(), "qat_epochs": 1})
+    pqat = optimize.build_variant("pruned_qat_int8", float_model, small, config, cache=cache)
+    dtypes = LiteRTModel(pqat.tflite).tensor_dtypes()
+    assert dtypes["input"] == "int8" and dtypes["output"] == "int8"
+    assert optimize.tflite_weight_sparsity(pqat.tflite) >= 0.75 and pqat.details["int8_weight_sparsity"] >= 0.75
+    assert pqat.details["qat_scheme"] == "prune-preserving 8-bit" and pqat.details["qat_epochs"] == 1
+    assert [type(layer).__name__ for layer in pqat.model.layers] == ["InputLayer", "Dense", "Dense"]
+    assert optimize.kernel_sparsity(pqat.model) >= 0.75  # its Keras source kept the zeros too
+    assert not np.array_equal(pqat.model.get_weights()[0], pruned.model.get_weights()[0])  # and was fine-tuned
+    assert _agreement(pqat.predict(small.x_test), pqat.model.predict(small.x_test, verbose=0)) >= 0.95
+    assert pqat.details["tflite_gzipped_bytes"] < 0.6 * plain_int8.details["tflite_gzipped_bytes"]
+
+
+def test_qat_int8_trains_with_fake_quantization_and_converts_to_full_int8(small, float_model, float_predict, tmp_path):
+    from tfmlops.model_files import load_keras_file
+
+    before = [w.copy() for w in float_model.get_weights()]
+    config = optimize.OptimizeConfig(qat_epochs=2, batch_size=64)
+    variant = optimize.build_variant("qat_int8", float_model, small, config)
+    assert all(np.array_equal(a, b) for a, b in zip(before, float_model.get_weights()))  # source untouched
+    assert variant.details["quantized_layers"] == 2 and variant.details["qat_epochs"] == 2
+
+    dtypes = LiteRTModel(variant.tflite).tensor_dtypes()
+    assert dtypes["input"] == "int8" and dtypes["output"] == "int8"
+    weights = optimize.tflite_weight_dtypes(variant.tflite)
+    matmuls = {k: v for k, v in weights.items() if "MatMul" in k}
+    assert matmuls and set(matmuls.values()) == {"int8"}, weights
+    assert "float32" not in set(weights.values()), weights
+    assert "calibration_rows" not in variant.details  # ranges come from training, not from a sample
+
+    # the Keras model kept with it is plain (safe to load), holds the fine-tuned weights, and the
+    # flatbuffer reproduces it as closely as post-training int8 reproduces the float model
+    fine_tuned = variant.model
+    assert [type(layer).__name__ for layer in fine_tuned.layers] == ["InputLayer", "Dense", "Dense"]
+    assert not np.array_equal(fine_tuned.get_weights()[0], before[0])
+    fine_tuned.save(str(tmp_path / "model.keras"))
+    reloaded = load_keras_file(tmp_path / "model.keras")
+    source = reloaded.predict(small.x_test, verbose=0)
+    assert _agreement(variant.predict(small.x_test), source) >= 0.97
+    assert abs(variant.details["fake_quant_accuracy"] - variant.accuracy) <= 0.01
+    assert variant.details["tflite_bytes"] == len(variant.tflite) < 0.35 * len(optimize.to_tflite(float_model))
+
+    float_accuracy = optimize.accuracy(float_predict(small.x_test), small.y_test)
+    assert optimize.accuracy_drop_gate(float_accuracy, variant.accuracy, config.max_accuracy_drop).passed
+
+
+def test_qat_needs_an_epoch(small, float_model):
+    config = optimize.OptimizeConfig(qat_epochs=0)
+    _, result = optimize.optimize_one("qat_int8", float_model, small, config)
+    assert result["status"] == "failed" and "at least one epoch" in result["reason"]
+
+
+def test_fine_tuning_copies_are_trainable_even_from_a_frozen_source(float_model):
+    """Distillation freezes its teacher (possibly the source model itself): pruning and QAT must
+    still train their copy, else tfmot's prune-preserving scheme skips the layers."""
+    frozen = optimize._copy(float_model)
+    frozen.trainable = False
+    assert not frozen.trainable_weights
+    copy = optimize._copy(frozen)
+    assert len(copy.trainable_weights) == len(float_model.weights) and not frozen.trainable_weights

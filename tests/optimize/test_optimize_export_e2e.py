@@ -101,6 +101,27 @@ def test_dag_optimizes_and_exports_a_registered_version(mlflow_server, registere
             "formats/report"} <= run_files
     assert states["optimize_pruned_int8"] == "skipped" and states["export_pruned_int8_tflite"] == "skipped", states
 
+    # the mobile bundle of the one target verified in this run (float16; int8 was not selected)
+    assert states["mobile_bundles"] == "success", states
+    assert paths(mlflow_server, registered["run_id"], "mobile") == {"mobile/float16"}
+    assert paths(mlflow_server, registered["run_id"], "mobile/float16") == {
+        f"mobile/float16/{f}" for f in (f"{MODEL}-v1-float16-mobile.zip", "smoke.json")}
+    with tempfile.TemporaryDirectory() as tmp:
+        smoke = json.loads(registry.download(mlflow_server, f"runs:/{registered['run_id']}/mobile/float16/smoke.json",
+                                             tmp).read_text())
+    assert smoke["passed"] and smoke["argmax_agreement"] >= 0.99 and smoke["stamp"] == run.run_id
+
+    # the model card, rewritten after the report, lists this run's verified formats and variants
+    assert states["model_card"] == "success", states
+    with tempfile.TemporaryDirectory() as tmp:
+        card = json.loads(registry.download(mlflow_server, f"runs:/{registered['run_id']}/model_card/model_card.json",
+                                            tmp).read_text())
+    verified = {(f["artifact"], f["runtime"]) for f in card["formats"]["verified"]}
+    assert {("float-saved_model", "tensorflow"), ("float16-tflite", "litert"), ("float-tfjs_layers", "chromium")} \
+        <= verified
+    assert all(f["bytes"] > 0 and f["accuracy"] > 0.5 and f["latency_ms"] > 0 for f in card["formats"]["verified"])
+    assert {v["variant"]: v["status"] for v in card["variants"]} == {"float16": "passed", "pruned": "rejected"}
+
 
 def test_pruned_int8_lands_with_its_pruned_source_and_is_checked_against_it(mlflow_server, registered):
     """pruned_int8 keeps both the flatbuffer and the pruned Keras model; its TFLite check compares
@@ -128,3 +149,22 @@ def test_pruned_int8_lands_with_its_pruned_source_and_is_checked_against_it(mlfl
                                  stamp="s3")
     assert row["passed"] and row["checks"][0]["details"]["input"] == "int8"
     assert "formats/pruned_int8-tflite" in paths(mlflow_server, model["run_id"], "formats")
+
+
+def test_qat_int8_lands_with_its_fine_tuned_source_and_is_checked_against_it(mlflow_server, registered):
+    """qat_int8 keeps the flatbuffer and the fine-tuned float model (plain layers, loaded by the safe
+    loader); its TFLite check compares the two."""
+    from tfmlops.steps import optimize as steps
+    from tfmlops.optimize import OptimizeConfig
+    from tfmlops.steps.retrain import DataSpec, resolve
+
+    spec = DataSpec(**DATA)
+    model = resolve(mlflow_server, MODEL, "champion")
+    result = steps.optimize_variant(mlflow_server, model, "qat_int8", spec, OptimizeConfig(qat_epochs=2, batch_size=64),
+                                    stamp="s4")
+    assert result["status"] == "passed", result
+    assert paths(mlflow_server, model["run_id"], "optimization/qat_int8") == {
+        f"optimization/qat_int8/{f}" for f in ("model.tflite", "model.keras", "result.json")}
+    row = steps.export_format(mlflow_server, model, "qat_int8", "tflite", spec, stamp="s4")
+    assert row["passed"] and row["checks"][0]["argmax_agreement"] >= 0.99
+    assert row["checks"][0]["details"]["input"] == "int8" and row["checks"][0]["details"]["output"] == "int8"

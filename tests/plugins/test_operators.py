@@ -138,6 +138,30 @@ def test_optimize_skips_unselected_and_rejected_variants():
     assert args[2] == "int8" and args[4]["int8_samples"] == 50 and args[4]["max_accuracy_drop"] == 0.02
     assert args[4]["seed"] == 1 and step.call_args.kwargs == {"stamp": "manual__1"}
 
+    qat = OptimizeModelOperator(task_id="q", variant="qat_int8", variants=["qat_int8"], model=MODEL, qat_epochs="3")
+    assert "qat_epochs" in OptimizeModelOperator.template_fields
+    with mock.patch("tfmlops.steps.optimize.optimize_variant", return_value={"status": "passed"}) as step:
+        assert qat.execute(context()) == {"status": "passed"}
+    assert step.call_args.args[2] == "qat_int8" and step.call_args.args[4]["qat_epochs"] == 3
+
+
+def test_mobile_bundles_skip_without_a_verified_target_and_fail_on_a_bad_bundle():
+    from tfmlops.steps.optimize import MobileBundleError
+    from tfmlops_airflow.operators.optimize import MobileBundleOperator
+
+    op = MobileBundleOperator(task_id="m", model=MODEL, targets="int8,float16")
+    assert op.trigger_rule == "all_done" and "targets" in MobileBundleOperator.template_fields
+    with mock.patch("tfmlops.steps.optimize.mobile_bundles", return_value={"bundles": {}, "missing": ["int8"]}):
+        with pytest.raises(AirflowSkipException, match="no verified TFLite artifact of"):
+            op.execute(context())
+    with mock.patch("tfmlops.steps.optimize.mobile_bundles",
+                    return_value={"bundles": {"float16": {"passed": True}}, "missing": ["int8"]}) as step:
+        assert op.execute(context())["missing"] == ["int8"]
+    assert step.call_args.args[3] == ["int8", "float16"] and step.call_args.kwargs == {"stamp": "manual__1"}
+    with mock.patch("tfmlops.steps.optimize.mobile_bundles", side_effect=MobileBundleError("agreement 0.4")):
+        with pytest.raises(AirflowFailException, match="agreement 0.4"):
+            op.execute(context())
+
 
 def test_export_format_check_failure_fails_the_task():
     from tfmlops.formats import FormatCheckError
@@ -194,6 +218,26 @@ def test_publish_needs_a_models_root_and_closes_its_endpoints():
     op = PublishServingVersionOperator(task_id="publish", model_name="m", version=3, targets=["probe_only"])
     with pytest.raises(AirflowFailException, match="probe_only.*models_root"):
         op.execute(context())
+
+
+def test_model_card_skips_without_a_version_and_fails_on_an_unknown_one():
+    from tfmlops_airflow.operators.card import ModelCardOperator
+
+    assert ModelCardOperator.template_fields == ("model_name", "version")
+    for unset in (None, "", "None"):  # register was skipped: its XCom renders as nothing
+        op = ModelCardOperator(task_id="c", model_name="m", version=unset)
+        assert op.trigger_rule == "all_done"
+        with mock.patch("tfmlops.steps.card.write_model_card") as step:
+            with pytest.raises(AirflowSkipException, match="no registered version"):
+                op.execute(context())
+        step.assert_not_called()
+    op = ModelCardOperator(task_id="c", model_name="m", version=2)
+    with mock.patch("tfmlops.steps.card.write_model_card", return_value={"version": 2}) as step:
+        assert op.execute(context()) == {"version": 2}
+    step.assert_called_once_with(TRACKING, "m", 2)
+    with mock.patch("tfmlops.steps.card.write_model_card", side_effect=LookupError("no version 9")):
+        with pytest.raises(AirflowFailException, match="no version 9"):
+            ModelCardOperator(task_id="c", model_name="m", version="9").execute(context())
 
 
 def test_rollout_maps_rollback_and_promotion():

@@ -7,27 +7,13 @@
 //    the caller), with the median one-row latency;
 // 2. draws a digit with the mouse on the canvas, clicks "Classify" and records the canvas
 //    pixels the page fed to the model, its probabilities and the digit it displays.
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { writeFileSync } from "node:fs";
 import { parseArgs } from "./args.mjs";
+import { launch } from "./chromium.mjs";
 
 const args = parseArgs(process.argv, ["page", "input", "rows", "features", "output", "result"]);
-const executablePath = args.chromium || process.env.CHROMIUM_PATH || "/usr/bin/chromium";
-const profile = mkdtempSync(join(tmpdir(), "tfmlops-chromium-"));
-const flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-  "--disable-component-update", "--disable-sync", "--no-first-run"];
-
-// launchPersistentContext passes the fresh profile as --user-data-dir.
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath, headless: true, args: flags, viewport: { width: 900, height: 560 },
-});
-const consoleLines = [];
+const { context, page, consoleLines, close } = await launch(args, { width: 900, height: 560 });
 try {
-  const page = context.pages()[0] || await context.newPage();
-  page.on("console", (msg) => consoleLines.push(`${msg.type()}: ${msg.text()}`));
-  page.on("pageerror", (err) => consoleLines.push(`pageerror: ${err.message}`));
   await page.goto(args.page);
   const loaded = await page.evaluate(() => window.tfmlops.ready);
 
@@ -58,6 +44,5 @@ try {
     drawn: { ...drawn, displayed }, console: consoleLines.slice(-20),
   }));
 } finally {
-  await context.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 # The optimized variants (tfmlops.optimize builds them); each is exported as TFLite.
 QUANTIZATIONS = ("dynamic_range", "float16", "int8")
-VARIANTS = (*QUANTIZATIONS, "pruned", "pruned_int8", "distilled")
+VARIANTS = (*QUANTIZATIONS, "qat_int8", "pruned", "pruned_int8", "pruned_qat_int8", "distilled")
 FLOAT_FORMATS = ("saved_model", "keras", "h5", "tflite", "onnx", "tfjs_layers", "tfjs_layers_uint8",
                  "tfjs_layers_float16", "tfjs_graph")
 TFJS_FORMATS = ("tfjs_layers", "tfjs_layers_uint8", "tfjs_layers_float16", "tfjs_graph")
@@ -45,8 +45,9 @@ RUNTIMES = {
     "saved_model": ("tensorflow",), "keras": ("tf_keras",), "h5": ("tf_keras",), "tflite": ("litert",),
     "onnx": ("onnxruntime",), **{fmt: ("tfjs-node", "chromium") for fmt in TFJS_FORMATS},
 }
-LOSSY = {("dynamic_range", "tflite"), ("float16", "tflite"), ("int8", "tflite"), ("pruned_int8", "tflite"),
-         ("float", "tfjs_layers_uint8"), ("float", "tfjs_layers_float16")}
+LOSSY = {("dynamic_range", "tflite"), ("float16", "tflite"), ("int8", "tflite"), ("qat_int8", "tflite"),
+         ("pruned_int8", "tflite"), ("pruned_qat_int8", "tflite"), ("float", "tfjs_layers_uint8"),
+         ("float", "tfjs_layers_float16")}
 
 
 def artifacts(variants=VARIANTS, formats=FLOAT_FORMATS) -> list[tuple[str, str]]:

@@ -24,6 +24,30 @@ def table(artifact_rows: list[dict]) -> list[dict]:
     return flat
 
 
+QUANTIZATION_PAIRS = ((("int8", "post-training"), ("qat_int8", "quantization-aware training")),
+                      (("pruned_int8", "pruned, post-training"),
+                       ("pruned_qat_int8", "pruned, pruning-preserving quantization-aware training")))
+
+
+def quantization_comparison(variants: list[dict] | None) -> list[dict]:
+    """Post-training int8 next to quantization-aware int8 (``int8`` / ``qat_int8``, and
+    ``pruned_int8`` / ``pruned_qat_int8``), for each pair whose two variants have numbers: method,
+    status, accuracy and drop vs the float model, flatbuffer bytes (raw and gzipped), the training
+    epochs it cost and the calibration rows it needed."""
+    by_name = {v["variant"]: v for v in variants or [] if v.get("accuracy") is not None}
+    pairs = [pair for pair in QUANTIZATION_PAIRS if all(name in by_name for name, _ in pair)]
+    rows = []
+    for name, method in (member for pair in pairs for member in pair):
+        v, details = by_name[name], by_name[name].get("details", {})
+        rows.append({"variant": name, "method": method, "status": v.get("status"), "accuracy": v["accuracy"],
+                     "accuracy_drop_pp": round(v["accuracy_drop"] * 100, 4),
+                     "tflite_bytes": details.get("tflite_bytes"),
+                     "tflite_gzipped_bytes": details.get("tflite_gzipped_bytes"),
+                     "training_epochs": details.get("qat_epochs", 0),
+                     "calibration_rows": details.get("calibration_rows", 0)})
+    return rows
+
+
 def _fmt(value, column: str) -> str:
     if value is None:
         return "–"
@@ -52,6 +76,15 @@ def markdown(rows: list[dict], variants: list[dict] | None = None, title: str = 
             drop = v.get("accuracy_drop")
             lines.append(f"| {v['variant']} | {v['status']} | {_fmt(v.get('accuracy'), 'accuracy')} | "
                          f"{'–' if drop is None else f'{drop * 100:.2f}'} | {v.get('reason', '')} |")
+    comparison = quantization_comparison(variants)
+    if comparison:
+        lines += ["", "## int8: quantization-aware training vs post-training", "",
+                  "| variant | method | status | accuracy | drop vs float (pp) | bytes | gzipped bytes | "
+                  "training epochs | calibration rows |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['variant']} | {r['method']} | {r['status']} | {_fmt(r['accuracy'], 'accuracy')} | "
+                  f"{r['accuracy_drop_pp']:.2f} | {_fmt(r['tflite_bytes'], 'bytes')} | "
+                  f"{_fmt(r['tflite_gzipped_bytes'], 'bytes')} | {r['training_epochs']} | {r['calibration_rows']} |"
+                  for r in comparison]
     return "\n".join(lines) + "\n"
 
 
@@ -141,6 +174,7 @@ def write(artifact_rows: list[dict], out: Path, variants: list[dict] | None = No
     out.mkdir(parents=True, exist_ok=True)
     rows = table(artifact_rows)
     (out / "report.json").write_text(json.dumps({**(extra or {}), "rows": rows, "variants": variants or [],
+                                                 "quantization_comparison": quantization_comparison(variants),
                                                  "artifacts": artifact_rows}, indent=2, default=str))
     (out / "report.md").write_text(markdown(rows, variants, title))
     plot(rows, out / "tradeoff.png")

@@ -6,11 +6,14 @@ Everything lands on the MLflow run of the registered version being optimized:
 - ``optimization/<variant>/`` — ``result.json`` (status passed / rejected / failed, accuracy, drop,
   reason, details) for every requested variant, and the candidate model when it passed
   (``model.tflite`` for the quantizations, ``model.keras`` for pruned / distilled, both for
-  ``pruned_int8``: the flatbuffer and the pruned model it is checked against);
+  ``pruned_int8`` and ``qat_int8``: the flatbuffer and the Keras model it is checked against —
+  the pruned model, the fine-tuned float weights);
 - ``format_checks/<variant>-<format>.json`` — the numbers of every format check, passed or not;
 - ``formats/<variant>-<format>/`` — only the artifacts that passed their check (one folder each,
   with ``verification.json`` and, for TF.js, ``chromium.png``);
-- ``formats/report/`` — report.json, report.md, tradeoff.png; plus metrics ``format.<name>.*``.
+- ``formats/report/`` — report.json, report.md, tradeoff.png; plus metrics ``format.<name>.*``;
+- ``mobile/<variant>/`` — the mobile bundle of ``int8`` / ``float16`` (:mod:`tfmlops.mobile.bundle`)
+  and ``smoke.json``, the bundle run from its own files against the registered model.
 
 A ``stamp`` (the Airflow run id) is written into each record, so the report of a run only shows
 that run's records when a version is optimized again.
@@ -28,8 +31,8 @@ import numpy as np
 from tfmlops import registry
 from tfmlops.formats import FormatCheckError, RuntimeUnavailable, artifact_name, tolerance_for
 
-__all__ = ["FormatCheckError", "RuntimeUnavailable", "export_format", "optimize_and_export_all", "optimize_variant",
-           "report"]
+__all__ = ["FormatCheckError", "MobileBundleError", "RuntimeUnavailable", "export_format", "mobile_bundles",
+           "optimize_and_export_all", "optimize_variant", "report"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,12 @@ OPTIMIZATION_ARTIFACT = "optimization"
 CHECKS_ARTIFACT = "format_checks"
 FORMATS_ARTIFACT = "formats"
 REPORT_ARTIFACT = "formats/report"
+MOBILE_ARTIFACT = "mobile"
+SMOKE_ROWS = 512
+
+
+class MobileBundleError(RuntimeError):
+    """A mobile bundle run from its own files does not reproduce the registered model."""
 
 
 def optimize_variant(tracking_uri: str, model: dict, variant: str, spec, config, stamp: str = "") -> dict:
@@ -85,7 +94,7 @@ def _source(tracking_uri: str, model: dict, variant: str, tmp: Path):
     if not (local / "model.keras").exists():
         raise FileNotFoundError(f"{variant} has no candidate model on run {model['run_id']} (status: "
                                 f"{json.loads((local / 'result.json').read_text()).get('status')})")
-    # pruned_int8: the flatbuffer is checked against the pruned Keras model it was quantized from
+    # pruned_int8 / qat_int8: the flatbuffer is checked against the Keras model it was quantized from
     variant_model = load_keras_file(local / "model.keras")
     return variant_model, tflite, lambda x: variant_model.predict(x, batch_size=1024, verbose=0)
 
@@ -165,6 +174,58 @@ def report(tracking_uri: str, model: dict, stamp: str = "") -> dict:
                "variants": {v["variant"]: v["status"] for v in variants}}
     log.info("report: %s", summary)
     return summary
+
+
+def _verified_tflite(tracking_uri: str, run_id: str, variant: str, stamp: str, tmp: Path) -> bytes | None:
+    """The flatbuffer of ``<variant>-tflite`` when its format check passed (in this run, with a
+    ``stamp``), else None."""
+    name = artifact_name(variant, "tflite")
+    try:
+        check = json.loads(registry.download(tracking_uri, f"runs:/{run_id}/{CHECKS_ARTIFACT}/{name}.json",
+                                             tmp / "checks").read_text())
+        if not check.get("passed") or (stamp and check.get("stamp") != stamp):
+            return None
+        return registry.download(tracking_uri, f"runs:/{run_id}/{FORMATS_ARTIFACT}/{name}/model.tflite",
+                                 tmp / name).read_bytes()
+    except Exception:  # noqa: BLE001 — MLflow raises its own errors for a missing artifact: not verified
+        return None
+
+
+def mobile_bundles(tracking_uri: str, model: dict, spec, targets=("int8", "float16"), stamp: str = "") -> dict:
+    """A mobile bundle per target whose TFLite artifact passed its format check (in this run, with
+    a ``stamp``; the others are listed as ``missing``): built, smoke-run from its own files on the
+    first test rows as raw 0–255 pixels against the registered (float) model, logged under
+    ``mobile/<variant>/`` with ``smoke.json``. Raises :class:`MobileBundleError` (after logging the
+    numbers) when a bundle does not reproduce the model."""
+    from tfmlops.mobile import bundle
+
+    dataset, _ = spec.load()
+    pixels = np.round(np.asarray(dataset.x_test[:SMOKE_ROWS], np.float32) * 255.0)
+    float_model = registry.load_keras_model(tracking_uri, model["model_uri"])
+    expected = float_model.predict(pixels / 255.0, batch_size=1024, verbose=0)
+    built, missing, failed = {}, [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for variant in targets:
+            content = _verified_tflite(tracking_uri, model["run_id"], variant, stamp, tmp / "verified")
+            if content is None:
+                missing.append(variant)
+                continue
+            folder = tmp / MOBILE_ARTIFACT / variant
+            path = bundle.build(content, folder, model["model_name"], model["version"], variant,
+                                check=f"run from its own files on {len(pixels)} test rows vs the registered model")
+            result = {**bundle.smoke(path, pixels, expected), "stamp": stamp}
+            (folder / "smoke.json").write_text(json.dumps(result, indent=2))
+            result["artifact_uri"] = registry.log_files(tracking_uri, model["run_id"], folder,
+                                                        f"{MOBILE_ARTIFACT}/{variant}")
+            built[variant] = result
+            if not result["passed"]:
+                failed.append(f"{variant}: agreement {result['argmax_agreement']:.4f}, "
+                              f"labels match {result['labels_match']}")
+    if failed:
+        raise MobileBundleError("mobile bundle smoke run failed: " + "; ".join(failed))
+    log.info("mobile bundles: %s; missing (not verified in this run): %s", sorted(built), missing)
+    return {"bundles": built, "missing": missing}
 
 
 def optimize_and_export_all(model, dataset, out: Path, variants, formats, config, max_abs_diff: float = 1e-5,

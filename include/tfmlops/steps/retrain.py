@@ -127,7 +127,9 @@ def gate_against_champion(tracking_uri: str, model_name: str, run_id: str, candi
         registry.log_metrics(tracking_uri, run_id, {"champion_test_accuracy": champion_accuracy})
     decision = evaluation.accuracy_gate(candidate_accuracy, min_accuracy, champion_accuracy, tolerance)
     registry.set_tags(tracking_uri, run_id, {"gate": "passed" if decision.passed else "rejected",
-                                             "gate_reason": decision.reason})
+                                             "gate_reason": decision.reason,
+                                             # the candidate's parent in the model card's lineage
+                                             **({"gate.champion_version": champion.version} if champion else {})})
     result = {**decision.to_dict(), "candidate_accuracy": candidate_accuracy, "champion_accuracy": champion_accuracy,
               "champion_version": int(champion.version) if champion is not None else None}
     log.info("gate: %s", result)

@@ -7,6 +7,8 @@
 - :class:`ExportFormatOperator` — one (variant, format) artifact, verified in its runtime;
   a failed check fails the task with the numbers (no retry: it is deterministic) and the
   artifact is not attached to the run.
+- :class:`MobileBundleOperator` — a mobile bundle (zip) per target whose TFLite artifact this run
+  verified, smoke-run from its own files.
 - :class:`FormatReportOperator` — the trade-off report of the run (JSON, Markdown, PNG).
 
 Each takes ``model``: the registered version as ``ResolveModelVersionOperator`` returns it
@@ -42,11 +44,13 @@ class ModelVersionOperator(DatasetOperator):
 class OptimizeModelOperator(ModelVersionOperator):
     """Build one optimized ``variant`` and gate it (accuracy drop vs the float model).
 
-    :param variant: ``dynamic_range``, ``float16``, ``int8``, ``pruned``, ``pruned_int8`` or ``distilled``.
+    :param variant: ``dynamic_range``, ``float16``, ``int8``, ``qat_int8``, ``pruned``, ``pruned_int8``,
+        ``pruned_qat_int8`` or ``distilled``.
     :param variants: the variants selected in this run; another variant skips. (templated)
     :param int8_samples: training rows calibrating the int8 quantization. (templated)
     :param target_sparsity: share of Dense kernel weights pruned to zero. (templated)
     :param pruning_epochs: fine-tuning epochs while pruning. (templated)
+    :param qat_epochs: quantization-aware fine-tuning epochs (``qat_int8``, ``pruned_qat_int8``). (templated)
     :param temperature: distillation temperature. (templated)
     :param alpha: weight of the hard-label loss in distillation. (templated)
     :param distill_epochs: epochs of student training. (templated)
@@ -55,19 +59,20 @@ class OptimizeModelOperator(ModelVersionOperator):
     """
 
     template_fields: Sequence[str] = (*ModelVersionOperator.template_fields, "variants", "int8_samples",
-                                      "target_sparsity", "pruning_epochs", "temperature", "alpha", "distill_epochs",
-                                      "teacher", "max_accuracy_drop")
+                                      "target_sparsity", "pruning_epochs", "qat_epochs", "temperature", "alpha",
+                                      "distill_epochs", "teacher", "max_accuracy_drop")
 
     def __init__(self, *, variant: str, variants: list[str] | str | None = None, int8_samples: int | str = 200,
-                 target_sparsity: float | str = 0.8, pruning_epochs: int | str = 4, temperature: float | str = 4.0,
-                 alpha: float | str = 0.1, distill_epochs: int | str = 15, teacher: str = "trained",
-                 max_accuracy_drop: float | str = 0.01, **kwargs):
+                 target_sparsity: float | str = 0.8, pruning_epochs: int | str = 4, qat_epochs: int | str = 2,
+                 temperature: float | str = 4.0, alpha: float | str = 0.1, distill_epochs: int | str = 15,
+                 teacher: str = "trained", max_accuracy_drop: float | str = 0.01, **kwargs):
         super().__init__(**kwargs)
         self.variant = variant
         self.variants = variants
         self.int8_samples = int8_samples
         self.target_sparsity = target_sparsity
         self.pruning_epochs = pruning_epochs
+        self.qat_epochs = qat_epochs
         self.temperature = temperature
         self.alpha = alpha
         self.distill_epochs = distill_epochs
@@ -80,8 +85,9 @@ class OptimizeModelOperator(ModelVersionOperator):
         from tfmlops.steps.optimize import optimize_variant
 
         config = {"int8_samples": int(self.int8_samples), "target_sparsity": float(self.target_sparsity),
-                  "pruning_epochs": int(self.pruning_epochs), "temperature": float(self.temperature),
-                  "alpha": float(self.alpha), "distill_epochs": int(self.distill_epochs), "teacher": str(self.teacher),
+                  "pruning_epochs": int(self.pruning_epochs), "qat_epochs": int(self.qat_epochs),
+                  "temperature": float(self.temperature), "alpha": float(self.alpha),
+                  "distill_epochs": int(self.distill_epochs), "teacher": str(self.teacher),
                   "max_accuracy_drop": float(self.max_accuracy_drop), "seed": int(self.seed)}
         result = optimize_variant(self.tracking_uri, self.resolved(), self.variant, self.data_spec(), config,
                                   stamp=context["run_id"])
@@ -124,6 +130,36 @@ class ExportFormatOperator(ModelVersionOperator):
             raise AirflowFailException(str(exc)) from exc
         return {k: v for k, v in row.items() if k != "checks"} | {
             "checks": [{k: v for k, v in c.items() if k != "details"} for c in row["checks"]]}
+
+
+class MobileBundleOperator(ModelVersionOperator):
+    """A mobile bundle per target (TFLite with metadata, labels, I/O description, Kotlin and Swift
+    snippets) for each target variant whose TFLite artifact passed its check in this run; each
+    bundle is run from its own files against the registered model and logged under ``mobile/``.
+    Runs whatever its upstream tasks did (``trigger_rule=all_done``): no verified target skips; a
+    bundle that fails its smoke run fails the task with the numbers (no retry: deterministic).
+
+    :param targets: the variants to bundle (``int8``, ``float16``). (templated)
+    """
+
+    template_fields: Sequence[str] = (*ModelVersionOperator.template_fields, "targets")
+
+    def __init__(self, *, targets: list[str] | str = ("int8", "float16"), **kwargs):
+        kwargs.setdefault("trigger_rule", "all_done")
+        super().__init__(**kwargs)
+        self.targets = targets
+
+    def execute(self, context) -> dict[str, Any]:
+        from tfmlops.steps.optimize import MobileBundleError, mobile_bundles
+
+        try:
+            result = mobile_bundles(self.tracking_uri, self.resolved(), self.data_spec(), id_list(self.targets),
+                                    stamp=context["run_id"])
+        except MobileBundleError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        if not result["bundles"]:
+            raise AirflowSkipException(f"no verified TFLite artifact of {result['missing']} in this run")
+        return result
 
 
 class FormatReportOperator(ModelVersionOperator):
