@@ -82,6 +82,8 @@ bench: venv
 	$(BIN)/python benchmarks/bench_serving.py
 	$(BIN)/python benchmarks/bench_serving_before_after.py
 	$(BIN)/python benchmarks/bench_formats.py
+	$(BIN)/python benchmarks/bench_observability.py
+	$(BIN)/python benchmarks/bench_router.py
 	$(BIN)/python benchmarks/bench_rollout.py
 
 lock: venv  ## refresh the full resolved pin set after changing requirements*.txt

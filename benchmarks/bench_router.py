@@ -29,7 +29,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 def failing_copy(model, path: Path, smoke_x) -> dict:
@@ -86,27 +85,21 @@ def main() -> int:
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     import devservers
     import numpy as np
-    from bench_serving import GRPC_PREDICT, MODEL_NAME, SERVER_ENV, _payloads, run_load
+    from bench_serving import GRPC_PREDICT, MODEL_NAME, SERVER_ENV, _payloads, run_load, save_results, seed_model
 
-    from tfmlops import data
     from tfmlops.deploy.client import ServingClient
     from tfmlops.deploy.endpoint import Endpoint
     from tfmlops.deploy.progressive import GrayThresholds, gray_release
     from tfmlops.deploy.publish import ensure_model_config, publish_version
     from tfmlops.deploy.rollout import Candidate
     from tfmlops.deploy.router import Replica, Router, RouterConfig
-    from tfmlops.export import export_saved_model
-    from tfmlops.models import ModelConfig, TrainConfig, build_model, train
 
     if shutil.which("haproxy") is None:
         sys.exit("needs HAProxy (apt-get install haproxy)")
     work = Path(tempfile.mkdtemp(prefix="bench-router-"))
     run_dir, services, router_proc = work / "run", [], None
     try:
-        dataset, _ = data.load_validated("mnist", 784, 10, sample_fraction=0.05)
-        model = build_model(ModelConfig())
-        train(model, dataset.x_train, dataset.y_train, TrainConfig(epochs=1))
-        exported = export_saved_model(model, work / "export", dataset.x_test[:8], dataset.x_train[:32])
+        dataset, model, exported = seed_model(work)
         monitoring = work / "monitoring.config"
         monitoring.write_text("prometheus_config { enable: true }\n")
         endpoints, replicas = {}, []
@@ -226,9 +219,7 @@ def main() -> int:
                 and bad["seconds_first_failure_to_0pct"] <= 2 * args.window},
             "note": "one run, same machine; HAProxy 2.6 from Debian; the bad version fails single-row requests",
         }
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "router.json").write_text(json.dumps(report, indent=2))
-        plot(report, RESULTS / "router.png")
+        save_results("router", report, plot)
         print(json.dumps(report["goals"], indent=2))
         return 0
     finally:

@@ -443,6 +443,28 @@ def plot(report: dict, path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------
 
+def seed_model(work: Path, epochs: int = 1):
+    """The seed MLP trained briefly on 5 % of MNIST and exported: ``(dataset, model, export result)``
+    (the SavedModel is ``<export result path>/saved_model``)."""
+    from tfmlops import data
+    from tfmlops.export import export_saved_model
+    from tfmlops.models import ModelConfig, TrainConfig, build_model, train
+
+    dataset, _ = data.load_validated("mnist", 784, 10, sample_fraction=0.05)
+    model = build_model(ModelConfig())
+    history = train(model, dataset.x_train, dataset.y_train, TrainConfig(epochs=epochs))
+    exported = export_saved_model(model, work / "export", dataset.x_test[:8], dataset.x_train[:32])
+    return dataset, model, {**exported, "history": history}
+
+
+def save_results(name: str, report: dict, plot_fn=None) -> None:
+    """``benchmarks/results/<name>.json`` (and ``<name>.png`` drawn by ``plot_fn(report, path)``)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2))
+    if plot_fn is not None:
+        plot_fn(report, RESULTS / f"{name}.png")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="0.5 s warmup + 1.5 s per point (smoke run)")
@@ -480,16 +502,12 @@ def main() -> int:
 
         # ---- model: train, export, publish (while the MLflow server starts)
         t = time.perf_counter()
-        from tfmlops import data, registry
-        from tfmlops.export import export_saved_model
-        from tfmlops.models import ModelConfig, TrainConfig, build_model, train
+        from tfmlops import registry
         from tfmlops.deploy.client import ServingClient
         from tfmlops.deploy.publish import ensure_model_config, publish_version
 
-        dataset, _ = data.load_validated("mnist", 784, 10, sample_fraction=0.05)
-        model = build_model(ModelConfig())
-        history = train(model, dataset.x_train, dataset.y_train, TrainConfig(epochs=args.epochs))
-        exported = export_saved_model(model, work / "export", dataset.x_test[:8], dataset.x_train[:32])
+        dataset, model, exported = seed_model(work, args.epochs)
+        history = exported["history"]
         models_root = work / "serving" / "models"
         publish_version(Path(exported["path"]) / "saved_model", models_root, MODEL_NAME, 1)
         config_file = work / "serving" / "models.config"
@@ -643,9 +661,7 @@ def main() -> int:
         "goals": goals,
         "timings_s": {**timings, "total_s": round(time.perf_counter() - bench_start, 1)},
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "serving.json").write_text(json.dumps(report, indent=2))
-    plot(report, RESULTS / "serving.png")
+    save_results("serving", report, plot)
 
     print("\ngoals (throughput ratios):")
     for name, g in goals.items():

@@ -14,7 +14,6 @@ Writes benchmarks/results/serving_before_after.json and .png.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -25,7 +24,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))  # devservers
 sys.path.insert(0, str(ROOT / "benchmarks"))  # bench_serving's load generator
-RESULTS = ROOT / "benchmarks" / "results"
 CONCURRENCY = (1, 8)
 ENTRY_POINTS = ("tfmlops.serving.model_servers.main", "tfmlops.serving.cli")  # after / before the restructure
 
@@ -74,12 +72,9 @@ def main() -> int:
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     import devservers
     import numpy as np
-    from bench_serving import GRPC_PREDICT, MODEL_NAME, SERVER_ENV, _payloads, run_load
+    from bench_serving import GRPC_PREDICT, MODEL_NAME, SERVER_ENV, _payloads, run_load, save_results, seed_model
 
-    from tfmlops import data
     from tfmlops.deploy.publish import ensure_model_config, publish_version
-    from tfmlops.export import export_saved_model
-    from tfmlops.models import ModelConfig, TrainConfig, build_model, train
 
     work = Path(tempfile.mkdtemp(prefix="bench-before-after-"))
     baseline = work / "baseline"
@@ -87,10 +82,7 @@ def main() -> int:
                    capture_output=True)
     run_dir, services = work / "run", []
     try:
-        dataset, _ = data.load_validated("mnist", 784, 10, sample_fraction=0.05)
-        model = build_model(ModelConfig())
-        train(model, dataset.x_train, dataset.y_train, TrainConfig(epochs=1))
-        exported = export_saved_model(model, work / "export", dataset.x_test[:8], dataset.x_train[:32])
+        dataset, model, exported = seed_model(work)
         models_root = work / "models"
         publish_version(Path(exported["path"]) / "saved_model", models_root, MODEL_NAME, 1)
         ports = {}
@@ -133,9 +125,7 @@ def main() -> int:
                       text=True).stdout.strip() + " + working tree",
                   "cpu_count": os.cpu_count(), "duration_s": args.duration, "rounds": args.rounds, "points": points,
                   "note": "medians of the rounds; before and after alternate within each point"}
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "serving_before_after.json").write_text(json.dumps(report, indent=2))
-        plot(report, RESULTS / "serving_before_after.png")
+        save_results("serving_before_after", report, plot)
         return 0
     finally:
         for side in services:
