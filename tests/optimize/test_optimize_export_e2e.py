@@ -168,3 +168,40 @@ def test_qat_int8_lands_with_its_fine_tuned_source_and_is_checked_against_it(mlf
     row = steps.export_format(mlflow_server, model, "qat_int8", "tflite", spec, stamp="s4")
     assert row["passed"] and row["checks"][0]["argmax_agreement"] >= 0.99
     assert row["checks"][0]["details"]["input"] == "int8" and row["checks"][0]["details"]["output"] == "int8"
+
+
+def test_a_default_run_on_the_bundled_mnist_passes_every_variant(mlflow_server, airflow_db, monkeypatch):
+    """What a first-time user gets: the seed model trained as tf_offline_retrain trains it by default,
+    on all of MNIST, then tf_optimize_export triggered with nothing but the model and version: every
+    variant passes its accuracy gate (max drop 1 pp) with margin, and every format is verified."""
+    import json
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    from tfmlops import data
+    from tfmlops.models import ModelConfig, TrainConfig, build_model, train
+
+    require_tfjs_runtimes(browser=True)
+    full = data.load_validated("mnist", 784, 10)[0]
+    model = build_model(ModelConfig())
+    train(model, full.x_train, full.y_train, TrainConfig(epochs=5))
+    name = "optimize_defaults"
+    run_id = registry.start_run(mlflow_server, name, "seed", {"purpose": "test"})
+    model_uri = registry.log_keras_model(mlflow_server, run_id, model, full.x_test[:8])
+    registry.register(mlflow_server, name, model_uri, run_id, {})
+    host, port = mlflow_server.removeprefix("http://").split(":")
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps({"conn_type": "http", "host": host,
+                                                                  "port": int(port)}))
+    dag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags" / "tf_optimize_export.py")).get_dag(
+        "tf_optimize_export")
+    run = dag.test(run_conf={"model_name": name, "version": "1"})
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert str(run.state) == "success", states
+    assert {t: s for t, s in states.items() if s != "success" and t != "watcher"} == {}, states
+    with tempfile.TemporaryDirectory() as tmp:
+        card = json.loads(registry.download(mlflow_server, f"runs:/{run_id}/model_card/model_card.json",
+                                            tmp).read_text())
+    variants = {v["variant"]: v for v in card["variants"]}
+    assert set(variants) == set(dag.params["variants"]) and all(v["status"] == "passed" for v in variants.values())
+    drops = {n: v["accuracy_drop"] for n, v in variants.items() if v.get("accuracy_drop") is not None}
+    assert drops and all(d <= 0.75 * 0.01 for d in drops.values()), drops  # a quarter of the limit to spare
