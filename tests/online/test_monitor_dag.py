@@ -15,6 +15,20 @@ pytestmark = pytest.mark.e2e
 CONF = {"model_name": MODEL, "requests": 10, "max_p99_ms": 5000, "max_error_rate": 0.0, "min_accuracy": 0.7}
 
 
+def users_send(serving_server, images) -> None:
+    """Clients (not the project's own tools) send these images to the champion, one per request."""
+    import json
+    import urllib.request
+
+    rows = (images.reshape(len(images), -1) / 255.0).astype("float32")
+    for i, row in enumerate(rows):
+        req = urllib.request.Request(f"http://127.0.0.1:{serving_server['rest_port']}/v1/models/{MODEL}:predict",
+                                     data=json.dumps({"instances": [row.tolist()]}).encode(), method="POST",
+                                     headers={"X-Request-Id": f"user-{id(images)}-{i}"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert r.status == 200
+
+
 def retrain_runs():
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
@@ -28,11 +42,14 @@ def test_monitor_clean_then_drifted(champion, airflow_db, airflow_connections, m
                                     tmp_path):
     from mlflow import MlflowClient
 
-    # live drift reads the champion's request logs (every request to it is logged in these tests)
-    conf = {**CONF, "log_prefix": str(serving_server["request_logs"] / MODEL / "requests"), "live_min_rows": 100}
+    # live drift reads the champion's request logs (every request to it is logged in these tests),
+    # without the project's own requests (this monitor's probes and evaluation, the rollout's checks)
+    conf = {**CONF, "log_prefix": str(serving_server["request_logs"] / MODEL / "requests"), "live_min_rows": 50}
     root = str(tmp_path)
     x, y = simulate.pool()
-    simulate.write_partition(root, "clean", "p1", simulate.make_partition(x, y, 300, seed=11))
+    clean = simulate.make_partition(x, y, 300, seed=11)
+    simulate.write_partition(root, "clean", "p1", clean)
+    users_send(serving_server, clean["x_test"])  # 90 rows
     before = retrain_runs()
 
     # 1. clean data: healthy, accurate, no drift → no retrain
@@ -58,9 +75,10 @@ def test_monitor_clean_then_drifted(champion, airflow_db, airflow_connections, m
 
     # 2. rotated data → accuracy drop / input drift → tf_offline_retrain triggered with the reason;
     #    an impossible latency threshold fails the health task with the numbers
-    simulate.write_partition(root, "drifted", "p1", simulate.make_partition(x, y, 300, "rotation", 0.75, seed=12))
-    live_rows = metrics["live.rows"]  # the clean partition's 300 rows went through the champion, and more
-    assert live_rows >= 300, metrics
+    drifted = simulate.make_partition(x, y, 300, "rotation", 0.75, seed=12)
+    simulate.write_partition(root, "drifted", "p1", drifted)
+    users_send(serving_server, drifted["x_test"])  # 90 rotated rows
+    assert metrics["live.rows"] == 90, metrics  # only what users sent
     run = load_dag("tf_model_monitor").test(run_conf={**conf, "root": root, "dataset": "drifted",
                                                       "max_p99_ms": 0.001})
     task_states = states(run)
@@ -74,7 +92,7 @@ def test_monitor_clean_then_drifted(champion, airflow_db, airflow_connections, m
     # live traffic now holds the rotated rows too: more logged rows, and its input drift went up
     rows = [m.value for m in mlf.get_metric_history(monitor_run.info.run_id, "live.rows")]
     psi = [m.value for m in mlf.get_metric_history(monitor_run.info.run_id, "live.input_psi_max")]
-    assert len(rows) == len(psi) == 2 and rows[1] >= rows[0] + 300 and psi[1] > psi[0], (rows, psi)
+    assert len(rows) == len(psi) == 2 and rows == [90, 180] and psi[1] > psi[0], (rows, psi)
 
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session

@@ -4,6 +4,11 @@
 Only documented TF Serving APIs are used, so the same code works in production. The gRPC
 parts import ``tensorflow_serving.apis`` lazily (those modules import TensorFlow), so the
 REST-only methods stay cheap to import and call (no Airflow, no TensorFlow import).
+
+Every request carries a request id starting with :data:`REQUEST_ID_PREFIX` (``X-Request-Id``
+header, ``x-request-id`` gRPC metadata; servers ignore what they do not use): where the server
+logs requests, the project's own traffic (rollout checks, monitoring probes) is told apart from
+the clients' and left out of live-traffic measurements.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import base64
 import json
 import threading
 import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -19,7 +25,13 @@ import requests
 
 from tfmlops.serving import tensors as T
 
-__all__ = ["ServingClient", "ServingError", "ModelNotAvailableError"]
+__all__ = ["REQUEST_ID_PREFIX", "ServingClient", "ServingError", "ModelNotAvailableError"]
+
+REQUEST_ID_PREFIX = "tfmlops-"
+
+
+def own_request_id() -> str:
+    return REQUEST_ID_PREFIX + uuid.uuid4().hex
 
 
 class ServingError(Exception):
@@ -137,7 +149,8 @@ class ServingClient:
             else:
                 data = json.dumps(body, allow_nan=True).encode()
                 r = self._session.request(method, url, data=data, timeout=self.timeout,
-                                          headers={"Content-Type": "application/json"})
+                                          headers={"Content-Type": "application/json",
+                                                   "X-Request-Id": own_request_id()})
         except requests.RequestException as exc:
             raise ServingError(f"request failed: {exc}", url=url) from exc
         try:
@@ -169,7 +182,7 @@ class ServingClient:
         import grpc
 
         try:
-            return fn(request, timeout=self.timeout)
+            return fn(request, timeout=self.timeout, metadata=(("x-request-id", own_request_id()),))
         except grpc.RpcError as exc:
             code = exc.code().name if hasattr(exc, "code") and exc.code() is not None else "UNKNOWN"
             raise ServingError(exc.details() or str(exc), grpc_code=code,

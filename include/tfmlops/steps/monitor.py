@@ -195,8 +195,8 @@ def check_live_drift(tracking_uri: str, model_name: str, endpoint, log_prefix: s
                      window_s: float = 3600.0, min_rows: int = 100, reference_rows: int = 2000,
                      n_features: int = 784, num_classes: int = 10) -> dict:
     """PSI drift of what users sent to the ``champion`` (the server's request logs of the last
-    ``window_s``, :mod:`tfmlops.feedback`) against the version's training reference; fewer than
-    ``min_rows`` logged rows: no verdict."""
+    ``window_s``, :mod:`tfmlops.feedback`, without the project's own requests) against the
+    version's training reference; fewer than ``min_rows`` logged rows: no verdict."""
     from tfmlops import feedback
 
     champion = registry.get_version(tracking_uri, model_name, registry.CHAMPION)
@@ -209,8 +209,12 @@ def check_live_drift(tracking_uri: str, model_name: str, endpoint, log_prefix: s
                 files.append(f)
         except FileNotFoundError:  # a .partial file closed meanwhile: its complete name
             files.append(f.removesuffix(".partial"))
-    logged = [r for r in feedback.read_request_logs(files).values()
-              if r["model_version"] == version and r["predicted"] is not None]
+    from tfmlops.deploy.client import REQUEST_ID_PREFIX
+
+    # what clients sent: the project's own requests (probes, checks, this monitor's) are left out
+    logged = [r for rid, r in feedback.read_request_logs(files).items()
+              if r["model_version"] == version and r["predicted"] is not None
+              and not rid.startswith(REQUEST_ID_PREFIX)]
     rows = sum(len(r["x"]) for r in logged)
     base = {"model_name": model_name, "version": version, "log_files": len(files), "rows": rows, "breaches": [],
             "retrain": False}
