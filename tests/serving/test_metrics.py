@@ -214,7 +214,7 @@ def test_request_logs_go_to_s3_and_a_failed_upload_is_retried(s3_endpoint, tmp_p
         collector.collect_message(plog)
         sent.append(f"id-{i}")
     spooled = sorted((tmp_path / "spool").rglob("*.tfrecord"))
-    assert len(spooled) >= 2 and not any(u.startswith("s3://") for u in collector.closed_files)
+    assert len(spooled) >= 2 and not client.list_buckets()["Buckets"]  # nothing could be uploaded
     client.create_bucket(Bucket="request-logs")
     collector.close()
     assert not list((tmp_path / "spool").rglob("*.tfrecord*"))

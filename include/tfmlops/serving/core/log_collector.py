@@ -62,7 +62,6 @@ class TFRecordLogCollector:
         self._bytes = 0
         self._seq = 0
         self._closed = False
-        self.closed_files: list[str] = []  # local paths, or s3:// URIs once uploaded
 
     # ------------------------------------------------------------------ files
     def _open(self) -> None:
@@ -82,7 +81,6 @@ class TFRecordLogCollector:
         self._fh = None
         fh.close()  # flushes and syncs
         os.replace(path + ".partial", path)
-        self.closed_files.append(path)
         if self.s3:
             self._upload_spool()
 
@@ -102,7 +100,6 @@ class TFRecordLogCollector:
                 log.warning("request log %s not uploaded yet (%s); retried at the next rotation", local, exc)
                 continue
             os.remove(local)
-            self.closed_files.append(f"s3://{self.bucket}/{key}")
 
     # ------------------------------------------------------------------ LogCollector
     def collect_message(self, message) -> None:

@@ -6,12 +6,10 @@ error messages. The pre/post-processing halves are shared with :mod:`.multi_infe
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from ..errors import invalid_argument
-from .util import (CLASSIFY_METHOD, check_method_name, dtype_name, examples_signature, record_runtime_latency,
+from .util import (CLASSIFY_METHOD, check_method_name, dtype_name, examples_signature, timed_run,
                    serialized_examples)
 
 CLASSIFY_INPUTS = "inputs"
@@ -81,7 +79,5 @@ def run_classify(servable, signature_name: str, input_proto, timeout_ms=None):
     sig = examples_signature(servable.signatures, signature_name, CLASSIFY_METHOD, "classification")
     feed, fetches = pre_process_classification(sig)
     examples = serialized_examples(input_proto)
-    start = time.monotonic()
-    outs = dict(zip(fetches, servable.run((feed,), [examples], fetches, timeout_ms)))
-    record_runtime_latency(servable.name, "Classify", "TF1", (time.monotonic() - start) * 1e6)
+    outs = dict(zip(fetches, timed_run(servable, "Classify", (feed,), [examples], fetches, timeout_ms)))
     return (sig.name, *post_process_classification(sig, len(examples), outs))

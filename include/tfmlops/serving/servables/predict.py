@@ -8,11 +8,9 @@ Serving's ``Session::Run``, the graph's ops decide what they accept.
 
 from __future__ import annotations
 
-import time
-
 from .. import tensors as T
 from ..errors import Code, StatusError, invalid_argument
-from .util import (CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD, record_runtime_latency,
+from .util import (CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD, timed_run,
                    signature_method_name_check_feature)
 
 
@@ -65,7 +63,5 @@ def run_predict(servable, signature_name: str, inputs: dict, output_filter=(), t
     else:
         aliases = sorted(sig.outputs)
     fetches = tuple(sig.outputs[a].tensor_name for a in aliases)
-    start = time.monotonic()
-    results = servable.run(tuple(feeds), values, fetches, timeout_ms)
-    record_runtime_latency(servable.name, "Predict", "TF1", (time.monotonic() - start) * 1e6)
+    results = timed_run(servable, "Predict", tuple(feeds), values, fetches, timeout_ms)
     return sig.name, dict(zip(aliases, results))

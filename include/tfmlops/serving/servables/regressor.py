@@ -6,12 +6,10 @@ messages. The pre/post-processing halves are shared with :mod:`.multi_inference`
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from ..errors import invalid_argument
-from .util import (REGRESS_METHOD, check_method_name, dtype_name, examples_signature, record_runtime_latency,
+from .util import (REGRESS_METHOD, check_method_name, dtype_name, examples_signature, timed_run,
                    serialized_examples)
 
 REGRESS_INPUTS = "inputs"
@@ -59,7 +57,5 @@ def run_regress(servable, signature_name: str, input_proto, timeout_ms=None):
     sig = examples_signature(servable.signatures, signature_name, REGRESS_METHOD, "regression")
     feed, fetches = pre_process_regression(sig)
     examples = serialized_examples(input_proto)
-    start = time.monotonic()
-    outs = dict(zip(fetches, servable.run((feed,), [examples], fetches, timeout_ms)))
-    record_runtime_latency(servable.name, "Regress", "TF1", (time.monotonic() - start) * 1e6)
+    outs = dict(zip(fetches, timed_run(servable, "Regress", (feed,), [examples], fetches, timeout_ms)))
     return sig.name, post_process_regression(sig, len(examples), outs)

@@ -13,6 +13,8 @@ signature whatever its ``method_name`` (native TF2 models export every signature
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from .. import tensors as T
@@ -55,6 +57,15 @@ def record_request_example_count(model_name: str, count: int) -> None:
 
 def record_runtime_latency(model_name: str, api: str, runtime: str, latency_usec: float) -> None:
     _runtime_latency.get_cell(model_name, api, runtime).add(latency_usec)
+
+
+def timed_run(servable, api: str, feeds: tuple, values: list, fetches: tuple, timeout_ms=None) -> list:
+    """``servable.run`` with its wall time recorded as ``runtime_latency{api, runtime="TF1"}``, as
+    ``predict_util.cc`` / ``classifier.cc`` / ``regressor.cc`` record their session runs."""
+    start = time.monotonic()
+    results = servable.run(feeds, values, fetches, timeout_ms)
+    record_runtime_latency(servable.name, api, "TF1", (time.monotonic() - start) * 1e6)
+    return results
 
 
 def record_request_latency(model_name: str, api: str, entrypoint: str, latency_usec: float) -> None:
