@@ -16,6 +16,7 @@ import json
 import re
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -203,8 +204,9 @@ def test_request_logs_go_to_s3_and_a_failed_upload_is_retried(s3_endpoint, tmp_p
     from tfmlops.serving.core.log_collector import TFRecordLogCollector
     from tfmlops.serving.servables.warmup import read_tfrecords
 
-    client = s3_endpoint["client"]()
-    collector = TFRecordLogCollector("s3://request-logs/mnist/requests", max_file_bytes=2000, s3_client=client,
+    client = s3_endpoint["client"]()  # the endpoint is shared by the session: a bucket no other test uses
+    bucket = f"request-logs-{uuid.uuid4().hex[:8]}"
+    collector = TFRecordLogCollector(f"s3://{bucket}/mnist/requests", max_file_bytes=2000, s3_client=client,
                                      spool_dir=str(tmp_path / "spool"))
     sent = []
     for i in range(30):  # no bucket yet: every upload fails, the files stay in the spool
@@ -214,16 +216,17 @@ def test_request_logs_go_to_s3_and_a_failed_upload_is_retried(s3_endpoint, tmp_p
         collector.collect_message(plog)
         sent.append(f"id-{i}")
     spooled = sorted((tmp_path / "spool").rglob("*.tfrecord"))
-    assert len(spooled) >= 2 and not client.list_buckets()["Buckets"]  # nothing could be uploaded
-    client.create_bucket(Bucket="request-logs")
+    assert len(spooled) >= 2  # nothing could be uploaded
+    assert bucket not in [b["Name"] for b in client.list_buckets()["Buckets"]]
+    client.create_bucket(Bucket=bucket)
     collector.close()
     assert not list((tmp_path / "spool").rglob("*.tfrecord*"))
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket="request-logs")["Contents"]]
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]]
     assert all(k.startswith("mnist/requests-") and k.endswith(".tfrecord") for k in keys)
     got = []
     for key in keys:
         local = tmp_path / key.replace("/", "_")
-        client.download_file("request-logs", key, str(local))
+        client.download_file(bucket, key, str(local))
         got += [prediction_log_pb2.PredictionLog.FromString(r).log_metadata.request_origin
                 for r in read_tfrecords(str(local))]
     assert sorted(got) == sorted(sent)
