@@ -42,7 +42,7 @@ def _tfrecords(path: str):
     return read_tfrecords(path)
 
 
-def _complete_records(path: str):
+def complete_records(path: str):
     """The records of a log file; of a file still being written (``.partial``) the complete ones."""
     from tfmlops.serving.errors import StatusError
 
@@ -64,7 +64,7 @@ def read_request_logs(paths: list[str], input_name: str = INPUT_NAME) -> dict[st
 
     out: dict[str, dict] = {}
     for path in paths:
-        for record in _complete_records(path):
+        for record in complete_records(path):
             plog = prediction_log_pb2.PredictionLog.FromString(record)
             if plog.WhichOneof("log_type") != "predict_log" or input_name not in plog.predict_log.request.inputs:
                 continue

@@ -1,9 +1,12 @@
 """A steady client loop (REST and gRPC threads per endpoint) that records every failure and checks
 that every answer comes from a fully loaded version: gRPC answers name their version and must equal
-that version's outputs; REST answers must equal the outputs of one of the published versions."""
+that version's outputs; REST answers must equal the outputs of one of the published versions.
+``UserClients``: users of the router with their own request ids (and, for A/B tests, the labels
+of what they sent)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -135,3 +138,99 @@ class FailoverLoop(LoadLoop):
         finally:
             for c in clients:
                 c.close()
+
+
+class ClientThreads:
+    """Client threads (``_threads``, stopped by ``_stop``) started for a ``with`` block, joined after it."""
+
+    _threads: list[threading.Thread]
+    _stop: threading.Event
+
+    def __enter__(self):
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+        return False
+
+
+class UserClients(ClientThreads):
+    """Closed-loop users of one address (the router's): REST and gRPC threads, each request a batch
+    of ``batch`` consecutive rows of ``x`` (a random batch) with the user's own request id
+    (``X-Request-Id`` / ``x-request-id``, ``user-…``, not the project's ``tfmlops-``). Every answer
+    must equal, row for row, the outputs of one of the ``allowed`` models on those rows
+    (``{name: outputs on x}``; ``answered[name]`` counts them). With ``labels_path``, each answered
+    request's true labels (``y`` of its rows) are appended to that JSON-lines file in
+    :func:`tfmlops.feedback.read_labels`' format, as a labeler who learns the truth would."""
+
+    def __init__(self, host: str, rest_port: int, grpc_port: int, model: str, x: np.ndarray,
+                 allowed: dict[str, np.ndarray], *, y: np.ndarray | None = None, labels_path: str | None = None,
+                 batch: int = 1, threads_per_api: int = 2, pause_s: float = 0.005, seed: int = 0):
+        self.host, self.rest_port, self.grpc_port, self.model = host, rest_port, grpc_port, model
+        self.x, self.allowed, self.y, self.labels_path = np.asarray(x, np.float32), allowed, y, labels_path
+        self.batch, self.pause_s = batch, pause_s
+        self.ok, self.failures, self.answered = 0, [], {name: 0 for name in allowed}
+        self._stop, self._lock = threading.Event(), threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(api, seed * 100 + i), daemon=True)
+                         for i in range(threads_per_api) for api in ("rest", "grpc")]
+
+    def _rest(self, session, rows: np.ndarray, rid: str) -> np.ndarray:
+        r = session.post(f"http://{self.host}:{self.rest_port}/v1/models/{self.model}:predict",
+                         json={"instances": rows.tolist()}, headers={"X-Request-Id": rid}, timeout=30)
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
+        return np.asarray(r.json()["predictions"], np.float32)
+
+    def _grpc(self, stub, rows: np.ndarray, rid: str) -> np.ndarray:
+        from tensorflow_serving.apis import predict_pb2
+
+        from tfmlops.serving import tensors
+
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name = self.model
+        tensors.make_tensor_proto(rows, req.inputs["x"])
+        resp = stub.Predict(req, timeout=30, metadata=(("x-request-id", rid),))
+        return tensors.make_ndarray(resp.outputs["y"], "y")
+
+    def _run(self, api: str, seed: int) -> None:
+        import uuid
+
+        import grpc
+        import requests
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        rng = np.random.default_rng(seed)
+        session = requests.Session()
+        channel = grpc.insecure_channel(f"{self.host}:{self.grpc_port}")
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        try:
+            while not self._stop.is_set():
+                start = int(rng.integers(len(self.x) // self.batch)) * self.batch
+                rows, rid = self.x[start:start + self.batch], f"user-{uuid.uuid4().hex}"
+                try:
+                    got = self._rest(session, rows, rid) if api == "rest" else self._grpc(stub, rows, rid)
+                    name = next((n for n, out in self.allowed.items()
+                                 if got.shape == out[start:start + self.batch].shape
+                                 and np.allclose(got, out[start:start + self.batch], atol=1e-5)), None)
+                    problem = None if name else f"{api}: outputs of no allowed model for rows {start}.."
+                except Exception as exc:  # noqa: BLE001 - every failure counts
+                    name, problem = None, f"{api}: {type(exc).__name__}: {exc}"
+                with self._lock:
+                    if problem:
+                        self.failures.append(problem)
+                    else:
+                        self.ok += 1
+                        self.answered[name] += 1
+                        if self.labels_path:
+                            with open(self.labels_path, "a") as fh:
+                                labels = [int(v) for v in self.y[start:start + self.batch]]
+                                fh.write(json.dumps({"request_id": rid, "labels": labels}) + "\n")
+                time.sleep(self.pause_s)
+        finally:
+            session.close()
+            channel.close()
+

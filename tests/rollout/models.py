@@ -20,7 +20,9 @@ def build(path: str, seed: int, scale: float = 1.0, fault: str | None = None) ->
 
     ``fault`` injects a defect that only live traffic meets (single-row requests; the smoke batch
     has three rows, so the version passes its smoke check): ``"error"`` fails them
-    (INVALID_ARGUMENT), ``"slow"`` answers them ~60 ms late."""
+    (INVALID_ARGUMENT), ``"slow"`` answers them ~60 ms late. ``"wrong_classes"`` answers every
+    request as fast and without error, but with the classes rotated by one (class k's score goes
+    to k + 1): its smoke batch is its own outputs, so only the classes users get tell it apart."""
     import tensorflow as tf
     import tf_keras as keras
 
@@ -45,6 +47,8 @@ def build(path: str, seed: int, scale: float = 1.0, fault: str | None = None) ->
                 y = tf.identity(y)
         elif fault == "slow":
             y = tf.cond(tf.shape(x)[0] == 1, lambda: slow(y), lambda: y)
+        elif fault == "wrong_classes":
+            y = tf.roll(y, shift=1, axis=1)
         return {"y": y}
 
     tf.saved_model.save(model, path, signatures={"serving_default": serve})

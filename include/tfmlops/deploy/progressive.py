@@ -14,13 +14,21 @@ the replicas' own metrics.
    most ``max_error_rate_increase``, its p99 the stable's by at most ``max_p99_increase_ms``; a
    canary replica the router marks DOWN, or a canary group that got no request, is a breach too.
    The router and the replicas are polled every ``poll_s`` during a window, so a crash, or an
-   error rate over its limit on ``min_requests`` canary requests, ends the step early;
+   error rate over its limit on ``min_requests`` canary requests, ends the step early. Then the
+   two groups' predicted classes over the window (their logged predictions of users' requests,
+   :mod:`.prediction_logs`) are compared: a canary that answers fast and without errors but with
+   other classes than the stable group is a breach too. Where no request logs are configured, or
+   too few predictions were logged, the step's ``predictions`` say ``not measured`` and why;
 3. a breach → share back to 0 % at once, the canary group back to the old version, the reason;
 4. every step passed → N is rolled onto the stable group (``replace``), then the share goes back
    to 0 % (both groups serve N; the canary group is ready for the next release).
 
 Every decision and number is kept in :class:`GrayResult` (``steps``: share, the two groups'
 numbers, the verdict, time) for the caller to record (MLflow, task log).
+
+:class:`RouterRelease` is what every release through the router does (the canary group's
+rollout and restore, a watched window at a share, the groups' logged predictions); the gray
+release is one, the A/B test (:mod:`.abtest`) the other.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from typing import Callable
 from .endpoint import Endpoint
 from .live_metrics import MetricsError, Traffic, scrape, traffic_between
 from .rollout import PROMOTED, ROLLED_BACK, Candidate, rollout
+from .prediction_logs import LoggedPrediction, class_counts, compare_distributions, log_files, logged_predictions
 from .router import CANARY, STABLE, Router
 
 log = logging.getLogger("tfmlops.rollout")
@@ -45,6 +54,20 @@ class GrayThresholds:
     max_error_rate_increase: float = 0.01  # canary error rate − stable error rate
     max_p99_increase_ms: float = 25.0  # canary p99 − stable p99
     min_requests: int = 20  # fewer canary requests in a window: no verdict → breach (nothing learned)
+    # predicted classes, canary vs stable: a breach needs both (see .prediction_logs)
+    max_prediction_tvd: float = 0.1  # total variation distance of the two class histograms
+    prediction_alpha: float = 0.001  # chi-square test of homogeneity (a false breach: 1 in 1000 windows)
+    min_predictions: int = 50  # logged rows per group and window; fewer: "not measured"
+
+    def __post_init__(self):
+        for name in ("max_error_rate_increase", "max_prediction_tvd", "prediction_alpha"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not self.max_p99_increase_ms >= 0:
+            raise ValueError(f"max_p99_increase_ms must be >= 0, got {self.max_p99_increase_ms}")
+        for name in ("min_requests", "min_predictions"):
+            if not getattr(self, name) >= 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,22 +118,36 @@ def compare(stable: dict, canary: dict, thresholds: GrayThresholds) -> list[str]
     return breaches
 
 
-class GrayRelease:
+def default_log_prefixes(groups: dict[str, list[Endpoint]], model: str) -> dict[str, list[str]]:
+    """Each group's request-log ``filename_prefix`` es, from its endpoints' ``request_log_prefix``
+    (as :func:`.model_config.with_request_logging` sets them; the path as the server sees it)."""
+    return {g: [f"{ep.request_log_prefix.rstrip('/')}/{model}/requests" for ep in eps if ep.request_log_prefix]
+            for g, eps in groups.items()}
+
+
+class RouterRelease:
+    """A candidate on the router's canary replica group, judged on live traffic. ``log_prefixes``
+    (``{group: [filename_prefix, ...]}`` as this process reads them; default: the endpoints'
+    request logs) hold each group's logged predictions; a prefix both groups log to is split by
+    the version that answered (the candidate's: canary)."""
+
     def __init__(self, candidate: Candidate, router: Router, groups: dict[str, list[Endpoint]],
-                 steps=DEFAULT_STEPS, window_s: float = 30.0, thresholds: GrayThresholds | None = None,
-                 poll_s: float = 0.5, timeout_s: float = 120.0, s3_client=None,
-                 on_event: Callable[[str], None] | None = None):
-        steps = [float(s) for s in steps]
-        if not steps or any(not 0 < s <= 100 for s in steps) or steps != sorted(steps) or steps[-1] != 100:
-            raise ValueError(f"gray steps must be increasing shares in (0, 100] ending at 100, got {steps}")
+                 window_s: float = 30.0, thresholds: GrayThresholds | None = None, poll_s: float = 0.5,
+                 timeout_s: float = 120.0, s3_client=None, on_event: Callable[[str], None] | None = None,
+                 log_prefixes: dict[str, list[str]] | None = None, output: str | None = None):
         if not groups.get(STABLE) or not groups.get(CANARY):
-            raise ValueError("a gray release needs a stable and a canary replica group")
+            raise ValueError("a release through the router needs a stable and a canary replica group")
+        if not window_s > 0 or not poll_s > 0:
+            raise ValueError(f"window_s and poll_s must be > 0, got {window_s} and {poll_s}")
         self.cand, self.router, self.groups = candidate, router, groups
-        self.steps, self.window_s, self.poll_s = steps, float(window_s), float(poll_s)
+        self.window_s, self.poll_s = float(window_s), float(poll_s)
         self.thresholds = thresholds or GrayThresholds()
         self.timeout_s, self.s3_client, self.on_event = timeout_s, s3_client, on_event
+        self.log_prefixes = default_log_prefixes(groups, candidate.model) if log_prefixes is None else log_prefixes
+        self.output = output
         self._canary_names = {r.name for r in router.replicas if r.group == CANARY}
         self._baseline: dict | None = None  # the stable group's numbers of the last window it had traffic
+        self._baseline_classes: dict | None = None  # and its predicted classes
 
     def _event(self, msg: str) -> None:
         log.info(msg)
@@ -143,7 +180,7 @@ class GrayRelease:
         an error rate already over its limit on at least ``min_requests`` canary requests (errors
         are unambiguous; latency is judged on the whole window only)."""
         self.router.set_share(share)
-        t0 = time.monotonic()
+        t0, since = time.monotonic(), time.time()
         before = self._scrape()
         down: list[str] = []
         while time.monotonic() - t0 < self.window_s:
@@ -164,43 +201,45 @@ class GrayRelease:
             groups, breaches = {}, [f"metrics unreadable: {exc}"]
         if down:
             breaches.insert(0, f"canary replica(s) down: {', '.join(down)}")
-        return {"share_pct": share, "seconds": round(time.monotonic() - t0, 3), **groups, "breaches": breaches}
+        return {"share_pct": share, "seconds": round(time.monotonic() - t0, 3), "since": since, "until": time.time(),
+                **groups, "breaches": breaches}
 
-    def run(self) -> GrayResult:
-        t0 = time.monotonic()
-        model, n = self.cand.model, self.cand.version
-        res = GrayResult(model, n, PROMOTED)
-        self.router.set_share(0)
-        canary = self._rollout(CANARY, self.cand)
-        res.canary_rollout = canary.to_dict()
-        if not canary.ok:
-            res.outcome, res.reason = ROLLED_BACK, f"canary group: {canary.reason}"
-            self._event(f"gray release of {model} version {n}: {res.reason}")
-            res.seconds = round(time.monotonic() - t0, 3)
-            return res
-        old = sorted({v for vs in canary.old_versions.values() for v in vs})
-        for share in self.steps:
-            step = self._watch(share)
-            res.steps.append(step)
-            self._event(f"gray {model} v{n} at {share:g} %: {step.get(CANARY)} vs stable {step.get(STABLE)}"
-                        f"{' BREACH ' + '; '.join(step['breaches']) if step['breaches'] else ''}")
-            if step["breaches"]:
-                self.router.set_share(0)
-                res.outcome, res.reason = ROLLED_BACK, f"at {share:g} %: " + "; ".join(step["breaches"])
-                self._event(f"gray release of {model} version {n} rolled back ({res.reason}); share 0 %")
-                self._restore_canary(old, res)
-                break
-        else:
-            stable = self._rollout(STABLE, self.cand)
-            res.stable_rollout = stable.to_dict()
-            self.router.set_share(0)
-            if not stable.ok:
-                res.outcome, res.reason = ROLLED_BACK, f"stable group: {stable.reason}"
-                self._restore_canary(old, res)
-        res.seconds = round(time.monotonic() - t0, 3)
-        return res
+    def _logged(self, since: float, until: float) -> tuple[dict[str, list[LoggedPrediction]] | None, str]:
+        """Each group's logged predictions of users' requests in ``[since, until]``, or None and why."""
+        missing = [g for g in (STABLE, CANARY) if not self.log_prefixes.get(g)]
+        if missing:
+            return None, f"no request logs configured for the {' and '.join(missing)} group"
+        shared = set(self.log_prefixes[STABLE]) & set(self.log_prefixes[CANARY])
+        read: dict[str, list[LoggedPrediction]] = {}
+        out = {}
+        try:
+            for g in (STABLE, CANARY):
+                for prefix in self.log_prefixes[g]:
+                    if prefix not in read:
+                        read[prefix] = logged_predictions(log_files(prefix, since), since, until, self.output)
+                preds = [p for prefix in self.log_prefixes[g] for p in read[prefix]]
+                if shared:  # one log for both groups: told apart by the version that answered
+                    preds = [p for p in preds if (p.version == self.cand.version) == (g == CANARY)]
+                out[g] = preds
+        except Exception as exc:  # noqa: BLE001 - an unreadable log is reported, it never ends the release
+            return None, f"request logs unreadable: {type(exc).__name__}: {exc}"
+        return out, ""
 
-    def _restore_canary(self, old: list[int], res: GrayResult) -> None:
+    def _prediction_check(self, step: dict) -> dict:
+        """The groups' predicted-class distributions over the step's window; at 100 % (no stable
+        traffic) the canary's are compared with the stable group's of its last measured window."""
+        t = self.thresholds
+        logged, why = self._logged(step["since"], step["until"])
+        if logged is None:
+            return {"status": "not measured", "reason": why}
+        stable, canary = class_counts(logged[STABLE]), class_counts(logged[CANARY])
+        if sum(stable.values()) >= t.min_predictions:
+            self._baseline_classes = stable
+        elif self._baseline_classes is not None:
+            stable = self._baseline_classes
+        return compare_distributions(stable, canary, t.max_prediction_tvd, t.prediction_alpha, t.min_predictions)
+
+    def _restore_canary(self, old: list[int], res) -> None:
         """The canary group back to the version(s) it served before (config only: still published).
         It takes no traffic meanwhile (share 0 %); a replica that cannot be restored (crashed) is
         named in the result's reason — its config file already says ``old`` for its restart."""
@@ -234,6 +273,54 @@ class GrayRelease:
         apply_config(ep, final)
         wait_unloaded(ep.client, model, [n], self.timeout_s)
         self._event(f"{ep.name}: canary group back on {old}")
+
+
+class GrayRelease(RouterRelease):
+    def __init__(self, candidate: Candidate, router: Router, groups: dict[str, list[Endpoint]],
+                 steps=DEFAULT_STEPS, **kwargs):
+        steps = [float(s) for s in steps]
+        if not steps or any(not 0 < s <= 100 for s in steps) or steps != sorted(steps) or steps[-1] != 100:
+            raise ValueError(f"gray steps must be increasing shares in (0, 100] ending at 100, got {steps}")
+        super().__init__(candidate, router, groups, **kwargs)
+        self.steps = steps
+
+    def run(self) -> GrayResult:
+        t0 = time.monotonic()
+        model, n = self.cand.model, self.cand.version
+        res = GrayResult(model, n, PROMOTED)
+        self.router.set_share(0)
+        canary = self._rollout(CANARY, self.cand)
+        res.canary_rollout = canary.to_dict()
+        if not canary.ok:
+            res.outcome, res.reason = ROLLED_BACK, f"canary group: {canary.reason}"
+            self._event(f"gray release of {model} version {n}: {res.reason}")
+            res.seconds = round(time.monotonic() - t0, 3)
+            return res
+        old = sorted({v for vs in canary.old_versions.values() for v in vs})
+        for share in self.steps:
+            step = self._watch(share)
+            step["predictions"] = self._prediction_check(step)
+            if step["predictions"]["status"] == "breach":
+                step["breaches"].append(step["predictions"]["reason"])
+            res.steps.append(step)
+            self._event(f"gray {model} v{n} at {share:g} %: {step.get(CANARY)} vs stable {step.get(STABLE)}; "
+                        f"predictions {step['predictions']['status']} (TVD {step['predictions'].get('tvd')})"
+                        f"{' BREACH ' + '; '.join(step['breaches']) if step['breaches'] else ''}")
+            if step["breaches"]:
+                self.router.set_share(0)
+                res.outcome, res.reason = ROLLED_BACK, f"at {share:g} %: " + "; ".join(step["breaches"])
+                self._event(f"gray release of {model} version {n} rolled back ({res.reason}); share 0 %")
+                self._restore_canary(old, res)
+                break
+        else:
+            stable = self._rollout(STABLE, self.cand)
+            res.stable_rollout = stable.to_dict()
+            self.router.set_share(0)
+            if not stable.ok:
+                res.outcome, res.reason = ROLLED_BACK, f"stable group: {stable.reason}"
+                self._restore_canary(old, res)
+        res.seconds = round(time.monotonic() - t0, 3)
+        return res
 
 
 def gray_release(candidate: Candidate, router: Router, groups: dict[str, list[Endpoint]], **kwargs) -> GrayResult:

@@ -1,0 +1,82 @@
+"""Logged predictions (PredictionLog TFRecords written by the model server's own log collector)
+read back per window, and the predicted-class distribution check of gray releases, without servers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tfmlops.deploy.prediction_logs import class_counts, compare_distributions, log_files, logged_predictions
+from tfmlops.deploy.progressive import GrayThresholds
+
+
+def _write(prefix: str, records: list[tuple[str, int, np.ndarray]], outputs=("y",)) -> None:
+    """``(request id, timestamp, scores)`` records through tf-serving-local's TFRecordLogCollector."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from tfmlops.serving.core.log_collector import TFRecordLogCollector
+    from tfmlops.serving.tensors import make_tensor_proto
+
+    collector = TFRecordLogCollector(prefix)
+    for rid, ts, scores in records:
+        plog = prediction_log_pb2.PredictionLog()
+        plog.log_metadata.request_origin, plog.log_metadata.timestamp_secs = rid, ts
+        plog.log_metadata.model_spec.version.value = 3
+        for name in outputs:
+            make_tensor_proto(np.asarray(scores, np.float32), plog.predict_log.response.outputs[name])
+        collector.collect_message(plog)
+    collector.close()
+
+
+def test_logged_predictions_of_a_window_without_the_projects_own_requests(tmp_path):
+    prefix = str(tmp_path / "logs" / "requests")
+    _write(prefix, [("user-1", 100, [[0.1, 0.9, 0.0], [0.8, 0.1, 0.1]]),
+                    ("tfmlops-check", 101, [[0.0, 0.0, 1.0]]),
+                    ("user-2", 101, [[0.0, 0.2, 0.7]]),
+                    ("user-3", 105, [[1.0, 0.0, 0.0]])])
+    files = log_files(prefix)
+    assert len(files) == 1 and files[0].endswith(".tfrecord")
+    got = logged_predictions(files, since=100.7, until=104)  # the window [floor(since), until] in whole seconds
+    assert [(p.request_id, p.version, p.classes.tolist()) for p in got] == [("user-1", 3, [1, 0]), ("user-2", 3, [2])]
+    assert class_counts(got) == {0: 1, 1: 1, 2: 1}
+    assert [p.request_id for p in logged_predictions(files, exclude_prefix="")] == [
+        "user-1", "tfmlops-check", "user-2", "user-3"]
+    assert log_files(prefix, since=4e9) == []  # not written since: nothing to read
+    assert log_files(str(tmp_path / "nowhere" / "requests")) == []
+
+
+def test_a_response_with_several_outputs_needs_the_output_named(tmp_path):
+    prefix = str(tmp_path / "requests")
+    _write(prefix, [("user-1", 1, [[0.2, 0.8]])], outputs=("scores", "logits"))
+    with pytest.raises(ValueError, match="name the one whose argmax"):
+        logged_predictions(log_files(prefix))
+    assert logged_predictions(log_files(prefix), output="scores")[0].classes.tolist() == [1]
+    with pytest.raises(ValueError, match="no output 'probs'"):
+        logged_predictions(log_files(prefix), output="probs")
+
+
+def test_distribution_check_needs_distance_and_significance():
+    rng = np.random.default_rng(0)
+    p = np.array([0.6, 0.3, 0.1])
+
+    def counts(probs, n):
+        return {i: int(c) for i, c in enumerate(rng.multinomial(n, probs))}
+
+    args = {"max_tvd": 0.1, "alpha": 0.001, "min_predictions": 50}
+    few = compare_distributions(counts(p, 1000), counts(p, 20), **args)
+    assert few["status"] == "not measured" and "20 canary" in few["reason"] and few["tvd"] is None
+    same = compare_distributions(counts(p, 1000), counts(p, 200), **args)
+    assert same["status"] == "ok" and same["p_value"] > 0.001, same
+    rotated = compare_distributions(counts(p, 1000), counts(np.roll(p, 1), 200), **args)
+    assert rotated["status"] == "breach" and rotated["tvd"] > 0.1 and rotated["p_value"] < 0.001, rotated
+    assert "prediction distribution: TVD" in rotated["reason"] and rotated["psi"] > 0
+    # a real but small shift on many predictions: significant, yet under the distance limit
+    shifted = compare_distributions(counts(p, 200_000), counts([0.58, 0.32, 0.1], 200_000), **args)
+    assert shifted["p_value"] < 0.001 and shifted["tvd"] < 0.1 and shifted["status"] == "ok", shifted
+
+
+@pytest.mark.parametrize("bad", [{"max_prediction_tvd": 1.5}, {"prediction_alpha": -0.1}, {"min_predictions": 0},
+                                 {"max_p99_increase_ms": -1}, {"min_requests": 0}])
+def test_gray_thresholds_refuse_bad_values(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        GrayThresholds(**bad)
