@@ -1,5 +1,6 @@
 """Logged predictions (PredictionLog TFRecords written by the model server's own log collector)
-read back per window, and the predicted-class distribution check of gray releases, without servers."""
+read back per window, the predicted-class distribution check of gray releases and the statistics
+and settings of A/B tests, without servers."""
 
 from __future__ import annotations
 
@@ -80,3 +81,30 @@ def test_distribution_check_needs_distance_and_significance():
 def test_gray_thresholds_refuse_bad_values(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         GrayThresholds(**bad)
+
+
+def test_z_test_agrees_with_scipys_chi_square_and_settings_are_checked(tmp_path):
+    from scipy.stats import chi2_contingency
+
+    from tfmlops.deploy.abtest import ABSettings, labeled_accuracy, label_files, two_proportion_z_test
+    from tfmlops.deploy.prediction_logs import LoggedPrediction
+
+    for a, na, b, nb in ((70, 100, 85, 100), (400, 500, 390, 520), (9, 10, 10, 10)):
+        z, p = two_proportion_z_test(a, na, b, nb)
+        chi2, p_chi, _, _ = chi2_contingency([[a, na - a], [b, nb - b]], correction=False)
+        assert z ** 2 == pytest.approx(chi2) and p == pytest.approx(p_chi), (a, na, b, nb)
+        assert (z > 0) == (b / nb > a / na)
+    assert two_proportion_z_test(10, 10, 20, 20) == (0.0, 1.0)
+    for bad, match in (({"share_pct": 100}, "share_pct"), ({"alpha": 0}, "alpha"), ({"min_samples": 0}, "min_samples"),
+                       ({"labels_wait_s": -1}, "labels_wait_s")):
+        with pytest.raises(ValueError, match=match):
+            ABSettings(**bad)
+    with pytest.raises(ValueError, match="s3:// is not supported"):
+        label_files("s3://bucket/labels")
+    (tmp_path / "joined").mkdir()
+    (tmp_path / "joined" / "a.jsonl").write_text('{"request_id": "r1", "labels": [1, 2]}\n')
+    assert label_files(str(tmp_path)) == [str(tmp_path / "joined" / "a.jsonl")]
+    preds = [LoggedPrediction("r1", 1, 0, np.array([1, 0])), LoggedPrediction("r2", 1, 0, np.array([2])),
+             LoggedPrediction("r3", 1, 0, np.array([0]))]
+    acc = labeled_accuracy(preds, {"r1": [1, 2], "r2": [2, 2], "r3": [0]})
+    assert (acc["labeled_rows"], acc["correct"], acc["refused_labels"]) == (3, 2, 1)

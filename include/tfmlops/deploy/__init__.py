@@ -10,5 +10,7 @@ local or S3), ``model_config`` (config edits and reloads), ``status`` (version s
 endpoint), ``rollout`` (the replace / canary state machine), ``fleet`` (docker SDK replicas),
 ``errors`` (the rollout error types), ``live_metrics`` (the replicas' own metrics: scraped, or
 from a Prometheus server), ``router`` (the HAProxy traffic router in front of replica groups),
-``progressive`` (gray release on live traffic through the router).
+``progressive`` (gray release on live traffic through the router), ``prediction_logs`` (logged
+predictions per window, the predicted-class distribution check), ``abtest`` (A/B test through the
+router, decided on labeled feedback).
 """
