@@ -1,4 +1,4 @@
-"""Roll a registered MLflow model version out to TF Serving: replace, canary or gray, promote or roll back."""
+"""Roll a registered MLflow model version out to TF Serving: replace, canary, gray or A/B, promote or roll back."""
 
 from __future__ import annotations
 
@@ -33,11 +33,20 @@ it is bad. Run it from **Trigger ▸ with config**; daily it reconciles serving 
    - `gray` (live traffic, through the traffic router `router`): *N* is rolled onto the
      router's canary replica group at 0 %, then the canary group gets `gray_steps` % of the
      clients' requests (default 5 → 25 → 50 → 100), each held `gray_window_s`; after each window
-     its error rate and p99 (from the replicas' TF Serving metrics) are compared with the stable
-     group's, and a canary replica the router marks down ends the step at once. A breach puts the
+     its error rate and p99 (from the replicas' TF Serving metrics) and its predicted classes (from
+     the request logs, users' requests only; `gray_max_prediction_tvd`) are compared with the
+     stable group's, and a canary replica the router marks down ends the step at once. A breach puts the
      share back to 0 % and the canary group back on the old version; all steps passed → *N* is
      rolled onto the stable group. Each step's numbers are `gray.*` metrics of the version's run,
      with a chart (`serving/gray_v<N>.png`). `targets` are not used: the groups are the router's.
+   - `ab` (A/B test, through the router): *N* on the canary group, `ab_share_pct` % of the
+     clients' requests on it for `ab_window_s`; each variant's logged predictions are joined with
+     the labels that came back for their request ids (`ab_labels_uri`), and the accuracies are
+     compared (two-proportion z-test, `ab_alpha`, at least `ab_min_samples` labeled rows each).
+     Only a significant win promotes *N* (champion); a challenger that breaks (errors, p99, down)
+     fails the task; a test not won (champion better, or no significant difference) skips it —
+     either way the canary group goes back to the champion. Numbers: `ab.*` metrics and
+     `serving/ab_v<N>.json` on the version's run.
    A failed check, a version that fails to load (state END) or any error rolls back every
    endpoint touched (config back to the old version only), moves the MLflow aliases back and
    fails the task with the reason (also in the `serving.reason` tag of the version).
@@ -62,7 +71,7 @@ PARAMS = {
 
 with DAG(
     dag_id="tf_serving_rollout",
-    description="Registered MLflow version → TF Serving: safe publish, replace/canary, promote or roll back",
+    description="Registered MLflow version → TF Serving: safe publish, replace/canary/gray/A-B, promote or roll back",
     doc_md=DOC,
     schedule="@daily",  # reconcile serving with the champion alias
     start_date=datetime(2026, 1, 1),

@@ -21,6 +21,10 @@ DEFAULT_PARTITIONS_ROOT = os.environ.get("TFMLOPS_PARTITIONS_ROOT") or str(
 # $TFMLOPS_REQUEST_LOG_PREFIX, else the embedded stack's <project>/var/serving/request-logs/mnist_mlp/requests.
 DEFAULT_REQUEST_LOG_PREFIX = os.environ.get("TFMLOPS_REQUEST_LOG_PREFIX") or str(
     Path(__file__).resolve().parents[2] / "var" / "serving" / "request-logs" / "mnist_mlp" / "requests")
+# Where the A/B test reads labeled feedback unless a run says otherwise: the label files of the
+# default partitions root's mnist_stream dataset (feedback/labels/ and, once joined, feedback/joined/).
+DEFAULT_AB_LABELS = None if DEFAULT_PARTITIONS_ROOT.startswith("s3://") else str(
+    Path(DEFAULT_PARTITIONS_ROOT) / "mnist_stream" / "feedback")
 # 1 slot (make run / the compose init create it): the rollout operators run in it by default, so the
 # rollouts of every DAG queue behind each other.
 ROLLOUT_POOL = "tf_serving_rollout"
@@ -63,13 +67,16 @@ def partitions() -> dict[str, Param]:
 
 
 def rollout(strategy: str = "replace", targets_description: str | None = None) -> dict[str, Param]:
-    """The rollout settings (strategy, canary checks, versions to keep, targets)."""
+    """The rollout settings (strategy, canary checks, gray and A/B settings, versions to keep, targets)."""
     return {
-        "strategy": Param(strategy, type="string", enum=["replace", "canary", "gray"], title="Rollout strategy",
+        "strategy": Param(strategy, type="string", enum=["replace", "canary", "gray", "ab"], title="Rollout strategy",
                           description="replace: load next to the old version, check, switch; "
                                       "canary: stable/canary labels, checks, promote; "
                                       "gray: live traffic shifted step by step to the router's canary group, "
-                                      "judged from live metrics, promoted or rolled back by itself."),
+                                      "judged from live metrics and predicted classes, promoted or rolled back by "
+                                      "itself; ab: a fixed share of live traffic to the router's canary group for "
+                                      "one window, promoted only when significantly more accurate on labeled "
+                                      "feedback."),
         "canary_holdout_uri": Param(None, type=["null", "string"], maxLength=1000, title="Canary holdout",
                                     description="Canary accuracy check through the server: .npz with x/y (or "
                                                 "x_test/y_test) as float features, local or s3://. Empty: no check."),
@@ -92,6 +99,26 @@ def rollout(strategy: str = "replace", targets_description: str | None = None) -
         "gray_max_p99_increase_ms": Param(25, type="number", minimum=0, maximum=60000,
                                           title="Gray: max p99 increase (ms)",
                                           description="Canary p99 minus stable p99 allowed."),
+        "gray_max_prediction_tvd": Param(0.1, type="number", minimum=0, maximum=1,
+                                         title="Gray: max predicted-class distance",
+                                         description="Total variation distance allowed between the canary's and "
+                                                     "the stable group's predicted classes in a window (request "
+                                                     "logs; a breach also needs chi-square p < 0.001)."),
+        "ab_share_pct": Param(50, type="number", exclusiveMinimum=0, exclusiveMaximum=100,
+                              title="A/B: challenger share (%)",
+                              description="Share of live requests the router sends to the challenger (canary group)."),
+        "ab_window_s": Param(600, type="number", minimum=1, maximum=86400, title="A/B window (s)",
+                             description="How long the split is held."),
+        "ab_alpha": Param(0.05, type="number", exclusiveMinimum=0, maximum=0.5, title="A/B significance level",
+                          description="Two-sided two-proportion z-test of the accuracies: the challenger is "
+                                      "promoted only when p < alpha and it is the more accurate."),
+        "ab_min_samples": Param(200, type="integer", minimum=1, maximum=10_000_000, title="A/B minimum labeled rows",
+                                description="Labeled predictions each variant needs; fewer: inconclusive."),
+        "ab_labels_uri": Param(DEFAULT_AB_LABELS, type=["null", "string"], maxLength=1000, title="A/B labels",
+                               description="Local folder (every *.jsonl below it) or file of labels for the users' "
+                                           "request ids: {\"request_id\": ..., \"labels\": [...]} per line."),
+        "ab_labels_wait_s": Param(0, type="number", minimum=0, maximum=86400, title="A/B wait for labels (s)",
+                                  description="After the window, how long to wait for enough labels to come back."),
         "keep": Param(2, type="integer", minimum=1, maximum=50, title="Versions to keep",
                       description="Version directories kept in the base path (referenced ones are always kept)."),
         "targets": targets(targets_description) if targets_description else targets(),
@@ -107,4 +134,8 @@ def rollout_arguments() -> dict[str, str]:
             "gray_steps": "{{ params.gray_steps }}",
             "gray_window_s": "{{ params.gray_window_s }}",
             "max_error_rate_increase": "{{ params.gray_max_error_rate_increase }}",
-            "max_p99_increase_ms": "{{ params.gray_max_p99_increase_ms }}"}
+            "max_p99_increase_ms": "{{ params.gray_max_p99_increase_ms }}",
+            "max_prediction_tvd": "{{ params.gray_max_prediction_tvd }}",
+            "ab_share_pct": "{{ params.ab_share_pct }}", "ab_window_s": "{{ params.ab_window_s }}",
+            "ab_alpha": "{{ params.ab_alpha }}", "ab_min_samples": "{{ params.ab_min_samples }}",
+            "ab_labels_uri": "{{ params.ab_labels_uri }}", "ab_labels_wait_s": "{{ params.ab_labels_wait_s }}"}

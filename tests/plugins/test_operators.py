@@ -266,15 +266,20 @@ def test_rollout_maps_rollback_and_promotion():
     assert ctx["outlet_events"][CHAMPION].extra == {"model_name": "m", "version": 3}
 
 
-def test_gray_rollout_goes_through_the_router(monkeypatch):
-    from tfmlops_airflow.assets import CHAMPION
-    from tfmlops_airflow.operators.rollout import ServingRolloutFailed, ServingRolloutOperator
-
+def _router_connections(monkeypatch):
+    """The router connection and the TF Serving connections of its two replica groups."""
     for conn, port in (("TF_SERVING_DEFAULT", 8501), ("TF_SERVING_CANARY", 8511)):
         monkeypatch.setenv(f"AIRFLOW_CONN_{conn}", json.dumps({"conn_type": "http", "host": "127.0.0.1",
                                                                "port": port, "extra": {"models_root": "/m"}}))
     monkeypatch.setenv("AIRFLOW_CONN_TF_SERVING_ROUTER", json.dumps({"conn_type": "generic", "extra": {
         "admin_socket": "/r.sock", "stable": ["tf_serving_default"], "canary": ["tf_serving_canary"]}}))
+
+
+def test_gray_rollout_goes_through_the_router(monkeypatch):
+    from tfmlops_airflow.assets import CHAMPION
+    from tfmlops_airflow.operators.rollout import ServingRolloutFailed, ServingRolloutOperator
+
+    _router_connections(monkeypatch)
     op = ServingRolloutOperator(task_id="rollout", model_name="m", version="4", strategy="gray",
                                 gray_steps="[10, 50, 100]", gray_window_s="30", max_error_rate_increase="0.02",
                                 max_p99_increase_ms="40", announce_champion=True)
@@ -294,6 +299,42 @@ def test_gray_rollout_goes_through_the_router(monkeypatch):
     with mock.patch("tfmlops.steps.rollout.gray_release_registered", return_value=rolled_back):
         with pytest.raises(ServingRolloutFailed, match="rolled back \\(gray\\): at 10 %"):
             op.execute(context())
+
+
+def test_ab_test_promotes_only_a_significant_win(monkeypatch):
+    from tfmlops_airflow.assets import CHAMPION
+    from tfmlops_airflow.operators.rollout import ABTestNotWon, ServingRolloutFailed, ServingRolloutOperator
+
+    _router_connections(monkeypatch)
+    args = {"task_id": "rollout", "model_name": "m", "version": "5", "strategy": "ab", "ab_share_pct": "30",
+            "ab_window_s": "120", "ab_alpha": "0.01", "ab_min_samples": "500", "ab_labels_uri": "/labels",
+            "ab_labels_wait_s": "60", "announce_champion": True}
+    op = ServingRolloutOperator(**args)
+    won = {"model": "m", "version": 5, "strategy": "ab", "outcome": "promoted", "decision": "promote",
+           "challenger_failed": False, "endpoints": ["a", "b"], "variants": {}, "test": {"p_value": 0.001},
+           "aliases": {}, "seconds": 1.0, "reason": "challenger significantly better"}
+    ctx = context()
+    with mock.patch("tfmlops.steps.rollout.ab_test_registered", return_value=won) as step:
+        assert op.execute(ctx)["decision"] == "promote"
+    kwargs = step.call_args.kwargs
+    assert step.call_args.args[:3] == (TRACKING, "m", "5") and kwargs["labels"] == "/labels"
+    assert kwargs["window_s"] == 120.0 and kwargs["settings"].share_pct == 30.0
+    assert (kwargs["settings"].alpha, kwargs["settings"].min_samples, kwargs["settings"].labels_wait_s) == (0.01, 500,
+                                                                                                          60.0)
+    assert ctx["outlet_events"][CHAMPION].extra == {"model_name": "m", "version": 5}
+    undecided = {**won, "outcome": "rolled_back", "decision": "inconclusive", "reason": "no significant difference"}
+    with mock.patch("tfmlops.steps.rollout.ab_test_registered", return_value=undecided):
+        with pytest.raises(ABTestNotWon, match="A/B inconclusive: no significant difference"):
+            op.execute(context())
+    broke = {**undecided, "decision": "keep", "challenger_failed": True, "reason": "challenger: error rate 9%"}
+    with mock.patch("tfmlops.steps.rollout.ab_test_registered", return_value=broke):
+        with pytest.raises(ServingRolloutFailed, match="A/B keep: challenger: error rate"):
+            op.execute(context())
+    for bad, match in (({"ab_labels_uri": "None"}, "needs ab_labels_uri"), ({"ab_share_pct": "100"}, "share_pct")):
+        with mock.patch("tfmlops.steps.rollout.ab_test_registered") as step:
+            with pytest.raises(AirflowFailException, match=match):
+                ServingRolloutOperator(**{**args, **bad}).execute(context())
+        step.assert_not_called()
 
 
 def test_docker_targets_come_from_the_fleet():

@@ -1,12 +1,17 @@
 """A/B tests through a real router (Debian's HAProxy) in front of two real tf-serving-local
 replica groups, under real REST + gRPC user load with the users' own request ids, decided on the
-labels that come back for those ids (JSON-lines files, as a labeler writes them): a challenger
-clearly better than a weak champion wins significantly and is promoted; an equal challenger is
-inconclusive and removed, the champion stays (the statistics alone: test_prediction_logs.py)."""
+labels that come back for those ids (JSON-lines files, as a labeler writes them), the versions
+registered in a real MLflow server: a challenger clearly better than a weak champion wins
+significantly and is promoted (champion alias, ``ab.*`` metrics and the report on its run); an
+equal challenger is inconclusive and removed, the champion stays (the statistics alone:
+test_prediction_logs.py)."""
 
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +20,7 @@ from . import models
 from .conftest import MODEL
 from .load import UserClients
 from .router_stack import needs_haproxy, router_stack, served
+from .test_rollout_dag import register
 
 BATCH = 5  # rows per user request; each batch has exactly one row whose label is wrong (see labels)
 
@@ -31,21 +37,39 @@ pytestmark = [pytest.mark.e2e, needs_haproxy]
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, zoo):
-    """Both groups start on the weak model ``bad`` as version 1 (the champion)."""
+def stack(tmp_path_factory, zoo, mlflow_server):
+    """Both groups start on the weak model ``bad`` as version 1, the champion; ``v2`` and ``v3``
+    (v1's classes) are registered as versions 2 and 3."""
+    from tfmlops import registry
+
+    assert [register(mlflow_server, zoo, name, model=MODEL) for name in ("bad", "v2", "v3")] == [1, 2, 3]
+    registry.set_alias(mlflow_server, MODEL, registry.CHAMPION, 1)
     with router_stack(tmp_path_factory.mktemp("ab"), zoo, initial="bad") as s:
-        yield s
+        yield {**s, "mlflow": mlflow_server}
 
 
-def _ab(stack, zoo, name: str, version: int, labels_dir, **settings):
-    from tfmlops.deploy.abtest import ABSettings, ab_test
+def _ab(stack, version: int, labels_dir):
+    from tfmlops.deploy.abtest import ABSettings
     from tfmlops.deploy.progressive import GrayThresholds
-    from tfmlops.deploy.rollout import Candidate
+    from tfmlops.steps.rollout import ab_test_registered
 
     groups = {g: [s.endpoint] for g, s in stack["groups"].items()}
-    return ab_test(Candidate(MODEL, version, zoo.path[name], zoo.smoke[name]), stack["router"], groups,
-                   labels=str(labels_dir), settings=ABSettings(**{"share_pct": 50, "min_samples": 200, **settings}),
-                   window_s=5.0, poll_s=0.25, thresholds=GrayThresholds(min_requests=5))
+    res = ab_test_registered(stack["mlflow"], MODEL, str(version), stack["router"], groups, labels=str(labels_dir),
+                             settings=ABSettings(share_pct=50, min_samples=200), window_s=5.0,
+                             thresholds=GrayThresholds(min_requests=5))
+    return SimpleNamespace(**res)
+
+
+def _recorded(stack, version: int) -> tuple[dict, dict, dict]:
+    """The version's ``ab.*`` metrics, its A/B report artifact and the model's aliases, from MLflow."""
+    from mlflow import MlflowClient
+
+    mlf = MlflowClient(stack["mlflow"])
+    run_id = mlf.get_model_version(MODEL, str(version)).run_id
+    metrics = {k: v for k, v in mlf.get_run(run_id).data.metrics.items() if k.startswith("ab.")}
+    with tempfile.TemporaryDirectory() as tmp:
+        report = json.loads(Path(mlf.download_artifacts(run_id, f"serving/ab_v{version}.json", tmp)).read_text())
+    return metrics, report, dict(mlf.get_registered_model(MODEL).aliases)
 
 
 def _users(stack, zoo, names, labels_path):
@@ -61,7 +85,7 @@ def _batch_accuracies(zoo, name: str) -> np.ndarray:
 
 
 def _check_report(res, zoo, names):
-    assert json.loads(json.dumps(res.to_dict(), allow_nan=False))  # what Airflow stores as XCom
+    json.dumps(vars(res), allow_nan=False)  # what Airflow stores as XCom
     for variant, name in zip(("champion", "challenger"), names):
         v = res.variants[variant]
         assert v["errors"] == 0 and v["labeled_rows"] >= 200, v
@@ -77,22 +101,29 @@ def _check_report(res, zoo, names):
 def test_a_clearly_better_challenger_wins_and_is_promoted(stack, zoo, tmp_path):
     (tmp_path / "labels").mkdir()
     with _users(stack, zoo, ["bad", "v2"], tmp_path / "labels" / "users.jsonl") as users:
-        res = _ab(stack, zoo, "v2", 2, tmp_path / "labels")
-    assert (res.decision, res.outcome) == ("promote", "promoted"), res.to_dict()
+        res = _ab(stack, 2, tmp_path / "labels")
+    assert (res.decision, res.outcome) == ("promote", "promoted"), vars(res)
     _check_report(res, zoo, ("bad", "v2"))
     assert res.test["p_value"] < res.test["alpha"] and res.test["z"] > 0 and res.test["difference"] > 0, res.test
     assert "challenger significantly better" in res.reason
     assert users.failures == [] and users.answered["v2"] > 0, users.failures[:5]
     assert served(stack) == {"stable": (2,), "canary": (2,)} and stack["router"].share_pct == 0.0
+    metrics, report, aliases = _recorded(stack, 2)
+    assert (aliases["champion"], aliases["previous"]) == ("2", "1")
+    assert metrics["ab.challenger.accuracy"] == res.variants["challenger"]["accuracy"]
+    assert metrics["ab.p_value"] == res.test["p_value"] and report["decision"] == "promote"
 
 
 def test_an_equal_challenger_is_inconclusive_and_removed(stack, zoo, tmp_path):
     """v3 predicts v2's classes on every row: each variant is right on 4 of every 5 labeled rows."""
     (tmp_path / "labels").mkdir()
     with _users(stack, zoo, ["v2", "v3"], tmp_path / "labels" / "users.jsonl") as users:
-        res = _ab(stack, zoo, "v3", 3, tmp_path / "labels")
-    assert (res.decision, res.outcome) == ("inconclusive", "rolled_back"), res.to_dict()
+        res = _ab(stack, 3, tmp_path / "labels")
+    assert (res.decision, res.outcome) == ("inconclusive", "rolled_back"), vars(res)
     _check_report(res, zoo, ("v2", "v3"))
     assert res.test["p_value"] >= res.test["alpha"] and "no significant difference" in res.reason, res.test
     assert users.failures == [] and users.answered["v3"] > 0, users.failures[:5]
     assert served(stack) == {"stable": (2,), "canary": (2,)} and stack["router"].share_pct == 0.0
+    metrics, report, aliases = _recorded(stack, 3)
+    assert (aliases["champion"], aliases["previous"], aliases.get("challenger")) == ("2", "1", None)  # removed
+    assert report["decision"] == "inconclusive" and metrics["ab.champion.labeled_rows"] >= 200

@@ -25,8 +25,8 @@ def dag():
     return bag.get_dag("tf_serving_rollout")
 
 
-def register(tracking_uri: str, zoo, name: str, smoke: str | None = None) -> int:
-    """A registered version whose run holds ``serving/saved_model`` + ``serving/smoke.json``."""
+def register(tracking_uri: str, zoo, name: str, smoke: str | None = None, model: str = MODEL) -> int:
+    """A registered version of ``model`` whose run holds ``serving/saved_model`` + ``serving/smoke.json``."""
     import tempfile
 
     from tfmlops import registry
@@ -35,9 +35,9 @@ def register(tracking_uri: str, zoo, name: str, smoke: str | None = None) -> int
         serving = Path(tmp) / "serving"
         shutil.copytree(zoo.path[name], serving / "saved_model")
         (serving / "smoke.json").write_text(json.dumps(zoo.smoke[smoke or name]))
-        run_id = registry.start_run(tracking_uri, MODEL, f"rollout-{name}", {})
+        run_id = registry.start_run(tracking_uri, model, f"rollout-{name}", {})
         uri = registry.log_files(tracking_uri, run_id, serving, "serving")
-    return registry.register(tracking_uri, MODEL, uri, run_id, {})
+    return registry.register(tracking_uri, model, uri, run_id, {})
 
 
 def states(run) -> dict[str, str]:
@@ -121,9 +121,13 @@ def test_rollout_dag_contract(airflow_db, dag):
                                                                                          "rollout")}
     assert {"model_name", "version", "strategy", "canary_holdout_uri", "canary_min_accuracy", "latency_budget_ms",
             "keep", "targets", "router", "gray_steps", "gray_window_s", "gray_max_error_rate_increase",
-            "gray_max_p99_increase_ms"} <= set(dag.params)
-    assert dag.params.get_param("strategy").schema["enum"] == ["replace", "canary", "gray"]
+            "gray_max_p99_increase_ms", "gray_max_prediction_tvd", "ab_share_pct", "ab_window_s", "ab_alpha",
+            "ab_min_samples", "ab_labels_uri", "ab_labels_wait_s"} <= set(dag.params)
+    assert dag.params.get_param("strategy").schema["enum"] == ["replace", "canary", "gray", "ab"]
     assert dag.params["gray_steps"] == [5, 25, 50, 100] and dag.params["router"] == "tf_serving_router"
     roll = dag.get_task("rollout")
     assert (roll.router_conn_id, roll.gray_steps) == ("{{ params.router }}", "{{ params.gray_steps }}")
+    assert (roll.ab_labels_uri, roll.ab_alpha, roll.max_prediction_tvd) == (
+        "{{ params.ab_labels_uri }}", "{{ params.ab_alpha }}", "{{ params.gray_max_prediction_tvd }}")
+    assert {"ab_labels_uri", "ab_share_pct", "ab_window_s", "max_prediction_tvd"} <= set(roll.template_fields)
     assert all(t.retries >= 1 for t in dag.tasks) and dag.owner == "ml-platform"

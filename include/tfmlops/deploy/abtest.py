@@ -66,6 +66,7 @@ class ABResult:
     outcome: str  # promoted (the challenger serves everywhere) or rolled_back (the champion does)
     decision: str  # promote, keep or inconclusive
     reason: str = ""
+    challenger_failed: bool = False  # it did not load, or breached the error-rate / p99 / health limits
     champion_versions: list = field(default_factory=list)
     window: dict = field(default_factory=dict)
     variants: dict = field(default_factory=dict)
@@ -198,7 +199,7 @@ class ABTest(RouterRelease):
         old = sorted({v for vs in canary.old_versions.values() for v in vs})
         res.champion_versions = old
         if not canary.ok:
-            res.reason = f"canary group: {canary.reason}"
+            res.reason, res.challenger_failed = f"canary group: {canary.reason}", True
             res.seconds = round(time.monotonic() - t0, 3)
             return res
         try:
@@ -208,6 +209,7 @@ class ABTest(RouterRelease):
         step["predictions"] = self._prediction_check(step)  # reported: a better model may predict otherwise
         acc, problems = self._variants(step)
         res.decision, res.reason, res.test = self._decide(step, acc)
+        res.challenger_failed = res.decision == KEEP and bool(step["breaches"])
         res.window = {k: step[k] for k in ("share_pct", "seconds", "since", "until", "breaches", "predictions")}
         res.window["label_problems"] = problems[:20]
         acc = acc or {STABLE: {}, CANARY: {}}
@@ -220,7 +222,8 @@ class ABTest(RouterRelease):
             if stable.ok:
                 res.outcome = PROMOTED
             else:
-                res.decision, res.reason = KEEP, f"{res.reason}; but the stable group: {stable.reason}"
+                res.decision, res.challenger_failed = KEEP, True
+                res.reason = f"{res.reason}; but the stable group: {stable.reason}"
         if res.outcome != PROMOTED:
             self._restore_canary(old, res)
         res.seconds = round(time.monotonic() - t0, 3)

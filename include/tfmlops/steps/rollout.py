@@ -7,20 +7,23 @@ meets the registry.
 from __future__ import annotations
 
 import io
+import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from tfmlops import registry
+from tfmlops.deploy.abtest import ABSettings
 from tfmlops.deploy.checks import CanaryChecks
 from tfmlops.deploy.endpoint import Endpoint
 from tfmlops.deploy.progressive import GrayThresholds
 from tfmlops.deploy.rollout import PROMOTED, Candidate, Rollout, RolloutBusy
 from tfmlops.steps.retrain import download_serving_artifact, resolve
 
-__all__ = ["PROMOTED", "CanaryChecks", "Endpoint", "GrayThresholds", "RolloutBusy", "fleet_endpoints",
-           "gray_release_registered", "load_canary_holdout", "publish_registered", "rollout_registered"]
+__all__ = ["PROMOTED", "ABSettings", "CanaryChecks", "Endpoint", "GrayThresholds", "RolloutBusy", "ab_test_registered",
+           "fleet_endpoints", "gray_release_registered", "load_canary_holdout", "publish_registered",
+           "rollout_registered"]
 
 
 def load_canary_holdout(uri: str, s3_client=None) -> tuple[np.ndarray, np.ndarray]:
@@ -59,6 +62,29 @@ def publish_registered(tracking_uri: str, model_name: str, version_or_alias, end
     return {"model_name": model_name, "version": cand.version, "published": published}
 
 
+def fetch_challenger(tracking_uri: str, model_name: str, version_or_alias, dst: str | Path) -> Candidate:
+    """:func:`fetch_candidate`, and the ``challenger`` alias on it unless it is the champion."""
+    cand = fetch_candidate(tracking_uri, model_name, version_or_alias, dst)
+    champion = registry.alias_version(tracking_uri, model_name, registry.CHAMPION)
+    if champion is None or int(champion.version) != cand.version:
+        registry.set_alias(tracking_uri, model_name, registry.CHALLENGER, cand.version)
+    return cand
+
+
+def _router_result(res: dict, strategy: str, groups: dict) -> dict:
+    """A release through the router as :func:`registry.record_rollout` takes it."""
+    names = [ep.name for g in ("stable", "canary") for ep in groups[g]]
+    promoted = res["outcome"] == PROMOTED
+    return {**res, "strategy": strategy, "endpoints": names if promoted else [],
+            "rolled_back": [] if promoted else names}
+
+
+def _metrics(prefix: str, numbers: dict, keys) -> dict:
+    """``{prefix.key: float}`` of the keys that have a number (None / NaN: nothing measured)."""
+    return {f"{prefix}.{k}": float(numbers[k]) for k in keys
+            if isinstance(numbers.get(k), (int, float)) and numbers[k] == numbers[k]}
+
+
 def rollout_registered(tracking_uri: str, model_name: str, version_or_alias, endpoints: list[Endpoint],
                        strategy: str = "replace", checks: CanaryChecks | None = None, keep: int = 2,
                        timeout_s: float = 120.0, s3_client=None, on_event=None) -> dict:
@@ -66,10 +92,7 @@ def rollout_registered(tracking_uri: str, model_name: str, version_or_alias, end
     Returns the RolloutResult as a dict with ``aliases``; does not raise on a rollback (raises
     :class:`RolloutBusy`, recording nothing, when another rollout keeps an endpoint locked)."""
     with tempfile.TemporaryDirectory() as tmp:
-        cand = fetch_candidate(tracking_uri, model_name, version_or_alias, tmp)
-        champion = registry.alias_version(tracking_uri, model_name, registry.CHAMPION)
-        if champion is None or int(champion.version) != cand.version:
-            registry.set_alias(tracking_uri, model_name, registry.CHALLENGER, cand.version)
+        cand = fetch_challenger(tracking_uri, model_name, version_or_alias, tmp)
         result = Rollout(cand, endpoints, strategy, checks, keep, timeout_s, s3_client, on_event).run().to_dict()
     result["aliases"] = registry.record_rollout(tracking_uri, model_name, cand.version, result)
     return result
@@ -117,23 +140,16 @@ def gray_release_registered(tracking_uri: str, model_name: str, version_or_alias
     from tfmlops.deploy.progressive import gray_release
 
     with tempfile.TemporaryDirectory() as tmp:
-        cand = fetch_candidate(tracking_uri, model_name, version_or_alias, tmp)
-        champion = registry.alias_version(tracking_uri, model_name, registry.CHAMPION)
-        if champion is None or int(champion.version) != cand.version:
-            registry.set_alias(tracking_uri, model_name, registry.CHALLENGER, cand.version)
+        cand = fetch_challenger(tracking_uri, model_name, version_or_alias, tmp)
         res = gray_release(cand, router, groups, steps=steps, window_s=window_s, thresholds=thresholds,
                            timeout_s=timeout_s, s3_client=s3_client, on_event=on_event).to_dict()
-        names = [ep.name for g in ("stable", "canary") for ep in groups[g]]
-        result = {**res, "strategy": "gray", "endpoints": names if res["outcome"] == PROMOTED else [],
-                  "rolled_back": [] if res["outcome"] == PROMOTED else names}
+        result = _router_result(res, "gray", groups)
         run_id = registry.get_version(tracking_uri, model_name, cand.version).run_id
         for i, step in enumerate(res["steps"]):
-            metrics = {"gray.share_pct": step["share_pct"], "gray.breaches": len(step["breaches"])}
+            metrics = {"gray.share_pct": step["share_pct"], "gray.breaches": len(step["breaches"]),
+                       **_metrics("gray.prediction", step.get("predictions", {}), ("tvd", "psi", "p_value"))}
             for group in ("stable", "canary"):
-                for key in ("requests", "error_rate", "p99_ms"):
-                    value = step.get(group, {}).get(key)
-                    if value is not None and value == value:
-                        metrics[f"gray.{group}.{key}"] = float(value)
+                metrics.update(_metrics(f"gray.{group}", step.get(group, {}), ("requests", "error_rate", "p99_ms")))
             registry.log_metrics(tracking_uri, run_id, metrics, step=i)
         if res["steps"]:
             charts = Path(tmp) / "gray_charts"
@@ -143,3 +159,32 @@ def gray_release_registered(tracking_uri: str, model_name: str, version_or_alias
     result["aliases"] = registry.record_rollout(tracking_uri, model_name, cand.version, result)
     return result
 
+
+def ab_test_registered(tracking_uri: str, model_name: str, version_or_alias, router, groups: dict, labels,
+                       settings: ABSettings | None = None, window_s: float = 600.0,
+                       thresholds: GrayThresholds | None = None, timeout_s: float = 180.0, s3_client=None,
+                       on_event=None) -> dict:
+    """A/B test of a registered version (the challenger) against what the stable group serves
+    (:mod:`tfmlops.deploy.abtest`), recorded in MLflow: ``ab.*`` metrics (per variant: requests,
+    error rate, p99, labeled rows, accuracy; the test's z and p-value) and the whole report
+    (``serving/ab_v<N>.json``) on the version's run; ``champion`` moves to it only on a
+    significant win (``decision == "promote"``); otherwise ``challenger`` is dropped from it."""
+    from tfmlops.deploy.abtest import ab_test
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cand = fetch_challenger(tracking_uri, model_name, version_or_alias, tmp)
+        res = ab_test(cand, router, groups, labels, settings, window_s=window_s, thresholds=thresholds,
+                      timeout_s=timeout_s, s3_client=s3_client, on_event=on_event).to_dict()
+        result = _router_result(res, "ab", groups)
+        run_id = registry.get_version(tracking_uri, model_name, cand.version).run_id
+        metrics = _metrics("ab", {**res["window"], **res["test"]}, ("share_pct", "z", "p_value", "difference"))
+        for variant, numbers in res["variants"].items():
+            metrics.update(_metrics(f"ab.{variant}", numbers, ("requests", "error_rate", "p99_ms", "labeled_rows",
+                                                               "accuracy")))
+        registry.log_metrics(tracking_uri, run_id, metrics)
+        report = Path(tmp) / "ab_report"
+        report.mkdir()
+        (report / f"ab_v{cand.version}.json").write_text(json.dumps(res, indent=1, default=str))
+        registry.log_files(tracking_uri, run_id, report, "serving")
+    result["aliases"] = registry.record_rollout(tracking_uri, model_name, cand.version, result)
+    return result

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from tfmlops_airflow.assets import CHAMPION
 from tfmlops_airflow.operators.base import TFMLOpsBaseOperator, number_or_none, optional
@@ -20,6 +20,11 @@ from tfmlops_airflow.params import ROLLOUT_POOL
 
 class ServingRolloutFailed(AirflowFailException):
     """The new version was rolled back (a check failed or it did not load); retrying will not help."""
+
+
+class ABTestNotWon(AirflowSkipException):
+    """An A/B test ended without a significant win of the challenger (champion better, or no
+    significant difference): the champion stays, nothing is broken — the task is skipped with the numbers."""
 
 
 class ServingVersionOperator(TFMLOpsBaseOperator):
@@ -70,9 +75,12 @@ class ServingRolloutOperator(ServingVersionOperator):
     the reason (no retry); another rollout holding an endpoint past ``timeout_s`` fails it with
     a normal retry.
 
-    :param strategy: ``replace``, ``canary`` or ``gray`` (live traffic shifted step by step through
+    :param strategy: ``replace``, ``canary``, ``gray`` (live traffic shifted step by step through
         the router of ``router_conn_id`` to its canary replica group, judged from the replicas'
-        metrics; ``targets`` are then the router's groups). (templated)
+        metrics and logged predictions; ``targets`` are then the router's groups) or ``ab`` (a fixed
+        share to the canary group for one window, decided on labeled feedback: promoted only on a
+        significant win, the task skipped when the test is not won, failed when the challenger
+        breaks). (templated)
     :param holdout_uri: canary accuracy check: ``.npz`` with x/y, local or ``s3://``; unset = no check. (templated)
     :param min_accuracy: accuracy the canary must reach on the holdout. (templated)
     :param latency_budget_ms: p99 of single-row REST predicts on the canary label. (templated)
@@ -84,20 +92,31 @@ class ServingRolloutOperator(ServingVersionOperator):
     :param gray_steps: ``gray``: the canary group's shares of live traffic, in %, ending at 100. (templated)
     :param gray_window_s: ``gray``: how long each share is held and watched. (templated)
     :param max_error_rate_increase: ``gray``: canary error rate − stable error rate allowed. (templated)
-    :param max_p99_increase_ms: ``gray``: canary p99 − stable p99 allowed, in ms. (templated)
+    :param max_p99_increase_ms: ``gray``/``ab``: canary p99 − stable p99 allowed, in ms. (templated)
+    :param max_prediction_tvd: ``gray``: distance allowed between the groups' predicted classes. (templated)
+    :param ab_share_pct: ``ab``: share of live requests to the challenger, in %. (templated)
+    :param ab_window_s: ``ab``: how long the split is held. (templated)
+    :param ab_alpha: ``ab``: significance level of the accuracy test. (templated)
+    :param ab_min_samples: ``ab``: labeled rows each variant needs. (templated)
+    :param ab_labels_uri: ``ab``: local folder or file of JSON-lines labels for request ids. (templated)
+    :param ab_labels_wait_s: ``ab``: how long to wait for labels after the window. (templated)
     """
 
     template_fields: Sequence[str] = (*ServingVersionOperator.template_fields, "strategy", "holdout_uri",
                                       "min_accuracy", "latency_budget_ms", "keep", "timeout_s", "gray_steps",
                                       "router_conn_id", "gray_window_s", "max_error_rate_increase",
-                                      "max_p99_increase_ms")
+                                      "max_p99_increase_ms", "max_prediction_tvd", "ab_share_pct", "ab_window_s",
+                                      "ab_alpha", "ab_min_samples", "ab_labels_uri", "ab_labels_wait_s")
 
     def __init__(self, *, strategy: str = "replace", holdout_uri: str | None = None,
                  min_accuracy: float | str | None = None, latency_budget_ms: float | str | None = None,
                  keep: int | str = 2, timeout_s: float | str = 180, announce_champion: bool = False,
                  router_conn_id: str = "tf_serving_router", gray_steps: list | str = (5, 25, 50, 100),
                  gray_window_s: float | str = 60, max_error_rate_increase: float | str = 0.01,
-                 max_p99_increase_ms: float | str = 25, **kwargs):
+                 max_p99_increase_ms: float | str = 25, max_prediction_tvd: float | str = 0.1,
+                 ab_share_pct: float | str = 50, ab_window_s: float | str = 600, ab_alpha: float | str = 0.05,
+                 ab_min_samples: int | str = 200, ab_labels_uri: str | None = None,
+                 ab_labels_wait_s: float | str = 0, **kwargs):
         if announce_champion:
             kwargs.setdefault("outlets", [CHAMPION])
         super().__init__(**kwargs)
@@ -112,27 +131,62 @@ class ServingRolloutOperator(ServingVersionOperator):
         self.gray_window_s = gray_window_s
         self.max_error_rate_increase = max_error_rate_increase
         self.max_p99_increase_ms = max_p99_increase_ms
+        self.max_prediction_tvd = max_prediction_tvd
+        self.ab_share_pct = ab_share_pct
+        self.ab_window_s = ab_window_s
+        self.ab_alpha = ab_alpha
+        self.ab_min_samples = ab_min_samples
+        self.ab_labels_uri = ab_labels_uri
+        self.ab_labels_wait_s = ab_labels_wait_s
 
-    def _gray(self) -> dict[str, Any]:
-        from tfmlops.steps.rollout import GrayThresholds, gray_release_registered
+    def _through_router(self, step, **kwargs) -> dict[str, Any]:
+        """``step(tracking_uri, model, version, router, groups, ...)`` with the router connection's
+        router and replica groups; bad settings fail the task with the reason (no retry)."""
+        from tfmlops.steps.rollout import GrayThresholds
         from tfmlops_airflow.hooks.router import TrafficRouterHook
 
-        steps = self.gray_steps
-        if isinstance(steps, str):
-            steps = [s for s in steps.replace("[", " ").replace("]", " ").replace(",", " ").split() if s]
         hook = TrafficRouterHook(self.router_conn_id)
         try:
             groups = hook.groups()
             endpoints = [ep for eps in groups.values() for ep in eps]
-            return gray_release_registered(
-                self.tracking_uri, self.model_name, self.version, hook.router(), groups,
-                steps=[float(s) for s in steps], window_s=float(self.gray_window_s),
-                thresholds=GrayThresholds(max_error_rate_increase=float(self.max_error_rate_increase),
-                                          max_p99_increase_ms=float(self.max_p99_increase_ms)),
-                timeout_s=float(self.timeout_s), s3_client=self.models_root_s3_client(endpoints),
-                on_event=self.log.info)
+            try:
+                thresholds = GrayThresholds(max_error_rate_increase=float(self.max_error_rate_increase),
+                                            max_p99_increase_ms=float(self.max_p99_increase_ms),
+                                            max_prediction_tvd=float(self.max_prediction_tvd))
+            except ValueError as exc:
+                raise AirflowFailException(f"{self.strategy} settings: {exc}") from exc
+            return step(self.tracking_uri, self.model_name, self.version, hook.router(), groups,
+                        thresholds=thresholds, timeout_s=float(self.timeout_s),
+                        s3_client=self.models_root_s3_client(endpoints), on_event=self.log.info, **kwargs)
         finally:
             hook.close()
+
+    def _gray(self) -> dict[str, Any]:
+        from tfmlops.steps.rollout import gray_release_registered
+
+        steps = self.gray_steps
+        if isinstance(steps, str):
+            steps = [s for s in steps.replace("[", " ").replace("]", " ").replace(",", " ").split() if s]
+        return self._through_router(gray_release_registered, steps=[float(s) for s in steps],
+                                    window_s=float(self.gray_window_s))
+
+    def _ab(self) -> dict[str, Any]:
+        from tfmlops.steps.rollout import ABSettings, ab_test_registered
+
+        labels = optional(self.ab_labels_uri)
+        if labels is None:
+            raise AirflowFailException("strategy ab needs ab_labels_uri: the labels of the users' request ids")
+        try:
+            settings = ABSettings(share_pct=float(self.ab_share_pct), alpha=float(self.ab_alpha),
+                                  min_samples=int(self.ab_min_samples), labels_wait_s=float(self.ab_labels_wait_s))
+        except ValueError as exc:
+            raise AirflowFailException(f"ab settings: {exc}") from exc
+        return self._through_router(ab_test_registered, labels=str(labels), settings=settings,
+                                    window_s=float(self.ab_window_s))
+
+    def _announce(self, context, version) -> None:
+        if CHAMPION in self.outlets:
+            context["outlet_events"][CHAMPION].extra = {"model_name": self.model_name, "version": version}
 
     def execute(self, context) -> dict[str, Any]:
         from tfmlops.steps.rollout import CanaryChecks, load_canary_holdout, rollout_registered
@@ -142,11 +196,19 @@ class ServingRolloutOperator(ServingVersionOperator):
             if result["outcome"] != "promoted":
                 raise ServingRolloutFailed(f"{self.model_name} version {result['version']} rolled back (gray): "
                                            f"{result['reason']}")
-            if CHAMPION in self.outlets:
-                context["outlet_events"][CHAMPION].extra = {"model_name": self.model_name,
-                                                            "version": result["version"]}
+            self._announce(context, result["version"])
             return {k: result[k] for k in ("model", "version", "strategy", "outcome", "endpoints", "steps",
                                            "aliases", "seconds")}
+        if self.strategy == "ab":
+            result = self._ab()
+            what = f"{self.model_name} version {result['version']} A/B {result['decision']}: {result['reason']}"
+            if result["challenger_failed"]:
+                raise ServingRolloutFailed(what)
+            if result["outcome"] != "promoted":
+                raise ABTestNotWon(what)
+            self._announce(context, result["version"])
+            return {k: result[k] for k in ("model", "version", "strategy", "outcome", "decision", "endpoints",
+                                           "variants", "test", "aliases", "seconds")}
 
         checks = CanaryChecks(min_accuracy=number_or_none(self.min_accuracy),
                               latency_budget_ms=number_or_none(self.latency_budget_ms))
@@ -164,7 +226,6 @@ class ServingRolloutOperator(ServingVersionOperator):
         if result["outcome"] != "promoted":
             raise ServingRolloutFailed(f"{self.model_name} version {result['version']} rolled back on "
                                        f"{result['rolled_back']}: {result['reason']}")
-        if CHAMPION in self.outlets:
-            context["outlet_events"][CHAMPION].extra = {"model_name": self.model_name, "version": result["version"]}
+        self._announce(context, result["version"])
         return {k: result[k] for k in ("model", "version", "strategy", "outcome", "endpoints", "old_versions",
                                        "checks", "published", "retired", "aliases", "seconds")}
