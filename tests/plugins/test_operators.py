@@ -335,6 +335,10 @@ def test_ab_test_promotes_only_a_significant_win(monkeypatch):
             with pytest.raises(AirflowFailException, match=match):
                 ServingRolloutOperator(**{**args, **bad}).execute(context())
         step.assert_not_called()
+    refused = ValueError("the canary group's endpoints have no request_log_prefix")
+    with mock.patch("tfmlops.steps.rollout.ab_test_registered", side_effect=refused):
+        with pytest.raises(AirflowFailException, match="ab: the canary group's endpoints have no request_log_prefix"):
+            op.execute(context())
 
 
 def test_docker_targets_come_from_the_fleet():

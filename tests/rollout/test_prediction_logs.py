@@ -108,3 +108,12 @@ def test_z_test_agrees_with_scipys_chi_square_and_settings_are_checked(tmp_path)
              LoggedPrediction("r3", 1, 0, np.array([0]))]
     acc = labeled_accuracy(preds, {"r1": [1, 2], "r2": [2, 2], "r3": [0]})
     assert (acc["labeled_rows"], acc["correct"], acc["refused_labels"]) == (3, 2, 1)
+
+
+def test_an_ab_test_without_request_logs_is_refused_before_anything_changes():
+    from tfmlops.deploy.endpoint import Endpoint
+    from tfmlops.steps.rollout import ab_test_registered
+
+    groups = {"stable": [Endpoint("s", request_log_prefix="/logs")], "canary": [Endpoint("c")]}
+    with pytest.raises(ValueError, match="the canary group's endpoints have no request_log_prefix"):
+        ab_test_registered("http://127.0.0.1:9", "m", "2", router=None, groups=groups, labels="/labels")

@@ -169,8 +169,14 @@ def ab_test_registered(tracking_uri: str, model_name: str, version_or_alias, rou
     error rate, p99, labeled rows, accuracy; the test's z and p-value) and the whole report
     (``serving/ab_v<N>.json``) on the version's run; ``champion`` moves to it only on a
     significant win (``decision == "promote"``); otherwise ``challenger`` is dropped from it."""
-    from tfmlops.deploy.abtest import ab_test
+    from tfmlops.deploy.abtest import ab_test, label_files
+    from tfmlops.deploy.progressive import default_log_prefixes
 
+    label_files(labels)  # refused before anything is fetched, aliased or rolled
+    missing = [g for g, prefixes in default_log_prefixes(groups, model_name).items() if not prefixes]
+    if missing:
+        raise ValueError(f"an A/B test joins labels with the groups' request logs; the {' and '.join(missing)} "
+                         "group's endpoints have no request_log_prefix")
     with tempfile.TemporaryDirectory() as tmp:
         cand = fetch_challenger(tracking_uri, model_name, version_or_alias, tmp)
         res = ab_test(cand, router, groups, labels, settings, window_s=window_s, thresholds=thresholds,

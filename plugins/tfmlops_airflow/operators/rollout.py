@@ -155,9 +155,12 @@ class ServingRolloutOperator(ServingVersionOperator):
                                             max_prediction_tvd=float(self.max_prediction_tvd))
             except ValueError as exc:
                 raise AirflowFailException(f"{self.strategy} settings: {exc}") from exc
-            return step(self.tracking_uri, self.model_name, self.version, hook.router(), groups,
-                        thresholds=thresholds, timeout_s=float(self.timeout_s),
-                        s3_client=self.models_root_s3_client(endpoints), on_event=self.log.info, **kwargs)
+            try:
+                return step(self.tracking_uri, self.model_name, self.version, hook.router(), groups,
+                            thresholds=thresholds, timeout_s=float(self.timeout_s),
+                            s3_client=self.models_root_s3_client(endpoints), on_event=self.log.info, **kwargs)
+            except ValueError as exc:  # settings the release refuses (steps, shares, no request logs, labels)
+                raise AirflowFailException(f"{self.strategy}: {exc}") from exc
         finally:
             hook.close()
 
