@@ -117,3 +117,36 @@ def test_an_ab_test_without_request_logs_is_refused_before_anything_changes():
     groups = {"stable": [Endpoint("s", request_log_prefix="/logs")], "canary": [Endpoint("c")]}
     with pytest.raises(ValueError, match="the canary group's endpoints have no request_log_prefix"):
         ab_test_registered("http://127.0.0.1:9", "m", "2", router=None, groups=groups, labels="/labels")
+
+
+def test_ab_decisions(tmp_path):
+    """Breaches, missing logs or labels, and the test's direction, on synthetic numbers."""
+    from tfmlops.deploy.abtest import ABSettings, ABTest
+    from tfmlops.deploy.endpoint import Endpoint
+    from tfmlops.deploy.rollout import Candidate
+    from tfmlops.deploy.router import Router
+
+    groups = {g: [Endpoint(g, request_log_prefix=str(tmp_path))] for g in ("stable", "canary")}
+    ab = ABTest(Candidate("m", 2, "", {}), Router(str(tmp_path / "sock"), []), groups, labels=str(tmp_path),
+                settings=ABSettings(alpha=0.05, min_samples=100), thresholds=GrayThresholds(min_requests=20))
+
+    def step(canary_requests=500, breaches=()):
+        return {"canary": {"requests": canary_requests}, "breaches": list(breaches)}
+
+    def acc(correct, rows):
+        return {"correct": correct, "labeled_rows": rows, "accuracy": correct / rows if rows else None}
+
+    def decide(s, a, problems=()):
+        return ab._decide(s, a, list(problems))[:2]
+
+    good = {"stable": acc(700, 1000), "canary": acc(800, 1000)}
+    assert decide(step(), good)[0] == "promote"
+    assert decide(step(), {"stable": good["canary"], "canary": good["stable"]})[0] == "keep"
+    assert decide(step(), {"stable": acc(700, 1000), "canary": acc(710, 1000)})[0] == "inconclusive"
+    assert decide(step(breaches=["p99 90 ms vs stable 4 ms"]), good) == ("keep", "challenger: p99 90 ms vs stable 4 ms")
+    starved = step(canary_requests=3, breaches=["canary group got 3 requests in the window (< 20)"])
+    assert decide(starved, good)[0] == "inconclusive"
+    assert decide(step(), None, ["no request logs configured"]) == (
+        "inconclusive", "no logged predictions to join labels with: no request logs configured")
+    few = decide(step(), {"stable": acc(70, 90), "canary": acc(300, 300)}, ["no *.jsonl label files in x"])
+    assert few[0] == "inconclusive" and "each needs >= 100" in few[1] and "no *.jsonl label files" in few[1]

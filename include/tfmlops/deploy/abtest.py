@@ -114,8 +114,10 @@ def label_files(sources: str | list[str]) -> list[str]:
 def read_label_files(sources: str | list[str]) -> tuple[dict[str, list[int]], list[str]]:
     from tfmlops.feedback import read_labels
 
-    labels, problems = {}, []
-    for path in label_files(sources):
+    labels, problems, files = {}, [], label_files(sources)
+    if not files:
+        problems.append(f"no *.jsonl label files in {sources}")
+    for path in files:
         got, bad = read_labels(path)
         labels.update(got)
         problems += bad
@@ -165,8 +167,8 @@ class ABTest(RouterRelease):
                 return acc, problems
             time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
-    def _decide(self, step: dict, acc: dict) -> tuple[str, str, dict]:
-        s, champ, chall = self.settings, acc[STABLE], acc[CANARY]
+    def _decide(self, step: dict, acc: dict | None, problems: list[str]) -> tuple[str, str, dict]:
+        s = self.settings
         test = {"method": "two-proportion z-test, two-sided, pooled", "alpha": s.alpha,
                 "min_samples": s.min_samples, "z": None, "p_value": None, "difference": None}
         requests = step.get(CANARY, {}).get("requests")
@@ -175,10 +177,12 @@ class ABTest(RouterRelease):
         if step["breaches"]:
             return (INCONCLUSIVE if starved else KEEP), "challenger: " + "; ".join(step["breaches"]), test
         if acc is None:
-            return INCONCLUSIVE, "no logged predictions to join labels with", test
+            return INCONCLUSIVE, f"no logged predictions to join labels with: {problems[0]}", test
+        champ, chall = acc[STABLE], acc[CANARY]
         if min(champ["labeled_rows"], chall["labeled_rows"]) < s.min_samples:
+            why = f"; {len(problems)} label problem(s), first: {problems[0]}" if problems else ""
             return INCONCLUSIVE, (f"{champ['labeled_rows']} champion and {chall['labeled_rows']} challenger labeled "
-                                  f"rows (each needs >= {s.min_samples})"), test
+                                  f"rows (each needs >= {s.min_samples}){why}"), test
         z, p = two_proportion_z_test(champ["correct"], champ["labeled_rows"], chall["correct"], chall["labeled_rows"])
         test.update(z=z, p_value=p, difference=chall["accuracy"] - champ["accuracy"])
         numbers = (f"challenger accuracy {chall['accuracy']:.4f} ({chall['labeled_rows']} rows) vs champion "
@@ -208,7 +212,7 @@ class ABTest(RouterRelease):
             self.router.set_share(0)
         step["predictions"] = self._prediction_check(step)  # reported: a better model may predict otherwise
         acc, problems = self._variants(step)
-        res.decision, res.reason, res.test = self._decide(step, acc)
+        res.decision, res.reason, res.test = self._decide(step, acc, problems)
         res.challenger_failed = res.decision == KEEP and bool(step["breaches"])
         res.window = {k: step[k] for k in ("share_pct", "seconds", "since", "until", "breaches", "predictions")}
         res.window["label_problems"] = problems[:20]
