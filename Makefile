@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: venv system-deps run loop up stop status lint test bench lock clean docker-up docker-up-isolated docker-down docker-purge
+.PHONY: venv system-deps run loop up stop status lint test bench lock clean docker-up docker-up-isolated docker-down docker-purge prod-up prod-down
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-lock.txt requirements-nodeps.txt pyproject.toml web/package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,15 @@ docker-up: venv
 docker-up-isolated: venv
 	$(BIN)/python scripts/docker_engine.py up --isolated
 
+# The production stack (docker-compose.yaml) on this machine, with the local stand-ins of the hub
+# images (docker/compose.stand-ins.yaml) and two Celery workers, on the isolated engine
+# (scripts/prod_stack.py): builds what is missing (first time ~15 min), waits until every service is healthy.
+prod-up: venv
+	$(BIN)/python scripts/prod_stack.py up
+
+prod-down:  ## the stack's containers, networks and volumes
+	@if test -x $(BIN)/python; then $(BIN)/python scripts/prod_stack.py down; fi
+
 docker-down:  ## remove their containers, stop both engines, unmount what they left (images stay cached)
 	@if test -x $(BIN)/python; then $(BIN)/python scripts/docker_engine.py down; fi
 
@@ -89,5 +98,5 @@ bench: venv
 lock: venv  ## refresh the full resolved pin set after changing requirements*.txt
 	$(BIN)/uv pip freeze --python $(BIN)/python --exclude-editable > requirements-lock.txt
 
-clean: stop docker-down
+clean: stop prod-down docker-down
 	rm -rf var

@@ -29,6 +29,9 @@ why it cannot, and the tests that need it skip with that reason.
 - **tf-serving-local image** (``docker/tf-serving-local/Dockerfile``): stands in for
   ``tensorflow/serving``, built ``FROM`` the local base with ``--network host`` (the only network
   a build has on this engine).
+- **Stand-ins of the production stack** (``up --stand-ins``, ``STAND_INS``): the other hub images
+  of docker-compose.yaml, each from ``docker/stand-ins/<name>/Dockerfile`` FROM the same base,
+  named by ``docker/compose.stand-ins.yaml`` (scripts/prod_stack.py runs the stack with it).
 
 Each image carries a label with a hash of its inputs; an image whose label matches is reused,
 so a second run builds nothing.
@@ -365,31 +368,59 @@ def serving_image_tag() -> str:
     return f"local/tf-serving-local:{_lock_pin('tensorflow-serving-api')}"
 
 
+@dataclass(frozen=True)
+class StandIn:
+    """A local image standing in for a hub image (docker/stand-ins/README.md), built FROM the base."""
+
+    tag: str
+    dockerfile: str  # relative to the repository root; its folder's files are in the build context
+    extra: tuple[str, ...] = ("requirements-lock.txt",)  # more context files (repository-relative)
+
+    def files(self) -> list[str]:
+        folder = ROOT / self.dockerfile.rsplit("/", 1)[0]
+        files = [self.dockerfile, *self.extra]
+        files += [str(p.relative_to(ROOT)) for p in sorted(folder.iterdir()) if p.is_file()]
+        return sorted(set(files))
+
+
+# what docker/compose.stand-ins.yaml names (a test checks the two agree); tf-serving-local first:
+# the fleet tests need it alone
+STAND_INS = {
+    "tf-serving-local": StandIn(serving_image_tag(), SERVING_DOCKERFILE, ("requirements-lock.txt",) + tuple(
+        str(p.relative_to(ROOT)) for p in [ROOT / "include/tfmlops/__init__.py",
+                                            *sorted((ROOT / "include/tfmlops/serving").rglob("*.py"))])),
+    "airflow": StandIn("local/airflow:3.3.2-python3.11", "docker/stand-ins/airflow/Dockerfile"),
+    "node": StandIn("local/node:20.19.5-bookworm-slim", "docker/stand-ins/node/Dockerfile", ()),
+    "postgres": StandIn("local/postgres:15-bookworm", "docker/stand-ins/postgres/Dockerfile", ()),
+    "redis": StandIn("local/redis:7.0-bookworm", "docker/stand-ins/redis/Dockerfile", ()),
+    "s3": StandIn("local/s3:moto-5.2.5", "docker/stand-ins/s3/Dockerfile"),
+    "mlflow": StandIn("local/mlflow:v3.17.2", "docker/stand-ins/mlflow/Dockerfile"),
+    "haproxy": StandIn("local/haproxy:2.6-bookworm", "docker/stand-ins/haproxy/Dockerfile", ()),
+    "prometheus": StandIn("local/prometheus:2.42-bookworm", "docker/stand-ins/prometheus/Dockerfile", ()),
+}
+
+
 def _serving_context_files() -> list[str]:
     """The build context of docker/tf-serving-local/Dockerfile (paths relative to the repository root)."""
-    files = [SERVING_DOCKERFILE, "requirements-lock.txt", "include/tfmlops/__init__.py"]
-    files += [str(p.relative_to(ROOT)) for p in sorted((ROOT / "docker/tf-serving-local").iterdir())
-              if p.is_file() and str(p.relative_to(ROOT)) != SERVING_DOCKERFILE]
-    files += [str(p.relative_to(ROOT)) for p in sorted((ROOT / "include/tfmlops/serving").rglob("*.py"))]
-    return files
+    return STAND_INS["tf-serving-local"].files()
 
 
-def ensure_serving_image(client, base: str = BASE_IMAGE) -> str:
-    """The tf-serving-local image (stand-in for tensorflow/serving), rebuilt only when its inputs changed."""
-    tag = serving_image_tag()
-    files = _serving_context_files()
-    base_id = client.images.get(base).id
-    inputs = _digest([("base", base_id.encode())] + [(f, (ROOT / f).read_bytes()) for f in files])
+def build_image(client, tag: str, dockerfile: str, inputs: str, *, context: Path | None = None,
+                files: list[str] | None = None, buildargs: dict | None = None) -> str:
+    """``tag`` built with ``--network host`` (the only network a build has on this engine) and labelled
+    with ``inputs``; skipped when an image with that label exists. The context is ``context`` (a
+    folder, its .dockerignore applied) or only ``files`` (repository-relative) copied at their paths."""
     if _image_label(client, tag) == inputs:
         return tag
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="context-", dir=engine_dir()) as ctx:
-        for f in files:  # only what the Dockerfile copies, at the paths it names
-            (Path(ctx) / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, Path(ctx) / f)
-        log(f"building {tag} FROM {base} (pip installs TensorFlow: a few minutes the first time)")
-        out = client.api.build(path=ctx, dockerfile=SERVING_DOCKERFILE, tag=tag, network_mode="host", rm=True,
-                               forcerm=True, decode=True, buildargs={"BASE_IMAGE": base},
+        if context is None:
+            for f in files or []:  # only what the Dockerfile copies, at the paths it names
+                (Path(ctx) / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / f, Path(ctx) / f)
+        log(f"building {tag} from {dockerfile} (a few minutes when it installs Python packages)")
+        out = client.api.build(path=str(context or ctx), dockerfile=dockerfile, tag=tag, network_mode="host",
+                               rm=True, forcerm=True, decode=True, buildargs=buildargs or {},
                                labels={INPUTS_LABEL: inputs})
         tail: list[str] = []
         for chunk in out:
@@ -405,6 +436,33 @@ def ensure_serving_image(client, base: str = BASE_IMAGE) -> str:
     client.images.prune(filters={"dangling": True})  # the image this one replaced (the engine holds only ours)
     log(f"{tag} built in {time.monotonic() - t0:.0f}s")
     return tag
+
+
+def ensure_stand_in(client, name: str, base: str = BASE_IMAGE) -> str:
+    """A stand-in image (``STAND_INS``), rebuilt only when its inputs (base, context files) changed."""
+    spec = STAND_INS[name]
+    files = spec.files()
+    inputs = _digest([("base", client.images.get(base).id.encode())] + [(f, (ROOT / f).read_bytes()) for f in files])
+    return build_image(client, spec.tag, spec.dockerfile, inputs, files=files, buildargs={"BASE_IMAGE": base})
+
+
+def ensure_serving_image(client, base: str = BASE_IMAGE) -> str:
+    """The tf-serving-local image (stand-in for tensorflow/serving), rebuilt only when its inputs changed."""
+    return ensure_stand_in(client, "tf-serving-local", base)
+
+
+def context_digest(context: Path, parents: list[str], buildargs: dict) -> str:
+    """The inputs of a build from a whole folder: its files (minus .dockerignore), the ids of the
+    images it builds on and the build arguments."""
+    from docker.utils.build import exclude_paths
+
+    ignore = context / ".dockerignore"
+    patterns = [p for p in (ignore.read_text().splitlines() if ignore.exists() else []) if p.strip()
+                and not p.startswith("#")]
+    paths = sorted(p for p in exclude_paths(str(context), patterns) if (context / p).is_file())
+    return _digest([(f"parent/{i}", p.encode()) for i, p in enumerate(parents)]
+                   + [(f"arg/{k}", str(v).encode()) for k, v in sorted(buildargs.items())]
+                   + [(p, (context / p).read_bytes()) for p in paths])
 
 
 def copy_image(src, dst, tag: str) -> str:
@@ -426,8 +484,12 @@ def copy_image(src, dst, tag: str) -> str:
     return tag
 
 
-def ensure_images(client) -> dict:
-    return {"base": ensure_base_image(client), "tf-serving-local": ensure_serving_image(client)}
+def ensure_images(client, stand_ins: bool = False) -> dict:
+    """The base and tf-serving-local images; ``stand_ins``: every stand-in of ``STAND_INS``."""
+    images = {"base": ensure_base_image(client)}
+    for name in STAND_INS if stand_ins else ["tf-serving-local"]:
+        images[name] = ensure_stand_in(client, name)
+    return images
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -436,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_up = sub.add_parser("up", help="start the engine (reusing one that answers)")
     p_up.add_argument("--images", action="store_true", help="also build the local images (reused when unchanged)")
+    p_up.add_argument("--stand-ins", action="store_true",
+                      help="also build every stand-in image of docker/compose.stand-ins.yaml (docker/stand-ins/)")
     p_up.add_argument("--isolated", action="store_true",
                       help=f"also the engine in its own network namespace ({engine_dir(True)}), with the images")
     p_down = sub.add_parser("down", help="remove their containers, stop both engines, unmount what they left")
@@ -457,9 +521,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t0 = time.monotonic()
         engine = up()
-        if args.images or args.isolated:
+        if args.images or args.isolated or args.stand_ins:
             client = engine.client()
-            images = ensure_images(client)
+            images = ensure_images(client, stand_ins=args.stand_ins)
             for kind, tag in images.items():
                 log(f"{kind}: {tag}")
             if args.isolated:

@@ -214,17 +214,19 @@ def up() -> None:
 
 
 class AirflowAPI:
-    """Just what ``run`` needs of Airflow's REST API (v2), with the simple auth manager's token."""
+    """Just what ``run`` (and the production stack's test) needs of Airflow's REST API (v2), with the
+    simple auth manager's token; by default the embedded stack's."""
 
-    def __init__(self):
+    def __init__(self, url: str = AIRFLOW_URL, user: str = USER, password_: str | None = None):
+        self.url = url
         self.session = requests.Session()
-        token = self.session.post(f"{AIRFLOW_URL}/auth/token", json={"username": USER, "password": password()},
+        token = self.session.post(f"{url}/auth/token", json={"username": user, "password": password_ or password()},
                                   timeout=30)
         token.raise_for_status()
         self.session.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
 
     def call(self, method: str, path: str, **kwargs) -> dict:
-        response = self.session.request(method, f"{AIRFLOW_URL}/api/v2{path}", timeout=30, **kwargs)
+        response = self.session.request(method, f"{self.url}/api/v2{path}", timeout=60, **kwargs)
         if response.status_code >= 400:
             raise RuntimeError(f"Airflow API {method} {path}: {response.status_code} {response.text[:500]}")
         return response.json()

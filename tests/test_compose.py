@@ -22,6 +22,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yaml"
 SOCKET_OVERRIDE = ROOT / "docker" / "compose.docker-socket.yaml"
+STAND_INS_OVERRIDE = ROOT / "docker" / "compose.stand-ins.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"
 AIRFLOW_SERVICES = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
@@ -158,7 +159,8 @@ def test_compose_files_validate_against_the_compose_spec():
     exe = shutil.which("check-jsonschema") or shutil.which("check-jsonschema", path=str(Path(sys.executable).parent))
     if exe is None:
         pytest.skip("check-jsonschema is not installed (pip install check-jsonschema==0.39.0)")
-    out = subprocess.run([exe, "--builtin-schema", "vendor.compose-spec", str(COMPOSE), str(SOCKET_OVERRIDE)],
+    out = subprocess.run([exe, "--builtin-schema", "vendor.compose-spec", str(COMPOSE), str(SOCKET_OVERRIDE),
+                          str(STAND_INS_OVERRIDE)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
 
@@ -173,7 +175,8 @@ def _compose_cli() -> list[str] | None:
     return None
 
 
-@pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, SOCKET_OVERRIDE]], ids=["stack", "with-docker-socket"])
+@pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, SOCKET_OVERRIDE], [COMPOSE, STAND_INS_OVERRIDE]],
+                         ids=["stack", "with-docker-socket", "with-stand-ins"])
 def test_docker_compose_config(files, tmp_path):
     cli = _compose_cli()
     if cli is None:
@@ -607,3 +610,34 @@ def test_router_routes_to_both_replica_groups_and_is_generated(services):
         assert f"//{host}:8501/" in environment(worker)[f"AIRFLOW_CONN_{conn_id}"]
     scrape = {job["job_name"]: job for job in prometheus_config()["scrape_configs"]}
     assert scrape["tf-serving-router"]["static_configs"][0]["targets"] == ["router:8405"]
+
+
+def test_the_stand_ins_override_swaps_images_and_build_arguments_only(compose):
+    """docker/compose.stand-ins.yaml changes nothing but images and build arguments; each image it
+    names is one scripts/docker_engine.py builds, each build argument names a stand-in, and the
+    project's Dockerfiles keep the official images as their defaults."""
+    import docker_engine as de
+
+    override = yaml.safe_load(STAND_INS_OVERRIDE.read_text())
+    built = {s.tag for s in de.STAND_INS.values()}
+    for name, svc in override["services"].items():
+        assert name in compose["services"], name
+        assert set(svc) <= {"image", "build"}, (name, set(svc))
+        if "image" in svc:
+            assert svc["image"] in built, (name, svc["image"])
+        if "build" in svc:
+            base = compose["services"][name]["build"]
+            assert svc["build"].get("dockerfile", "Dockerfile") == base.get("dockerfile", "Dockerfile"), name
+            assert set(svc["build"]) <= {"context", "dockerfile", "args"}, name
+            assert all(v in built for v in svc["build"]["args"].values()), (name, svc["build"]["args"])
+    hub = {"config-check", "postgres", "redis", "minio", "minio-init", "tf-serving-0", "tf-serving-1", "router",
+           "prometheus"}
+    assert hub <= set(override["services"]), hub - set(override["services"])
+    assert "ARG AIRFLOW_IMAGE=apache/airflow:" in DOCKERFILE.read_text()
+    assert "ARG MLFLOW_BASE_IMAGE=ghcr.io/mlflow/mlflow:" in (ROOT / "docker/mlflow/Dockerfile").read_text()
+    for spec in de.STAND_INS.values():  # each says it is a stand-in, and its context holds what it copies
+        text = (ROOT / spec.dockerfile).read_text()
+        assert "STAND-IN" in text, spec.dockerfile
+        for copied in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", text, re.M):
+            for src in copied.split():
+                assert src in spec.files() or any(f.startswith(src + "/") for f in spec.files()), (spec.dockerfile, src)

@@ -47,3 +47,26 @@ def test_serving_context_holds_everything_the_dockerfile_copies():
     for name in ("tensorflow", "tensorflow-serving-api", "grpcio", "numpy", "protobuf"):
         assert de._lock_pin(name)  # installed with the lock as constraints
         assert re.search(rf"\s{re.escape(name)}(\s|$)", text), name
+
+
+def test_every_locked_pin_installs_on_the_stand_in_images_python():
+    """The stand-in images run Debian bookworm's Python (3.11.2) and install with pip, which honours
+    Requires-Python: a pin that needs a newer 3.11 (soupsieve 3+/4+ wants >= 3.11.5) breaks the
+    Airflow image's build after a long backtrack. Checked on the installed distributions' metadata."""
+    import importlib.metadata as md
+
+    from packaging.specifiers import SpecifierSet
+
+    bookworm = "3.11.2"
+    pins = {}
+    for line in (de.ROOT / "requirements-lock.txt").read_text().splitlines():
+        name, sep, version = line.strip().partition("==")
+        if sep:
+            pins[re.sub(r"[-_.]+", "-", name.lower())] = version
+    refused = []
+    for dist in md.distributions():
+        name = re.sub(r"[-_.]+", "-", dist.metadata["Name"].lower())
+        needs = dist.metadata.get("Requires-Python")
+        if pins.get(name) == dist.version and needs and not SpecifierSet(needs).contains(bookworm):
+            refused.append(f"{name}=={dist.version} (Requires-Python {needs})")
+    assert not refused, f"pins pip refuses on Python {bookworm}: {refused}"

@@ -121,6 +121,10 @@ def load_keras_model(tracking_uri: str, model_uri: str):
 
 
 def download(tracking_uri: str, artifact_uri: str, dst: str | Path) -> Path:
+    # MLflow resolves a ``models:/<id>`` URI through the process-wide tracking URI (its models
+    # artifact repository ignores ``tracking_uri``): a Celery task process that has not logged
+    # anything before has none, and would look in a local ./mlruns store.
+    mlflow.set_tracking_uri(tracking_uri)
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(dst),
                                                      tracking_uri=tracking_uri))
 

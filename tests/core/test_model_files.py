@@ -150,3 +150,31 @@ def test_models_the_project_logs_carry_no_pickle_and_load_back(mlflow_server):
     x = np.random.default_rng(0).random((3, 4), dtype=np.float32)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
     assert mlflow.tensorflow.get_global_custom_objects()  # restored after the save
+
+
+def test_a_fresh_process_loads_a_logged_model_by_its_models_uri(mlflow_server, tmp_path):
+    """A Celery task process loads what another process logged (the production stack's workers):
+    no tracking URI set globally, a ``models:/<id>`` URI — resolved by MLflow through the global
+    URI, which tfmlops.registry.download sets from the one it is given."""
+    import os
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    from tfmlops import registry
+    from tfmlops.models import ModelConfig, build_model
+
+    model = build_model(ModelConfig(n_features=4, num_classes=2, hidden_units=[3]))
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("fresh") or client.get_experiment(client.create_experiment("fresh"))
+    run_id = client.create_run(experiment.experiment_id).info.run_id
+    uri = registry.log_keras_model(mlflow_server, run_id, model, np.zeros((2, 4), np.float32))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    code = ("import sys; from tfmlops import registry; "
+            "print(registry.load_keras_model(sys.argv[1], sys.argv[2]).count_params())")
+    out = subprocess.run([sys.executable, "-c", code, mlflow_server, uri], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert int(out.stdout.split()[-1]) == model.count_params()
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()

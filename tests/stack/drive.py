@@ -1,0 +1,228 @@
+"""The production stack's client, run inside the stack's network namespace by
+test_production_stack.py (``nsenter --net=<netns> python drive.py <env file> <report.json>``):
+what a user of the stack does, through its published ports only.
+
+1. the services answer (Airflow's API server, MLflow, Prometheus, the router, both TF Serving replicas);
+2. ``tf_offline_retrain`` triggered through Airflow's REST API, twice (versions 1 and 2), rolled
+   onto both replicas; the task instances' hostnames say which Celery worker ran each task;
+3. the champion answers on both replicas over REST and gRPC; MLflow has the versions and aliases
+   and its artifacts are in the S3 bucket;
+4. ``tf_serving_rollout`` with ``strategy=canary`` takes version 1 back onto both replicas, one at a
+   time, while clients send REST and gRPC requests to both: every request must succeed.
+
+Every phase's time and what it saw go to the report; a failed check raises with the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[2] / "scripts"), str(Path(__file__).resolve().parents[1])]
+from rollout.load import ClientThreads  # noqa: E402  (tests/ and scripts/ are not packages on the path)
+from stack import AirflowAPI  # noqa: E402
+
+AIRFLOW = "http://127.0.0.1:8080"
+MLFLOW = "http://127.0.0.1:5000"
+MODEL = "stack_mnist"
+REPLICAS = {"tf-serving-0": (8501, 8500), "tf-serving-1": (8511, 8510)}
+TARGETS = ["tf_serving_default", "tf_serving_replica_1"]
+TRAIN = {"model_name": MODEL, "epochs": 1, "sample_fraction": 0.1, "batch_size": 64, "min_accuracy": 0.5,
+         "tolerance": 1.0, "targets": TARGETS, "strategy": "replace"}
+
+
+def env_values(path: str) -> dict[str, str]:
+    values = {}
+    for line in Path(path).read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            values[key.strip()] = value.strip()
+    return values
+
+
+class Airflow(AirflowAPI):
+    def wait_dag(self, dag_id: str, timeout_s: float = 300) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self.call("GET", f"/dags/{dag_id}")
+                return
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(3)
+
+    def unpause_quietly(self, dag_id: str) -> None:
+        """Unpause; the run the scheduler then creates for the latest interval (default params: a
+        full training) is marked failed before it takes the workers, so only the test's runs run."""
+        self.wait_dag(dag_id)
+        self.call("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            runs = self.call("GET", f"/dags/{dag_id}/dagRuns", params={"run_type": "scheduled"})["dag_runs"]
+            for run in runs:
+                if run["state"] in ("queued", "running"):
+                    self.call("PATCH", f"/dags/{dag_id}/dagRuns/{run['dag_run_id']}", json={"state": "failed"})
+            if runs:
+                return
+            time.sleep(2)
+
+    def run(self, dag_id: str, conf: dict, timeout_s: float) -> dict:
+        run_id = self.call("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})["dag_run_id"]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            state = self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
+            if state in ("success", "failed"):
+                break
+            time.sleep(5)
+        tis = self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+        tasks = {ti["task_id"]: {"state": ti["state"], "hostname": ti.get("hostname") or ""} for ti in tis}
+        if state != "success":
+            raise AssertionError(f"{dag_id} run {run_id} ended {state!r} (or timed out): {tasks}")
+        return {"run_id": run_id, "state": state, "tasks": tasks}
+
+
+def wait_http(url: str, timeout_s: float = 120, **kwargs) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if requests.get(url, timeout=10, **kwargs).status_code < 500:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url} did not answer within {timeout_s:.0f}s")
+        time.sleep(2)
+
+
+class Load(ClientThreads):
+    """REST and gRPC clients on every replica until stopped; every failure is kept."""
+
+    def __init__(self, x: np.ndarray):
+        from tfmlops.deploy.client import ServingClient
+
+        self.x, self.ok, self.failures = x, 0, []
+        self.clients = {name: ServingClient("127.0.0.1", rest, grpc, timeout=30)
+                        for name, (rest, grpc) in REPLICAS.items()}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._loop, args=(n, api), daemon=True)
+                         for n in REPLICAS for api in ("rest", "grpc")]
+
+    def _loop(self, name: str, api: str) -> None:
+        client = self.clients[name]
+        while not self._stop.is_set():
+            try:
+                if api == "rest":
+                    out = np.asarray(client.predict_rest(MODEL, self.x.tolist()))
+                else:
+                    out = client.predict_grpc(MODEL, {"pixels": self.x})["probabilities"]
+                problem = None if out.shape == (len(self.x), 10) else f"{api} {name}: shape {out.shape}"
+            except Exception as exc:  # noqa: BLE001 - every failed request counts
+                problem = f"{api} {name}: {type(exc).__name__}: {str(exc)[:200]}"
+            with self._lock:
+                if problem:
+                    self.failures.append(problem)
+                else:
+                    self.ok += 1
+            time.sleep(0.02)
+
+
+def served(version: int) -> dict:
+    """Each replica's answer for ``version``: REST status, a REST and a gRPC predict."""
+    from tfmlops.deploy.client import ServingClient
+    from tfmlops.serving import tensors
+
+    seen = {}
+    x = np.zeros((2, 784), np.float32)
+    for name, (rest, grpc) in REPLICAS.items():
+        client = ServingClient("127.0.0.1", rest, grpc, timeout=30)
+        states = {int(v["version"]): v["state"] for v in client.status(MODEL)["model_version_status"]}
+        rest_out = np.asarray(client.predict_rest(MODEL, x.tolist()))
+        resp = client.predict_grpc_response(MODEL, {"pixels": x})
+        grpc_out = tensors.make_ndarray(resp.outputs["probabilities"], "probabilities")
+        seen[name] = {"states": states, "grpc_version": int(resp.model_spec.version.value)}
+        assert states.get(version) == "AVAILABLE", f"{name} does not serve version {version}: {states}"
+        assert seen[name]["grpc_version"] == version, seen[name]
+        assert rest_out.shape == grpc_out.shape == (2, 10) and np.allclose(rest_out, grpc_out, atol=1e-5), name
+    return seen
+
+
+def mlflow_and_s3(env: dict) -> dict:
+    import boto3
+
+    auth = ("admin", env["MLFLOW_ADMIN_PASSWORD"])
+    r = requests.get(f"{MLFLOW}/api/2.0/mlflow/registered-models/get", params={"name": MODEL}, auth=auth, timeout=30)
+    r.raise_for_status()
+    model = r.json()["registered_model"]
+    aliases = {a["alias"]: a["version"] for a in model.get("aliases", [])}
+    s3 = boto3.client("s3", endpoint_url="http://127.0.0.1:9000", aws_access_key_id=env["S3_ACCESS_KEY_ID"],
+                      aws_secret_access_key=env["S3_SECRET_ACCESS_KEY"], region_name="us-east-1")
+    bucket = env.get("MLFLOW_ARTIFACT_BUCKET", "mlflow")
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for o in page.get("Contents", [])]
+    return {"aliases": aliases, "artifact_objects": len(keys),
+            "saved_models": sum(k.endswith("saved_model.pb") for k in keys)}
+
+
+def main(env_file: str, report_path: str) -> None:
+    env = env_values(env_file)
+    report: dict = {"times": {}}
+
+    def phase(name: str, t0: float) -> None:
+        report["times"][name] = round(time.monotonic() - t0, 1)
+        Path(report_path).write_text(json.dumps(report, indent=1))
+        print(f"[stack e2e] {name}: {report['times'][name]} s", flush=True)
+
+    t0 = time.monotonic()
+    wait_http(f"{AIRFLOW}/api/v2/monitor/health")
+    wait_http(f"{MLFLOW}/health")
+    wait_http("http://127.0.0.1:9090/-/ready")
+    for rest, _ in [*REPLICAS.values(), (8601, 8600)]:
+        wait_http(f"http://127.0.0.1:{rest}/v1/models/_")
+    targets = requests.get("http://127.0.0.1:9090/api/v1/targets", timeout=30).json()["data"]["activeTargets"]
+    report["prometheus_targets"] = {f"{t['scrapePool']}/{t['labels'].get('instance', '')}": t["health"]
+                                    for t in targets}
+    phase("services_answer", t0)
+
+    t0 = time.monotonic()
+    api = Airflow(AIRFLOW, env.get("AIRFLOW_ADMIN_USER", "admin"), env["AIRFLOW_ADMIN_PASSWORD"])
+    report["pools"] = {p["name"]: p["slots"] for p in api.call("GET", "/pools")["pools"]}
+    report["connections_seen_by_workers"] = TARGETS  # env-defined: checked by the runs using them
+    for dag_id in ("tf_offline_retrain", "tf_serving_rollout"):
+        api.unpause_quietly(dag_id)
+    phase("dags_ready", t0)
+
+    t0 = time.monotonic()
+    report["retrain_1"] = api.run("tf_offline_retrain", TRAIN, timeout_s=1200)
+    phase("retrain_v1", t0)
+    report["served_v1"] = served(1)
+
+    t0 = time.monotonic()
+    report["retrain_2"] = api.run("tf_offline_retrain", TRAIN, timeout_s=1200)
+    phase("retrain_v2", t0)
+    report["served_v2"] = served(2)
+    report["mlflow_after_v2"] = mlflow_and_s3(env)
+
+    t0 = time.monotonic()
+    x = (np.random.default_rng(0).random((4, 784)) > 0.7).astype(np.float32)
+    with Load(x) as load:
+        time.sleep(3)
+        report["canary"] = api.run("tf_serving_rollout", {"model_name": MODEL, "version": "1", "strategy": "canary",
+                                                          "targets": TARGETS}, timeout_s=900)
+        time.sleep(3)
+    report["load"] = {"ok": load.ok, "failed": len(load.failures), "failures": load.failures[:20]}
+    phase("canary_v1_under_load", t0)
+    report["served_after_canary"] = served(1)
+    report["mlflow_after_canary"] = mlflow_and_s3(env)
+    Path(report_path).write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

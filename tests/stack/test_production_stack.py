@@ -1,0 +1,117 @@
+"""The production stack for real (issue 14): docker-compose.yaml with docker/compose.stand-ins.yaml
+on the project's own Docker engines (scripts/prod_stack.py), two Celery workers, every service
+healthy, the retraining and rollout DAGs run through Airflow's REST API on the workers against
+PostgreSQL, MLflow (PostgreSQL + S3 artifacts) and both TF Serving replicas, a canary rollout
+under client load with no failed request, and ``compose down -v`` leaving nothing behind.
+
+The client side (tests/stack/drive.py) runs inside the stack's network namespace. Each phase's
+time goes to ``var/test-output/prod-stack.json``. Skips with the reason where no Docker engine can
+be set up (not root, not Debian)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+# from nothing: ~10 min of stand-in images, ~10 of the project's, ~10 of stack and DAG runs
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
+
+ROOT = Path(__file__).resolve().parents[2]
+ONE_SHOTS = {"config-check", "serving-init", "minio-init", "airflow-init"}
+
+
+def project_objects(client, project: str) -> dict:
+    label = {"label": f"com.docker.compose.project={project}"}
+    return {"containers": [c.name for c in client.containers.list(all=True, filters=label)],
+            "volumes": [v.name for v in client.volumes.list(filters=label)],
+            "networks": [n.name for n in client.networks.list(filters=label)]}
+
+
+def test_production_stack_end_to_end(docker_engine, tmp_path):
+    import docker_engine as de
+    import prod_stack as ps
+
+    times: dict = {}
+    out = ROOT / "var" / "test-output"
+    out.mkdir(parents=True, exist_ok=True)
+    ps.down()  # what a failed earlier run left (a run after a failure starts cleanly)
+    iso = de.up(isolated=True)  # started here (then stopped at the end) unless it already ran
+    try:
+        info = ps.up(workers=2, times=times)
+        env_file = Path(info["env_file"])
+
+        # every service healthy (or, for the one-shot jobs, exited 0); two workers
+        listed = ps.compose(env_file, iso.host, "ps", "--all", "--format", "json", capture=True).stdout
+        rows = [json.loads(line) for line in listed.splitlines() if line.strip()]
+        rows = rows[0] if len(rows) == 1 and isinstance(rows[0], list) else rows
+        by_service: dict = {}
+        for row in rows:
+            by_service.setdefault(row["Service"], []).append(row)
+        assert len(by_service["airflow-worker"]) == 2, by_service["airflow-worker"]
+        for service, containers in by_service.items():
+            for c in containers:
+                if service in ONE_SHOTS:
+                    assert c["State"] == "exited" and c["ExitCode"] == 0, c
+                else:
+                    assert c["State"] == "running" and c.get("Health", "") in ("healthy", ""), c
+        unhealthy_checks = [s for s, cs in by_service.items() if s not in ONE_SHOTS and any(not c.get("Health")
+                                                                                           for c in cs)]
+        assert not unhealthy_checks, f"services without a healthcheck: {unhealthy_checks}"
+
+        # the client side, inside the stack's network namespace
+        report_path = tmp_path / "report.json"
+        t0 = time.monotonic()
+        drive = Path(__file__).with_name("drive.py")
+        proc = subprocess.run(["nsenter", f"--net={info['netns']}", sys.executable, str(drive), str(env_file),
+                               str(report_path)], cwd=ROOT, capture_output=True, text=True, timeout=3000)
+        times["client_phases_s"] = round(time.monotonic() - t0, 1)
+        report = json.loads(report_path.read_text()) if report_path.exists() else {}
+        times.update({f"client.{k}_s": v for k, v in report.get("times", {}).items()})
+        if proc.returncode != 0:
+            logs = ps.compose(env_file, iso.host, "logs", "--tail", "40", "airflow-worker", "airflow-scheduler",
+                              check=False, capture=True).stdout
+            pytest.fail(f"the stack's client failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}\n"
+                        f"--- worker/scheduler logs ---\n{logs[-8000:]}")
+
+        # the DAG runs' tasks ran on both Celery workers (the task instances' hostnames)
+        worker_hosts = {c["Name"].split("/")[-1] for c in by_service["airflow-worker"]}
+        ids = {c["ID"][:12] for c in by_service["airflow-worker"]}
+        hosts = {t["hostname"] for run in ("retrain_1", "retrain_2", "canary")
+                 for t in report[run]["tasks"].values() if t["hostname"]}
+        assert len(hosts) == 2 and hosts <= ids | worker_hosts, (hosts, ids, worker_hosts)
+
+        # both replicas serve the champion; the canary rollout lost no request
+        assert report["load"]["failed"] == 0 and report["load"]["ok"] > 50, report["load"]
+        assert report["mlflow_after_v2"]["aliases"]["champion"] == "2"
+        assert report["mlflow_after_canary"]["aliases"]["champion"] == "1"
+        assert report["mlflow_after_canary"]["saved_models"] >= 2  # MLflow's artifacts are in the S3 bucket
+        assert report["pools"].get("tf_serving_rollout") == 1
+        assert all(h == "up" for h in report["prometheus_targets"].values()), report["prometheus_targets"]
+
+        # Airflow's metadata and MLflow's registry are in PostgreSQL
+        def sql(db: str, user: str, query: str) -> str:
+            return ps.compose(env_file, iso.host, "exec", "-T", "postgres", "psql", "-U", user, "-d", db, "-tAc", query,
+                              capture=True).stdout.strip()
+
+        assert int(sql("airflow", "airflow", "select count(*) from dag_run where dag_id = 'tf_offline_retrain' "
+                                             "and state = 'success'")) == 2
+        assert int(sql("mlflow", "airflow", "select count(*) from model_versions where name = 'stack_mnist'")) == 2
+    finally:
+        t0 = time.monotonic()
+        ps.down()
+        times["compose_down_s"] = round(time.monotonic() - t0, 1)
+        (out / "prod-stack.json").write_text(json.dumps(times, indent=1))
+        print(f"production stack phases (s): {json.dumps(times)}")
+        client = iso.client()
+        try:
+            left = project_objects(client, ps.PROJECT)
+        finally:
+            client.close()
+        if iso.started:
+            de.down(iso.dir)
+        assert left == {"containers": [], "volumes": [], "networks": []}, left
