@@ -1,0 +1,222 @@
+"""Request logs from the router's mirror, in front of real tf-serving-local replicas that log
+nothing themselves (as real TF Serving cannot): real HAProxy with mirror.lua, the real sink
+process, REST and gRPC clients through the router. The logged share is the configured one within
+binomial tolerance; every record decodes and carries exactly what its client sent and got (id,
+input row, output row) and the group/version that answered; ids the clients did not send are the
+router's; the clients' latency with the mirror on and off is measured and reported; hostile
+input to the sink is refused with 4xx and leaves it serving."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import socket
+import struct
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from . import mirror_stack as ms
+
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(shutil.which("haproxy") is None,
+                                 reason="needs HAProxy (Debian: apt-get install haproxy; make system-deps)")]
+
+RATE = 0.25
+
+
+@pytest.fixture(scope="module")
+def mirrored(tmp_path_factory, zoo):
+    from tfmlops.deploy.publish import publish_version
+
+    from .test_gray import Group
+
+    root = tmp_path_factory.mktemp("mirror")
+    groups = [Group(root, "stable-0", "stable", zoo), Group(root, "canary-0", "canary", zoo)]
+    sink = ms.Sink(root)
+    for g in groups:
+        g.proc.wait_ready()
+    # the canary group serves version 2 (other outputs): a record's group is checked by its outputs
+    canary = groups[1]
+    publish_version(zoo.path["v2"], canary.endpoint.models_root, "roll", 2)
+    canary.endpoint.client.wait_until_available("roll", 2, 120)
+    proc, config, router = ms.start_router(root, groups, sink.url, RATE)
+    try:
+        yield {"groups": {g.group: g for g in groups}, "router": router, "config": config, "sink": sink,
+               "root": root}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        sink.stop()
+        for g in groups:
+            g.endpoint.close()
+            g.proc.terminate()
+
+
+def _wait_logged(sink, n: int, timeout_s: float = 30) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats = sink.stats()
+        if stats["logged"] >= n or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.1)
+
+
+def test_mirror_logs_the_configured_share_with_what_clients_sent_and_got(mirrored, zoo):
+    from tfmlops.serving.tensors import make_ndarray
+
+    config, sink, router = mirrored["config"], mirrored["sink"], mirrored["router"]
+    router.set_share(50)
+    try:
+        clients = ms.RecordingClients(config, "mirror", no_id_every=10).run_until(1200)
+    finally:
+        router.set_share(0)
+    assert clients.failures == [], clients.failures[:5]
+    n = clients.total
+    deadline = time.monotonic() + 30  # the router's queue drained into the sink
+    while True:
+        rstats = ms.mirror_stats(config)
+        if rstats["sent"] + rstats["failed"] == rstats["queued"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert rstats["failed"] == 0 and rstats["dropped_queue_full"] == 0 and rstats["incomplete"] == 0, rstats
+    stats = _wait_logged(sink, rstats["sent"])
+    assert stats["logged"] == rstats["sent"] and stats["rejected"] == 0, (rstats, stats)
+    time.sleep(2.5)  # every file closed by age (--max_file_age_s=1)
+    logs = {g: ms.read_group_logs(sink.prefix, g) for g in ("stable", "canary")}
+    logged = sum(len(v) for v in logs.values())
+    assert logged == stats["logged"], (logged, stats)
+    # the logged share: binomial, 4.5 standard deviations
+    sd = math.sqrt(RATE * (1 - RATE) / n)
+    assert abs(logged / n - RATE) <= 4.5 * sd, (logged, n)
+    print(f"\nmirror: {logged} of {n} requests logged ({logged / n:.3f}, rate {RATE}); "
+          f"stable {len(logs['stable'])}, canary {len(logs['canary'])}; router {rstats}")
+    version_of = {"stable": 1, "canary": 2}
+    out_of = {"stable": "v1", "canary": "v2"}
+    seen, generated, by_api = set(), 0, {"rest": 0, "grpc": 0}
+    for group, plogs in logs.items():
+        assert plogs, f"no record of the {group} group"
+        for plog in plogs:
+            assert plog.WhichOneof("log_type") == "predict_log"
+            rid = plog.log_metadata.request_origin
+            x = make_ndarray(plog.predict_log.request.inputs["x"], "x")
+            y = make_ndarray(plog.predict_log.response.outputs["y"], "y")
+            assert plog.log_metadata.model_spec.name == "roll"
+            assert plog.log_metadata.model_spec.version.value == version_of[group], (group, plog.log_metadata)
+            assert plog.log_metadata.sampling_config.sampling_rate == pytest.approx(RATE)
+            # what the group's version answers to that input
+            expected = models_predict(zoo, out_of[group], x)
+            np.testing.assert_allclose(y, expected, atol=1e-5)
+            if rid in clients.sent:
+                sent = clients.sent[rid]
+                assert rid not in seen, rid
+                seen.add(rid)
+                by_api[sent["api"]] += 1
+                np.testing.assert_array_equal(x, sent["x"])
+                np.testing.assert_allclose(y, sent["y"], atol=1e-6)
+            else:  # a request sent without an id: the router's uuid
+                generated += 1
+                assert len(rid) == 36 and rid.count("-") == 4, rid
+                assert any(np.array_equal(x, e["x"]) for e in clients.no_id), rid
+    assert by_api["rest"] > 0 and by_api["grpc"] > 0, by_api
+    assert generated > 0 and len(seen) + generated == logged
+
+
+_LOADED: dict = {}
+
+
+def models_predict(zoo, name: str, x: np.ndarray) -> np.ndarray:
+    """The version's own answer (SavedModel loaded once per test session)."""
+    import tensorflow as tf
+
+    if name not in _LOADED:
+        _LOADED[name] = tf.saved_model.load(zoo.path[name])
+    return _LOADED[name].signatures["serving_default"](x=tf.constant(x, tf.float32))["y"].numpy()
+
+
+def test_client_latency_with_mirror_on_and_off(mirrored, tmp_path):
+    """The same load through a router with the mirror at 100 % and one without it (same
+    replicas): the difference of the clients' median and p99 latency is measured and reported;
+    sampled requests wait only for their own complete answer, not for the sink."""
+    groups = list(mirrored["groups"].values())
+    (tmp_path / "off").mkdir()
+    (tmp_path / "on").mkdir()
+    off_proc, off_config, _ = ms.start_router(tmp_path / "off", groups, None, 0.0)
+    on_proc, on_config, _ = ms.start_router(tmp_path / "on", groups, mirrored["sink"].url, 1.0)
+    try:
+        results = {}
+        for _ in range(2):  # interleaved twice: drift of the shared machine hits both alike
+            for label, config in (("off", off_config), ("on", on_config)):
+                c = ms.RecordingClients(config, f"lat-{label}", threads=1).run_until(300)
+                assert c.failures == [], c.failures[:5]
+                for api, values in c.latency_ms.items():
+                    results.setdefault((label, api), []).extend(values)
+    finally:
+        for p in (off_proc, on_proc):
+            p.terminate()
+            p.wait(10)
+    report = {}
+    for api in ("rest", "grpc"):
+        off, on = np.array(results[("off", api)]), np.array(results[("on", api)])
+        report[api] = {"p50_off_ms": round(float(np.median(off)), 3), "p50_on_ms": round(float(np.median(on)), 3),
+                       "p99_off_ms": round(float(np.percentile(off, 99)), 3),
+                       "p99_on_ms": round(float(np.percentile(on, 99)), 3), "n": [len(off), len(on)]}
+    print("\nclient latency, mirror off vs on (100 % mirrored):", json.dumps(report))
+    for api, r in report.items():
+        # generous: a regression that made clients wait for the sink would add whole round trips
+        assert r["p50_on_ms"] - r["p50_off_ms"] < 5.0, (api, r)
+
+
+def _post(url: str, body: bytes, headers: dict | None = None) -> int:
+    req = urllib.request.Request(url, data=body, method="POST", headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_hostile_input_to_the_sink_is_refused(mirrored):
+    from tfmlops.deploy.mirror_sink import pack_frames
+
+    sink = mirrored["sink"]
+    url = f"{sink.url}/v1/mirror"
+    before = sink.stats()
+    good_meta = {"protocol": "grpc", "path": "/tensorflow.serving.PredictionService/Predict", "status": 200,
+                 "group": "stable", "server_addr": "127.0.0.1", "server_port": 1}
+    cases = {
+        "not frames": b"\x00\x00\x10\x00garbage",
+        "length past the end": struct.pack(">I", 1 << 30) + b"x",
+        "meta not JSON": pack_frames(b"{nope", b"", b""),
+        "meta not an object": pack_frames(b"[1]", b"", b""),
+        "bad group": pack_frames(json.dumps({**good_meta, "group": "../../etc"}).encode(), b"", b""),
+        "gRPC body not a message": pack_frames(json.dumps(good_meta).encode(), b"\x00\x00\x00\x00\x09abc", b""),
+        "gRPC proto garbage": pack_frames(json.dumps(good_meta).encode(), b"\x00\x00\x00\x00\x03\xff\xff\xff",
+                                          b"\x00\x00\x00\x00\x00"),
+        "compressed gRPC": pack_frames(json.dumps(good_meta).encode(), b"\x01\x00\x00\x00\x00", b""),
+        "REST not JSON": pack_frames(json.dumps({**good_meta, "protocol": "rest",
+                                                 "path": "/v1/models/roll:predict"}).encode(), b"{", b"}"),
+        "REST unknown path": pack_frames(json.dumps({**good_meta, "protocol": "rest",
+                                                     "path": "/v1/models/roll:explode"}).encode(), b"{}", b"{}"),
+        "REST replica unreachable": pack_frames(json.dumps({**good_meta, "protocol": "rest",
+                                                            "path": "/v1/models/roll:predict"}).encode(),
+                                                b'{"instances": [[1,2,3,4]]}', b'{"predictions": [[1,2,3]]}'),
+    }
+    for what, body in cases.items():
+        assert _post(url, body) == 400, what
+    # a declared size over the bound is refused before the body is read
+    with socket.create_connection(("127.0.0.1", sink.port), timeout=10) as s:
+        s.sendall(b"POST /v1/mirror HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 413"), "oversized batch"
+    with socket.create_connection(("127.0.0.1", sink.port), timeout=10) as s:
+        s.sendall(b"POST /v1/mirror HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 411"), "chunked"
+    assert _post(f"{sink.url}/v1/other", b"") == 404
+    stats = sink.stats()
+    assert stats["logged"] == before["logged"], "nothing hostile was logged"
+    assert stats["rejected"] - before["rejected"] >= 8, stats
+    assert sink.proc.poll() is None  # still serving
