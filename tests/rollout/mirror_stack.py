@@ -4,6 +4,7 @@ and got back (request id, input row, output row, latency)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -68,6 +69,33 @@ def start_router(root, groups, sink_url: str | None, rate: float):
     while not os.path.exists(config.admin_socket) and time.monotonic() < deadline:
         time.sleep(0.1)
     return proc, config, Router(config.admin_socket, config.replicas)
+
+
+@contextlib.contextmanager
+def mirrored_stack(root, zoo, rate: float, prepare=None):
+    """A stable and a canary replica (version 1), the sink and the router mirroring ``rate`` of the
+    calls; ``prepare(groups)`` runs once the replicas are ready, before the router starts."""
+    from .test_gray import Group
+
+    groups = [Group(root, "stable-0", "stable", zoo), Group(root, "canary-0", "canary", zoo)]
+    sink = Sink(root)
+    proc = None
+    try:
+        for g in groups:
+            g.proc.wait_ready()
+        if prepare is not None:
+            prepare(groups)
+        proc, config, router = start_router(root, groups, sink.url, rate)
+        yield {"groups": {g.group: g for g in groups}, "router": router, "config": config, "sink": sink,
+               "root": root}
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
+        sink.stop()
+        for g in groups:
+            g.endpoint.close()
+            g.proc.terminate()
 
 
 def mirror_stats(config) -> dict:
@@ -144,15 +172,21 @@ class RecordingClients:
     def total(self) -> int:
         return len(self.sent) + len(self.no_id)
 
-    def run_until(self, total: int, timeout_s: float = 120.0) -> RecordingClients:
+    def __enter__(self) -> RecordingClients:
         for t in self._threads:
             t.start()
-        deadline = time.monotonic() + timeout_s
-        while self.total < total and time.monotonic() < deadline and len(self.failures) < 20:
-            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
         self._stop.set()
         for t in self._threads:
             t.join(30)
+
+    def run_until(self, total: int, timeout_s: float = 120.0) -> RecordingClients:
+        with self:
+            deadline = time.monotonic() + timeout_s
+            while self.total < total and time.monotonic() < deadline and len(self.failures) < 20:
+                time.sleep(0.05)
         return self
 
 

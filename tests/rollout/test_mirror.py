@@ -33,28 +33,13 @@ RATE = 0.25
 def mirrored(tmp_path_factory, zoo):
     from tfmlops.deploy.publish import publish_version
 
-    from .test_gray import Group
+    def canary_on_v2(groups):  # other outputs: a record's group is checked by its outputs
+        canary = groups[1]
+        publish_version(zoo.path["v2"], canary.endpoint.models_root, "roll", 2)
+        canary.endpoint.client.wait_until_available("roll", 2, 120)
 
-    root = tmp_path_factory.mktemp("mirror")
-    groups = [Group(root, "stable-0", "stable", zoo), Group(root, "canary-0", "canary", zoo)]
-    sink = ms.Sink(root)
-    for g in groups:
-        g.proc.wait_ready()
-    # the canary group serves version 2 (other outputs): a record's group is checked by its outputs
-    canary = groups[1]
-    publish_version(zoo.path["v2"], canary.endpoint.models_root, "roll", 2)
-    canary.endpoint.client.wait_until_available("roll", 2, 120)
-    proc, config, router = ms.start_router(root, groups, sink.url, RATE)
-    try:
-        yield {"groups": {g.group: g for g in groups}, "router": router, "config": config, "sink": sink,
-               "root": root}
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        sink.stop()
-        for g in groups:
-            g.endpoint.close()
-            g.proc.terminate()
+    with ms.mirrored_stack(tmp_path_factory.mktemp("mirror"), zoo, RATE, canary_on_v2) as stack:
+        yield stack
 
 
 def _wait_logged(sink, n: int, timeout_s: float = 30) -> dict:

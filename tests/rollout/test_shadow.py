@@ -1,0 +1,109 @@
+"""Shadow release through the real router (HAProxy with its request mirror, the real sink) in
+front of two real tf-serving-local groups, under REST + gRPC client load with a new random row per
+request: the mirrored live requests are replayed to the challenger on the canary group (share 0 %)
+and its answers compared with the champion's. A challenger with the champion's top-1 answers is
+promoted; one with other answers is held and the canary group restored. Every client answer is the
+champion's own answer to that row, and the router sends the canary group no client request."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from . import mirror_stack as ms
+from .conftest import MODEL
+
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(shutil.which("haproxy") is None,
+                                 reason="needs HAProxy (Debian: apt-get install haproxy; make system-deps)")]
+
+
+@pytest.fixture(scope="module")
+def shadow_stack(tmp_path_factory, zoo):
+    with ms.mirrored_stack(tmp_path_factory.mktemp("shadow"), zoo, 0.5) as stack:
+        yield stack
+
+
+def _shadow(stack, zoo, name: str, version: int, **kwargs):
+    from tfmlops.deploy.rollout import Candidate
+    from tfmlops.deploy.shadow import ShadowThresholds, shadow_release
+
+    groups = {g: [s.endpoint] for g, s in stack["groups"].items()}
+    return shadow_release(Candidate(MODEL, version, zoo.path[name], zoo.smoke[name]), stack["router"], groups,
+                          stack["sink"].url, window_s=6.0, poll_s=0.2,
+                          thresholds=ShadowThresholds(min_agreement=0.99, min_compared=30), **kwargs)
+
+
+def _answers(zoo, clients, names):
+    """For every answer a client got: which of the versions ``names`` gives exactly that answer."""
+    from .models import predict
+
+    entries = list(clients.sent.values()) + clients.no_id
+    x = np.concatenate([e["x"] for e in entries])
+    y = np.concatenate([e["y"] for e in entries])
+    expected = {n: predict(zoo.path[n], x) for n in names}
+    match = {n: np.all(np.isclose(y, out, atol=1e-5), axis=1) for n, out in expected.items()}
+    return len(entries), match
+
+
+def _run(stack, zoo, name, version, tag):
+    """The shadow release of ``name`` as ``version`` under client load: (result, clients, responses
+    the router took from each group meanwhile)."""
+    served_before = stack["router"].served()
+    with ms.RecordingClients(stack["config"], tag, threads=1) as clients:
+        res = _shadow(stack, zoo, name, version)
+    served = {g: v - served_before[g] for g, v in stack["router"].served().items()}
+    return res, clients, served
+
+
+def test_a_challenger_that_agrees_is_promoted_and_clients_only_get_the_champion(shadow_stack, zoo):
+    res, clients, served = _run(shadow_stack, zoo, "v2", 2, "shadow-good")
+    print("\nshadow report (good challenger):", json.dumps(res.report))
+    json.dumps(res.to_dict(), allow_nan=False)
+    assert res.decision == "promote" and res.outcome == "promoted", res.reason
+    r = res.report
+    assert r["compared"] >= 30 and r["agreement"] == 1.0 and r["challenger_errors"] == 0, r
+    assert r["max_abs_diff"] > 0  # v2 scales v1's logits: same top-1, other values
+    assert r["router_served"]["canary"] == 0 and served["canary"] == 0, (r["router_served"], served)
+    assert clients.failures == [], clients.failures[:5]
+    # v1 until the stable group was rolled onto v2 at the end; never anything else
+    n, match = _answers(zoo, clients, ("v1", "v2"))
+    assert n > 100 and bool(np.all(match["v1"] | match["v2"])), n
+
+
+def test_a_challenger_with_other_answers_is_held_and_the_canary_restored(shadow_stack, zoo):
+    from tfmlops.deploy.status import serving_versions
+
+    res, clients, served = _run(shadow_stack, zoo, "bad", 3, "shadow-bad")
+    print("\nshadow report (wrong challenger):", json.dumps(res.report))
+    assert res.decision == "hold" and res.outcome == "rolled_back", res.to_dict()
+    assert "agreement" in res.reason, res.reason
+    assert res.report["agreement"] < 0.9 and res.report["compared"] >= 30, res.report
+    assert res.report["router_served"]["canary"] == 0 and served["canary"] == 0
+    assert clients.failures == [], clients.failures[:5]
+    n, match = _answers(zoo, clients, ("v2", "bad"))
+    assert n > 100 and bool(np.all(match["v2"])), (n, int(np.sum(~match["v2"])))  # only the champion's answers
+    groups = shadow_stack["groups"]
+    assert {g: tuple(serving_versions(s.endpoint.client, MODEL)) for g, s in groups.items()} == \
+        {"stable": (2,), "canary": (2,)}
+
+
+def test_a_slow_challenger_is_held_on_its_measured_latency(shadow_stack, zoo):
+    """Same answers as the champion (v2), 60 ms late on single rows: held on the replicas' p99."""
+    import os
+
+    from . import models
+
+    path = os.path.join(zoo.root, "v2_slow_shadow")
+    if "v2_slow_shadow" not in zoo.path:
+        zoo.smoke["v2_slow_shadow"] = models.build(path, 1, 1.5, fault="slow")
+        zoo.path["v2_slow_shadow"] = path
+    res, clients, served = _run(shadow_stack, zoo, "v2_slow_shadow", 4, "shadow-slow")
+    print("\nshadow report (slow challenger):", json.dumps(res.report))
+    assert res.decision == "hold" and "p99" in res.reason, res.to_dict()
+    assert res.report["agreement"] == 1.0 and res.report["max_abs_diff"] < 1e-4, res.report
+    assert res.report["latency"]["challenger_at_shadow_client"]["p50_ms"] > 50, res.report["latency"]
+    assert served["canary"] == 0 and clients.failures == [], (served, clients.failures[:5])
