@@ -148,7 +148,8 @@ def router_connections() -> dict[str, str]:
         "AIRFLOW_CONN_TF_SERVING_ROUTER": json.dumps({
             "conn_type": "generic", "host": "127.0.0.1", "port": PORTS["router_rest"],
             "extra": {"grpc_port": PORTS["router_grpc"], "admin_socket": str(ROUTER / "haproxy.sock"),
-                      "stable": ["tf_serving_default"], "canary": ["tf_serving_canary"]}}),
+                      "stable": ["tf_serving_default"], "canary": ["tf_serving_canary"],
+                      "mirror_sink": f"http://127.0.0.1:{PORTS['mirror_sink']}"}}),
     }
 
 

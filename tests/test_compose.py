@@ -611,6 +611,7 @@ def test_router_routes_to_both_replica_groups_and_is_generated(services):
     conn = json.loads(environment(worker)["AIRFLOW_CONN_TF_SERVING_ROUTER"])
     assert conn["extra"]["admin_socket"] == "/var/run/haproxy/admin.sock"
     assert (conn["extra"]["stable"], conn["extra"]["canary"]) == (["tf_serving_default"], ["tf_serving_replica_1"])
+    assert conn["extra"]["mirror_sink"] == "http://mirror-sink:8650"  # shadow releases read its records
     for conn_id, host in (("TF_SERVING_DEFAULT", "tf-serving-0"), ("TF_SERVING_REPLICA_1", "tf-serving-1")):
         assert f"//{host}:8501/" in environment(worker)[f"AIRFLOW_CONN_{conn_id}"]
     scrape = {job["job_name"]: job for job in prometheus_config()["scrape_configs"]}

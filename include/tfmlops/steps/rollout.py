@@ -17,10 +17,12 @@ from tfmlops.deploy.checks import CanaryChecks
 from tfmlops.deploy.endpoint import Endpoint
 from tfmlops.deploy.progressive import GrayThresholds
 from tfmlops.deploy.rollout import PROMOTED, Candidate, Rollout, RolloutBusy
+from tfmlops.deploy.shadow import ShadowThresholds
 from tfmlops.steps.retrain import download_serving_artifact, resolve
 
 __all__ = ["PROMOTED", "CanaryChecks", "Endpoint", "GrayThresholds", "RolloutBusy", "fleet_endpoints",
-           "gray_release_registered", "load_canary_holdout", "publish_registered", "rollout_registered"]
+           "gray_release_registered", "load_canary_holdout", "publish_registered", "rollout_registered",
+           "ShadowThresholds", "shadow_release_registered"]
 
 
 def load_canary_holdout(uri: str, s3_client=None) -> tuple[np.ndarray, np.ndarray]:
@@ -143,3 +145,47 @@ def gray_release_registered(tracking_uri: str, model_name: str, version_or_alias
     result["aliases"] = registry.record_rollout(tracking_uri, model_name, cand.version, result)
     return result
 
+
+
+SHADOW_METRICS = ("compared", "agreement", "max_abs_diff", "mean_abs_diff", "challenger_errors", "skipped",
+                  "mirrored", "eligible")
+
+
+def shadow_release_registered(tracking_uri: str, model_name: str, version_or_alias, router, groups: dict,
+                              sink_url: str, window_s: float = 60.0, thresholds=None, timeout_s: float = 180.0,
+                              s3_client=None, on_event=None) -> dict:
+    """Shadow release of a registered version (:mod:`tfmlops.deploy.shadow`), recorded in MLflow:
+    aliases and ``serving.*`` tags as any rollout (``promote`` → ``promoted``, ``hold`` →
+    ``rolled_back``), the comparison as ``shadow.*`` metrics of the version's run (agreement,
+    max/mean |diff|, challenger errors, each group's requests/error rate/p99) and the whole report
+    as ``serving/shadow_v<N>.json``."""
+    import json
+
+    from tfmlops.deploy.shadow import shadow_release
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cand = fetch_candidate(tracking_uri, model_name, version_or_alias, tmp)
+        champion = registry.alias_version(tracking_uri, model_name, registry.CHAMPION)
+        if champion is None or int(champion.version) != cand.version:
+            registry.set_alias(tracking_uri, model_name, registry.CHALLENGER, cand.version)
+        res = shadow_release(cand, router, groups, sink_url, window_s=window_s, thresholds=thresholds,
+                             timeout_s=timeout_s, s3_client=s3_client, on_event=on_event).to_dict()
+        names = [ep.name for g in ("stable", "canary") for ep in groups[g]]
+        result = {**res, "strategy": "shadow", "endpoints": names if res["outcome"] == PROMOTED else [],
+                  "rolled_back": [] if res["outcome"] == PROMOTED else names}
+        run_id = registry.get_version(tracking_uri, model_name, cand.version).run_id
+        report = res["report"]
+        metrics = {f"shadow.{k}": float(report[k]) for k in SHADOW_METRICS if report.get(k) is not None}
+        metrics["shadow.promote"] = float(res["decision"] == "promote")
+        for group, numbers in (report.get("metrics") or {}).items():
+            for key in ("requests", "error_rate", "p99_ms"):
+                value = numbers.get(key)
+                if value is not None and value == value:
+                    metrics[f"shadow.{group}.{key}"] = float(value)
+        registry.log_metrics(tracking_uri, run_id, metrics)
+        reports = Path(tmp) / "shadow_reports"
+        reports.mkdir()
+        (reports / f"shadow_v{cand.version}.json").write_text(json.dumps(res, indent=1, allow_nan=False))
+        registry.log_files(tracking_uri, run_id, reports, "serving")
+    result["aliases"] = registry.record_rollout(tracking_uri, model_name, cand.version, result)
+    return result

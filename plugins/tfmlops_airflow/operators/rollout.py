@@ -70,9 +70,11 @@ class ServingRolloutOperator(ServingVersionOperator):
     the reason (no retry); another rollout holding an endpoint past ``timeout_s`` fails it with
     a normal retry.
 
-    :param strategy: ``replace``, ``canary`` or ``gray`` (live traffic shifted step by step through
+    :param strategy: ``replace``, ``canary``, ``gray`` (live traffic shifted step by step through
         the router of ``router_conn_id`` to its canary replica group, judged from the replicas'
-        metrics; ``targets`` are then the router's groups). (templated)
+        metrics; ``targets`` are then the router's groups) or ``shadow`` (the router's mirrored live
+        requests replayed to its canary group at 0 % share, judged on agreement with the
+        champion's answers, latency and errors). (templated)
     :param holdout_uri: canary accuracy check: ``.npz`` with x/y, local or ``s3://``; unset = no check. (templated)
     :param min_accuracy: accuracy the canary must reach on the holdout. (templated)
     :param latency_budget_ms: p99 of single-row REST predicts on the canary label. (templated)
@@ -80,24 +82,32 @@ class ServingRolloutOperator(ServingVersionOperator):
     :param timeout_s: how long a load, an unload or another rollout's lock may take. (templated)
     :param announce_champion: emit an event on the ``CHAMPION`` asset naming the model and version
         on promotion (the retraining DAGs; it schedules ``tf_optimize_export``).
-    :param router_conn_id: ``gray``: the traffic router connection (:class:`TrafficRouterHook`).
+    :param router_conn_id: ``gray``, ``shadow``: the traffic router connection (:class:`TrafficRouterHook`).
     :param gray_steps: ``gray``: the canary group's shares of live traffic, in %, ending at 100. (templated)
     :param gray_window_s: ``gray``: how long each share is held and watched. (templated)
     :param max_error_rate_increase: ``gray``: canary error rate − stable error rate allowed. (templated)
     :param max_p99_increase_ms: ``gray``: canary p99 − stable p99 allowed, in ms. (templated)
+    :param shadow_window_s: ``shadow``: how long mirrored live requests are replayed to the
+        challenger on the router's canary group (share 0 %). (templated)
+    :param shadow_min_agreement: ``shadow``: top-1 agreement with the champion needed. (templated)
+    :param shadow_min_compared: ``shadow``: fewer compared requests → hold. (templated)
+    ``shadow`` also uses ``max_error_rate_increase`` and ``max_p99_increase_ms``; a hold fails the
+    task with the reason, as a gray rollback does (the canary group is back on the old version).
     """
 
     template_fields: Sequence[str] = (*ServingVersionOperator.template_fields, "strategy", "holdout_uri",
                                       "min_accuracy", "latency_budget_ms", "keep", "timeout_s", "gray_steps",
                                       "router_conn_id", "gray_window_s", "max_error_rate_increase",
-                                      "max_p99_increase_ms")
+                                      "max_p99_increase_ms", "shadow_window_s", "shadow_min_agreement",
+                                      "shadow_min_compared")
 
     def __init__(self, *, strategy: str = "replace", holdout_uri: str | None = None,
                  min_accuracy: float | str | None = None, latency_budget_ms: float | str | None = None,
                  keep: int | str = 2, timeout_s: float | str = 180, announce_champion: bool = False,
                  router_conn_id: str = "tf_serving_router", gray_steps: list | str = (5, 25, 50, 100),
                  gray_window_s: float | str = 60, max_error_rate_increase: float | str = 0.01,
-                 max_p99_increase_ms: float | str = 25, **kwargs):
+                 max_p99_increase_ms: float | str = 25, shadow_window_s: float | str = 60,
+                 shadow_min_agreement: float | str = 0.99, shadow_min_compared: int | str = 50, **kwargs):
         if announce_champion:
             kwargs.setdefault("outlets", [CHAMPION])
         super().__init__(**kwargs)
@@ -112,40 +122,61 @@ class ServingRolloutOperator(ServingVersionOperator):
         self.gray_window_s = gray_window_s
         self.max_error_rate_increase = max_error_rate_increase
         self.max_p99_increase_ms = max_p99_increase_ms
+        self.shadow_window_s = shadow_window_s
+        self.shadow_min_agreement = shadow_min_agreement
+        self.shadow_min_compared = shadow_min_compared
 
-    def _gray(self) -> dict[str, Any]:
-        from tfmlops.steps.rollout import GrayThresholds, gray_release_registered
+    def _through_router(self, release, *args, **kwargs) -> dict[str, Any]:
+        """``release(tracking_uri, model, version, router, groups, *args, **kwargs)`` with the
+        router connection's router and replica groups (gray, shadow)."""
         from tfmlops_airflow.hooks.router import TrafficRouterHook
 
-        steps = self.gray_steps
-        if isinstance(steps, str):
-            steps = [s for s in steps.replace("[", " ").replace("]", " ").replace(",", " ").split() if s]
         hook = TrafficRouterHook(self.router_conn_id)
         try:
             groups = hook.groups()
             endpoints = [ep for eps in groups.values() for ep in eps]
-            return gray_release_registered(
-                self.tracking_uri, self.model_name, self.version, hook.router(), groups,
-                steps=[float(s) for s in steps], window_s=float(self.gray_window_s),
-                thresholds=GrayThresholds(max_error_rate_increase=float(self.max_error_rate_increase),
-                                          max_p99_increase_ms=float(self.max_p99_increase_ms)),
-                timeout_s=float(self.timeout_s), s3_client=self.models_root_s3_client(endpoints),
-                on_event=self.log.info)
+            args = tuple(a(hook) if callable(a) else a for a in args)
+            return release(self.tracking_uri, self.model_name, self.version, hook.router(), groups, *args,
+                           timeout_s=float(self.timeout_s), s3_client=self.models_root_s3_client(endpoints),
+                           on_event=self.log.info, **kwargs)
         finally:
             hook.close()
+
+    def _gray(self) -> dict[str, Any]:
+        from tfmlops.steps.rollout import GrayThresholds, gray_release_registered
+
+        steps = self.gray_steps
+        if isinstance(steps, str):
+            steps = [s for s in steps.replace("[", " ").replace("]", " ").replace(",", " ").split() if s]
+        return self._through_router(
+            gray_release_registered, steps=[float(s) for s in steps], window_s=float(self.gray_window_s),
+            thresholds=GrayThresholds(max_error_rate_increase=float(self.max_error_rate_increase),
+                                      max_p99_increase_ms=float(self.max_p99_increase_ms)))
+
+    def _shadow(self) -> dict[str, Any]:
+        from tfmlops.steps.rollout import ShadowThresholds, shadow_release_registered
+
+        thresholds = ShadowThresholds(min_agreement=float(self.shadow_min_agreement),
+                                      min_compared=int(float(self.shadow_min_compared)),
+                                      max_error_rate_increase=float(self.max_error_rate_increase),
+                                      max_p99_increase_ms=float(self.max_p99_increase_ms))
+        return self._through_router(shadow_release_registered, lambda hook: hook.mirror_sink_url(),
+                                    window_s=float(self.shadow_window_s), thresholds=thresholds)
 
     def execute(self, context) -> dict[str, Any]:
         from tfmlops.steps.rollout import CanaryChecks, load_canary_holdout, rollout_registered
 
-        if self.strategy == "gray":
-            result = self._gray()
+        if self.strategy in ("gray", "shadow"):
+            result = self._gray() if self.strategy == "gray" else self._shadow()
             if result["outcome"] != "promoted":
-                raise ServingRolloutFailed(f"{self.model_name} version {result['version']} rolled back (gray): "
-                                           f"{result['reason']}")
+                what = "rolled back" if self.strategy == "gray" else "held"
+                raise ServingRolloutFailed(f"{self.model_name} version {result['version']} {what} "
+                                           f"({self.strategy}): {result['reason']}")
             if CHAMPION in self.outlets:
                 context["outlet_events"][CHAMPION].extra = {"model_name": self.model_name,
                                                             "version": result["version"]}
-            return {k: result[k] for k in ("model", "version", "strategy", "outcome", "endpoints", "steps",
+            detail = "steps" if self.strategy == "gray" else "report"
+            return {k: result[k] for k in ("model", "version", "strategy", "outcome", "endpoints", detail,
                                            "aliases", "seconds")}
 
         checks = CanaryChecks(min_accuracy=number_or_none(self.min_accuracy),
