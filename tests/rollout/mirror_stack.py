@@ -52,13 +52,13 @@ class Sink:
         self.log.close()
 
 
-def start_router(root, groups, sink_url: str | None, rate: float):
+def start_router(root, groups, sink_url: str | None, rate: float, **options):
     from devservers import free_port
     from tfmlops.deploy.router import Router, RouterConfig
 
     config = RouterConfig([g.replica() for g in groups], rest_port=free_port(), grpc_port=free_port(),
                           metrics_port=free_port(), admin_socket=os.path.join(str(root), "haproxy.sock"),
-                          mirror_rate=rate, mirror_sink=sink_url and f"{sink_url}/v1/mirror")
+                          mirror_rate=rate, mirror_sink=sink_url and f"{sink_url}/v1/mirror", **options)
     cfg = os.path.join(str(root), "haproxy.cfg")
     with open(cfg, "w") as fh:
         fh.write(config.render())

@@ -19,6 +19,9 @@ local MAX_RECORDS = tonumber(os.getenv("TFMLOPS_MIRROR_MAX_QUEUE") or "") or 100
 local MAX_BYTES = tonumber(os.getenv("TFMLOPS_MIRROR_MAX_QUEUE_BYTES") or "") or 33554432
 local BATCH_BYTES = tonumber(os.getenv("TFMLOPS_MIRROR_BATCH_BYTES") or "") or 1048576
 local TIMEOUT_MS = tonumber(os.getenv("TFMLOPS_MIRROR_TIMEOUT_MS") or "") or 10000
+-- "task" (default): the answer leaves at once, a task delivers; "inline": the response action posts
+-- each record itself and the client's answer waits for the sink (kept to measure the difference)
+local INLINE = os.getenv("TFMLOPS_MIRROR_DELIVERY") == "inline"
 
 local queue, head, tail, queued_bytes = {}, 1, 0, 0
 -- each batch carries an id: HAProxy's httpclient may send a request again after a failure it
@@ -44,6 +47,26 @@ core.register_action("tfmlops_mirror_req", {"http-req"}, function(txn)
                 path = txn.f:path() or "", id = txn.f:req_hdr("x-request-id") or ""})
 end, 0)
 
+local function post(batch, n)
+  batch_seq = batch_seq + 1
+  local batch_id = RUN_ID .. "-" .. batch_seq
+  local ok, res = pcall(function()
+    local hc = core.httpclient()
+    return hc:post{url = SINK, body = batch, timeout = TIMEOUT_MS,
+                   headers = {["content-type"] = {"application/x-tfmlops-mirror"},
+                              ["x-mirror-batch"] = {batch_id},
+                              ["content-length"] = {tostring(#batch)}}}
+  end)
+  stats.batches = stats.batches + 1
+  if ok and res and res.status and res.status >= 200 and res.status < 300 then
+    stats.sent = stats.sent + n
+  else
+    stats.failed = stats.failed + n
+    core.Warning("tfmlops mirror: " .. n .. " record(s) not taken by " .. SINK .. ": " ..
+                 tostring(ok and res and res.status or res))
+  end
+end
+
 core.register_action("tfmlops_mirror_res", {"http-res"}, function(txn, protocol)
   local p = txn:get_priv()
   if type(p) ~= "table" then return end
@@ -65,6 +88,11 @@ core.register_action("tfmlops_mirror_res", {"http-res"}, function(txn, protocol)
     txn.f:status() or 0, esc(grpc_status), now_ms() - p.t0, p.t0, esc(txn.f:bc_dst()),
     txn.f:bc_dst_port() or 0, tonumber(RATE) or 0)
   local rec = string.pack(">s4s4s4", meta, p.body, body)
+  if INLINE then
+    stats.queued = stats.queued + 1
+    post(rec, 1)
+    return
+  end
   if tail - head + 1 >= MAX_RECORDS or queued_bytes + #rec > MAX_BYTES then
     stats.dropped_queue_full = stats.dropped_queue_full + 1
     return
@@ -89,24 +117,7 @@ core.register_task(function()
         parts[#parts + 1] = rec
       end
       queued_bytes = queued_bytes - size
-      local batch = table.concat(parts)
-      batch_seq = batch_seq + 1
-      local batch_id = RUN_ID .. "-" .. batch_seq
-      local ok, res = pcall(function()
-        local hc = core.httpclient()
-        return hc:post{url = SINK, body = batch, timeout = TIMEOUT_MS,
-                       headers = {["content-type"] = {"application/x-tfmlops-mirror"},
-                                  ["x-mirror-batch"] = {batch_id},
-                                  ["content-length"] = {tostring(#batch)}}}
-      end)
-      stats.batches = stats.batches + 1
-      if ok and res and res.status and res.status >= 200 and res.status < 300 then
-        stats.sent = stats.sent + #parts
-      else
-        stats.failed = stats.failed + #parts
-        core.Warning("tfmlops mirror: " .. #parts .. " record(s) not taken by " .. SINK .. ": " ..
-                     tostring(ok and res and res.status or res))
-      end
+      post(table.concat(parts), #parts)
     end
   end
 end)

@@ -77,6 +77,9 @@ class RouterConfig:
     mirror_max_queue: int = 1000  # records waiting for the sink, at most (more are dropped and counted)
     mirror_max_queue_bytes: int = 32 << 20
     mirror_wait_ms: int = 1000  # longest wait for a sampled request's/response's body to be complete
+    # "task": a Lua task delivers off the request path; "inline": the answer waits for the sink
+    # (only to measure what the task saves; see mirror_sink's docstring)
+    mirror_delivery: str = "task"
 
     @property
     def mirrored(self) -> bool:
@@ -85,7 +88,11 @@ class RouterConfig:
     def _mirror_global(self) -> list[str]:
         if not self.mirrored:
             return []
+        if self.mirror_delivery not in ("task", "inline"):
+            raise ValueError(f"mirror_delivery must be task or inline, got {self.mirror_delivery!r}")
         return [f"    setenv TFMLOPS_MIRROR_SINK {self.mirror_sink}",
+                *([f"    setenv TFMLOPS_MIRROR_DELIVERY {self.mirror_delivery}"]
+                  if self.mirror_delivery != "task" else []),
                 f"    setenv TFMLOPS_MIRROR_RATE {self.mirror_rate:g}",
                 f"    setenv TFMLOPS_MIRROR_MAX_QUEUE {int(self.mirror_max_queue)}",
                 f"    setenv TFMLOPS_MIRROR_MAX_QUEUE_BYTES {int(self.mirror_max_queue_bytes)}",
