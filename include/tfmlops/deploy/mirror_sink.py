@@ -365,13 +365,13 @@ class MirrorSink:
 
     def __init__(self, log_prefix: str, *, max_file_bytes: int | None = None, max_file_age_s: float | None = None,
                  max_queue: int = 10_000, ring_records: int = 4096, ring_bytes: int = 32 << 20,
-                 metadata_ttl_s: float = 5.0, s3_client=None):
+                 metadata_ttl_s: float = 5.0, s3_client=None, spool_dir: str | None = None):
         from tfmlops.serving.core.log_collector import DEFAULT_MAX_FILE_AGE_S, DEFAULT_MAX_FILE_BYTES
 
         self.log_prefix = log_prefix
         self.collector_options = {"max_file_bytes": max_file_bytes or DEFAULT_MAX_FILE_BYTES,
                                   "max_file_age_s": max_file_age_s or DEFAULT_MAX_FILE_AGE_S,
-                                  "s3_client": s3_client}
+                                  "s3_client": s3_client, "spool_dir": spool_dir}
         self.sigs = SignatureCache(ttl_s=metadata_ttl_s)
         self._collectors: dict = {}
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
@@ -620,6 +620,7 @@ def main(argv=None) -> int:
                    "files go to <log_prefix>/<group>/requests-*.tfrecord")
     p.add_argument("--max_file_bytes", type=int, default=None)
     p.add_argument("--max_file_age_s", type=float, default=None)
+    p.add_argument("--spool_dir", default=None, help="with s3://: where files wait for their upload")
     p.add_argument("--max_batch_bytes", type=int, default=MAX_BATCH_BYTES)
     p.add_argument("--max_connections", type=int, default=32)
     p.add_argument("--max_queue", type=int, default=10_000)
@@ -630,7 +631,7 @@ def main(argv=None) -> int:
     import tensorflow  # noqa: F401
     from tensorflow_serving.apis import classification_pb2, prediction_log_pb2  # noqa: F401
     sink = MirrorSink(a.log_prefix, max_file_bytes=a.max_file_bytes, max_file_age_s=a.max_file_age_s,
-                      max_queue=a.max_queue, metadata_ttl_s=a.metadata_ttl_s)
+                      max_queue=a.max_queue, metadata_ttl_s=a.metadata_ttl_s, spool_dir=a.spool_dir)
     server = serve(sink, a.host, a.port, max_batch_bytes=a.max_batch_bytes, max_connections=a.max_connections)
 
     def stop(*_):
