@@ -25,7 +25,7 @@ def dag():
     return bag.get_dag("tf_serving_rollout")
 
 
-def register(tracking_uri: str, zoo, name: str, smoke: str | None = None) -> int:
+def register(tracking_uri: str, zoo, name: str, smoke: str | None = None, model: str = MODEL) -> int:
     """A registered version whose run holds ``serving/saved_model`` + ``serving/smoke.json``."""
     import tempfile
 
@@ -35,9 +35,9 @@ def register(tracking_uri: str, zoo, name: str, smoke: str | None = None) -> int
         serving = Path(tmp) / "serving"
         shutil.copytree(zoo.path[name], serving / "saved_model")
         (serving / "smoke.json").write_text(json.dumps(zoo.smoke[smoke or name]))
-        run_id = registry.start_run(tracking_uri, MODEL, f"rollout-{name}", {})
+        run_id = registry.start_run(tracking_uri, model, f"rollout-{name}", {})
         uri = registry.log_files(tracking_uri, run_id, serving, "serving")
-    return registry.register(tracking_uri, MODEL, uri, run_id, {})
+    return registry.register(tracking_uri, model, uri, run_id, {})
 
 
 def states(run) -> dict[str, str]:

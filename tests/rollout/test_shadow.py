@@ -107,3 +107,37 @@ def test_a_slow_challenger_is_held_on_its_measured_latency(shadow_stack, zoo):
     assert res.report["agreement"] == 1.0 and res.report["max_abs_diff"] < 1e-4, res.report
     assert res.report["latency"]["challenger_at_shadow_client"]["p50_ms"] > 50, res.report["latency"]
     assert served["canary"] == 0 and clients.failures == [], (served, clients.failures[:5])
+
+
+def test_the_airflow_step_records_the_shadow_report_in_mlflow(shadow_stack, zoo, mlflow_server):
+    """``shadow_release_registered`` (what the operator runs): registered versions 1…5 of the
+    model (5 = the challenger, v2's weights scaled as v3), the report as ``shadow.*`` metrics and
+    ``serving/shadow_v5.json`` of its run, and the aliases moved as for any promotion."""
+    from mlflow import MlflowClient
+
+    from tfmlops import registry
+    from tfmlops.steps.rollout import ShadowThresholds, shadow_release_registered
+
+    from .test_rollout_dag import register
+
+    for name in ("v1", "v2", "bad", "v2", "v3"):  # registry numbers 1..5 = the serving numbers used here
+        version = register(mlflow_server, zoo, name, model=MODEL)
+    assert version == 5
+    registry.set_alias(mlflow_server, MODEL, registry.CHAMPION, 2)
+    groups = {g: [s.endpoint] for g, s in shadow_stack["groups"].items()}
+    with ms.RecordingClients(shadow_stack["config"], "shadow-mlflow", threads=1) as clients:
+        result = shadow_release_registered(mlflow_server, MODEL, "5", shadow_stack["router"], groups,
+                                           shadow_stack["sink"].url, window_s=4.0,
+                                           thresholds=ShadowThresholds(min_compared=20))
+    assert result["outcome"] == "promoted" and result["strategy"] == "shadow", result["reason"]
+    assert result["aliases"] == {"champion": 5, "previous": 2} and clients.failures == []
+    mlf = MlflowClient(mlflow_server)
+    run_id = mlf.get_model_version(MODEL, "5").run_id
+    metrics = mlf.get_run(run_id).data.metrics
+    assert metrics["shadow.agreement"] == 1.0 and metrics["shadow.compared"] >= 20, metrics
+    assert metrics["shadow.promote"] == 1.0 and "shadow.canary.p99_ms" in metrics, metrics
+    local = mlf.download_artifacts(run_id, "serving/shadow_v5.json")
+    report = json.load(open(local))
+    assert report["decision"] == "promote" and report["report"]["router_served"]["canary"] == 0
+    tags = mlf.get_model_version(MODEL, "5").tags
+    assert (tags["serving.strategy"], tags["serving.outcome"]) == ("shadow", "promoted"), tags
