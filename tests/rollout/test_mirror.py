@@ -156,6 +156,27 @@ def test_client_latency_with_mirror_on_and_off(mirrored, tmp_path):
         assert r["task"]["p50_ms"] - r["off"]["p50_ms"] < 5.0, (api, r)
 
 
+def test_a_body_larger_than_the_routers_buffer_is_answered_and_not_logged(mirrored):
+    """A 1,000-row request (~40 KB of JSON, over HAProxy's 16 KiB buffer) is not seen whole by the
+    mirror: clients get their full answers, the sampled ones are counted ``incomplete`` and no
+    truncated record reaches the logs."""
+    import requests
+
+    config, sink = mirrored["config"], mirrored["sink"]
+    before_router, before_sink = ms.mirror_stats(config), sink.stats()
+    x = np.random.default_rng(1).normal(size=(1000, 4)).round(6).tolist()
+    with requests.Session() as session:
+        for i in range(40):
+            r = session.post(f"http://127.0.0.1:{config.rest_port}/v1/models/roll:predict",
+                             data=json.dumps({"instances": x}), headers={"X-Request-Id": f"big-{i}"}, timeout=30)
+            assert r.status_code == 200 and len(r.json()["predictions"]) == 1000
+    time.sleep(1.0)
+    after_router, after_sink = ms.mirror_stats(config), sink.stats()
+    sampled = after_router["sampled"] - before_router["sampled"]
+    assert sampled > 0 and after_router["incomplete"] - before_router["incomplete"] == sampled, after_router
+    assert after_sink["records"] == before_sink["records"], after_sink
+
+
 def _post(url: str, body: bytes, headers: dict | None = None) -> int:
     req = urllib.request.Request(url, data=body, method="POST", headers=headers or {})
     try:

@@ -8,7 +8,7 @@ no client ever sees its answers; a report decides ``promote`` or ``hold``.
 1. N is rolled onto the canary group with the router's canary share at 0 % (gray's ``replace``
    rollout with smoke parity, :class:`~.progressive.GrayRelease`): the router sends it no client
    request, so whatever it answers reaches nobody;
-2. for ``window_s`` the sampled live requests the router mirrored (the sink's ring of its latest
+2. for ``window_s`` the sampled live Predict requests the router mirrored (the sink's ring of its latest
    records, ``GET /v1/mirror/records``: each one a TF Serving ``PredictionLog`` with the request
    and the champion's answer) are **replayed** to the canary replicas, with version N named in
    the request, over the protocol the client used (gRPC: the ``PredictRequest``; REST: the same
