@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -199,3 +201,50 @@ def read_group_logs(prefix: str, group: str) -> list:
 
     return [prediction_log_pb2.PredictionLog.FromString(rec)
             for path in list_request_logs(group_log_prefix(prefix, group)) for rec in _complete_records(path)]
+
+
+class DnsStub:
+    """A DNS server on a loopback UDP port answering A records of ``names`` with 127.0.0.1 (and
+    NXDOMAIN otherwise): what Docker's 127.0.0.11 does for compose service names."""
+
+    def __init__(self, *names: str):
+        self.names = {n.encode() for n in names}
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.queries = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except OSError:
+                continue
+            try:
+                tid = struct.unpack(">H", data[:2])[0]
+                i, labels = 12, []
+                while data[i]:
+                    labels.append(data[i + 1:i + 1 + data[i]])
+                    i += 1 + data[i]
+                qtype = struct.unpack(">H", data[i + 1:i + 3])[0]
+                question = data[12:i + 5]
+            except (IndexError, struct.error):
+                continue
+            self.queries += 1
+            name = b".".join(labels)
+            if name in self.names and qtype == 1:
+                answer = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 30, 4) + socket.inet_aton("127.0.0.1")
+                reply = struct.pack(">HHHHHH", tid, 0x8180, 1, 1, 0, 0) + question + answer
+            else:  # no AAAA (IPv4 only, as a compose network), unknown names: NXDOMAIN
+                rcode = 0 if name in self.names else 3
+                reply = struct.pack(">HHHHHH", tid, 0x8180 | rcode, 1, 0, 0, 0) + question
+            self.sock.sendto(reply, peer)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()

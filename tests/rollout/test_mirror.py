@@ -177,6 +177,28 @@ def test_a_body_larger_than_the_routers_buffer_is_answered_and_not_logged(mirror
     assert after_sink["records"] == before_sink["records"], after_sink
 
 
+def test_a_sink_named_by_host_name_is_reached_through_the_routers_resolvers(mirrored, tmp_path):
+    """Compose's case: the router's replicas and its sink are service names resolved by Docker's
+    DNS (RouterConfig.nameserver); here a DNS stub on loopback plays Docker's, and HAProxy's
+    httpclient delivers every mirrored record to ``mirror-sink.test``."""
+    dns = ms.DnsStub("mirror-sink.test")
+    sink, groups = mirrored["sink"], list(mirrored["groups"].values())
+    proc, config, _ = ms.start_router(tmp_path, groups, f"http://mirror-sink.test:{sink.port}", 1.0,
+                                      nameserver=dns.address)
+    try:
+        before = sink.stats()["logged"]
+        time.sleep(1.0)
+        clients = ms.RecordingClients(config, "dns", threads=1).run_until(20)
+        assert clients.failures == [], clients.failures[:5]
+        stats = _wait_logged(sink, before + clients.total)
+        assert stats["logged"] - before == clients.total, (stats, clients.total, ms.mirror_stats(config))
+        assert dns.queries > 0
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        dns.close()
+
+
 def _post(url: str, body: bytes, headers: dict | None = None) -> int:
     req = urllib.request.Request(url, data=body, method="POST", headers=headers or {})
     try:

@@ -90,7 +90,11 @@ class RouterConfig:
             return []
         if self.mirror_delivery not in ("task", "inline"):
             raise ValueError(f"mirror_delivery must be task or inline, got {self.mirror_delivery!r}")
-        return [f"    setenv TFMLOPS_MIRROR_SINK {self.mirror_sink}",
+        # a sink named by host name (compose: mirror-sink) is resolved by the httpclient through the
+        # same resolvers as the replicas when there are some; IPv4 first (HAProxy prefers IPv6)
+        resolve = ["    httpclient.resolvers.id dns"] if self.nameserver else []
+        return [*resolve, "    httpclient.resolvers.prefer ipv4",
+                f"    setenv TFMLOPS_MIRROR_SINK {self.mirror_sink}",
                 *([f"    setenv TFMLOPS_MIRROR_DELIVERY {self.mirror_delivery}"]
                   if self.mirror_delivery != "task" else []),
                 f"    setenv TFMLOPS_MIRROR_RATE {self.mirror_rate:g}",
