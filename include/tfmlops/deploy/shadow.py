@@ -305,8 +305,9 @@ class ShadowRelease(GrayRelease):
                  on_event: Callable[[str], None] | None = None):
         self.shadow = thresholds or ShadowThresholds()
         super().__init__(candidate, router, groups, steps=(100.0,), window_s=window_s, poll_s=poll_s,
-                         thresholds=GrayThresholds(self.shadow.max_error_rate_increase,
-                                                   self.shadow.max_p99_increase_ms, self.shadow.min_compared),
+                         thresholds=GrayThresholds(max_error_rate_increase=self.shadow.max_error_rate_increase,
+                                                   max_p99_increase_ms=self.shadow.max_p99_increase_ms,
+                                                   min_requests=self.shadow.min_compared),
                          timeout_s=timeout_s, s3_client=s3_client, on_event=on_event)
         if not 0 < replay_fraction <= 1:
             raise ValueError(f"replay_fraction must be in (0, 1], got {replay_fraction}")
