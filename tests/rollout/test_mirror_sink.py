@@ -111,3 +111,20 @@ def test_an_s3_prefix_gets_one_folder_per_group(s3_endpoint, tmp_path):
         got += [p.log_metadata.request_origin for p in _read([local])]
     assert sorted(got) == sorted(f"id-{g}-{i}" for g in ("stable", "canary") for i in range(3))
     assert not list((tmp_path / "spool").rglob("*.tfrecord*"))
+
+
+def test_a_replica_whose_metadata_cannot_be_read_costs_one_look_up_per_ttl():
+    import pytest
+
+    from tfmlops.deploy.mirror_sink import BadRecord, SignatureCache
+
+    cache = SignatureCache(ttl_s=60, timeout_s=1)
+    calls = []
+    real = cache._fetch
+    cache._fetch = lambda *a: calls.append(a) or real(*a)
+    for _ in range(3):
+        with pytest.raises(BadRecord, match="metadata of m from http://127.0.0.1:1/"):
+            cache.get("127.0.0.1", 1, "m", None, None)
+    assert len(calls) == 1
+    with pytest.raises(BadRecord, match="unusable"):
+        cache.get("bad host!", 1, "m", None, None)

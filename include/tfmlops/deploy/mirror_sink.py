@@ -152,7 +152,8 @@ def grpc_message(body: bytes, what: str) -> bytes:
 class SignatureCache:
     """Signatures (input/output dtypes and names) and served version of a model as a replica's
     REST ``metadata`` API reports them; cached ``ttl_s`` per (replica, model, version or label),
-    at most ``max_entries``."""
+    at most ``max_entries``; a failed look-up is cached as long (an unreachable replica costs one
+    timeout per ``ttl_s``, not one per record)."""
 
     def __init__(self, ttl_s: float = 5.0, timeout_s: float = 5.0, max_entries: int = 256):
         self.ttl_s, self.timeout_s, self.max_entries = ttl_s, timeout_s, max_entries
@@ -164,14 +165,21 @@ class SignatureCache:
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(key)
-            if hit and now - hit[0] < self.ttl_s:
-                return hit[1]
-        value = self._fetch(addr, port, model, version, label)
+        if hit and now - hit[0] < self.ttl_s:
+            if isinstance(hit[1], BadRecord):  # a failed look-up is not repeated for every record
+                raise hit[1]
+            return hit[1]
+        try:
+            value = self._fetch(addr, port, model, version, label)
+        except BadRecord as exc:
+            value = exc
         with self._lock:
             self._cache[key] = (now, value)
             self._cache.move_to_end(key)
             while len(self._cache) > self.max_entries:
                 self._cache.popitem(last=False)
+        if isinstance(value, BadRecord):
+            raise value
         return value
 
     def _fetch(self, addr, port, model, version, label):
