@@ -141,3 +141,39 @@ def test_the_airflow_step_records_the_shadow_report_in_mlflow(shadow_stack, zoo,
     assert report["decision"] == "promote" and report["report"]["router_served"]["canary"] == 0
     tags = mlf.get_model_version(MODEL, "5").tags
     assert (tags["serving.strategy"], tags["serving.outcome"]) == ("shadow", "promoted"), tags
+
+
+def test_the_rollout_dag_runs_a_shadow_release(shadow_stack, zoo, mlflow_server, airflow_db, monkeypatch):
+    """``tf_serving_rollout`` with ``strategy=shadow`` under client load, with ``dag.test()``: the
+    form's shadow settings reach the release through the operator and the router connection (its
+    extra names the sink); registered version 6 (v7's weights: v1's top-1) is promoted."""
+    from airflow.dag_processing.dagbag import DagBag
+    from mlflow import MlflowClient
+
+    from .test_rollout_dag import ROOT, register, states
+
+    host, port = mlflow_server.removeprefix("http://").split(":")
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps({"conn_type": "http", "host": host,
+                                                                  "port": int(port)}))
+    groups = shadow_stack["groups"]
+    for g in groups.values():  # connection id = the router's server name of the replica
+        monkeypatch.setenv(f"AIRFLOW_CONN_{g.name.upper()}", json.dumps({
+            "conn_type": "http", "host": "127.0.0.1", "port": g.proc.rest_port,
+            "extra": {"grpc_port": g.proc.grpc_port, "models_root": g.endpoint.models_root,
+                      "model_config_file": g.config_file}}))
+    monkeypatch.setenv("AIRFLOW_CONN_SHADOW_ROUTER", json.dumps({"conn_type": "generic", "extra": {
+        "admin_socket": shadow_stack["config"].admin_socket, "stable": [groups["stable"].name],
+        "canary": [groups["canary"].name], "mirror_sink": shadow_stack["sink"].url}}))
+    version = register(mlflow_server, zoo, "v7", model=MODEL)
+    assert version == 6  # after the five of the step test (same registered model)
+    dag = DagBag(dag_folder=str(ROOT / "dags" / "tf_serving_rollout.py")).get_dag("tf_serving_rollout")
+    conf = {"model_name": MODEL, "version": "6", "strategy": "shadow", "router": "shadow_router",
+            "targets": [groups["stable"].name, groups["canary"].name], "shadow_window_s": 4,
+            "shadow_min_compared": 20}
+    with ms.RecordingClients(shadow_stack["config"], "shadow-dag", threads=1) as clients:
+        run = dag.test(run_conf=conf)
+    assert str(run.state) == "success", states(run)
+    assert clients.failures == [], clients.failures[:5]
+    tags = MlflowClient(mlflow_server).get_model_version(MODEL, "6").tags
+    assert (tags["serving.strategy"], tags["serving.outcome"]) == ("shadow", "promoted"), tags
+    assert MlflowClient(mlflow_server).get_model_version_by_alias(MODEL, "champion").version == "6"
