@@ -377,6 +377,10 @@ def summary(model_name: str, outcome: dict) -> int:
         print(f"  Router       http://127.0.0.1:{PORTS['router_rest']}/v1/models/{model_name}  (gRPC on "
               f"127.0.0.1:{PORTS['router_grpc']}; clients use these: tf_serving_rollout strategy=gray shifts "
               "their traffic)")
+    if devservers.running_pid("mirror-sink", RUN):
+        print(f"  Mirror       {MIRROR_RATE:.0%} of the router's requests -> {ROUTER_REQUEST_LOGS}/<group>/ "
+              f"(PredictionLog; router http://127.0.0.1:{PORTS['router_metrics']}/mirror/stats, "
+              f"sink http://127.0.0.1:{PORTS['mirror_sink']}/v1/mirror/stats)")
     scraped_by = f"  (Prometheus {PROMETHEUS_URL})" if devservers.running_pid("prometheus", RUN) else ""
     print(f"  Metrics      {REST_URL}{metrics_path()}{scraped_by}")
     print("  Predict:")
