@@ -199,6 +199,41 @@ def test_a_sink_named_by_host_name_is_reached_through_the_routers_resolvers(mirr
         dns.close()
 
 
+def test_failed_calls_are_counted_and_not_logged(mirrored, tmp_path):
+    """Everything mirrored (rate 1): REST calls answered 404 / 400 and gRPC calls answered
+    NOT_FOUND (a trailers-only answer: its grpc-status header is what the mirror sees) reach the
+    sink as failed calls, counted ``not_ok``; none becomes a record."""
+    import grpc
+    import requests
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    sink, groups = mirrored["sink"], list(mirrored["groups"].values())
+    proc, config, _ = ms.start_router(tmp_path, groups, sink.url, 1.0)
+    try:
+        before = sink.stats()
+        with requests.Session() as session:
+            for body, model in (('{"instances": [[1, 2, 3, 4]]}', "nope"), ('{"instances": [[1]]}', "roll"),
+                                ("{", "roll")):
+                r = session.post(f"http://127.0.0.1:{config.rest_port}/v1/models/{model}:predict", data=body,
+                                 timeout=30)
+                assert r.status_code in (400, 404), r.status_code
+        with grpc.insecure_channel(f"127.0.0.1:{config.grpc_port}") as channel:
+            req = predict_pb2.PredictRequest()
+            req.model_spec.name = "nope"
+            with pytest.raises(grpc.RpcError) as err:
+                prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(req, timeout=30)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        deadline = time.monotonic() + 20
+        while sink.stats()["records"] - before["records"] < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        after = sink.stats()
+        assert after["records"] - before["records"] == 4, (after, ms.mirror_stats(config))
+        assert after["not_ok"] - before["not_ok"] == 4 and after["logged"] == before["logged"], after
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def _post(url: str, body: bytes, headers: dict | None = None) -> int:
     req = urllib.request.Request(url, data=body, method="POST", headers=headers or {})
     try:
