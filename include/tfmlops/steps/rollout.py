@@ -19,11 +19,12 @@ from tfmlops.deploy.checks import CanaryChecks
 from tfmlops.deploy.endpoint import Endpoint
 from tfmlops.deploy.progressive import GrayThresholds
 from tfmlops.deploy.rollout import PROMOTED, Candidate, Rollout, RolloutBusy
+from tfmlops.deploy.shadow import ShadowThresholds
 from tfmlops.steps.retrain import download_serving_artifact, resolve
 
-__all__ = ["PROMOTED", "ABSettings", "CanaryChecks", "Endpoint", "GrayThresholds", "RolloutBusy", "ab_test_registered",
-           "fleet_endpoints", "gray_release_registered", "load_canary_holdout", "publish_registered",
-           "rollout_registered"]
+__all__ = ["PROMOTED", "ABSettings", "CanaryChecks", "Endpoint", "GrayThresholds", "RolloutBusy", "ShadowThresholds",
+           "ab_test_registered", "fleet_endpoints", "gray_release_registered", "load_canary_holdout",
+           "publish_registered", "rollout_registered", "shadow_release_registered"]
 
 
 def load_canary_holdout(uri: str, s3_client=None) -> tuple[np.ndarray, np.ndarray]:
@@ -192,5 +193,38 @@ def ab_test_registered(tracking_uri: str, model_name: str, version_or_alias, rou
         report.mkdir()
         (report / f"ab_v{cand.version}.json").write_text(json.dumps(res, indent=1, default=str))
         registry.log_files(tracking_uri, run_id, report, "serving")
+    result["aliases"] = registry.record_rollout(tracking_uri, model_name, cand.version, result)
+    return result
+
+
+SHADOW_METRICS = ("compared", "agreement", "max_abs_diff", "mean_abs_diff", "challenger_errors", "skipped",
+                  "mirrored", "eligible")
+
+
+def shadow_release_registered(tracking_uri: str, model_name: str, version_or_alias, router, groups: dict,
+                              sink_url: str, window_s: float = 60.0, thresholds: ShadowThresholds | None = None,
+                              timeout_s: float = 180.0, s3_client=None, on_event=None) -> dict:
+    """Shadow release of a registered version (:mod:`tfmlops.deploy.shadow`), recorded in MLflow:
+    aliases and ``serving.*`` tags as any rollout (``promote`` → ``promoted``, ``hold`` →
+    ``rolled_back``), the comparison as ``shadow.*`` metrics of the version's run (agreement,
+    max/mean |diff|, challenger errors, each group's requests/error rate/p99) and the whole report
+    as ``serving/shadow_v<N>.json``."""
+    from tfmlops.deploy.shadow import shadow_release
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cand = fetch_challenger(tracking_uri, model_name, version_or_alias, tmp)
+        res = shadow_release(cand, router, groups, sink_url, window_s=window_s, thresholds=thresholds,
+                             timeout_s=timeout_s, s3_client=s3_client, on_event=on_event).to_dict()
+        result = _router_result(res, "shadow", groups)
+        run_id = registry.get_version(tracking_uri, model_name, cand.version).run_id
+        report = res["report"]
+        metrics = {**_metrics("shadow", report, SHADOW_METRICS), "shadow.promote": float(res["decision"] == "promote")}
+        for group, numbers in (report.get("metrics") or {}).items():
+            metrics.update(_metrics(f"shadow.{group}", numbers, ("requests", "error_rate", "p99_ms")))
+        registry.log_metrics(tracking_uri, run_id, metrics)
+        reports = Path(tmp) / "shadow_reports"
+        reports.mkdir()
+        (reports / f"shadow_v{cand.version}.json").write_text(json.dumps(res, indent=1, allow_nan=False))
+        registry.log_files(tracking_uri, run_id, reports, "serving")
     result["aliases"] = registry.record_rollout(tracking_uri, model_name, cand.version, result)
     return result
