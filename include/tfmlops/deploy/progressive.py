@@ -239,6 +239,17 @@ class RouterRelease:
             stable = self._baseline_classes
         return compare_distributions(stable, canary, t.max_prediction_tvd, t.prediction_alpha, t.min_predictions)
 
+    def _onto_canary(self, res) -> tuple[bool, list[int]]:
+        """The candidate rolled onto the canary group at share 0 % (``res.canary_rollout``; on a
+        failure ``res.reason`` says why): whether it loaded, and the version(s) the group served
+        before (what :meth:`_restore_canary` puts back)."""
+        self.router.set_share(0)
+        canary = self._rollout(CANARY, self.cand)
+        res.canary_rollout = canary.to_dict()
+        if not canary.ok:
+            res.reason = f"canary group: {canary.reason}"
+        return canary.ok, sorted({v for vs in canary.old_versions.values() for v in vs})
+
     def _restore_canary(self, old: list[int], res) -> None:
         """The canary group back to the version(s) it served before (config only: still published).
         It takes no traffic meanwhile (share 0 %); a replica that cannot be restored (crashed) is
@@ -288,15 +299,12 @@ class GrayRelease(RouterRelease):
         t0 = time.monotonic()
         model, n = self.cand.model, self.cand.version
         res = GrayResult(model, n, PROMOTED)
-        self.router.set_share(0)
-        canary = self._rollout(CANARY, self.cand)
-        res.canary_rollout = canary.to_dict()
-        if not canary.ok:
-            res.outcome, res.reason = ROLLED_BACK, f"canary group: {canary.reason}"
+        loaded, old = self._onto_canary(res)
+        if not loaded:
+            res.outcome = ROLLED_BACK
             self._event(f"gray release of {model} version {n}: {res.reason}")
             res.seconds = round(time.monotonic() - t0, 3)
             return res
-        old = sorted({v for vs in canary.old_versions.values() for v in vs})
         for share in self.steps:
             step = self._watch(share)
             step["predictions"] = self._prediction_check(step)

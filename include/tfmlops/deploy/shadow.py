@@ -5,9 +5,10 @@ no client ever sees its answers; a report decides ``promote`` or ``hold``.
 ``canary`` group free (both behind the router, :mod:`.router`; the router's request mirror on,
 :mod:`.mirror_sink`):
 
-1. N is rolled onto the canary group with the router's canary share at 0 % (gray's ``replace``
-   rollout with smoke parity, :class:`~.progressive.GrayRelease`): the router sends it no client
-   request, so whatever it answers reaches nobody;
+1. N is rolled onto the canary group with the router's canary share at 0 % (the ``replace``
+   rollout with smoke parity of every release through the router,
+   :class:`~.progressive.RouterRelease`): the router sends it no client request, so whatever it
+   answers reaches nobody;
 2. for ``window_s`` the sampled live Predict requests the router mirrored (the sink's ring of its latest
    records, ``GET /v1/mirror/records``: each one a TF Serving ``PredictionLog`` with the request
    and the champion's answer) are **replayed** to the canary replicas, with version N named in
@@ -20,7 +21,7 @@ no client ever sees its answers; a report decides ``promote`` or ``hold``.
    agreement (argmax of the last axis, rows of every output that has classes), the largest and
    the mean |difference| of the output values; challenger errors are counted;
 4. the two groups' latency and error rate over the window come from the replicas' own TF
-   Serving metrics, as gray judges them (:meth:`~.progressive.GrayRelease._traffic`,
+   Serving metrics, as gray judges them (:meth:`~.progressive.RouterRelease._traffic`,
    :func:`~.progressive.compare`): the champion's on the live traffic, the challenger's on the
    replays alone;
 5. ``promote`` when at least ``min_compared`` requests were compared, agreement ≥
@@ -47,7 +48,7 @@ import numpy as np
 
 from .endpoint import Endpoint
 from .live_metrics import MetricsError
-from .progressive import GrayRelease, GrayThresholds, compare
+from .progressive import GrayThresholds, RouterRelease, compare
 from .rollout import PROMOTED, ROLLED_BACK, Candidate
 from .router import CANARY, STABLE, Router
 
@@ -295,8 +296,9 @@ def _quantiles(values: list[float]) -> dict:
             "p99_ms": round(float(np.percentile(arr, 99)), 3)}
 
 
-class ShadowRelease(GrayRelease):
-    """Gray's canary rollout, metrics and rollback, with a shadow window instead of shares."""
+class ShadowRelease(RouterRelease):
+    """A release through the router (canary rollout, the groups' metrics, restore) judged in one
+    shadow window at share 0 % instead of shares of live traffic."""
 
     def __init__(self, candidate: Candidate, router: Router, groups: dict[str, list[Endpoint]], sink_url: str,
                  window_s: float = 60.0, thresholds: ShadowThresholds | None = None, poll_s: float = 0.25,
@@ -304,7 +306,7 @@ class ShadowRelease(GrayRelease):
                  apply: bool = True, timeout_s: float = 120.0, s3_client=None,
                  on_event: Callable[[str], None] | None = None):
         self.shadow = thresholds or ShadowThresholds()
-        super().__init__(candidate, router, groups, steps=(100.0,), window_s=window_s, poll_s=poll_s,
+        super().__init__(candidate, router, groups, window_s=window_s, poll_s=poll_s,
                          thresholds=GrayThresholds(max_error_rate_increase=self.shadow.max_error_rate_increase,
                                                    max_p99_increase_ms=self.shadow.max_p99_increase_ms,
                                                    min_requests=self.shadow.min_compared),
@@ -390,15 +392,11 @@ class ShadowRelease(GrayRelease):
         t0 = time.monotonic()
         model, n = self.cand.model, self.cand.version
         res = ShadowResult(model, n, HOLD, ROLLED_BACK)
-        self.router.set_share(0)
-        canary = self._rollout(CANARY, self.cand)
-        res.canary_rollout = canary.to_dict()
-        if not canary.ok:
-            res.reason = f"canary group: {canary.reason}"
+        loaded, old = self._onto_canary(res)
+        if not loaded:
             self._event(f"shadow release of {model} version {n}: {res.reason}")
             res.seconds = round(time.monotonic() - t0, 3)
             return res
-        old = sorted({v for vs in canary.old_versions.values() for v in vs})
         try:
             report = self._window()
         except Exception as exc:  # noqa: BLE001 - the sink unreachable etc.: hold, and say why

@@ -86,6 +86,16 @@ def _metrics(prefix: str, numbers: dict, keys) -> dict:
             if isinstance(numbers.get(k), (int, float)) and numbers[k] == numbers[k]}
 
 
+def _log_report(tracking_uri: str, run_id: str, tmp: str, strategy: str, version: int, res: dict, metrics: dict,
+                **dump) -> None:
+    """``metrics`` and the whole result (``serving/<strategy>_v<N>.json``) on the version's run."""
+    registry.log_metrics(tracking_uri, run_id, metrics)
+    folder = Path(tmp) / f"{strategy}_report"
+    folder.mkdir()
+    (folder / f"{strategy}_v{version}.json").write_text(json.dumps(res, indent=1, **dump))
+    registry.log_files(tracking_uri, run_id, folder, "serving")
+
+
 def rollout_registered(tracking_uri: str, model_name: str, version_or_alias, endpoints: list[Endpoint],
                        strategy: str = "replace", checks: CanaryChecks | None = None, keep: int = 2,
                        timeout_s: float = 120.0, s3_client=None, on_event=None) -> dict:
@@ -188,11 +198,7 @@ def ab_test_registered(tracking_uri: str, model_name: str, version_or_alias, rou
         for variant, numbers in res["variants"].items():
             metrics.update(_metrics(f"ab.{variant}", numbers, ("requests", "error_rate", "p99_ms", "labeled_rows",
                                                                "accuracy")))
-        registry.log_metrics(tracking_uri, run_id, metrics)
-        report = Path(tmp) / "ab_report"
-        report.mkdir()
-        (report / f"ab_v{cand.version}.json").write_text(json.dumps(res, indent=1, default=str))
-        registry.log_files(tracking_uri, run_id, report, "serving")
+        _log_report(tracking_uri, run_id, tmp, "ab", cand.version, res, metrics, default=str)
     result["aliases"] = registry.record_rollout(tracking_uri, model_name, cand.version, result)
     return result
 
@@ -221,10 +227,6 @@ def shadow_release_registered(tracking_uri: str, model_name: str, version_or_ali
         metrics = {**_metrics("shadow", report, SHADOW_METRICS), "shadow.promote": float(res["decision"] == "promote")}
         for group, numbers in (report.get("metrics") or {}).items():
             metrics.update(_metrics(f"shadow.{group}", numbers, ("requests", "error_rate", "p99_ms")))
-        registry.log_metrics(tracking_uri, run_id, metrics)
-        reports = Path(tmp) / "shadow_reports"
-        reports.mkdir()
-        (reports / f"shadow_v{cand.version}.json").write_text(json.dumps(res, indent=1, allow_nan=False))
-        registry.log_files(tracking_uri, run_id, reports, "serving")
+        _log_report(tracking_uri, run_id, tmp, "shadow", cand.version, res, metrics, allow_nan=False)
     result["aliases"] = registry.record_rollout(tracking_uri, model_name, cand.version, result)
     return result
