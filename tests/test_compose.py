@@ -612,6 +612,8 @@ def test_router_routes_to_both_replica_groups_and_is_generated(services):
     assert conn["extra"]["admin_socket"] == "/var/run/haproxy/admin.sock"
     assert (conn["extra"]["stable"], conn["extra"]["canary"]) == (["tf_serving_default"], ["tf_serving_replica_1"])
     assert conn["extra"]["mirror_sink"] == "http://mirror-sink:8650"  # shadow releases read its records
+    # gray's distribution check and A/B tests read the logs the sink writes
+    assert conn["extra"]["mirror_log_prefix"] == sink["command"][sink["command"].index("--log_prefix") + 1]
     for conn_id, host in (("TF_SERVING_DEFAULT", "tf-serving-0"), ("TF_SERVING_REPLICA_1", "tf-serving-1")):
         assert f"//{host}:8501/" in environment(worker)[f"AIRFLOW_CONN_{conn_id}"]
     scrape = {job["job_name"]: job for job in prometheus_config()["scrape_configs"]}

@@ -294,6 +294,7 @@ def test_gray_rollout_goes_through_the_router(monkeypatch):
     assert {g: [ep.name for ep in eps] for g, eps in args[4].items()} == {
         "stable": ["tf_serving_default"], "canary": ["tf_serving_canary"]}
     assert kwargs["steps"] == [10.0, 50.0, 100.0] and kwargs["window_s"] == 30.0
+    assert kwargs["log_prefixes"] is None  # no mirror logs named: the replicas' own request logs
     assert (kwargs["thresholds"].max_error_rate_increase, kwargs["thresholds"].max_p99_increase_ms) == (0.02, 40.0)
     assert ctx["outlet_events"][CHAMPION].extra == {"model_name": "m", "version": 4}
     rolled_back = {**promoted, "outcome": "rolled_back", "reason": "at 10 %: p99 90 ms vs stable 4 ms"}
@@ -336,6 +337,12 @@ def test_ab_test_promotes_only_a_significant_win(monkeypatch):
             with pytest.raises(AirflowFailException, match=match):
                 ServingRolloutOperator(**{**args, **bad}).execute(context())
         step.assert_not_called()
+    # a router connection naming its mirror's logs: A/B (and gray) read each group's logs there
+    _router_connections(monkeypatch, mirror_log_prefix="/var/request-logs/router/")
+    with mock.patch("tfmlops.steps.rollout.ab_test_registered", return_value=won) as step:
+        op.execute(context())
+    assert step.call_args.kwargs["log_prefixes"] == {"stable": ["/var/request-logs/router/stable/requests"],
+                                                     "canary": ["/var/request-logs/router/canary/requests"]}
     refused = ValueError("the canary group's endpoints have no request_log_prefix")
     with mock.patch("tfmlops.steps.rollout.ab_test_registered", side_effect=refused):
         with pytest.raises(AirflowFailException, match="ab: the canary group's endpoints have no request_log_prefix"):

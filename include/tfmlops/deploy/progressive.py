@@ -128,8 +128,9 @@ def default_log_prefixes(groups: dict[str, list[Endpoint]], model: str) -> dict[
 class RouterRelease:
     """A candidate on the router's canary replica group, judged on live traffic. ``log_prefixes``
     (``{group: [filename_prefix, ...]}`` as this process reads them; default: the endpoints'
-    request logs) hold each group's logged predictions; a prefix both groups log to is split by
-    the version that answered (the candidate's: canary)."""
+    request logs; the router mirror's per-group logs: :func:`.mirror_sink.group_log_prefix`) hold
+    each group's logged predictions; a prefix both groups log to is split by the version that
+    answered (the candidate's: canary)."""
 
     def __init__(self, candidate: Candidate, router: Router, groups: dict[str, list[Endpoint]],
                  window_s: float = 30.0, thresholds: GrayThresholds | None = None, poll_s: float = 0.5,
@@ -209,6 +210,9 @@ class RouterRelease:
         missing = [g for g in (STABLE, CANARY) if not self.log_prefixes.get(g)]
         if missing:
             return None, f"no request logs configured for the {' and '.join(missing)} group"
+        remote = [p for g in (STABLE, CANARY) for p in self.log_prefixes[g] if str(p).startswith("s3://")]
+        if remote:
+            return None, f"request logs are read from local paths; s3:// is not supported: {remote[0]}"
         shared = set(self.log_prefixes[STABLE]) & set(self.log_prefixes[CANARY])
         read: dict[str, list[LoggedPrediction]] = {}
         out = {}
@@ -216,7 +220,8 @@ class RouterRelease:
             for g in (STABLE, CANARY):
                 for prefix in self.log_prefixes[g]:
                     if prefix not in read:
-                        read[prefix] = logged_predictions(log_files(prefix, since), since, until, self.output)
+                        read[prefix] = logged_predictions(log_files(prefix, since), since, until, self.output,
+                                                          model=self.cand.model)
                 preds = [p for prefix in self.log_prefixes[g] for p in read[prefix]]
                 if shared:  # one log for both groups: told apart by the version that answered
                     preds = [p for p in preds if (p.version == self.cand.version) == (g == CANARY)]

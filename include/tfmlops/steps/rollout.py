@@ -143,17 +143,20 @@ def _gray_chart(result: dict, path: Path) -> Path:
 
 def gray_release_registered(tracking_uri: str, model_name: str, version_or_alias, router, groups: dict,
                             steps=(5, 25, 50, 100), window_s: float = 60.0, thresholds: GrayThresholds | None = None,
-                            timeout_s: float = 180.0, s3_client=None, on_event=None) -> dict:
+                            timeout_s: float = 180.0, s3_client=None, on_event=None,
+                            log_prefixes: dict | None = None) -> dict:
     """Gray release of a registered version through the router (:mod:`tfmlops.deploy.progressive`),
     recorded in MLflow: aliases and ``serving.*`` tags as any rollout, each step's share and the two
     groups' numbers as ``gray.*`` metrics of the version's run and a chart of share vs error rate
-    and p99 (``serving/gray_v<N>.png``)."""
+    and p99 (``serving/gray_v<N>.png``). ``log_prefixes``: the groups' request logs (default: the
+    endpoints' own; the router mirror's per group)."""
     from tfmlops.deploy.progressive import gray_release
 
     with tempfile.TemporaryDirectory() as tmp:
         cand = fetch_challenger(tracking_uri, model_name, version_or_alias, tmp)
         res = gray_release(cand, router, groups, steps=steps, window_s=window_s, thresholds=thresholds,
-                           timeout_s=timeout_s, s3_client=s3_client, on_event=on_event).to_dict()
+                           timeout_s=timeout_s, s3_client=s3_client, on_event=on_event,
+                           log_prefixes=log_prefixes).to_dict()
         result = _router_result(res, "gray", groups)
         run_id = registry.get_version(tracking_uri, model_name, cand.version).run_id
         for i, step in enumerate(res["steps"]):
@@ -174,24 +177,27 @@ def gray_release_registered(tracking_uri: str, model_name: str, version_or_alias
 def ab_test_registered(tracking_uri: str, model_name: str, version_or_alias, router, groups: dict, labels,
                        settings: ABSettings | None = None, window_s: float = 600.0,
                        thresholds: GrayThresholds | None = None, timeout_s: float = 180.0, s3_client=None,
-                       on_event=None) -> dict:
+                       on_event=None, log_prefixes: dict | None = None) -> dict:
     """A/B test of a registered version (the challenger) against what the stable group serves
     (:mod:`tfmlops.deploy.abtest`), recorded in MLflow: ``ab.*`` metrics (per variant: requests,
     error rate, p99, labeled rows, accuracy; the test's z and p-value) and the whole report
     (``serving/ab_v<N>.json``) on the version's run; ``champion`` moves to it only on a
-    significant win (``decision == "promote"``); otherwise ``challenger`` is dropped from it."""
+    significant win (``decision == "promote"``); otherwise ``challenger`` is dropped from it.
+    ``log_prefixes``: the groups' request logs (default: the endpoints' own; the router mirror's per group)."""
     from tfmlops.deploy.abtest import ab_test, label_files
     from tfmlops.deploy.progressive import default_log_prefixes
 
     label_files(labels)  # refused before anything is fetched, aliased or rolled
-    missing = [g for g, prefixes in default_log_prefixes(groups, model_name).items() if not prefixes]
+    prefixes = default_log_prefixes(groups, model_name) if log_prefixes is None else log_prefixes
+    missing = [g for g in ("stable", "canary") if not prefixes.get(g)]
     if missing:
         raise ValueError(f"an A/B test joins labels with the groups' request logs; the {' and '.join(missing)} "
-                         "group's endpoints have no request_log_prefix")
+                         "group's endpoints have no request_log_prefix (and no router mirror logs were given)")
     with tempfile.TemporaryDirectory() as tmp:
         cand = fetch_challenger(tracking_uri, model_name, version_or_alias, tmp)
         res = ab_test(cand, router, groups, labels, settings, window_s=window_s, thresholds=thresholds,
-                      timeout_s=timeout_s, s3_client=s3_client, on_event=on_event).to_dict()
+                      timeout_s=timeout_s, s3_client=s3_client, on_event=on_event,
+                      log_prefixes=log_prefixes).to_dict()
         result = _router_result(res, "ab", groups)
         run_id = registry.get_version(tracking_uri, model_name, cand.version).run_id
         metrics = _metrics("ab", {**res["window"], **res["test"]}, ("share_pct", "z", "p_value", "difference"))

@@ -169,10 +169,12 @@ class ServingRolloutOperator(ServingVersionOperator):
                               max_p99_increase_ms=float(self.max_p99_increase_ms),
                               max_prediction_tvd=float(self.max_prediction_tvd))
 
-    def _through_router(self, step, *, mirror_sink: bool = False, **kwargs) -> dict[str, Any]:
+    def _through_router(self, step, *, mirror_sink: bool = False, mirror_logs: bool = False,
+                        **kwargs) -> dict[str, Any]:
         """``step(tracking_uri, model, version, router, groups, ...)`` with the router connection's
         router and replica groups (gray, ab, shadow; ``mirror_sink``: and its mirror sink's URL as
-        ``sink_url``); settings the release refuses fail the task with the reason (no retry)."""
+        ``sink_url``; ``mirror_logs``: and, when the connection names them, the mirror's request
+        logs as ``log_prefixes``); settings the release refuses fail the task (no retry)."""
         from tfmlops_airflow.hooks.router import TrafficRouterHook
 
         hook = TrafficRouterHook(self.router_conn_id)
@@ -182,6 +184,8 @@ class ServingRolloutOperator(ServingVersionOperator):
             try:
                 if mirror_sink:
                     kwargs["sink_url"] = hook.mirror_sink_url()
+                if mirror_logs:
+                    kwargs["log_prefixes"] = hook.mirror_log_prefixes()
                 return step(self.tracking_uri, self.model_name, self.version, hook.router(), groups,
                             timeout_s=float(self.timeout_s), s3_client=self.models_root_s3_client(endpoints),
                             on_event=self.log.info, **kwargs)
@@ -196,7 +200,7 @@ class ServingRolloutOperator(ServingVersionOperator):
         steps = self.gray_steps
         if isinstance(steps, str):
             steps = [s for s in steps.replace("[", " ").replace("]", " ").replace(",", " ").split() if s]
-        return self._through_router(gray_release_registered, steps=[float(s) for s in steps],
+        return self._through_router(gray_release_registered, mirror_logs=True, steps=[float(s) for s in steps],
                                     window_s=float(self.gray_window_s), thresholds=self._gray_thresholds())
 
     def _ab(self) -> dict[str, Any]:
@@ -207,7 +211,7 @@ class ServingRolloutOperator(ServingVersionOperator):
             raise AirflowFailException("strategy ab needs ab_labels_uri: the labels of the users' request ids")
         settings = self._settings(ABSettings, share_pct=float(self.ab_share_pct), alpha=float(self.ab_alpha),
                                   min_samples=int(self.ab_min_samples), labels_wait_s=float(self.ab_labels_wait_s))
-        return self._through_router(ab_test_registered, labels=str(labels), settings=settings,
+        return self._through_router(ab_test_registered, mirror_logs=True, labels=str(labels), settings=settings,
                                     window_s=float(self.ab_window_s), thresholds=self._gray_thresholds())
 
     def _shadow(self) -> dict[str, Any]:
