@@ -77,7 +77,7 @@ def start_router(root, groups, sink_url: str | None, rate: float, **options):
 def mirrored_stack(root, zoo, rate: float, prepare=None):
     """A stable and a canary replica (version 1), the sink and the router mirroring ``rate`` of the
     calls; ``prepare(groups)`` runs once the replicas are ready, before the router starts."""
-    from .test_gray import Group
+    from .router_stack import Group
 
     groups = [Group(root, "stable-0", "stable", zoo), Group(root, "canary-0", "canary", zoo)]
     sink = Sink(root)
@@ -197,10 +197,10 @@ def read_group_logs(prefix: str, group: str) -> list:
     from tensorflow_serving.apis import prediction_log_pb2
 
     from tfmlops.deploy.mirror_sink import group_log_prefix
-    from tfmlops.feedback import _complete_records, list_request_logs
+    from tfmlops.feedback import complete_records, list_request_logs
 
     return [prediction_log_pb2.PredictionLog.FromString(rec)
-            for path in list_request_logs(group_log_prefix(prefix, group)) for rec in _complete_records(path)]
+            for path in list_request_logs(group_log_prefix(prefix, group)) for rec in complete_records(path)]
 
 
 class DnsStub:
