@@ -55,7 +55,8 @@ it is bad. Run it from **Trigger ▸ with config**; daily it reconciles serving 
      group's (the gray thresholds), decide **promote** (*N* rolled onto the stable group) or
      **hold** (canary group back on the old version, the task fails with the reasons). The
      numbers are `shadow.*` metrics of the version's run, the report `serving/shadow_v<N>.json`.
-     The router connection's extra names the sink (`mirror_sink`).
+     The router connection's extra names the sink (`mirror_sink`); with `mirror_log_prefix` it
+     also names where the sink writes each group's request logs, which `gray` and `ab` then read.
    A failed check, a version that fails to load (state END) or any error rolls back every
    endpoint touched (config back to the old version only), moves the MLflow aliases back and
    fails the task with the reason (also in the `serving.reason` tag of the version).
