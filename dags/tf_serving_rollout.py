@@ -1,4 +1,4 @@
-"""Roll a registered MLflow model version out to TF Serving: replace, canary, gray or A/B, promote or roll back."""
+"""Roll a registered MLflow version out to TF Serving: replace, canary, gray, A/B or shadow; promote or roll back."""
 
 from __future__ import annotations
 
@@ -47,6 +47,16 @@ it is bad. Run it from **Trigger ▸ with config**; daily it reconciles serving 
      fails the task; a test not won (champion better, or no significant difference) skips it —
      either way the canary group goes back to the champion. Numbers: `ab.*` metrics and
      `serving/ab_v<N>.json` on the version's run.
+   - `shadow` (live traffic, no client exposed): *N* is rolled onto the router's canary group at
+     0 %; for `shadow_window_s` the requests the router's mirror samples (its sink's latest
+     records, each with the champion's answer) are replayed to *N*, whose answers nobody gets;
+     top-1 agreement with the champion's answer to the same request (≥ `shadow_min_agreement`
+     over ≥ `shadow_min_compared` requests), and its error rate and p99 against the stable
+     group's (the gray thresholds), decide **promote** (*N* rolled onto the stable group) or
+     **hold** (canary group back on the old version, the task fails with the reasons). The
+     numbers are `shadow.*` metrics of the version's run, the report `serving/shadow_v<N>.json`.
+     The router connection's extra names the sink (`mirror_sink`); with `mirror_log_prefix` it
+     also names where the sink writes each group's request logs, which `gray` and `ab` then read.
    A failed check, a version that fails to load (state END) or any error rolls back every
    endpoint touched (config back to the old version only), moves the MLflow aliases back and
    fails the task with the reason (also in the `serving.reason` tag of the version).
@@ -54,7 +64,7 @@ it is bad. Run it from **Trigger ▸ with config**; daily it reconciles serving 
    directories beyond **keep** are retired once nothing references them.
 
 With `replace`/`canary`, clients should address the `stable` label (unversioned requests go to
-the highest loaded version); with `gray`, clients use the router's address.
+the highest loaded version); with `gray`, `ab` and `shadow`, clients use the router's address.
 Rollouts never interleave: each locks every endpoint's config file for its whole run, and the
 rollout tasks of every DAG share the `tf_serving_rollout` pool (1 slot); `max_active_runs=1`.
 Connections: `mlflow_default`, the target TF Serving connections (`tf_serving_default`),

@@ -50,6 +50,9 @@ MODELS_ROOT = SERVING / "models"
 REQUEST_LOGS = SERVING / "request-logs"  # <model>/requests-*.tfrecord (tf_feedback_join reads them)
 CANARY_CONFIG_FILE = SERVING / "canary.models.config"
 ROUTER = VAR / "router"
+# the router's request mirror: <group>/requests-*.tfrecord (PredictionLog), whatever the replicas are
+ROUTER_REQUEST_LOGS = VAR / "request-logs" / "router"
+MIRROR_RATE = float(os.environ.get("TFMLOPS_MIRROR_RATE", "0.1"))
 DAG_ID = "tf_offline_retrain"
 USER = "admin"
 
@@ -58,13 +61,14 @@ PORTS = {name: int(os.environ.get(var, default)) for name, var, default in (
     ("rest", "SERVING_REST_PORT", 8501), ("grpc", "SERVING_GRPC_PORT", 8500), ("prometheus", "PROMETHEUS_PORT", 9090),
     ("canary_rest", "CANARY_REST_PORT", 8511), ("canary_grpc", "CANARY_GRPC_PORT", 8510),
     ("router_rest", "ROUTER_REST_PORT", 8601), ("router_grpc", "ROUTER_GRPC_PORT", 8600),
-    ("router_metrics", "ROUTER_METRICS_PORT", 8405))}
+    ("router_metrics", "ROUTER_METRICS_PORT", 8405), ("mirror_sink", "MIRROR_SINK_PORT", 8650))}
 AIRFLOW_URL = f"http://127.0.0.1:{PORTS['airflow']}"
 MLFLOW_URL = f"http://127.0.0.1:{PORTS['mlflow']}"
 REST_URL = f"http://127.0.0.1:{PORTS['rest']}"
 PROMETHEUS_URL = f"http://127.0.0.1:{PORTS['prometheus']}"
 AIRFLOW_SERVICES = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor")
-ALL_SERVICES = ("mlflow", "tf-serving-local", "tf-serving-canary", "router", "prometheus", *AIRFLOW_SERVICES)
+ALL_SERVICES = ("mlflow", "tf-serving-local", "tf-serving-canary", "mirror-sink", "router", "prometheus",
+                *AIRFLOW_SERVICES)
 
 
 PASSWORDS_FILE = AIRFLOW_HOME / "simple_auth_manager_passwords.json.generated"
@@ -129,7 +133,8 @@ def router_config():
         [Replica("tf_serving_default", "stable", "127.0.0.1", PORTS["rest"], PORTS["grpc"]),
          Replica("tf_serving_canary", "canary", "127.0.0.1", PORTS["canary_rest"], PORTS["canary_grpc"])],
         rest_port=PORTS["router_rest"], grpc_port=PORTS["router_grpc"], metrics_port=PORTS["router_metrics"],
-        admin_socket=str(ROUTER / "haproxy.sock"))
+        admin_socket=str(ROUTER / "haproxy.sock"),
+        mirror_rate=MIRROR_RATE, mirror_sink=f"http://127.0.0.1:{PORTS['mirror_sink']}/v1/mirror")
 
 
 def router_connections() -> dict[str, str]:
@@ -143,7 +148,8 @@ def router_connections() -> dict[str, str]:
         "AIRFLOW_CONN_TF_SERVING_ROUTER": json.dumps({
             "conn_type": "generic", "host": "127.0.0.1", "port": PORTS["router_rest"],
             "extra": {"grpc_port": PORTS["router_grpc"], "admin_socket": str(ROUTER / "haproxy.sock"),
-                      "stable": ["tf_serving_default"], "canary": ["tf_serving_canary"]}}),
+                      "stable": ["tf_serving_default"], "canary": ["tf_serving_canary"],
+                      "mirror_sink": f"http://127.0.0.1:{PORTS['mirror_sink']}"}}),
     }
 
 
@@ -182,6 +188,10 @@ def up() -> None:
                                      f"--monitoring_config_file={MONITORING_CONFIG}"],
                env={"TF_USE_LEGACY_KERAS": "1"}, supervise=True)
         ROUTER.mkdir(parents=True, exist_ok=True)
+        # the sink first: the router's mirror posts to it (records are dropped, counted, while it is down)
+        _start("mirror-sink", [str(devservers.BIN / "python"), "-m", "tfmlops.deploy.mirror_sink",
+                               f"--port={PORTS['mirror_sink']}", f"--log_prefix={ROUTER_REQUEST_LOGS}"],
+               env={"TF_USE_LEGACY_KERAS": "1"}, supervise=True)
         (ROUTER / "haproxy.cfg").write_text(router_config().render())
         _start("router", ["haproxy", "-db", "-f", str(ROUTER / "haproxy.cfg")], supervise=True)
     else:
@@ -369,6 +379,10 @@ def summary(model_name: str, outcome: dict) -> int:
         print(f"  Router       http://127.0.0.1:{PORTS['router_rest']}/v1/models/{model_name}  (gRPC on "
               f"127.0.0.1:{PORTS['router_grpc']}; clients use these: tf_serving_rollout strategy=gray shifts "
               "their traffic)")
+    if devservers.running_pid("mirror-sink", RUN):
+        print(f"  Mirror       {MIRROR_RATE:.0%} of the router's requests -> {ROUTER_REQUEST_LOGS}/<group>/ "
+              f"(PredictionLog; router http://127.0.0.1:{PORTS['router_metrics']}/mirror/stats, "
+              f"sink http://127.0.0.1:{PORTS['mirror_sink']}/v1/mirror/stats)")
     scraped_by = f"  (Prometheus {PROMETHEUS_URL})" if devservers.running_pid("prometheus", RUN) else ""
     print(f"  Metrics      {REST_URL}{metrics_path()}{scraped_by}")
     print("  Predict:")

@@ -595,17 +595,28 @@ def test_router_routes_to_both_replica_groups_and_is_generated(services):
                              Replica("tf_serving_replica_1", "canary", "tf-serving-1", 8501, 8500)],
                             rest_port=8501, grpc_port=8500, metrics_port=8405,
                             admin_socket="/var/run/haproxy/admin.sock", bind="0.0.0.0",
-                            nameserver="127.0.0.11:53").render()
+                            nameserver="127.0.0.11:53", mirror_rate=0.1,
+                            mirror_sink="http://mirror-sink:8650/v1/mirror",
+                            mirror_lua="/usr/local/etc/haproxy/mirror.lua").render()
     text = (ROOT / "docker" / "router" / "haproxy.cfg").read_text()
     assert text.rstrip().endswith(expected.rstrip())
     router = services["router"]
     assert router["image"].startswith("haproxy:") and router["image"] == env_example()["ROUTER_IMAGE"]
     assert any(v.startswith("router-run:/var/run/haproxy") for v in router["volumes"])
+    # the request mirror: mirror.lua from the package, the sink running the package's module
+    assert "./include/tfmlops/deploy/mirror.lua:/usr/local/etc/haproxy/mirror.lua:ro" in router["volumes"]
+    sink = services["mirror-sink"]
+    assert sink["image"] == services["airflow-worker"]["image"]
+    assert sink["command"][:3] == ["python", "-m", "tfmlops.deploy.mirror_sink"]
+    assert "8650" in sink["command"] and any(v.startswith("airflow-var:") for v in sink["volumes"])
     worker = services["airflow-worker"]
     assert "router-run:/var/run/haproxy" in [v.split(" ")[0] for v in worker["volumes"]]
     conn = json.loads(environment(worker)["AIRFLOW_CONN_TF_SERVING_ROUTER"])
     assert conn["extra"]["admin_socket"] == "/var/run/haproxy/admin.sock"
     assert (conn["extra"]["stable"], conn["extra"]["canary"]) == (["tf_serving_default"], ["tf_serving_replica_1"])
+    assert conn["extra"]["mirror_sink"] == "http://mirror-sink:8650"  # shadow releases read its records
+    # gray's distribution check and A/B tests read the logs the sink writes
+    assert conn["extra"]["mirror_log_prefix"] == sink["command"][sink["command"].index("--log_prefix") + 1]
     for conn_id, host in (("TF_SERVING_DEFAULT", "tf-serving-0"), ("TF_SERVING_REPLICA_1", "tf-serving-1")):
         assert f"//{host}:8501/" in environment(worker)[f"AIRFLOW_CONN_{conn_id}"]
     scrape = {job["job_name"]: job for job in prometheus_config()["scrape_configs"]}

@@ -67,16 +67,19 @@ def partitions() -> dict[str, Param]:
 
 
 def rollout(strategy: str = "replace", targets_description: str | None = None) -> dict[str, Param]:
-    """The rollout settings (strategy, canary checks, gray and A/B settings, versions to keep, targets)."""
+    """The rollout settings (strategy, canary checks, gray, A/B and shadow settings, versions to keep, targets)."""
     return {
-        "strategy": Param(strategy, type="string", enum=["replace", "canary", "gray", "ab"], title="Rollout strategy",
+        "strategy": Param(strategy, type="string", enum=["replace", "canary", "gray", "ab", "shadow"],
+                          title="Rollout strategy",
                           description="replace: load next to the old version, check, switch; "
                                       "canary: stable/canary labels, checks, promote; "
                                       "gray: live traffic shifted step by step to the router's canary group, "
                                       "judged from live metrics and predicted classes, promoted or rolled back by "
                                       "itself; ab: a fixed share of live traffic to the router's canary group for "
                                       "one window, promoted only when significantly more accurate on labeled "
-                                      "feedback."),
+                                      "feedback; shadow: the router's mirrored live requests replayed to the canary "
+                                      "group (0 % share, clients never see it), promoted or held on its agreement "
+                                      "with the champion, latency and errors."),
         "canary_holdout_uri": Param(None, type=["null", "string"], maxLength=1000, title="Canary holdout",
                                     description="Canary accuracy check through the server: .npz with x/y (or "
                                                 "x_test/y_test) as float features, local or s3://. Empty: no check."),
@@ -85,7 +88,8 @@ def rollout(strategy: str = "replace", targets_description: str | None = None) -
         "latency_budget_ms": Param(250, type="number", exclusiveMinimum=0, maximum=60000,
                                    title="Canary p99 latency budget (ms)",
                                    description="p99 of single-row REST predicts on the canary label."),
-        "router": Param("tf_serving_router", type="string", minLength=1, maxLength=250, title="Traffic router (gray)",
+        "router": Param("tf_serving_router", type="string", minLength=1, maxLength=250,
+                        title="Traffic router (gray, ab, shadow)",
                         description="Connection of the router in front of the stable and canary replica groups."),
         "gray_steps": Param([5, 25, 50, 100], type="array", items={"type": "number", "exclusiveMinimum": 0,
                                                                    "maximum": 100},
@@ -94,10 +98,10 @@ def rollout(strategy: str = "replace", targets_description: str | None = None) -
         "gray_window_s": Param(60, type="number", minimum=1, maximum=3600, title="Gray watch window (s)",
                                description="How long each share is held and watched."),
         "gray_max_error_rate_increase": Param(0.01, type="number", minimum=0, maximum=1,
-                                              title="Gray: max error-rate increase",
+                                              title="Gray/A/B/shadow: max error-rate increase",
                                               description="Canary error rate minus stable error rate allowed."),
         "gray_max_p99_increase_ms": Param(25, type="number", minimum=0, maximum=60000,
-                                          title="Gray: max p99 increase (ms)",
+                                          title="Gray/A/B/shadow: max p99 increase (ms)",
                                           description="Canary p99 minus stable p99 allowed."),
         "gray_max_prediction_tvd": Param(0.1, type="number", minimum=0, maximum=1,
                                          title="Gray: max predicted-class distance",
@@ -119,6 +123,14 @@ def rollout(strategy: str = "replace", targets_description: str | None = None) -
                                            "request ids: {\"request_id\": ..., \"labels\": [...]} per line."),
         "ab_labels_wait_s": Param(0, type="number", minimum=0, maximum=86400, title="A/B wait for labels (s)",
                                   description="After the window, how long to wait for enough labels to come back."),
+        "shadow_window_s": Param(60, type="number", minimum=1, maximum=3600, title="Shadow window (s)",
+                                 description="How long mirrored live requests are replayed to the challenger."),
+        "shadow_min_agreement": Param(0.99, type="number", minimum=0, maximum=1,
+                                      title="Shadow: min top-1 agreement",
+                                      description="Share of replayed rows whose top-1 equals the champion's."),
+        "shadow_min_compared": Param(50, type="integer", minimum=1, maximum=1000000,
+                                     title="Shadow: min compared requests",
+                                     description="Fewer compared requests in the window: hold (nothing to judge)."),
         "keep": Param(2, type="integer", minimum=1, maximum=50, title="Versions to keep",
                       description="Version directories kept in the base path (referenced ones are always kept)."),
         "targets": targets(targets_description) if targets_description else targets(),
@@ -138,4 +150,7 @@ def rollout_arguments() -> dict[str, str]:
             "max_prediction_tvd": "{{ params.gray_max_prediction_tvd }}",
             "ab_share_pct": "{{ params.ab_share_pct }}", "ab_window_s": "{{ params.ab_window_s }}",
             "ab_alpha": "{{ params.ab_alpha }}", "ab_min_samples": "{{ params.ab_min_samples }}",
-            "ab_labels_uri": "{{ params.ab_labels_uri }}", "ab_labels_wait_s": "{{ params.ab_labels_wait_s }}"}
+            "ab_labels_uri": "{{ params.ab_labels_uri }}", "ab_labels_wait_s": "{{ params.ab_labels_wait_s }}",
+            "shadow_window_s": "{{ params.shadow_window_s }}",
+            "shadow_min_agreement": "{{ params.shadow_min_agreement }}",
+            "shadow_min_compared": "{{ params.shadow_min_compared }}"}

@@ -266,13 +266,14 @@ def test_rollout_maps_rollback_and_promotion():
     assert ctx["outlet_events"][CHAMPION].extra == {"model_name": "m", "version": 3}
 
 
-def _router_connections(monkeypatch):
-    """The router connection and the TF Serving connections of its two replica groups."""
+def _router_connections(monkeypatch, **extra):
+    """The router connection (its ``extra`` plus ``extra``) and the TF Serving connections of its
+    two replica groups."""
     for conn, port in (("TF_SERVING_DEFAULT", 8501), ("TF_SERVING_CANARY", 8511)):
         monkeypatch.setenv(f"AIRFLOW_CONN_{conn}", json.dumps({"conn_type": "http", "host": "127.0.0.1",
                                                                "port": port, "extra": {"models_root": "/m"}}))
     monkeypatch.setenv("AIRFLOW_CONN_TF_SERVING_ROUTER", json.dumps({"conn_type": "generic", "extra": {
-        "admin_socket": "/r.sock", "stable": ["tf_serving_default"], "canary": ["tf_serving_canary"]}}))
+        "admin_socket": "/r.sock", "stable": ["tf_serving_default"], "canary": ["tf_serving_canary"], **extra}}))
 
 
 def test_gray_rollout_goes_through_the_router(monkeypatch):
@@ -293,6 +294,7 @@ def test_gray_rollout_goes_through_the_router(monkeypatch):
     assert {g: [ep.name for ep in eps] for g, eps in args[4].items()} == {
         "stable": ["tf_serving_default"], "canary": ["tf_serving_canary"]}
     assert kwargs["steps"] == [10.0, 50.0, 100.0] and kwargs["window_s"] == 30.0
+    assert kwargs["log_prefixes"] is None  # no mirror logs named: the replicas' own request logs
     assert (kwargs["thresholds"].max_error_rate_increase, kwargs["thresholds"].max_p99_increase_ms) == (0.02, 40.0)
     assert ctx["outlet_events"][CHAMPION].extra == {"model_name": "m", "version": 4}
     rolled_back = {**promoted, "outcome": "rolled_back", "reason": "at 10 %: p99 90 ms vs stable 4 ms"}
@@ -335,10 +337,47 @@ def test_ab_test_promotes_only_a_significant_win(monkeypatch):
             with pytest.raises(AirflowFailException, match=match):
                 ServingRolloutOperator(**{**args, **bad}).execute(context())
         step.assert_not_called()
+    # a router connection naming its mirror's logs: A/B (and gray) read each group's logs there
+    _router_connections(monkeypatch, mirror_log_prefix="/var/request-logs/router/")
+    with mock.patch("tfmlops.steps.rollout.ab_test_registered", return_value=won) as step:
+        op.execute(context())
+    assert step.call_args.kwargs["log_prefixes"] == {"stable": ["/var/request-logs/router/stable/requests"],
+                                                     "canary": ["/var/request-logs/router/canary/requests"]}
     refused = ValueError("the canary group's endpoints have no request_log_prefix")
     with mock.patch("tfmlops.steps.rollout.ab_test_registered", side_effect=refused):
         with pytest.raises(AirflowFailException, match="ab: the canary group's endpoints have no request_log_prefix"):
             op.execute(context())
+
+
+def test_shadow_rollout_replays_through_the_router_and_fails_on_hold(monkeypatch):
+    from tfmlops_airflow.assets import CHAMPION
+    from tfmlops_airflow.operators.rollout import ServingRolloutFailed, ServingRolloutOperator
+
+    _router_connections(monkeypatch, mirror_sink="http://127.0.0.1:8650")
+    op = ServingRolloutOperator(task_id="rollout", model_name="m", version="4", strategy="shadow",
+                                shadow_window_s="30", shadow_min_agreement="0.98", shadow_min_compared="40",
+                                max_error_rate_increase="0.02", max_p99_increase_ms="40", announce_champion=True)
+    promoted = {"model": "m", "version": 4, "strategy": "shadow", "outcome": "promoted", "endpoints": ["a", "b"],
+                "report": {"agreement": 1.0}, "aliases": {}, "seconds": 1.0}
+    ctx = context()
+    with mock.patch("tfmlops.steps.rollout.shadow_release_registered", return_value=promoted) as step:
+        assert op.execute(ctx)["report"] == {"agreement": 1.0}
+    args, kwargs = step.call_args.args, step.call_args.kwargs
+    assert args[:3] == (TRACKING, "m", "4") and args[3].admin_socket == "/r.sock"
+    assert kwargs["sink_url"] == "http://127.0.0.1:8650" and kwargs["window_s"] == 30.0
+    t = kwargs["thresholds"]
+    assert (t.min_agreement, t.min_compared, t.max_error_rate_increase, t.max_p99_increase_ms) == (0.98, 40, 0.02, 40)
+    assert ctx["outlet_events"][CHAMPION].extra == {"model_name": "m", "version": 4}
+    held = {**promoted, "outcome": "rolled_back", "reason": "top-1 agreement 5.00% with the champion"}
+    with mock.patch("tfmlops.steps.rollout.shadow_release_registered", return_value=held):
+        with pytest.raises(ServingRolloutFailed, match="held \\(shadow\\): top-1 agreement"):
+            op.execute(context())
+    # a router connection without the mirror's sink: the task fails (no retry) saying what is missing
+    _router_connections(monkeypatch)
+    with mock.patch("tfmlops.steps.rollout.shadow_release_registered") as step:
+        with pytest.raises(AirflowFailException, match="shadow: .*extra needs mirror_sink"):
+            op.execute(context())
+    step.assert_not_called()
 
 
 def test_docker_targets_come_from_the_fleet():

@@ -11,18 +11,19 @@ from tfmlops.deploy.prediction_logs import class_counts, compare_distributions, 
 from tfmlops.deploy.progressive import GrayThresholds
 
 
-def _write(prefix: str, records: list[tuple[str, int, np.ndarray]], outputs=("y",)) -> None:
-    """``(request id, timestamp, scores)`` records through tf-serving-local's TFRecordLogCollector."""
+def _write(prefix: str, records: list[tuple], outputs=("y",), version: int = 3) -> None:
+    """``(request id, timestamp, scores[, model])`` records through tf-serving-local's
+    TFRecordLogCollector (``model``: the name in ``model_spec``, as the router mirror's sink sets it)."""
     from tensorflow_serving.apis import prediction_log_pb2
 
     from tfmlops.serving.core.log_collector import TFRecordLogCollector
     from tfmlops.serving.tensors import make_tensor_proto
 
     collector = TFRecordLogCollector(prefix)
-    for rid, ts, scores in records:
+    for rid, ts, scores, *model in records:
         plog = prediction_log_pb2.PredictionLog()
         plog.log_metadata.request_origin, plog.log_metadata.timestamp_secs = rid, ts
-        plog.log_metadata.model_spec.version.value = 3
+        plog.log_metadata.model_spec.name, plog.log_metadata.model_spec.version.value = "".join(model), version
         for name in outputs:
             make_tensor_proto(np.asarray(scores, np.float32), plog.predict_log.response.outputs[name])
         collector.collect_message(plog)
@@ -110,13 +111,45 @@ def test_z_test_agrees_with_scipys_chi_square_and_settings_are_checked(tmp_path)
     assert (acc["labeled_rows"], acc["correct"], acc["refused_labels"]) == (3, 2, 1)
 
 
-def test_an_ab_test_without_request_logs_is_refused_before_anything_changes():
+def test_an_ab_test_without_request_logs_is_refused_before_anything_changes(tmp_path):
     from tfmlops.deploy.endpoint import Endpoint
     from tfmlops.steps.rollout import ab_test_registered
 
     groups = {"stable": [Endpoint("s", request_log_prefix="/logs")], "canary": [Endpoint("c")]}
     with pytest.raises(ValueError, match="the canary group's endpoints have no request_log_prefix"):
         ab_test_registered("http://127.0.0.1:9", "m", "2", router=None, groups=groups, labels="/labels")
+    # the router mirror's logs stand in for the endpoints' (past the check: the registry is not there)
+    mirror = {"stable": ["/mirror/stable/requests"], "canary": ["/mirror/canary/requests"]}
+    with pytest.raises(Exception) as exc:
+        ab_test_registered("http://127.0.0.1:9", "m", "2", router=None, groups=groups, labels=str(tmp_path),
+                           log_prefixes=mirror)
+    assert "request_log_prefix" not in str(exc.value)
+
+
+def test_the_router_mirrors_per_group_logs_feed_the_distribution_check(tmp_path):
+    """One prefix per group (the sink's layout) holding every model of the group: only the
+    candidate's model is compared; s3:// prefixes are reported, not read."""
+    from tfmlops.deploy.endpoint import Endpoint
+    from tfmlops.deploy.mirror_sink import group_log_prefix
+    from tfmlops.deploy.progressive import GrayRelease
+    from tfmlops.deploy.rollout import Candidate
+    from tfmlops.deploy.router import Router
+
+    prefixes = {g: [group_log_prefix(str(tmp_path / "router"), g)] for g in ("stable", "canary")}
+    for g, version, cls in (("stable", 2, 0), ("canary", 3, 1)):
+        _write(prefixes[g][0], [(f"{g}-user", 100, np.eye(3)[[cls] * 60].tolist(), "m"),
+                                (f"{g}-user-2", 100, np.eye(3)[[2] * 60].tolist(), "m"),
+                                (f"{g}-other-model", 100, np.eye(3)[[2] * 500].tolist(), "other")], version=version)
+    groups = {g: [Endpoint(g)] for g in ("stable", "canary")}  # the replicas log nothing themselves
+    gray = GrayRelease(Candidate("m", 3, "", {}), Router(str(tmp_path / "sock"), []), groups,
+                       log_prefixes=prefixes)
+    check = gray._prediction_check({"since": 99, "until": 101})
+    assert check["status"] == "breach" and check["stable_classes"] == {"0": 60, "2": 60}
+    assert check["canary_classes"] == {"1": 60, "2": 60}
+    remote = {g: [group_log_prefix("s3://bucket/router", g)] for g in ("stable", "canary")}
+    gray = GrayRelease(Candidate("m", 3, "", {}), Router(str(tmp_path / "sock"), []), groups, log_prefixes=remote)
+    check = gray._prediction_check({"since": 99, "until": 101})
+    assert check["status"] == "not measured" and "s3:// is not supported" in check["reason"]
 
 
 def test_ab_decisions(tmp_path):

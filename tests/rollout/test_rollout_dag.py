@@ -122,12 +122,15 @@ def test_rollout_dag_contract(airflow_db, dag):
     assert {"model_name", "version", "strategy", "canary_holdout_uri", "canary_min_accuracy", "latency_budget_ms",
             "keep", "targets", "router", "gray_steps", "gray_window_s", "gray_max_error_rate_increase",
             "gray_max_p99_increase_ms", "gray_max_prediction_tvd", "ab_share_pct", "ab_window_s", "ab_alpha",
-            "ab_min_samples", "ab_labels_uri", "ab_labels_wait_s"} <= set(dag.params)
-    assert dag.params.get_param("strategy").schema["enum"] == ["replace", "canary", "gray", "ab"]
+            "ab_min_samples", "ab_labels_uri", "ab_labels_wait_s", "shadow_window_s", "shadow_min_agreement",
+            "shadow_min_compared"} <= set(dag.params)
+    assert dag.params.get_param("strategy").schema["enum"] == ["replace", "canary", "gray", "ab", "shadow"]
     assert dag.params["gray_steps"] == [5, 25, 50, 100] and dag.params["router"] == "tf_serving_router"
     roll = dag.get_task("rollout")
     assert (roll.router_conn_id, roll.gray_steps) == ("{{ params.router }}", "{{ params.gray_steps }}")
     assert (roll.ab_labels_uri, roll.ab_alpha, roll.max_prediction_tvd) == (
         "{{ params.ab_labels_uri }}", "{{ params.ab_alpha }}", "{{ params.gray_max_prediction_tvd }}")
-    assert {"ab_labels_uri", "ab_share_pct", "ab_window_s", "max_prediction_tvd"} <= set(roll.template_fields)
+    assert roll.shadow_min_agreement == "{{ params.shadow_min_agreement }}"
+    assert {"ab_labels_uri", "ab_share_pct", "ab_window_s", "max_prediction_tvd", "shadow_window_s",
+            "shadow_min_agreement", "shadow_min_compared"} <= set(roll.template_fields)
     assert all(t.retries >= 1 for t in dag.tasks) and dag.owner == "ml-platform"

@@ -26,6 +26,37 @@ def test_group_weights_edges_and_errors():
         group_weights(5, 1, 0)
 
 
+def test_the_mirror_is_rendered_only_when_asked_and_checks_its_options(tmp_path):
+    import shutil
+    import subprocess
+
+    replicas = [Replica("s0", "stable", "127.0.0.1", 8501, 8500), Replica("c0", "canary", "127.0.0.1", 8511, 8510)]
+
+    def config(**kw):
+        return RouterConfig(replicas, rest_port=8601, grpc_port=8600, metrics_port=8405,
+                            admin_socket=str(tmp_path / "x.sock"), **kw)
+
+    plain = config().render()
+    assert "lua" not in plain and "X-Request-Id" not in plain and "wait-for-body" not in plain
+    assert config(mirror_rate=0.5).render() == plain  # no sink: no mirror
+    text = config(mirror_rate=0.1, mirror_sink="http://127.0.0.1:8650/v1/mirror").render()
+    assert "lua-load " in text and "setenv TFMLOPS_MIRROR_SINK http://127.0.0.1:8650/v1/mirror" in text
+    assert text.count("{ rand(1000000) lt 100000 }") == 2  # REST and gRPC frontends
+    assert "srv_name -m str c0 }" in text and "lua.tfmlops_mirror_res grpc" in text
+    assert "use-service lua.tfmlops_mirror_stats" in text and "TFMLOPS_MIRROR_DELIVERY" not in text
+    assert "setenv TFMLOPS_MIRROR_DELIVERY inline" in config(
+        mirror_rate=1, mirror_sink="http://h:1/v1/mirror", mirror_delivery="inline").render()
+    with pytest.raises(ValueError, match="mirror_rate must be in"):
+        config(mirror_rate=1.5, mirror_sink="http://h:1/v1/mirror").render()
+    with pytest.raises(ValueError, match="mirror_delivery"):
+        config(mirror_rate=0.5, mirror_sink="http://h:1/v1/mirror", mirror_delivery="later").render()
+    if shutil.which("haproxy"):  # HAProxy itself accepts it (Lua loaded, ACLs parsed)
+        cfg = tmp_path / "haproxy.cfg"
+        cfg.write_text(text)
+        check = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+
 def test_rendered_config_has_both_protocols_and_groups():
     replicas = [Replica("s0", "stable", "127.0.0.1", 8501, 8500), Replica("c0", "canary", "127.0.0.1", 8511, 8510)]
     text = RouterConfig(replicas, rest_port=8601, grpc_port=8600, metrics_port=8405,

@@ -197,13 +197,10 @@ class ABTest(RouterRelease):
         t0 = time.monotonic()
         model, n = self.cand.model, self.cand.version
         res = ABResult(model, n, ROLLED_BACK, KEEP)
-        self.router.set_share(0)
-        canary = self._rollout(CANARY, self.cand)
-        res.canary_rollout = canary.to_dict()
-        old = sorted({v for vs in canary.old_versions.values() for v in vs})
+        loaded, old = self._onto_canary(res)
         res.champion_versions = old
-        if not canary.ok:
-            res.reason, res.challenger_failed = f"canary group: {canary.reason}", True
+        if not loaded:
+            res.challenger_failed = True
             res.seconds = round(time.monotonic() - t0, 3)
             return res
         try:

@@ -50,11 +50,13 @@ def log_files(prefix: str, since: float | None = None) -> list[str]:
 
 
 def logged_predictions(paths: list[str], since: float | None = None, until: float | None = None,
-                       output: str | None = None, exclude_prefix: str = REQUEST_ID_PREFIX) -> list[LoggedPrediction]:
+                       output: str | None = None, exclude_prefix: str = REQUEST_ID_PREFIX,
+                       model: str | None = None) -> list[LoggedPrediction]:
     """The Predict records of ``paths`` logged in ``[floor(since), until]`` (epoch seconds), without
-    those whose request id starts with ``exclude_prefix``. ``output`` names the output tensor whose
-    argmax is the predicted class (default: the response's only output; a record with several
-    outputs and no ``output`` raises ``ValueError``)."""
+    those whose request id starts with ``exclude_prefix`` and, with ``model``, those that name
+    another model (a router mirror logs every model of a replica group under one prefix).
+    ``output`` names the output tensor whose argmax is the predicted class (default: the
+    response's only output; a record with several outputs and no ``output`` raises ``ValueError``)."""
     from tensorflow_serving.apis import prediction_log_pb2
 
     from tfmlops.feedback import complete_records
@@ -71,6 +73,8 @@ def logged_predictions(paths: list[str], since: float | None = None, until: floa
             plog = prediction_log_pb2.PredictionLog.FromString(record)
             meta = plog.log_metadata
             if plog.WhichOneof("log_type") != "predict_log" or meta.request_origin.startswith(exclude_prefix or "\0"):
+                continue
+            if model and meta.model_spec.name and meta.model_spec.name != model:
                 continue
             if (lo is not None and meta.timestamp_secs < lo) or (until is not None and meta.timestamp_secs > until):
                 continue

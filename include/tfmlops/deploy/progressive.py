@@ -128,8 +128,9 @@ def default_log_prefixes(groups: dict[str, list[Endpoint]], model: str) -> dict[
 class RouterRelease:
     """A candidate on the router's canary replica group, judged on live traffic. ``log_prefixes``
     (``{group: [filename_prefix, ...]}`` as this process reads them; default: the endpoints'
-    request logs) hold each group's logged predictions; a prefix both groups log to is split by
-    the version that answered (the candidate's: canary)."""
+    request logs; the router mirror's per-group logs: :func:`.mirror_sink.group_log_prefix`) hold
+    each group's logged predictions; a prefix both groups log to is split by the version that
+    answered (the candidate's: canary)."""
 
     def __init__(self, candidate: Candidate, router: Router, groups: dict[str, list[Endpoint]],
                  window_s: float = 30.0, thresholds: GrayThresholds | None = None, poll_s: float = 0.5,
@@ -209,6 +210,9 @@ class RouterRelease:
         missing = [g for g in (STABLE, CANARY) if not self.log_prefixes.get(g)]
         if missing:
             return None, f"no request logs configured for the {' and '.join(missing)} group"
+        remote = [p for g in (STABLE, CANARY) for p in self.log_prefixes[g] if str(p).startswith("s3://")]
+        if remote:
+            return None, f"request logs are read from local paths; s3:// is not supported: {remote[0]}"
         shared = set(self.log_prefixes[STABLE]) & set(self.log_prefixes[CANARY])
         read: dict[str, list[LoggedPrediction]] = {}
         out = {}
@@ -216,7 +220,8 @@ class RouterRelease:
             for g in (STABLE, CANARY):
                 for prefix in self.log_prefixes[g]:
                     if prefix not in read:
-                        read[prefix] = logged_predictions(log_files(prefix, since), since, until, self.output)
+                        read[prefix] = logged_predictions(log_files(prefix, since), since, until, self.output,
+                                                          model=self.cand.model)
                 preds = [p for prefix in self.log_prefixes[g] for p in read[prefix]]
                 if shared:  # one log for both groups: told apart by the version that answered
                     preds = [p for p in preds if (p.version == self.cand.version) == (g == CANARY)]
@@ -238,6 +243,17 @@ class RouterRelease:
         elif self._baseline_classes is not None:
             stable = self._baseline_classes
         return compare_distributions(stable, canary, t.max_prediction_tvd, t.prediction_alpha, t.min_predictions)
+
+    def _onto_canary(self, res) -> tuple[bool, list[int]]:
+        """The candidate rolled onto the canary group at share 0 % (``res.canary_rollout``; on a
+        failure ``res.reason`` says why): whether it loaded, and the version(s) the group served
+        before (what :meth:`_restore_canary` puts back)."""
+        self.router.set_share(0)
+        canary = self._rollout(CANARY, self.cand)
+        res.canary_rollout = canary.to_dict()
+        if not canary.ok:
+            res.reason = f"canary group: {canary.reason}"
+        return canary.ok, sorted({v for vs in canary.old_versions.values() for v in vs})
 
     def _restore_canary(self, old: list[int], res) -> None:
         """The canary group back to the version(s) it served before (config only: still published).
@@ -288,15 +304,12 @@ class GrayRelease(RouterRelease):
         t0 = time.monotonic()
         model, n = self.cand.model, self.cand.version
         res = GrayResult(model, n, PROMOTED)
-        self.router.set_share(0)
-        canary = self._rollout(CANARY, self.cand)
-        res.canary_rollout = canary.to_dict()
-        if not canary.ok:
-            res.outcome, res.reason = ROLLED_BACK, f"canary group: {canary.reason}"
+        loaded, old = self._onto_canary(res)
+        if not loaded:
+            res.outcome = ROLLED_BACK
             self._event(f"gray release of {model} version {n}: {res.reason}")
             res.seconds = round(time.monotonic() - t0, 3)
             return res
-        old = sorted({v for vs in canary.old_versions.values() for v in vs})
         for share in self.steps:
             step = self._watch(share)
             step["predictions"] = self._prediction_check(step)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import socket
 from dataclasses import dataclass, field
 
@@ -29,6 +30,10 @@ STABLE, CANARY = "stable", "canary"
 GROUPS = (STABLE, CANARY)
 REST_BACKEND, GRPC_BACKEND = "rest_replicas", "grpc_replicas"
 MAX_WEIGHT = 256  # HAProxy's server weights are 0..256
+MIRROR_LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mirror.lua")
+# the APIs the mirror samples (TF Serving's REST paths; the gRPC PredictionService methods)
+MIRROR_REST_PATH = r"^/v1/models/[^/:]+(/versions/[0-9]+|/labels/[^/:]+)?:(predict|classify|regress)$"
+MIRROR_GRPC_PATHS = tuple(f"/tensorflow.serving.PredictionService/{m}" for m in ("Predict", "Classify", "Regress"))
 
 
 class RouterError(RuntimeError):
@@ -64,6 +69,63 @@ class RouterConfig:
     server_timeout_s: float = 60.0
     extra_global: list[str] = field(default_factory=list)
     nameserver: str | None = None  # e.g. Docker's 127.0.0.11:53: replica addresses re-resolved at run time
+    # request mirror (:mod:`.mirror_sink`): this share of the Predict/Classify/Regress requests, with
+    # their answers, goes to the sink's URL (``http://host:port/v1/mirror``); 0 or no sink: none
+    mirror_rate: float = 0.0
+    mirror_sink: str | None = None
+    mirror_lua: str = MIRROR_LUA  # where the router finds mirror.lua (a path inside the container in compose)
+    mirror_max_queue: int = 1000  # records waiting for the sink, at most (more are dropped and counted)
+    mirror_max_queue_bytes: int = 32 << 20
+    mirror_wait_ms: int = 1000  # longest wait for a sampled request's/response's body to be complete
+    # "task": a Lua task delivers off the request path; "inline": the answer waits for the sink
+    # (only to measure what the task saves; see mirror_sink's docstring)
+    mirror_delivery: str = "task"
+
+    @property
+    def mirrored(self) -> bool:
+        return bool(self.mirror_sink) and self.mirror_rate > 0
+
+    def _mirror_global(self) -> list[str]:
+        if not self.mirrored:
+            return []
+        if self.mirror_delivery not in ("task", "inline"):
+            raise ValueError(f"mirror_delivery must be task or inline, got {self.mirror_delivery!r}")
+        # a sink named by host name (compose: mirror-sink) is resolved by the httpclient through the
+        # same resolvers as the replicas when there are some; IPv4 first (HAProxy prefers IPv6)
+        resolve = ["    httpclient.resolvers.id dns"] if self.nameserver else []
+        return [*resolve, "    httpclient.resolvers.prefer ipv4",
+                f"    setenv TFMLOPS_MIRROR_SINK {self.mirror_sink}",
+                *([f"    setenv TFMLOPS_MIRROR_DELIVERY {self.mirror_delivery}"]
+                  if self.mirror_delivery != "task" else []),
+                f"    setenv TFMLOPS_MIRROR_RATE {self.mirror_rate:g}",
+                f"    setenv TFMLOPS_MIRROR_MAX_QUEUE {int(self.mirror_max_queue)}",
+                f"    setenv TFMLOPS_MIRROR_MAX_QUEUE_BYTES {int(self.mirror_max_queue_bytes)}",
+                f"    lua-load {self.mirror_lua}"]
+
+    def _mirror_frontend(self, protocol: str) -> list[str]:
+        """The sampled requests: a request id for every request (the client's, else a new one,
+        so that the replica's own logs and the mirror's share it), the body kept, the response's
+        body awaited and queued for the sink by mirror.lua."""
+        if not self.mirrored:
+            return []
+        if not 0 < self.mirror_rate <= 1:
+            raise ValueError(f"mirror_rate must be in (0, 1], got {self.mirror_rate}")
+        threshold = round(self.mirror_rate * 1_000_000)
+        api = (f"METH_POST {{ path_reg {MIRROR_REST_PATH} }}" if protocol == "rest"
+               else f"{{ path {' '.join(MIRROR_GRPC_PATHS)} }}")
+        canary = " ".join(r.name for r in self.replicas if r.group == CANARY)
+        wait = f"{int(self.mirror_wait_ms)}ms"
+        on = "{ var(txn.mirror) -m bool }"
+        return [
+            "    http-request set-header X-Request-Id %[uuid] unless { req.hdr(x-request-id) -m found }",
+            f"    http-request set-var(txn.mirror) bool(1) if {api} {{ rand(1000000) lt {threshold} }}",
+            *([] if protocol == "rest" else [f"    http-request wait-for-body time {wait} if {on}"]),
+            f"    http-request lua.tfmlops_mirror_req if {on}",
+            f"    http-response wait-for-body time {wait} if {on}",
+            *([f"    http-response set-var(txn.mirror_group) str({CANARY}) if {on} {{ srv_name -m str {canary} }}"]
+              if canary else []),
+            f"    http-response lua.tfmlops_mirror_res {protocol} if {on}",
+        ]
 
     def render(self) -> str:
         """The ``haproxy.cfg``: both groups in one backend per protocol, canary at weight 0."""
@@ -78,6 +140,7 @@ class RouterConfig:
             f"    stats socket {self.admin_socket} mode 600 level admin",
             "    maxconn 4096",
             *[f"    {line}" for line in self.extra_global],
+            *self._mirror_global(),
             "",
             "defaults",
             "    mode http",
@@ -96,15 +159,19 @@ class RouterConfig:
             "frontend rest",
             f"    bind {self.bind}:{self.rest_port}",
             "    option http-buffer-request",
+            *self._mirror_frontend("rest"),
             f"    default_backend {REST_BACKEND}",
             "",
             "frontend grpc",
             f"    bind {self.bind}:{self.grpc_port} proto h2",
+            *self._mirror_frontend("grpc"),
             f"    default_backend {GRPC_BACKEND}",
             "",
             "frontend metrics",
             f"    bind {self.bind}:{self.metrics_port}",
             "    http-request use-service prometheus-exporter if { path /metrics }",
+            *(["    http-request use-service lua.tfmlops_mirror_stats if { path /mirror/stats }"]
+              if self.mirrored else []),
             "    http-request return status 404",
             "",
         ]

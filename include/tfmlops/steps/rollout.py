@@ -19,11 +19,12 @@ from tfmlops.deploy.checks import CanaryChecks
 from tfmlops.deploy.endpoint import Endpoint
 from tfmlops.deploy.progressive import GrayThresholds
 from tfmlops.deploy.rollout import PROMOTED, Candidate, Rollout, RolloutBusy
+from tfmlops.deploy.shadow import ShadowThresholds
 from tfmlops.steps.retrain import download_serving_artifact, resolve
 
-__all__ = ["PROMOTED", "ABSettings", "CanaryChecks", "Endpoint", "GrayThresholds", "RolloutBusy", "ab_test_registered",
-           "fleet_endpoints", "gray_release_registered", "load_canary_holdout", "publish_registered",
-           "rollout_registered"]
+__all__ = ["PROMOTED", "ABSettings", "CanaryChecks", "Endpoint", "GrayThresholds", "RolloutBusy", "ShadowThresholds",
+           "ab_test_registered", "fleet_endpoints", "gray_release_registered", "load_canary_holdout",
+           "publish_registered", "rollout_registered", "shadow_release_registered"]
 
 
 def load_canary_holdout(uri: str, s3_client=None) -> tuple[np.ndarray, np.ndarray]:
@@ -85,6 +86,16 @@ def _metrics(prefix: str, numbers: dict, keys) -> dict:
             if isinstance(numbers.get(k), (int, float)) and numbers[k] == numbers[k]}
 
 
+def _log_report(tracking_uri: str, run_id: str, tmp: str, strategy: str, version: int, res: dict, metrics: dict,
+                **dump) -> None:
+    """``metrics`` and the whole result (``serving/<strategy>_v<N>.json``) on the version's run."""
+    registry.log_metrics(tracking_uri, run_id, metrics)
+    folder = Path(tmp) / f"{strategy}_report"
+    folder.mkdir()
+    (folder / f"{strategy}_v{version}.json").write_text(json.dumps(res, indent=1, **dump))
+    registry.log_files(tracking_uri, run_id, folder, "serving")
+
+
 def rollout_registered(tracking_uri: str, model_name: str, version_or_alias, endpoints: list[Endpoint],
                        strategy: str = "replace", checks: CanaryChecks | None = None, keep: int = 2,
                        timeout_s: float = 120.0, s3_client=None, on_event=None) -> dict:
@@ -132,17 +143,20 @@ def _gray_chart(result: dict, path: Path) -> Path:
 
 def gray_release_registered(tracking_uri: str, model_name: str, version_or_alias, router, groups: dict,
                             steps=(5, 25, 50, 100), window_s: float = 60.0, thresholds: GrayThresholds | None = None,
-                            timeout_s: float = 180.0, s3_client=None, on_event=None) -> dict:
+                            timeout_s: float = 180.0, s3_client=None, on_event=None,
+                            log_prefixes: dict | None = None) -> dict:
     """Gray release of a registered version through the router (:mod:`tfmlops.deploy.progressive`),
     recorded in MLflow: aliases and ``serving.*`` tags as any rollout, each step's share and the two
     groups' numbers as ``gray.*`` metrics of the version's run and a chart of share vs error rate
-    and p99 (``serving/gray_v<N>.png``)."""
+    and p99 (``serving/gray_v<N>.png``). ``log_prefixes``: the groups' request logs (default: the
+    endpoints' own; the router mirror's per group)."""
     from tfmlops.deploy.progressive import gray_release
 
     with tempfile.TemporaryDirectory() as tmp:
         cand = fetch_challenger(tracking_uri, model_name, version_or_alias, tmp)
         res = gray_release(cand, router, groups, steps=steps, window_s=window_s, thresholds=thresholds,
-                           timeout_s=timeout_s, s3_client=s3_client, on_event=on_event).to_dict()
+                           timeout_s=timeout_s, s3_client=s3_client, on_event=on_event,
+                           log_prefixes=log_prefixes).to_dict()
         result = _router_result(res, "gray", groups)
         run_id = registry.get_version(tracking_uri, model_name, cand.version).run_id
         for i, step in enumerate(res["steps"]):
@@ -163,34 +177,62 @@ def gray_release_registered(tracking_uri: str, model_name: str, version_or_alias
 def ab_test_registered(tracking_uri: str, model_name: str, version_or_alias, router, groups: dict, labels,
                        settings: ABSettings | None = None, window_s: float = 600.0,
                        thresholds: GrayThresholds | None = None, timeout_s: float = 180.0, s3_client=None,
-                       on_event=None) -> dict:
+                       on_event=None, log_prefixes: dict | None = None) -> dict:
     """A/B test of a registered version (the challenger) against what the stable group serves
     (:mod:`tfmlops.deploy.abtest`), recorded in MLflow: ``ab.*`` metrics (per variant: requests,
     error rate, p99, labeled rows, accuracy; the test's z and p-value) and the whole report
     (``serving/ab_v<N>.json``) on the version's run; ``champion`` moves to it only on a
-    significant win (``decision == "promote"``); otherwise ``challenger`` is dropped from it."""
+    significant win (``decision == "promote"``); otherwise ``challenger`` is dropped from it.
+    ``log_prefixes``: the groups' request logs (default: the endpoints' own; the router mirror's per group)."""
     from tfmlops.deploy.abtest import ab_test, label_files
     from tfmlops.deploy.progressive import default_log_prefixes
 
     label_files(labels)  # refused before anything is fetched, aliased or rolled
-    missing = [g for g, prefixes in default_log_prefixes(groups, model_name).items() if not prefixes]
+    prefixes = default_log_prefixes(groups, model_name) if log_prefixes is None else log_prefixes
+    missing = [g for g in ("stable", "canary") if not prefixes.get(g)]
     if missing:
         raise ValueError(f"an A/B test joins labels with the groups' request logs; the {' and '.join(missing)} "
-                         "group's endpoints have no request_log_prefix")
+                         "group's endpoints have no request_log_prefix (and no router mirror logs were given)")
     with tempfile.TemporaryDirectory() as tmp:
         cand = fetch_challenger(tracking_uri, model_name, version_or_alias, tmp)
         res = ab_test(cand, router, groups, labels, settings, window_s=window_s, thresholds=thresholds,
-                      timeout_s=timeout_s, s3_client=s3_client, on_event=on_event).to_dict()
+                      timeout_s=timeout_s, s3_client=s3_client, on_event=on_event,
+                      log_prefixes=log_prefixes).to_dict()
         result = _router_result(res, "ab", groups)
         run_id = registry.get_version(tracking_uri, model_name, cand.version).run_id
         metrics = _metrics("ab", {**res["window"], **res["test"]}, ("share_pct", "z", "p_value", "difference"))
         for variant, numbers in res["variants"].items():
             metrics.update(_metrics(f"ab.{variant}", numbers, ("requests", "error_rate", "p99_ms", "labeled_rows",
                                                                "accuracy")))
-        registry.log_metrics(tracking_uri, run_id, metrics)
-        report = Path(tmp) / "ab_report"
-        report.mkdir()
-        (report / f"ab_v{cand.version}.json").write_text(json.dumps(res, indent=1, default=str))
-        registry.log_files(tracking_uri, run_id, report, "serving")
+        _log_report(tracking_uri, run_id, tmp, "ab", cand.version, res, metrics, default=str)
+    result["aliases"] = registry.record_rollout(tracking_uri, model_name, cand.version, result)
+    return result
+
+
+SHADOW_METRICS = ("compared", "agreement", "max_abs_diff", "mean_abs_diff", "challenger_errors", "skipped",
+                  "mirrored", "eligible")
+
+
+def shadow_release_registered(tracking_uri: str, model_name: str, version_or_alias, router, groups: dict,
+                              sink_url: str, window_s: float = 60.0, thresholds: ShadowThresholds | None = None,
+                              timeout_s: float = 180.0, s3_client=None, on_event=None) -> dict:
+    """Shadow release of a registered version (:mod:`tfmlops.deploy.shadow`), recorded in MLflow:
+    aliases and ``serving.*`` tags as any rollout (``promote`` → ``promoted``, ``hold`` →
+    ``rolled_back``), the comparison as ``shadow.*`` metrics of the version's run (agreement,
+    max/mean |diff|, challenger errors, each group's requests/error rate/p99) and the whole report
+    as ``serving/shadow_v<N>.json``."""
+    from tfmlops.deploy.shadow import shadow_release
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cand = fetch_challenger(tracking_uri, model_name, version_or_alias, tmp)
+        res = shadow_release(cand, router, groups, sink_url, window_s=window_s, thresholds=thresholds,
+                             timeout_s=timeout_s, s3_client=s3_client, on_event=on_event).to_dict()
+        result = _router_result(res, "shadow", groups)
+        run_id = registry.get_version(tracking_uri, model_name, cand.version).run_id
+        report = res["report"]
+        metrics = {**_metrics("shadow", report, SHADOW_METRICS), "shadow.promote": float(res["decision"] == "promote")}
+        for group, numbers in (report.get("metrics") or {}).items():
+            metrics.update(_metrics(f"shadow.{group}", numbers, ("requests", "error_rate", "p99_ms")))
+        _log_report(tracking_uri, run_id, tmp, "shadow", cand.version, res, metrics, allow_nan=False)
     result["aliases"] = registry.record_rollout(tracking_uri, model_name, cand.version, result)
     return result

@@ -18,6 +18,10 @@ from tfmlops_airflow.operators.base import TFMLOpsBaseOperator, number_or_none, 
 from tfmlops_airflow.params import ROLLOUT_POOL
 
 
+# the strategies that go through the traffic router, and what their task returns besides the outcome
+ROUTER_DETAILS = {"gray": ("steps",), "ab": ("decision", "variants", "test"), "shadow": ("report",)}
+
+
 class ServingRolloutFailed(AirflowFailException):
     """The new version was rolled back (a check failed or it did not load); retrying will not help."""
 
@@ -77,10 +81,12 @@ class ServingRolloutOperator(ServingVersionOperator):
 
     :param strategy: ``replace``, ``canary``, ``gray`` (live traffic shifted step by step through
         the router of ``router_conn_id`` to its canary replica group, judged from the replicas'
-        metrics and logged predictions; ``targets`` are then the router's groups) or ``ab`` (a fixed
+        metrics and logged predictions; ``targets`` are then the router's groups), ``ab`` (a fixed
         share to the canary group for one window, decided on labeled feedback: promoted only on a
         significant win, the task skipped when the test is not won, failed when the challenger
-        breaks). (templated)
+        breaks) or ``shadow`` (the router's mirrored live requests replayed to its canary group at
+        0 % share, judged on agreement with the champion's answers, latency and errors; a hold
+        fails the task). (templated)
     :param holdout_uri: canary accuracy check: ``.npz`` with x/y, local or ``s3://``; unset = no check. (templated)
     :param min_accuracy: accuracy the canary must reach on the holdout. (templated)
     :param latency_budget_ms: p99 of single-row REST predicts on the canary label. (templated)
@@ -88,11 +94,12 @@ class ServingRolloutOperator(ServingVersionOperator):
     :param timeout_s: how long a load, an unload or another rollout's lock may take. (templated)
     :param announce_champion: emit an event on the ``CHAMPION`` asset naming the model and version
         on promotion (the retraining DAGs; it schedules ``tf_optimize_export``).
-    :param router_conn_id: ``gray``: the traffic router connection (:class:`TrafficRouterHook`).
+    :param router_conn_id: ``gray``, ``ab``, ``shadow``: the traffic router connection (:class:`TrafficRouterHook`).
     :param gray_steps: ``gray``: the canary group's shares of live traffic, in %, ending at 100. (templated)
     :param gray_window_s: ``gray``: how long each share is held and watched. (templated)
-    :param max_error_rate_increase: ``gray``: canary error rate − stable error rate allowed. (templated)
-    :param max_p99_increase_ms: ``gray``/``ab``: canary p99 − stable p99 allowed, in ms. (templated)
+    :param max_error_rate_increase: ``gray``/``ab``/``shadow``: canary error rate − stable error rate
+        allowed. (templated)
+    :param max_p99_increase_ms: ``gray``/``ab``/``shadow``: canary p99 − stable p99 allowed, in ms. (templated)
     :param max_prediction_tvd: ``gray``: distance allowed between the groups' predicted classes. (templated)
     :param ab_share_pct: ``ab``: share of live requests to the challenger, in %. (templated)
     :param ab_window_s: ``ab``: how long the split is held. (templated)
@@ -100,13 +107,18 @@ class ServingRolloutOperator(ServingVersionOperator):
     :param ab_min_samples: ``ab``: labeled rows each variant needs. (templated)
     :param ab_labels_uri: ``ab``: local folder or file of JSON-lines labels for request ids. (templated)
     :param ab_labels_wait_s: ``ab``: how long to wait for labels after the window. (templated)
+    :param shadow_window_s: ``shadow``: how long mirrored live requests are replayed to the
+        challenger on the router's canary group (share 0 %). (templated)
+    :param shadow_min_agreement: ``shadow``: top-1 agreement with the champion needed. (templated)
+    :param shadow_min_compared: ``shadow``: fewer compared requests → hold. (templated)
     """
 
     template_fields: Sequence[str] = (*ServingVersionOperator.template_fields, "strategy", "holdout_uri",
                                       "min_accuracy", "latency_budget_ms", "keep", "timeout_s", "gray_steps",
                                       "router_conn_id", "gray_window_s", "max_error_rate_increase",
                                       "max_p99_increase_ms", "max_prediction_tvd", "ab_share_pct", "ab_window_s",
-                                      "ab_alpha", "ab_min_samples", "ab_labels_uri", "ab_labels_wait_s")
+                                      "ab_alpha", "ab_min_samples", "ab_labels_uri", "ab_labels_wait_s",
+                                      "shadow_window_s", "shadow_min_agreement", "shadow_min_compared")
 
     def __init__(self, *, strategy: str = "replace", holdout_uri: str | None = None,
                  min_accuracy: float | str | None = None, latency_budget_ms: float | str | None = None,
@@ -116,7 +128,8 @@ class ServingRolloutOperator(ServingVersionOperator):
                  max_p99_increase_ms: float | str = 25, max_prediction_tvd: float | str = 0.1,
                  ab_share_pct: float | str = 50, ab_window_s: float | str = 600, ab_alpha: float | str = 0.05,
                  ab_min_samples: int | str = 200, ab_labels_uri: str | None = None,
-                 ab_labels_wait_s: float | str = 0, **kwargs):
+                 ab_labels_wait_s: float | str = 0, shadow_window_s: float | str = 60,
+                 shadow_min_agreement: float | str = 0.99, shadow_min_compared: int | str = 50, **kwargs):
         if announce_champion:
             kwargs.setdefault("outlets", [CHAMPION])
         super().__init__(**kwargs)
@@ -138,11 +151,30 @@ class ServingRolloutOperator(ServingVersionOperator):
         self.ab_min_samples = ab_min_samples
         self.ab_labels_uri = ab_labels_uri
         self.ab_labels_wait_s = ab_labels_wait_s
+        self.shadow_window_s = shadow_window_s
+        self.shadow_min_agreement = shadow_min_agreement
+        self.shadow_min_compared = shadow_min_compared
 
-    def _through_router(self, step, **kwargs) -> dict[str, Any]:
-        """``step(tracking_uri, model, version, router, groups, ...)`` with the router connection's
-        router and replica groups; bad settings fail the task with the reason (no retry)."""
+    def _settings(self, make, **kwargs):
+        """``make(**kwargs)`` (thresholds, settings); a value it refuses fails the task (no retry)."""
+        try:
+            return make(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise AirflowFailException(f"{self.strategy} settings: {exc}") from exc
+
+    def _gray_thresholds(self):
         from tfmlops.steps.rollout import GrayThresholds
+
+        return self._settings(GrayThresholds, max_error_rate_increase=float(self.max_error_rate_increase),
+                              max_p99_increase_ms=float(self.max_p99_increase_ms),
+                              max_prediction_tvd=float(self.max_prediction_tvd))
+
+    def _through_router(self, step, *, mirror_sink: bool = False, mirror_logs: bool = False,
+                        **kwargs) -> dict[str, Any]:
+        """``step(tracking_uri, model, version, router, groups, ...)`` with the router connection's
+        router and replica groups (gray, ab, shadow; ``mirror_sink``: and its mirror sink's URL as
+        ``sink_url``; ``mirror_logs``: and, when the connection names them, the mirror's request
+        logs as ``log_prefixes``); settings the release refuses fail the task (no retry)."""
         from tfmlops_airflow.hooks.router import TrafficRouterHook
 
         hook = TrafficRouterHook(self.router_conn_id)
@@ -150,16 +182,14 @@ class ServingRolloutOperator(ServingVersionOperator):
             groups = hook.groups()
             endpoints = [ep for eps in groups.values() for ep in eps]
             try:
-                thresholds = GrayThresholds(max_error_rate_increase=float(self.max_error_rate_increase),
-                                            max_p99_increase_ms=float(self.max_p99_increase_ms),
-                                            max_prediction_tvd=float(self.max_prediction_tvd))
-            except ValueError as exc:
-                raise AirflowFailException(f"{self.strategy} settings: {exc}") from exc
-            try:
+                if mirror_sink:
+                    kwargs["sink_url"] = hook.mirror_sink_url()
+                if mirror_logs:
+                    kwargs["log_prefixes"] = hook.mirror_log_prefixes()
                 return step(self.tracking_uri, self.model_name, self.version, hook.router(), groups,
-                            thresholds=thresholds, timeout_s=float(self.timeout_s),
-                            s3_client=self.models_root_s3_client(endpoints), on_event=self.log.info, **kwargs)
-            except ValueError as exc:  # settings the release refuses (steps, shares, no request logs, labels)
+                            timeout_s=float(self.timeout_s), s3_client=self.models_root_s3_client(endpoints),
+                            on_event=self.log.info, **kwargs)
+            except ValueError as exc:  # settings the release refuses (steps, shares, no request logs/sink, labels)
                 raise AirflowFailException(f"{self.strategy}: {exc}") from exc
         finally:
             hook.close()
@@ -170,8 +200,8 @@ class ServingRolloutOperator(ServingVersionOperator):
         steps = self.gray_steps
         if isinstance(steps, str):
             steps = [s for s in steps.replace("[", " ").replace("]", " ").replace(",", " ").split() if s]
-        return self._through_router(gray_release_registered, steps=[float(s) for s in steps],
-                                    window_s=float(self.gray_window_s))
+        return self._through_router(gray_release_registered, mirror_logs=True, steps=[float(s) for s in steps],
+                                    window_s=float(self.gray_window_s), thresholds=self._gray_thresholds())
 
     def _ab(self) -> dict[str, Any]:
         from tfmlops.steps.rollout import ABSettings, ab_test_registered
@@ -179,39 +209,48 @@ class ServingRolloutOperator(ServingVersionOperator):
         labels = optional(self.ab_labels_uri)
         if labels is None:
             raise AirflowFailException("strategy ab needs ab_labels_uri: the labels of the users' request ids")
-        try:
-            settings = ABSettings(share_pct=float(self.ab_share_pct), alpha=float(self.ab_alpha),
+        settings = self._settings(ABSettings, share_pct=float(self.ab_share_pct), alpha=float(self.ab_alpha),
                                   min_samples=int(self.ab_min_samples), labels_wait_s=float(self.ab_labels_wait_s))
-        except ValueError as exc:
-            raise AirflowFailException(f"ab settings: {exc}") from exc
-        return self._through_router(ab_test_registered, labels=str(labels), settings=settings,
-                                    window_s=float(self.ab_window_s))
+        return self._through_router(ab_test_registered, mirror_logs=True, labels=str(labels), settings=settings,
+                                    window_s=float(self.ab_window_s), thresholds=self._gray_thresholds())
+
+    def _shadow(self) -> dict[str, Any]:
+        from tfmlops.steps.rollout import ShadowThresholds, shadow_release_registered
+
+        thresholds = self._settings(ShadowThresholds, min_agreement=float(self.shadow_min_agreement),
+                                    min_compared=int(float(self.shadow_min_compared)),
+                                    max_error_rate_increase=float(self.max_error_rate_increase),
+                                    max_p99_increase_ms=float(self.max_p99_increase_ms))
+        return self._through_router(shadow_release_registered, mirror_sink=True,
+                                    window_s=float(self.shadow_window_s), thresholds=thresholds)
 
     def _announce(self, context, version) -> None:
         if CHAMPION in self.outlets:
             context["outlet_events"][CHAMPION].extra = {"model_name": self.model_name, "version": version}
 
-    def execute(self, context) -> dict[str, Any]:
-        from tfmlops.steps.rollout import CanaryChecks, load_canary_holdout, rollout_registered
-
-        if self.strategy == "gray":
-            result = self._gray()
-            if result["outcome"] != "promoted":
-                raise ServingRolloutFailed(f"{self.model_name} version {result['version']} rolled back (gray): "
-                                           f"{result['reason']}")
-            self._announce(context, result["version"])
-            return {k: result[k] for k in ("model", "version", "strategy", "outcome", "endpoints", "steps",
-                                           "aliases", "seconds")}
+    def _router_release(self, context) -> dict[str, Any]:
+        """gray, ab or shadow: a rollback (gray) or hold (shadow), or a challenger that broke (ab),
+        fails the task; an A/B test not won skips it; a promotion announces the champion."""
+        result = {"gray": self._gray, "ab": self._ab, "shadow": self._shadow}[self.strategy]()
+        what = f"{self.model_name} version {result['version']}"
         if self.strategy == "ab":
-            result = self._ab()
-            what = f"{self.model_name} version {result['version']} A/B {result['decision']}: {result['reason']}"
+            what += f" A/B {result['decision']}: {result['reason']}"
             if result["challenger_failed"]:
                 raise ServingRolloutFailed(what)
             if result["outcome"] != "promoted":
                 raise ABTestNotWon(what)
-            self._announce(context, result["version"])
-            return {k: result[k] for k in ("model", "version", "strategy", "outcome", "decision", "endpoints",
-                                           "variants", "test", "aliases", "seconds")}
+        elif result["outcome"] != "promoted":
+            raise ServingRolloutFailed(f"{what} {'rolled back' if self.strategy == 'gray' else 'held'} "
+                                       f"({self.strategy}): {result['reason']}")
+        self._announce(context, result["version"])
+        return {k: result[k] for k in ("model", "version", "strategy", "outcome", "endpoints",
+                                       *ROUTER_DETAILS[self.strategy], "aliases", "seconds")}
+
+    def execute(self, context) -> dict[str, Any]:
+        from tfmlops.steps.rollout import CanaryChecks, load_canary_holdout, rollout_registered
+
+        if self.strategy in ROUTER_DETAILS:
+            return self._router_release(context)
 
         checks = CanaryChecks(min_accuracy=number_or_none(self.min_accuracy),
                               latency_budget_ms=number_or_none(self.latency_budget_ms))
