@@ -641,6 +641,8 @@ def test_the_stand_ins_override_swaps_images_and_build_arguments_only(compose):
             assert svc["build"].get("dockerfile", "Dockerfile") == base.get("dockerfile", "Dockerfile"), name
             assert set(svc["build"]) <= {"context", "dockerfile", "args"}, name
             assert all(v in built for v in svc["build"]["args"].values()), (name, svc["build"]["args"])
+    built_by_compose = {n for n, svc in compose["services"].items() if "build" in svc}
+    assert built_by_compose <= {n for n, svc in override["services"].items() if "build" in svc}
     hub = {"config-check", "postgres", "redis", "minio", "minio-init", "tf-serving-0", "tf-serving-1", "router",
            "prometheus"}
     assert hub <= set(override["services"]), hub - set(override["services"])
