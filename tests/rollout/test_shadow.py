@@ -120,6 +120,9 @@ def test_the_airflow_step_records_the_shadow_report_in_mlflow(shadow_stack, zoo,
 
     from .test_rollout_dag import register
 
+    client = MlflowClient(mlflow_server)
+    if client.search_registered_models(f"name = '{MODEL}'"):  # other modules (test_ab) registered it too
+        client.delete_registered_model(MODEL)  # a fresh model: its numbers restart at 1
     for name in ("v1", "v2", "bad", "v2", "v3"):  # registry numbers 1..5 = the serving numbers used here
         version = register(mlflow_server, zoo, name, model=MODEL)
     assert version == 5

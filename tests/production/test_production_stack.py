@@ -4,7 +4,7 @@ healthy, the retraining and rollout DAGs run through Airflow's REST API on the w
 PostgreSQL, MLflow (PostgreSQL + S3 artifacts) and both TF Serving replicas, a canary rollout
 under client load with no failed request, and ``compose down -v`` leaving nothing behind.
 
-The client side (tests/stack/drive.py) runs inside the stack's network namespace. Each phase's
+The client side (tests/production/drive.py) runs inside the stack's network namespace. Each phase's
 time goes to ``var/test-output/prod-stack.json``. Skips with the reason where no Docker engine can
 be set up (not root, not Debian)."""
 
