@@ -92,15 +92,6 @@ def write_env(path: Path = STATE / ".env") -> Path:
     return path
 
 
-def env_values(path: Path) -> dict[str, str]:
-    values = {}
-    for line in path.read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep and not line.startswith("#"):
-            values[key.strip()] = value.strip()
-    return values
-
-
 def compose_config(env_file: Path, host: str) -> dict:
     return json.loads(compose(env_file, host, "config", "--format", "json", capture=True).stdout)
 
@@ -182,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     p_down = sub.add_parser("down", help="stop the stack and remove its containers, networks and volumes")
     p_down.add_argument("--keep-volumes", action="store_true")
     args = parser.parse_args(argv)
+    if args.cmd == "up" and not 1 <= args.workers <= 16:
+        parser.error(f"--workers must be between 1 and 16, got {args.workers}")
     try:
         if args.cmd == "up":
             print(json.dumps(up(args.workers)))

@@ -70,3 +70,16 @@ def test_every_locked_pin_installs_on_the_stand_in_images_python():
         if pins.get(name) == dist.version and needs and not SpecifierSet(needs).contains(bookworm):
             refused.append(f"{name}=={dist.version} (Requires-Python {needs})")
     assert not refused, f"pins pip refuses on Python {bookworm}: {refused}"
+
+
+def test_prod_stack_refuses_a_worker_count_it_cannot_mean(capsys):
+    import prod_stack
+
+    for bad in ("0", "-1", "17"):
+        try:
+            prod_stack.main(["up", "--workers", bad])
+        except SystemExit as exc:
+            assert exc.code == 2
+        else:
+            raise AssertionError(f"--workers {bad} was accepted")
+        assert f"--workers must be between 1 and 16, got {bad}" in capsys.readouterr().err
