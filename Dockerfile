@@ -28,6 +28,7 @@ RUN ln -sf ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
 ENV TF_USE_LEGACY_KERAS=1 \
     TF_CPP_MIN_LOG_LEVEL=1 \
     TFMLOPS_MNIST_DIR=/opt/tfmlops/data/mnist \
+    TFMLOPS_DATA_DIR=/opt/tfmlops/data \
     TFMLOPS_WEB_DIR=/opt/tfmlops/web
 
 USER airflow
@@ -51,6 +52,7 @@ COPY --chown=airflow:0 web/static /opt/tfmlops/web/static
 
 # 5. Data shipped with the project, the init scripts, the DAGs and plugins.
 COPY --chown=airflow:0 data/mnist /opt/tfmlops/data/mnist
+COPY --chown=airflow:0 data/examples /opt/tfmlops/data/examples
 COPY --chown=airflow:0 docker /opt/tfmlops/docker
 COPY --chown=airflow:0 dags /opt/airflow/dags
 COPY --chown=airflow:0 plugins /opt/airflow/plugins

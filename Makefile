@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: venv system-deps run loop up stop status lint test bench lock clean docker-up docker-up-isolated docker-down docker-purge prod-up prod-down
+.PHONY: venv system-deps run loop up stop status lint test test-quick bench lock clean docker-up docker-up-isolated docker-down docker-purge prod-up prod-down
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-lock.txt requirements-nodeps.txt pyproject.toml web/package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -76,14 +76,18 @@ prod-down:  ## the stack's containers, networks and volumes
 docker-down:  ## remove their containers, stop both engines, unmount what they left (images stay cached)
 	@if test -x $(BIN)/python; then $(BIN)/python scripts/docker_engine.py down; fi
 
+# the image archives of ~/.cache/tfmlops/images stay (scripts/image_cache.py): the next docker-up loads them
 docker-purge:  ## docker-down and remove var/docker and var/docker-isolated (images and layers)
 	@if test -x $(BIN)/python; then $(BIN)/python scripts/docker_engine.py down --purge; fi
 
 lint: venv  ## ruff (configured in pyproject.toml)
 	$(BIN)/ruff check .
 
-test: venv system-deps lint
+test: venv system-deps lint  ## the whole suite (what CI runs); ends with the slowest tests and time per folder
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-quick: venv system-deps lint  ## the suite without the end-to-end runs and the Docker engine's tests (-m "not e2e and not stack")
+	$(BIN)/python -m pytest -m "not e2e and not stack" $(PYTEST_ARGS)
 
 bench: venv
 	$(BIN)/python benchmarks/bench_dag_parse.py

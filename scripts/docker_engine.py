@@ -35,6 +35,19 @@ why it cannot, and the tests that need it skip with that reason.
 
 Each image carries a label with a hash of its inputs; an image whose label matches is reused,
 so a second run builds nothing.
+
+- **Image archives outside the clone** (``scripts/image_cache.py``): the engine's images live in
+  ``<dir>/data``, which a fresh clone or ``down --purge`` loses. Every image built here (the base
+  after ``docker import``, the stand-ins, tf-serving-local, and the project's images that
+  ``prod_stack.py`` builds through ``build_image``) is ``docker save``d to
+  ``$TFMLOPS_IMAGE_CACHE`` (default ``${XDG_CACHE_HOME:-~/.cache}/tfmlops/images``; ``off``
+  disables it) as ``<tag>-<inputs hash>.tar``; an image missing from the engine is ``docker load``ed
+  from the archive of its current hash instead of built. Capped at ``TFMLOPS_IMAGE_CACHE_MAX_GB``
+  (default 20; least recently used archives deleted first); a tag's archives of older hashes are
+  deleted when a new one is saved.
+- **A week-old base is rebuilt**: the base carries its build time (label ``tfmlops.built``) and is
+  debootstrapped again (Debian's security updates) once it is over ``BASE_MAX_AGE_S`` old, in the
+  engine or in the cache; the images FROM it hash its id, so they are rebuilt after it.
 """
 
 from __future__ import annotations
@@ -53,11 +66,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import image_cache as ic
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = ROOT / "var" / "docker"
 BASE_IMAGE = "local/debian:bookworm"
 SERVING_DOCKERFILE = "docker/tf-serving-local/Dockerfile"
-INPUTS_LABEL = "tfmlops.inputs"
+INPUTS_LABEL = ic.INPUTS_LABEL
+# Debian's security updates reach the images through the base: debootstrapped again once a week
+BASE_MAX_AGE_S = 7 * 86400
 LOCAL_CA_DIR = Path("/usr/local/share/ca-certificates")
 # Debian packages and the file each one provides (installed only when missing)
 PACKAGES = {"docker.io": "/usr/sbin/dockerd", "debootstrap": "/usr/sbin/debootstrap"}
@@ -275,12 +292,24 @@ def down(d: Path | None = None, purge: bool = False) -> None:
 
 # ---------------------------------------------------------------------------------------------- images
 def _image_label(client, tag: str) -> str | None:
-    import docker
+    state = ic.image_state(client, tag)
+    return None if state is None else state[0].get(INPUTS_LABEL)
 
-    try:
-        return (client.images.get(tag).labels or {}).get(INPUTS_LABEL)
-    except docker.errors.ImageNotFound:
-        return None
+
+def _reusable(client, tag: str, inputs: str, max_age_s: float | None = None) -> bool:
+    """The engine holds ``tag`` built from ``inputs`` (no older than ``max_age_s``), or it was just
+    loaded from the image cache's archive of them: nothing to build."""
+    if ic.is_current(client, tag, inputs, max_age_s):
+        return True
+    cache = ic.ImageCache.from_env(log)
+    return cache is not None and cache.load(client, tag, inputs, max_age_s)
+
+
+def _archive(client, tag: str, inputs: str) -> None:
+    """A freshly built image into the image cache (for the next clone, or after ``down --purge``)."""
+    cache = ic.ImageCache.from_env(log)
+    if cache is not None:
+        cache.save(client, tag, inputs)
 
 
 def _digest(parts: list[tuple[str, bytes]]) -> str:
@@ -324,7 +353,7 @@ def ensure_base_image(client, tag: str = BASE_IMAGE, suite: str = "bookworm") ->
     certs = local_ca_certs()
     inputs = _digest([("suite", suite.encode()), ("mirror", mirror.encode()), ("variant", b"minbase"),
                       ("include", b"ca-certificates")] + [(f"ca/{c.name}", c.read_bytes()) for c in certs])
-    if _image_label(client, tag) == inputs:
+    if _reusable(client, tag, inputs, BASE_MAX_AGE_S):
         return tag
     ensure_packages(["debootstrap"])
     work = Path(tempfile.mkdtemp(prefix="rootfs-", dir=engine_dir()))
@@ -344,7 +373,8 @@ def ensure_base_image(client, tag: str = BASE_IMAGE, suite: str = "bookworm") ->
         log(f"docker import -> {tag}")
         tar = subprocess.Popen(["tar", "--numeric-owner", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
         client.api.import_image_from_stream(tar.stdout, repository=tag.split(":")[0], tag=tag.split(":")[1],
-                                            changes=[f'LABEL {INPUTS_LABEL}="{inputs}"', 'CMD ["bash"]'])
+                                            changes=[f'LABEL {INPUTS_LABEL}="{inputs}"',
+                                                     f'LABEL {ic.BUILT_LABEL}="{ic.built_label()}"', 'CMD ["bash"]'])
         if tar.wait() != 0:
             raise EngineUnavailable(f"tar of {rootfs} failed with status {tar.returncode}")
     finally:
@@ -352,7 +382,9 @@ def ensure_base_image(client, tag: str = BASE_IMAGE, suite: str = "bookworm") ->
         shutil.rmtree(work, ignore_errors=True)
     if _image_label(client, tag) != inputs:
         raise EngineUnavailable(f"docker import did not produce {tag} with label {INPUTS_LABEL}={inputs}")
+    client.images.prune(filters={"dangling": True})  # the week-old base this one replaced
     log(f"{tag} built in {time.monotonic() - t0:.0f}s")
+    _archive(client, tag, inputs)
     return tag
 
 
@@ -409,8 +441,10 @@ def build_image(client, tag: str, dockerfile: str, inputs: str, *, context: Path
                 files: list[str] | None = None, buildargs: dict | None = None) -> str:
     """``tag`` built with ``--network host`` (the only network a build has on this engine) and labelled
     with ``inputs``; skipped when an image with that label exists. The context is ``context`` (a
-    folder, its .dockerignore applied) or only ``files`` (repository-relative) copied at their paths."""
-    if _image_label(client, tag) == inputs:
+    folder, its .dockerignore applied) or only ``files`` (repository-relative) copied at their paths.
+    A missing image is loaded from the image cache when it holds one of these inputs, and saved there
+    once built."""
+    if _reusable(client, tag, inputs):
         return tag
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="context-", dir=engine_dir()) as ctx:
@@ -421,7 +455,7 @@ def build_image(client, tag: str, dockerfile: str, inputs: str, *, context: Path
         log(f"building {tag} from {dockerfile} (a few minutes when it installs Python packages)")
         out = client.api.build(path=str(context or ctx), dockerfile=dockerfile, tag=tag, network_mode="host",
                                rm=True, forcerm=True, decode=True, buildargs=buildargs or {},
-                               labels={INPUTS_LABEL: inputs})
+                               labels={INPUTS_LABEL: inputs, ic.BUILT_LABEL: ic.built_label()})
         tail: list[str] = []
         for chunk in out:
             if "error" in chunk:
@@ -435,6 +469,7 @@ def build_image(client, tag: str, dockerfile: str, inputs: str, *, context: Path
         raise ImageBuildError(f"the build did not produce {tag} with label {INPUTS_LABEL}={inputs}")
     client.images.prune(filters={"dangling": True})  # the image this one replaced (the engine holds only ours)
     log(f"{tag} built in {time.monotonic() - t0:.0f}s")
+    _archive(client, tag, inputs)
     return tag
 
 
@@ -517,6 +552,8 @@ def main(argv: list[str] | None = None) -> int:
         for isolated in (False, True):
             d = engine_dir(isolated)
             print(f"the engine at unix://{d / 'docker.sock'} {'answers' if _answers(d) else 'is not running'}")
+        cache = ic.ImageCache.from_env(log)
+        print(f"image cache: {cache.describe() if cache else 'off (TFMLOPS_IMAGE_CACHE=off)'}")
         return 0 if _answers(engine_dir()) else 1
     try:
         t0 = time.monotonic()

@@ -8,7 +8,9 @@ What it does, in order (each phase timed):
    (docker/stand-ins/), then the images compose builds itself (the Airflow image from the
    project's ``Dockerfile``, MLflow's from ``docker/mlflow``) with the build context, Dockerfile
    and arguments that ``docker compose config`` gives for the two files. Each image is labelled
-   with a hash of its inputs and reused while they do not change.
+   with a hash of its inputs and reused while they do not change; every one goes through
+   ``docker_engine.build_image``, so it is also archived outside the clone once built and loaded
+   from there by a fresh clone (``scripts/image_cache.py``).
 2. **engine** — the isolated engine (a dockerd in a network namespace of its own: Docker's bridge
    networks, service names and published ports work there and nothing reaches the machine's
    network); the images are copied into it (``docker save | docker load``).

@@ -93,6 +93,8 @@ def airflow_env() -> dict[str, str]:
     return {
         "TF_USE_LEGACY_KERAS": "1",
         "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",  # registered models are data, never unpickled
+        # the packages a trigger form may name a model module from (tfmlops.modelspec)
+        "TFMLOPS_MODEL_PACKAGES": os.environ.get("TFMLOPS_MODEL_PACKAGES", "tfmlops_examples,models"),
         "AIRFLOW_HOME": str(AIRFLOW_HOME),
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),

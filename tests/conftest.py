@@ -36,6 +36,8 @@ for folder in ("plugins", "dags", "scripts"):  # plugins and dags as Airflow put
 
 import devservers  # noqa: E402
 
+pytest_plugins = ["_timing"]  # time per test folder at the end of the run (tests/_timing.py)
+
 
 @pytest.fixture(scope="session")
 def airflow_db():
@@ -171,3 +173,12 @@ def docker_engine():
         client.close()
         if engine.started:
             de.down(engine.dir)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config, items):
+    """Every test that needs the project's Docker engine (fixture ``docker_engine``, directly or
+    through another fixture) is marked ``stack``: ``-m "not stack"`` leaves them out."""
+    for item in items:
+        if "docker_engine" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.stack)

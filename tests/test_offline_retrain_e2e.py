@@ -40,7 +40,7 @@ def test_offline_retrain_then_rejected_candidate(airflow_db, airflow_connections
     from mlflow import MlflowClient
 
     # 1. A first run trains, passes the gate (no champion yet) and is served as version 1.
-    run = load_dag().test(run_conf={"model_name": MODEL, "epochs": 3, "min_accuracy": 0.8, **SAMPLE})
+    run = load_dag().test(run_conf={"model_name": MODEL, "epochs": 3, "gate_threshold": 0.8, **SAMPLE})
     assert str(run.state) == "success", states(run)
     assert {t: s for t, s in states(run).items() if s != "success"} == {"watcher": "skipped"}
 
@@ -90,7 +90,7 @@ def test_offline_retrain_then_rejected_candidate(airflow_db, airflow_connections
 
     # 2. A much worse candidate is rejected by the gate: nothing after it runs, the champion and
     #    the served version stay as they were, and the reason is on the MLflow run.
-    rejected = load_dag().test(run_conf={"model_name": MODEL, "epochs": 1, "learning_rate": 1e-5, "min_accuracy": 0.0,
+    rejected = load_dag().test(run_conf={"model_name": MODEL, "epochs": 1, "learning_rate": 1e-5, "gate_threshold": 0.0,
                                   "tolerance": 0.0, **SAMPLE})
     task_states = states(rejected)
     assert task_states["gate"] == "skipped", task_states
@@ -116,4 +116,7 @@ def test_bad_dataset_fails_validation_naming_file_and_problem(airflow_db, tmp_pa
     assert str(run.state) == "failed" and task_states["validate_data"] == "failed", task_states
     assert task_states["train"] in ("upstream_failed", "None"), task_states
     assert task_states["watcher"] == "failed", task_states  # the run stays failed whatever runs after
-    assert f"{bad}: x_train has NaN or inf values in 1 rows" in "".join(capfd.readouterr())
+    problem = f"{bad}: train split: feature 'pixels' has NaN or inf values in 1 rows"
+    out = "".join(capfd.readouterr())
+    assert problem in out
+    assert f"validate_data failed: {problem}" in out  # the run guard names the task and its error

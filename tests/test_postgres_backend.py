@@ -158,7 +158,7 @@ def test_offline_retrain_on_postgres(postgres, pg_mlflow, serving_server, tmp_pa
     migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=600)
     assert migrate.returncode == 0, migrate.stdout[-2000:] + migrate.stderr[-2000:]
 
-    conf = {"model_name": MODEL, "sample_fraction": 0.05, "epochs": 1, "min_accuracy": 0.5, "batch_size": 64}
+    conf = {"model_name": MODEL, "sample_fraction": 0.05, "epochs": 1, "gate_threshold": 0.5, "batch_size": 64}
     run = subprocess.run([sys.executable, "-c", DRIVER, str(ROOT / "dags" / "tf_offline_retrain.py"), json.dumps(conf)],
                          env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]

@@ -133,6 +133,11 @@ def _load_parquet(uri: str, payload: bytes) -> Dataset:
         table = pq.read_table(io.BytesIO(payload))
     except Exception as exc:  # pyarrow raises ArrowInvalid and friends
         raise DatasetError(f"{uri}: not a readable parquet file ({exc})") from exc
+    return _load_parquet_table(uri, table)
+
+
+def _load_parquet_table(uri: str, table) -> Dataset:
+    """The flat format: one numeric column per feature, ``label`` and ``split``."""
     missing = [c for c in ("label", "split") if c not in table.column_names]
     if missing:
         raise DatasetError(f"{uri}: missing columns {missing}; a parquet dataset needs 'label', 'split' "

@@ -42,10 +42,11 @@ def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step:
         mlf.log_metric(run_id, key, float(value), step=step)
 
 
-def log_history(tracking_uri: str, run_id: str, history: dict[str, list[float]]) -> None:
-    """Per-epoch metrics (step = epoch) and a training-curve PNG."""
+def log_history(tracking_uri: str, run_id: str, history: dict[str, list[float]], metrics: bool = True) -> None:
+    """Per-epoch metrics (step = epoch; ``metrics=False`` when they were logged as training went)
+    and a training-curve PNG."""
     mlf = client(tracking_uri)
-    for key, values in history.items():
+    for key, values in history.items() if metrics else ():
         for epoch, value in enumerate(values):
             mlf.log_metric(run_id, key, value, step=epoch + 1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,6 +68,48 @@ def log_confusion_matrix(tracking_uri: str, run_id: str, matrix: list[list[int]]
         raw.write_text(json.dumps(matrix))
         mlf.log_artifact(run_id, str(png), artifact_path="plots")
         mlf.log_artifact(run_id, str(raw), artifact_path="evaluation")
+
+
+def log_evaluation_plots(tracking_uri: str, run_id: str, task: str, metrics: dict, y_true, outputs,
+                         class_names: list[str]) -> None:
+    """The task's evaluation plots: the confusion matrix (multiclass), the ROC curve (binary), the
+    residual plot (regression), as PNG under ``plots/`` and their data under ``evaluation/``."""
+    if task == "multiclass":
+        log_confusion_matrix(tracking_uri, run_id, metrics["confusion_matrix"])
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    mlf = client(tracking_uri)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    if task == "binary":
+        roc = metrics["roc"]
+        ax.plot(roc["fpr"], roc["tpr"], label=f"AUC {metrics['auc']:.3f}")
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey")
+        ax.set_xlabel(f"false positive rate ({class_names[0]} called {class_names[1]})")
+        ax.set_ylabel(f"true positive rate ({class_names[1]})")
+        ax.set_title("ROC curve (test set)")
+        ax.legend(loc="lower right")
+        name, data = "roc_curve", roc
+    else:
+        y, pred = np.asarray(y_true, dtype=float), np.asarray(outputs, dtype=float)
+        ax.scatter(pred, pred - y, s=8, alpha=0.6)
+        ax.axhline(0, color="grey", linestyle="--")
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("predicted - true")
+        ax.set_title(f"residuals (test set), RMSE {metrics['rmse']:.3g}")
+        name, data = "residuals", {"predicted": pred.tolist(), "true": y.tolist()}
+    fig.tight_layout()
+    with tempfile.TemporaryDirectory() as tmp:
+        png, raw = Path(tmp) / f"{name}.png", Path(tmp) / f"{name}.json"
+        fig.savefig(png, dpi=100)
+        raw.write_text(json.dumps(data))
+        mlf.log_artifact(run_id, str(png), artifact_path="plots")
+        mlf.log_artifact(run_id, str(raw), artifact_path="evaluation")
+    plt.close(fig)
 
 
 @contextlib.contextmanager
@@ -172,8 +215,9 @@ def plot_history(history: dict[str, list[float]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    second = next((m for m in ("accuracy", "auc", "rmse") if m in history), "accuracy")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy")):
+    for ax, metric in zip(axes, ("loss", second)):
         for key in (metric, f"val_{metric}"):
             if key in history:
                 ax.plot(range(1, len(history[key]) + 1), history[key], marker="o", label=key)

@@ -46,6 +46,51 @@ def dataset_uri(purpose: str) -> Param:
                              "s3://bucket/key.")
 
 
+# the model module contract's default (tfmlops.modelspec.DEFAULT_MODULE; not imported: no TF/MLflow at parse time)
+DEFAULT_MODEL_MODULE = "tfmlops_examples.mnist_mlp"
+# form fields that override one hyperparameter each (empty: the module's HPARAMS)
+HPARAM_FIELDS = ("epochs", "batch_size", "learning_rate")
+
+
+def model() -> dict[str, Param]:
+    """The model module, its hyperparameters and the task-aware gate (empty: the module's ``GATE``)."""
+    return {
+        "model_module": Param(DEFAULT_MODEL_MODULE, type="string", minLength=1, maxLength=200,
+                              pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", title="Model module",
+                              description="Dotted path of the model module: a shipped example (tfmlops_examples."
+                                          "mnist_mlp, .digits_cnn, .churn, .diabetes, .reviews) or your own "
+                                          "models.<file> under include/models/ (allowed packages: "
+                                          "TFMLOPS_MODEL_PACKAGES)."),
+        "hyperparameters": Param({}, type="object", title="Hyperparameters",
+                                 description="JSON object merged over the module's HPARAMS (unknown keys are "
+                                             "refused with the known ones), e.g. {\"hidden_units\": [128]}."),
+        "epochs": Param(None, type=["null", "integer"], minimum=1, maximum=1000, title="Epochs",
+                        description="Training epochs; empty: the module's HPARAMS."),
+        "batch_size": Param(None, type=["null", "integer"], minimum=1, maximum=65536, title="Batch size",
+                            description="Training batch size; empty: the module's HPARAMS."),
+        "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=10, title="Learning rate",
+                               description="Optimizer learning rate; empty: the module's HPARAMS."),
+        "gate_metric": Param(None, type=["null", "string"], maxLength=20, title="Gate metric",
+                             description="accuracy or f1_macro (multiclass), auc or accuracy (binary), rmse, mae or "
+                                         "r2 (regression); empty: the module's GATE (default: accuracy / auc / "
+                                         "rmse by task)."),
+        "gate_threshold": Param(None, type=["null", "number"], title="Gate threshold",
+                                description="Value the candidate's gate metric must reach, in the metric's unit "
+                                            "(a minimum; a maximum for rmse/mae); empty: the module's GATE."),
+        "tolerance": Param(None, type=["null", "number"], minimum=0, title="Tolerance vs champion",
+                           description="How much worse than the champion (same test data) the candidate may be, in "
+                                       "the metric's unit; empty: the module's GATE."),
+    }
+
+
+def hyperparameters(params) -> dict:
+    """The run's hyperparameter overrides: the form's JSON object and the single fields that are set
+    (a DAG macro: ``{{ hyperparameters(params) }}``)."""
+    merged = dict(params.get("hyperparameters") or {})
+    merged.update({k: params[k] for k in HPARAM_FIELDS if params.get(k) not in (None, "", "None")})
+    return merged
+
+
 def sample_fraction() -> Param:
     return Param(1.0, type="number", exclusiveMinimum=0, maximum=1, title="Sample fraction",
                  description="Share of the train and test splits to use (1 = all data).")

@@ -27,7 +27,7 @@ def _train_register_roll_out(mlflow_server, spec, dag_run_id: str) -> dict:
     trained = retrain.train(mlflow_server, MODEL, dag_run_id, lineage, spec, train_config={"epochs": 2})
     metrics = retrain.evaluate(mlflow_server, trained["run_id"], trained["model_uri"], spec)
     gate = retrain.gate_against_champion(mlflow_server, MODEL, trained["run_id"], metrics["accuracy"], spec,
-                                         min_accuracy=0.5, tolerance=1.0)
+                                         threshold=0.5, tolerance=1.0)
     assert gate["passed"], gate
     version = retrain.register(mlflow_server, MODEL, trained["run_id"], trained["model_uri"], metrics,
                                {**lineage, "dataset_fingerprint": trained["dataset_fingerprint"]})["version"]

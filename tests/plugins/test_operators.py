@@ -65,18 +65,37 @@ def test_validate_fails_without_retry_on_bad_data():
     assert (spec.uri, spec.sample_fraction, spec.seed, spec.s3_client) == ("/data/x.npz", 0.5, 3, None)
 
 
-def test_train_passes_coerced_configs_and_lineage():
+def test_train_passes_the_model_spec_and_lineage():
+    from tfmlops.modelspec import ModelModuleError
     from tfmlops_airflow.operators.retrain import TrainModelOperator
 
-    op = TrainModelOperator(task_id="train", experiment="m", epochs="2", batch_size="64", learning_rate="0.01",
-                            hidden_units=["32", 16])
+    op = TrainModelOperator(task_id="train", experiment="m", model_spec={"module": "tfmlops_examples.churn"},
+                            dataset_uri="examples/churn.parquet")
     with mock.patch("tfmlops.steps.retrain.train", return_value={"run_id": "r"}) as step:
         assert op.execute(context()) == {"run_id": "r"}
     kwargs = step.call_args.kwargs
     assert step.call_args.args == (TRACKING, "m")
     assert kwargs["tags"] == LINEAGE and kwargs["run_name"] == "manual__1"
-    assert kwargs["model_config"] == {"hidden_units": [32, 16]}
-    assert kwargs["train_config"] == {"epochs": 2, "batch_size": 64, "learning_rate": 0.01}
+    spec = kwargs["spec"]
+    assert (spec.model_spec, spec.uri, spec.model_module) == (
+        {"module": "tfmlops_examples.churn"}, "examples/churn.parquet", "tfmlops_examples.mnist_mlp")
+    # a module whose own code fails (NaN loss, a bad train loop) fails the task without retry
+    with mock.patch("tfmlops.steps.retrain.train", side_effect=ModelModuleError("m: training diverged")):
+        with pytest.raises(AirflowFailException, match="training diverged"):
+            op.execute(context())
+
+
+def test_validate_reads_the_module_and_hyperparameters():
+    from tfmlops.modelspec import ModelModuleError
+    from tfmlops_airflow.operators.retrain import ValidateDatasetOperator
+
+    op = ValidateDatasetOperator(task_id="v", model_module="models.churn", hyperparameters={"epochs": 2})
+    broken = ModelModuleError("models.churn: no TASK")
+    with mock.patch("tfmlops.steps.retrain.validate_data", side_effect=broken) as step:
+        with pytest.raises(AirflowFailException, match="no TASK"):
+            op.execute(context())
+    spec = step.call_args.args[0]
+    assert (spec.model_module, spec.hyperparameters, spec.model_spec) == ("models.churn", {"epochs": 2}, None)
 
 
 def test_evaluate_and_export_use_the_training_run():
@@ -92,14 +111,14 @@ def test_evaluate_and_export_use_the_training_run():
 def test_gate_rejection_skips_with_the_reason():
     from tfmlops_airflow.operators.retrain import ModelGateOperator
 
-    op = ModelGateOperator(task_id="gate", model_name="m", run_id="r", accuracy="0.93", min_accuracy="0.9",
-                           tolerance="0.005")
-    rejected = {"passed": False, "reason": "worse than the champion's 0.95"}
+    op = ModelGateOperator(task_id="gate", model_name="m", run_id="r", metrics={"rmse": 41.0}, gate_metric="None",
+                           gate_threshold="40", tolerance="")
+    rejected = {"passed": False, "reason": "rmse 41.0000 is above the threshold 40.0000"}
     with mock.patch("tfmlops.steps.retrain.gate_against_champion", return_value=rejected) as step:
-        with pytest.raises(AirflowSkipException, match="worse than the champion"):
+        with pytest.raises(AirflowSkipException, match="above the threshold"):
             op.execute(context())
-    args = step.call_args.args
-    assert args[:4] == (TRACKING, "m", "r", 0.93) and args[5:] == (0.9, 0.005)
+    assert step.call_args.args[:4] == (TRACKING, "m", "r", {"rmse": 41.0})
+    assert step.call_args.kwargs == {"threshold": "40", "tolerance": None, "metric": None}
     with mock.patch("tfmlops.steps.retrain.gate_against_champion", return_value={"passed": True, "reason": "ok"}):
         assert op.execute(context())["passed"]
 
@@ -112,7 +131,7 @@ def test_register_tags_lineage_and_fingerprint():
     with mock.patch("tfmlops.steps.retrain.register", return_value={"version": 4}) as step:
         assert op.execute(context()) == {"version": 4}
     step.assert_called_once_with(TRACKING, "m", "r", "runs:/r/model", {"accuracy": 0.9},
-                                 {**LINEAGE, "dataset_fingerprint": "abc"})
+                                 {**LINEAGE, "dataset_fingerprint": "abc"}, model_spec=None)
 
 
 # ----------------------------------------------------------------------------------- optimize

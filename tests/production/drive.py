@@ -33,7 +33,7 @@ MLFLOW = "http://127.0.0.1:5000"
 MODEL = "stack_mnist"
 REPLICAS = {"tf-serving-0": (8501, 8500), "tf-serving-1": (8511, 8510)}
 TARGETS = ["tf_serving_default", "tf_serving_replica_1"]
-TRAIN = {"model_name": MODEL, "epochs": 1, "sample_fraction": 0.1, "batch_size": 64, "min_accuracy": 0.5,
+TRAIN = {"model_name": MODEL, "epochs": 1, "sample_fraction": 0.1, "batch_size": 64, "gate_threshold": 0.5,
          "tolerance": 1.0, "targets": TARGETS, "strategy": "replace"}
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 # from nothing: ~10 min of stand-in images, ~10 of the project's, ~10 of stack and DAG runs
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
+pytestmark = [pytest.mark.e2e, pytest.mark.stack, pytest.mark.timeout(3600)]
 
 ROOT = Path(__file__).resolve().parents[2]
 ONE_SHOTS = {"config-check", "serving-init", "minio-init", "airflow-init"}

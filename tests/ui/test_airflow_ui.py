@@ -3,7 +3,8 @@
 A real ``airflow api-server`` (the UI and REST API) runs on the session's throw-away metadata DB
 with the DAGs serialized into it; headless Chromium (Debian's, driven by playwright-core) logs in
 through the login page and, for every DAG, opens **Trigger**, checks that the form accepts its
-defaults (no invalid field, the Trigger button enabled), submits it and lands on the new run.
+defaults (no invalid field, the Trigger button enabled), submits it and lands on the new run; then
+it triggers ``tf_offline_retrain`` once more with a non-default example model typed into its form.
 The REST API then shows each run with the form's defaults as its conf. No scheduler runs, so the
 runs stay queued: the test is about the form, not the pipelines (their end-to-end runs are
 elsewhere). Screenshots (the DAG list, every form, one run's grid, the MLflow model page) are
@@ -30,6 +31,9 @@ OUT = ROOT / "var" / "test-output" / "ui"
 DAG_IDS = sorted(p.stem for p in (ROOT / "dags").glob("tf_*.py"))
 USER = "admin"
 MODEL = "ui_screenshot_model"
+# typed into tf_offline_retrain's form: a non-default example model module and its data
+FILLED = {"model_name": "ui_reviews", "model_module": "tfmlops_examples.reviews",
+          "dataset_uri": "examples/reviews.jsonl"}
 
 
 def browser_or_skip() -> tuple[str, str]:
@@ -102,7 +106,8 @@ def test_every_dag_triggers_from_its_form_with_the_defaults(airflow_ui, mlflow_s
         [node, str(ROOT / "web" / "scripts" / "airflow_ui_check.mjs"), "--airflow", airflow_ui["url"], "--user", USER,
          "--password", airflow_ui["password"], "--dags", ",".join(DAG_IDS), "--out", str(OUT),
          "--result", str(result_file), "--grid-dag", "tf_offline_retrain", "--chromium", chromium,
-         "--mlflow-page", f"{mlflow_server}/#/models/{registered_model}", "--mlflow-text", registered_model],
+         "--mlflow-page", f"{mlflow_server}/#/models/{registered_model}", "--mlflow-text", registered_model,
+         "--fill-dag", "tf_offline_retrain", "--fill", json.dumps(FILLED)],
         capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(result_file.read_text())
@@ -122,8 +127,14 @@ def test_every_dag_triggers_from_its_form_with_the_defaults(airflow_ui, mlflow_s
             f"{airflow_ui['url']}/api/v2/dags/{dag_id}/details", timeout=30).json()["params"].items()}
         assert triggered["conf"] == defaults, dag_id
 
+    # a non-default example model, typed into tf_offline_retrain's form, reaches the run's conf
+    assert result["filled"]["errors"] == [], result["filled"]
+    runs = session.get(f"{airflow_ui['url']}/api/v2/dags/tf_offline_retrain/dagRuns", timeout=30).json()["dag_runs"]
+    (filled,) = [r for r in runs if r["dag_run_id"] == result["filled"]["run_id"]]
+    assert {k: filled["conf"][k] for k in FILLED} == FILLED and filled["conf"]["hyperparameters"] == {}
+
     expected = {"dag_list.png", "run_grid_tf_offline_retrain.png", "mlflow_model.png",
-                *(f"trigger_form_{d}.png" for d in DAG_IDS)}
+                "trigger_form_tf_offline_retrain_filled.png", *(f"trigger_form_{d}.png" for d in DAG_IDS)}
     assert {Path(p).name for p in result["screenshots"]} == expected
     assert all(Path(p).stat().st_size > 10_000 for p in result["screenshots"])  # rendered pages, not blanks
     assert registered_model in result["mlflow_text"]

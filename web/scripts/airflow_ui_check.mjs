@@ -6,7 +6,9 @@
 // 2. for every DAG: opens its page, clicks "Trigger", records whether the form shows errors and
 //    whether its Trigger button is enabled with the default values, submits it and records the
 //    page it lands on (a screenshot of each form);
-// 3. screenshots the grid of the run triggered for --grid-dag and the --mlflow-page (once it shows
+// 3. with --fill-dag D --fill '{"field": "value"}': triggers D once more with those values typed
+//    into its form (a non-default model module, say) and records that run;
+// 4. screenshots the grid of the run triggered for --grid-dag and the --mlflow-page (once it shows
 //    --mlflow-text: MLflow's UI polls, so the network never goes idle).
 // The result JSON is what the calling test asserts on.
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -66,6 +68,34 @@ try {
     await page.waitForURL((url) => url.pathname.includes("/runs/"));
     entry.landed_on = new URL(page.url()).pathname;
     entry.run_id = decodeURIComponent(entry.landed_on.split("/runs/")[1].split("/")[0]);
+  }
+
+  // a run with values typed into the form (e.g. a non-default model module): --fill-dag D --fill JSON
+  if (args["fill-dag"]) {
+    const dagId = args["fill-dag"];
+    const values = JSON.parse(args.fill);
+    const entry = { filled: values };
+    result.filled = entry;
+    await page.goto(`${args.airflow}/dags/${dagId}`);
+    await page.getByRole("button", { name: "Trigger Dag" }).click();
+    const dialog = page.getByRole("dialog");
+    await dialog.waitFor();
+    const first = dialog.locator(`[name=element_${Object.keys(values)[0]}]`);
+    if (!(await first.isVisible())) await dialog.getByRole("button", { name: "Run Parameters" }).click();
+    for (const [name, value] of Object.entries(values)) {
+      const field = dialog.locator(`[name=element_${name}]`);
+      await field.scrollIntoViewIfNeeded();
+      await field.fill(String(value));
+    }
+    await page.waitForTimeout(500);
+    entry.errors = await dialog.locator("[aria-invalid=true]").evaluateAll(
+      (els) => els.map((e) => e.getAttribute("name") || e.id || e.tagName));
+    await dialog.screenshot({ path: join(args.out, `trigger_form_${dagId}_filled.png`) });
+    result.screenshots.push(join(args.out, `trigger_form_${dagId}_filled.png`));
+    await dialog.getByRole("button", { name: "Trigger", exact: true }).click();
+    await dialog.waitFor({ state: "detached" });
+    await page.waitForURL((url) => url.pathname.includes("/runs/"));
+    entry.run_id = decodeURIComponent(new URL(page.url()).pathname.split("/runs/")[1].split("/")[0]);
   }
 
   const gridDag = args["grid-dag"];

@@ -31,11 +31,28 @@ class CanaryChecks:
     latency_requests: int = 30
 
 
+def smoke_inputs(smoke: dict):
+    """The smoke batch's inputs: a dict of named arrays (``inputs`` + ``input_dtypes``, any model)
+    or, in a ``smoke.json`` from before model specs, the one float input's rows (``instances``)."""
+    if "inputs" in smoke:
+        dtypes = smoke.get("input_dtypes") or {}
+        return {k: np.asarray(v, dtype=object if dtypes.get(k) == "string" else dtypes.get(k, "float32"))
+                for k, v in smoke["inputs"].items()}
+    return np.asarray(smoke["instances"], dtype=np.float32)
+
+
+def first_row(inputs):
+    """A batch of one row of ``inputs`` (named arrays or rows)."""
+    if isinstance(inputs, dict):
+        return {k: v[:1] for k, v in inputs.items()}
+    return inputs[:1]
+
+
 def smoke_parity(client: ServingClient, smoke: dict, model: str, *, version: int | None = None,
                  label: str | None = None, where: str = "") -> dict:
     """Predict the smoke batch over REST and gRPC; both must equal ``smoke["expected"]`` within
-    its tolerance. Returns the max abs differences."""
-    x = np.asarray(smoke["instances"], dtype=np.float32)
+    its tolerance (absolute for values within ±1, relative beyond). Returns the max differences."""
+    x = smoke_inputs(smoke)
     expected = np.asarray(smoke["expected"], dtype=np.float32)
     tol = float(smoke.get("tolerance", 1e-5))
     sig = smoke.get("signature_name") or "serving_default"
@@ -43,7 +60,8 @@ def smoke_parity(client: ServingClient, smoke: dict, model: str, *, version: int
     for api in ("rest", "grpc"):
         try:
             if api == "rest":
-                got = client.predict_rest(model, x.tolist(), version=version, label=label, signature_name=sig)
+                got = client.predict_rest(model, x if isinstance(x, dict) else x.tolist(), version=version,
+                                          label=label, signature_name=sig)
             else:
                 got = client.predict_grpc(model, x, version=version, label=label, signature_name=sig)
         except ServingError as exc:
@@ -54,7 +72,9 @@ def smoke_parity(client: ServingClient, smoke: dict, model: str, *, version: int
         got = np.asarray(got, dtype=np.float32)
         if got.shape != expected.shape:
             raise CheckFailed(f"{where}: {api.upper()} predictions have shape {got.shape}, expected {expected.shape}")
-        diff = float(np.max(np.abs(got - expected))) if expected.size else 0.0
+        # relative above 1 in magnitude (a regressed value of 200 carries float32's ~1e-5 through JSON),
+        # absolute below (probabilities)
+        diff = float(np.max(np.abs(got - expected) / np.maximum(1.0, np.abs(expected)))) if expected.size else 0.0
         if not diff <= tol:
             raise CheckFailed(f"{where}: {api.upper()} predictions differ from the registered model's by {diff:.3g} "
                               f"(tolerance {tol:g})")
@@ -78,11 +98,12 @@ def holdout_accuracy(client: ServingClient, model: str, x, y, *, label: str | No
 
 def latency_p99_ms(client: ServingClient, model: str, row, n: int, *, label: str | None = None,
                    version: int | None = None, signature_name: str | None = None) -> float:
+    """p99 of ``n`` single-row REST predicts: ``row`` is one row, or a dict of one-row named arrays."""
+    body = row if isinstance(row, dict) else [np.asarray(row).tolist()]
     times = []
     for _ in range(max(n, 1)):
         t0 = time.perf_counter()
-        client.predict_rest(model, [np.asarray(row).tolist()], label=label, version=version,
-                            signature_name=signature_name)
+        client.predict_rest(model, body, label=label, version=version, signature_name=signature_name)
         times.append((time.perf_counter() - t0) * 1000.0)
     return float(np.percentile(times, 99))
 
@@ -107,7 +128,8 @@ def canary_checks(ep: Endpoint, cand: Candidate, checks: CanaryChecks, label: st
             raise CheckFailed(f"{where}: holdout accuracy {acc:.4f} < minimum {checks.min_accuracy:.4f} "
                               f"({len(checks.holdout_y)} rows)")
     if checks.latency_budget_ms is not None:
-        row = np.asarray(cand.smoke["instances"], dtype=np.float32)[0]
+        inputs = smoke_inputs(cand.smoke)
+        row = first_row(inputs) if isinstance(inputs, dict) else inputs[0]
         try:
             p99 = latency_p99_ms(ep.client, cand.model, row, checks.latency_requests, label=label, version=version,
                                  signature_name=sig)

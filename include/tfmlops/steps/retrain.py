@@ -13,15 +13,13 @@ import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tfmlops import data, evaluation, registry
+from tfmlops import data, evaluation, model_data, modelspec, registry
 from tfmlops.data import DatasetError  # noqa: F401  (what validate_data raises: operators catch it)
-
-if TYPE_CHECKING:  # tfmlops.models imports TensorFlow: only inside the steps that train
-    from tfmlops import models
+from tfmlops.model_data import ModelData
+from tfmlops.modelspec import ModelModuleError  # noqa: F401  (a broken model module: operators catch it)
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +30,14 @@ SERVING_ARTIFACT = "serving"
 
 @dataclass
 class DataSpec:
-    """Which data a step reads: the same spec gives the same rows in every task."""
+    """Which model and data a step works on: the same spec gives the same rows in every task.
+
+    ``model_module`` names the model module (:mod:`tfmlops.modelspec`) and ``hyperparameters``
+    the form's overrides of its ``HPARAMS``; the first task reads them into a
+    :class:`~tfmlops.modelspec.ModelSpec` and later tasks get it back as ``model_spec`` (plain
+    data), so the module is read once per run. :meth:`load_model_data` gives the module's splits.
+    :meth:`load` is the flat ``n_features``/``num_classes`` view the optimize/online/monitor DAGs
+    still use for the MNIST example (until they read the registered version's spec)."""
 
     uri: str = "mnist"
     sample_fraction: float = 1.0
@@ -41,128 +46,228 @@ class DataSpec:
     num_classes: int = 10
     max_overlap_fraction: float = 0.0
     s3_client: object = field(default=None, repr=False)
+    model_module: str = modelspec.DEFAULT_MODULE
+    hyperparameters: dict | str | None = None
+    model_spec: dict | None = None
 
     def load(self) -> tuple[data.Dataset, dict]:
         return data.load_validated(self.uri, self.n_features, self.num_classes, self.sample_fraction,
                                    self.seed, s3_client=self.s3_client,
                                    max_overlap_fraction=self.max_overlap_fraction)
 
+    def spec(self) -> modelspec.ModelSpec:
+        if self.model_spec:
+            spec = modelspec.ModelSpec.from_dict(self.model_spec)
+            changed = modelspec.module_source_changed(spec)
+            if changed:
+                log.warning("%s", changed)
+            return spec
+        return modelspec.read_spec(self.model_module or modelspec.DEFAULT_MODULE, self.hyperparameters)
+
+    def load_model_data(self, spec: modelspec.ModelSpec | None = None) -> tuple[ModelData, dict, object]:
+        """The module's splits, validated: (data, report, module)."""
+        spec = spec or self.spec()
+        module = modelspec.import_module(spec.module)
+        loaded, report = model_data.load(spec, module, self.uri, self.sample_fraction, self.seed,
+                                         s3_client=self.s3_client, max_overlap_fraction=self.max_overlap_fraction)
+        return loaded, report, module
+
 
 def resolve(tracking_uri: str, model_name: str, version_or_alias: str | int) -> dict:
-    """``"champion"`` / ``"3"`` → the registered version, its run, model URI and serving artifact."""
+    """``"champion"`` / ``"3"`` → the registered version, its run, model URI, serving artifact and the
+    model spec it was trained with (None for versions registered before specs)."""
     found = registry.get_version(tracking_uri, model_name, version_or_alias)
     version = int(found.version)
-    return {"model_name": model_name, "version": version, "run_id": found.run_id,
-            "model_uri": f"models:/{model_name}/{version}",
-            "serving_artifact_uri": f"runs:/{found.run_id}/{SERVING_ARTIFACT}"}
+    spec = modelspec.ModelSpec.from_tags(found.tags or {})
+    result = {"model_name": model_name, "version": version, "run_id": found.run_id,
+              "model_uri": f"models:/{model_name}/{version}",
+              "serving_artifact_uri": f"runs:/{found.run_id}/{SERVING_ARTIFACT}",
+              "model_spec": spec.to_dict() if spec else None}
+    changed = modelspec.module_source_changed(spec) if spec else None
+    if changed:
+        log.warning("%s", changed)
+        result["module_changed"] = changed
+    return result
 
 
 def validate_data(spec: DataSpec) -> dict:
-    _, report = spec.load()
-    log.info("dataset %s is valid: %d train rows, %d test rows, fingerprint %s", spec.uri,
-             report["train_rows"], report["test_rows"], report["fingerprint"][:12])
-    return report
+    """Read the model module (the contract checked) and load and check its data. Returns the data
+    report and the ``model_spec`` every later task of the run takes."""
+    model_spec = spec.spec()
+    loaded, report, module = spec.load_model_data(model_spec)
+    # the built model's side of the contract (inputs, output width, tf_keras) is checked here too,
+    # so that a broken module fails the first task, not the training after it
+    modelspec.build_model(model_spec, module, model_data.sample_features(loaded.train,
+                                                                         int(model_spec.hparams["adapt_rows"])))
+    log.info("dataset %s is valid for %s (%s): %d train, %d validation%s, %d test rows, fingerprint %s", spec.uri,
+             model_spec.module, model_spec.task, report["train_rows"], report["validation_rows"],
+             " (carved from train)" if report["validation_carved"] else "", report["test_rows"],
+             report["fingerprint"][:12])
+    return {**report, "model_spec": model_spec.to_dict()}
+
+
+def _with_overrides(spec: modelspec.ModelSpec, *configs) -> modelspec.ModelSpec:
+    """``spec`` with hyperparameters set by code (tests, benchmarks): dicts or ``tfmlops.models``
+    config objects, checked against the known names like the form's."""
+    overrides = {}
+    for config in configs:
+        if config is None:
+            continue
+        overrides.update(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+    overrides = {k: v for k, v in overrides.items() if k not in ("n_features", "num_classes")}
+    if not overrides:
+        return spec
+    hparams = modelspec.merge_hparams(spec.module, spec.hparams, overrides)
+    return modelspec.ModelSpec(**{**spec.__dict__, "hparams": hparams})
 
 
 def train(tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str], spec: DataSpec,
-          model_config: models.ModelConfig | dict | None = None,
-          train_config: models.TrainConfig | dict | None = None) -> dict:
-    """Train a new model, log params, per-epoch metrics, curves and the model to a new MLflow run.
-    The configs are :class:`tfmlops.models.ModelConfig` / ``TrainConfig`` or dicts of their fields
-    (what an operator passes without importing TensorFlow); unset fields take the spec's shape/seed."""
-    from tfmlops import models
+          model_config: dict | None = None, train_config: dict | None = None) -> dict:
+    """Train the model module's model on its train split (validation split for the per-epoch
+    ``val_*`` figures); log params, the spec (tags), per-epoch metrics as they come, curves and the
+    model to a new MLflow run. ``model_config`` / ``train_config`` override hyperparameters."""
+    from tfmlops import trainer
 
-    if not isinstance(model_config, models.ModelConfig):
-        model_config = models.ModelConfig(**{"n_features": spec.n_features, "num_classes": spec.num_classes,
-                                             **(model_config or {})})
-    if not isinstance(train_config, models.TrainConfig):
-        train_config = models.TrainConfig(**{"seed": spec.seed, **(train_config or {})})
-    dataset, report = spec.load()
+    model_spec = _with_overrides(spec.spec(), model_config, train_config)
+    loaded, report, module = spec.load_model_data(model_spec)
     run_id = registry.start_run(tracking_uri, experiment, run_name,
-                                {**tags, "dataset_uri": spec.uri, "dataset_fingerprint": report["fingerprint"]})
+                                {**tags, **model_spec.to_tags(), "dataset_uri": spec.uri,
+                                 "dataset_fingerprint": report["fingerprint"]})
     registry.log_params(tracking_uri, run_id, {
-        **{f"model.{k}": v for k, v in model_config.to_dict().items()},
-        **{f"train.{k}": v for k, v in train_config.to_dict().items()},
+        **{f"hparams.{k}": v for k, v in model_spec.hparams.items()},
+        "model.module": model_spec.module, "model.task": model_spec.task,
         "data.uri": spec.uri, "data.sample_fraction": spec.sample_fraction,
-        "data.train_rows": report["train_rows"], "data.test_rows": report["test_rows"]})
-    model = models.build_model(model_config)
-    history = models.train(model, dataset.x_train, dataset.y_train, train_config)
-    registry.log_history(tracking_uri, run_id, history)
-    model_uri = registry.log_keras_model(tracking_uri, run_id, model, dataset.x_test[:SMOKE_ROWS])
-    final = {k: round(v[-1], 6) for k, v in history.items()}
+        "data.train_rows": len(loaded.train), "data.validation_rows": len(loaded.validation),
+        "data.test_rows": len(loaded.test)})
+    def on_epoch(epoch: int, logs: dict) -> None:  # MLflow's curves grow while the task runs
+        registry.log_metrics(tracking_uri, run_id, logs, step=epoch)
+
+    model, history = trainer.train_model(model_spec, module, loaded, on_epoch=on_epoch)
+    registry.log_history(tracking_uri, run_id, history, metrics=False)
+    model_uri = registry.log_keras_model(tracking_uri, run_id, model, loaded.test.head(SMOKE_ROWS).features)
+    final = {k: round(v[-1], 6) for k, v in history.items() if v}
     log.info("trained run %s: %s; model at %s", run_id, final, model_uri)
     return {"run_id": run_id, "model_uri": model_uri, "dataset_fingerprint": report["fingerprint"],
-            "final_epoch": final}
+            "final_epoch": final, "model_spec": model_spec.to_dict()}
 
 
 def model_metrics(model, x: np.ndarray, y: np.ndarray, num_classes: int) -> dict:
-    """Accuracy, macro precision/recall/F1 and the confusion matrix of a Keras model on (x, y)."""
+    """Accuracy, macro precision/recall/F1 and the confusion matrix of a flat-input classifier on (x, y)."""
     from tfmlops import models
 
     return evaluation.classification_metrics(y, models.predict_classes(model, x), num_classes)
 
 
+def _scalars(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k not in evaluation.PLOT_KEYS}
+
+
 def evaluate(tracking_uri: str, run_id: str, model_uri: str, spec: DataSpec) -> dict:
-    """Accuracy, macro precision/recall/F1 on the test split, logged as ``test_*`` with the matrix."""
-    dataset, _ = spec.load()
-    metrics = model_metrics(registry.load_keras_model(tracking_uri, model_uri), dataset.x_test, dataset.y_test,
-                            spec.num_classes)
-    matrix = metrics.pop("confusion_matrix")
-    registry.log_metrics(tracking_uri, run_id, {f"test_{k}": v for k, v in metrics.items()})
-    registry.log_confusion_matrix(tracking_uri, run_id, matrix)
-    log.info("evaluation of run %s: %s", run_id, metrics)
-    return metrics
+    """The task's metrics on the test split (multiclass: accuracy, macro P/R/F1 + confusion matrix;
+    binary: AUC, accuracy, precision/recall at 0.5 + ROC curve; regression: RMSE, MAE, R² +
+    residual plot), logged as ``test_*`` with the plots."""
+    from tfmlops import trainer
+
+    model_spec = spec.spec()
+    loaded, _, _ = spec.load_model_data(model_spec)
+    model = registry.load_keras_model(tracking_uri, model_uri)
+    outputs = trainer.predict(model_spec, model, loaded.test.features)
+    metrics = evaluation.task_metrics(model_spec.task, loaded.test.labels, outputs, model_spec.num_classes)
+    scalars = _scalars(metrics)
+    registry.log_metrics(tracking_uri, run_id, {f"test_{k}": v for k, v in scalars.items()})
+    registry.log_evaluation_plots(tracking_uri, run_id, model_spec.task, metrics, loaded.test.labels, outputs,
+                                  model_spec.class_names)
+    log.info("evaluation of run %s (%s): %s", run_id, model_spec.task, scalars)
+    return scalars
 
 
-def gate_against_champion(tracking_uri: str, model_name: str, run_id: str, candidate_accuracy: float,
-                          spec: DataSpec, min_accuracy: float, tolerance: float) -> dict:
-    """Compare the candidate with the thresholds and with the current champion, both on this
-    run's test data. The decision and its reason are logged on the run."""
+def _champion_spec_problem(champion, candidate: modelspec.ModelSpec) -> str | None:
+    """Why the champion cannot be compared with (or replaced by) the candidate, if it cannot."""
+    old = modelspec.ModelSpec.from_tags(champion.tags or {})
+    if old is None:
+        old = modelspec.read_spec(modelspec.DEFAULT_MODULE)  # versions from before specs: the MNIST MLP
+    if old.task != candidate.task:
+        return f"the champion (version {champion.version}) is a {old.task} model, the candidate a {candidate.task} one"
+    if old.inputs != candidate.inputs:
+        return (f"the champion (version {champion.version}) takes inputs {old.to_dict()['inputs']}, the candidate "
+                f"{candidate.to_dict()['inputs']}: its clients would break (register it under a new model name)")
+    if old.task != "regression" and old.class_names != candidate.class_names:
+        return f"the champion's classes {old.class_names} differ from the candidate's {candidate.class_names}"
+    return None
+
+
+def gate_against_champion(tracking_uri: str, model_name: str, run_id: str, candidate: float | dict, spec: DataSpec,
+                          threshold: float | None = None, tolerance: float | None = None,
+                          metric: str | None = None) -> dict:
+    """Compare the candidate's gate metric (the form's ``metric`` or the module's ``GATE``) with the
+    threshold and with the current champion's, both on this run's test data; ``candidate`` is the
+    metric's value or the evaluation's metrics. The decision and its reason are logged on the run."""
+    from tfmlops import trainer
+
+    model_spec = spec.spec()
+    gate = modelspec.resolve_gate(model_spec, metric, threshold, tolerance)
+    name = gate["metric"]
+    value = float(candidate[name] if isinstance(candidate, dict) else candidate)
     champion = registry.alias_version(tracking_uri, model_name, registry.CHAMPION)
-    champion_accuracy = None
-    if champion is not None:
-        dataset, _ = spec.load()
-        champion_model = registry.load_keras_model(tracking_uri, f"models:/{model_name}@{registry.CHAMPION}")
-        champion_accuracy = model_metrics(champion_model, dataset.x_test, dataset.y_test, spec.num_classes)["accuracy"]
-        registry.log_metrics(tracking_uri, run_id, {"champion_test_accuracy": champion_accuracy})
-    decision = evaluation.accuracy_gate(candidate_accuracy, min_accuracy, champion_accuracy, tolerance)
+    champion_value = None
+    problem = _champion_spec_problem(champion, model_spec) if champion is not None else None
+    if problem:
+        decision = evaluation.GateDecision(False, f"not comparable with the champion: {problem}")
+    else:
+        if champion is not None:
+            loaded, _, _ = spec.load_model_data(model_spec)
+            champion_model = registry.load_keras_model(tracking_uri, f"models:/{model_name}@{registry.CHAMPION}")
+            champion_value = float(trainer.metrics(model_spec, champion_model, loaded.test)[name])
+            registry.log_metrics(tracking_uri, run_id, {f"champion_test_{name}": champion_value})
+        decision = evaluation.metric_gate(name, value, gate["threshold"], champion_value, gate["tolerance"],
+                                          gate["higher_is_better"])
     registry.set_tags(tracking_uri, run_id, {"gate": "passed" if decision.passed else "rejected",
-                                             "gate_reason": decision.reason,
+                                             "gate_reason": decision.reason, "gate.metric": name,
+                                             "gate.threshold": gate["threshold"], "gate.tolerance": gate["tolerance"],
                                              # the candidate's parent in the model card's lineage
                                              **({"gate.champion_version": champion.version} if champion else {})})
-    result = {**decision.to_dict(), "candidate_accuracy": candidate_accuracy, "champion_accuracy": champion_accuracy,
+    result = {**decision.to_dict(), "metric": name, "threshold": gate["threshold"], "tolerance": gate["tolerance"],
+              "candidate": value, "champion": champion_value,
               "champion_version": int(champion.version) if champion is not None else None}
+    if name == "accuracy":  # the names the model card and earlier runs read
+        result.update({"candidate_accuracy": value, "champion_accuracy": champion_value})
     log.info("gate: %s", result)
     return result
 
 
 def export(tracking_uri: str, run_id: str, model_uri: str, spec: DataSpec) -> dict:
-    """Export the run's model as the serving SavedModel (+ smoke batch from the test split, warmup
-    requests from training rows)."""
-    dataset, _ = spec.load()
+    """Export the run's model as the serving SavedModel with the signatures its spec gives (smoke
+    batch from the test split, warmup requests from training rows)."""
+    model_spec = spec.spec()
+    loaded, _, _ = spec.load_model_data(model_spec)
     return export_model(tracking_uri, run_id, registry.load_keras_model(tracking_uri, model_uri),
-                        dataset.x_test[:SMOKE_ROWS], dataset.x_train[:WARMUP_ROWS])
+                        loaded.test.head(SMOKE_ROWS).features, loaded.train.head(WARMUP_ROWS).features, model_spec)
 
 
-def export_model(tracking_uri: str, run_id: str, model, smoke_inputs: np.ndarray, warmup_inputs: np.ndarray) -> dict:
+def export_model(tracking_uri: str, run_id: str, model, smoke_inputs, warmup_inputs,
+                 model_spec: modelspec.ModelSpec | None = None) -> dict:
     """Export ``model`` as the serving SavedModel, reloaded and checked on ``smoke_inputs``, with
     warmup requests from ``warmup_inputs``, and log it to the run under ``serving/`` (what a rollout
     publishes)."""
     from tfmlops.export import export_saved_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        result = export_saved_model(model, Path(tmp) / SERVING_ARTIFACT, smoke_inputs, warmup_inputs)
+        result = export_saved_model(model, Path(tmp) / SERVING_ARTIFACT, smoke_inputs, warmup_inputs, spec=model_spec)
         artifact_uri = registry.log_files(tracking_uri, run_id, result["path"], SERVING_ARTIFACT)
     registry.log_metrics(tracking_uri, run_id, {"export_max_abs_diff": result["max_abs_diff"]})
     return {"serving_artifact_uri": artifact_uri, "max_abs_diff": result["max_abs_diff"]}
 
 
 def register(tracking_uri: str, model_name: str, run_id: str, model_uri: str, metrics: dict,
-             lineage: dict[str, str]) -> dict:
-    """Register the run's model as a new version, tagged with its lineage, aliased ``challenger``."""
-    tags = {**lineage, **{f"test_{k}": round(v, 6) for k, v in metrics.items()}}
-    version = registry.register(tracking_uri, model_name, model_uri, run_id, tags,
-                                description=f"test accuracy {metrics.get('accuracy', float('nan')):.4f}")
+             lineage: dict[str, str], model_spec: dict | None = None) -> dict:
+    """Register the run's model as a new version, tagged with its lineage, its model spec (module,
+    source hash, task, inputs, label, classes, hyperparameters) and test metrics, aliased ``challenger``."""
+    spec = modelspec.ModelSpec.from_dict(model_spec) if model_spec else None
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    tags = {**lineage, **(spec.to_tags() if spec else {}), **{f"test_{k}": round(v, 6) for k, v in scalars.items()}}
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in scalars.items() if k in modelspec.METRICS) or "no test metrics"
+    what = f"{spec.task} model from {spec.module}; " if spec else ""
+    version = registry.register(tracking_uri, model_name, model_uri, run_id, tags, description=f"{what}test {shown}")
     registry.set_alias(tracking_uri, model_name, registry.CHALLENGER, version)
     log.info("registered %s version %d (alias %s)", model_name, version, registry.CHALLENGER)
     return {"model_name": model_name, "version": version}

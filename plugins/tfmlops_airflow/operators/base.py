@@ -121,6 +121,38 @@ class DatasetOperator(TFMLOpsBaseOperator):
                         s3_client=self.s3_client_for(self.dataset_uri))
 
 
+MODEL_FIELDS: Sequence[str] = (*DATA_FIELDS, "model_module", "hyperparameters", "model_spec")
+
+
+class ModelDataOperator(DatasetOperator):
+    """A step on a model module's model and data. The first task of a run reads the module
+    (``model_module`` + ``hyperparameters``); later tasks take what it read as ``model_spec``
+    (plain data from XCom), so the module is read once per run.
+
+    :param model_module: dotted path of the model module (an allowed package). (templated)
+    :param hyperparameters: JSON object merged over the module's ``HPARAMS``. (templated)
+    :param model_spec: the spec read by an earlier task (overrides the two above). (templated)
+    """
+
+    template_fields: Sequence[str] = MODEL_FIELDS
+
+    def __init__(self, *, model_module: str | None = None, hyperparameters: dict | str | None = None,
+                 model_spec: dict | str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.model_module = model_module
+        self.hyperparameters = hyperparameters
+        self.model_spec = model_spec
+
+    def data_spec(self):
+        from tfmlops.modelspec import DEFAULT_MODULE
+
+        spec = super().data_spec()
+        spec.model_module = optional(self.model_module) or DEFAULT_MODULE
+        spec.hyperparameters = optional(self.hyperparameters)
+        spec.model_spec = optional(self.model_spec)
+        return spec
+
+
 def allowed_partitions_roots() -> list[str]:
     """Where partitions may be read, written and quarantined: the default root
     (``$TFMLOPS_PARTITIONS_ROOT``, else the embedded stack's ``var/partitions``) and the roots listed

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from tfmlops_airflow.assets import CHAMPION
-from tfmlops_airflow.operators.base import DATA_FIELDS, DatasetOperator, TFMLOpsBaseOperator, lineage
+from tfmlops_airflow.operators.base import MODEL_FIELDS, ModelDataOperator, TFMLOpsBaseOperator, lineage, optional
 
 
 class ResolveModelVersionOperator(TFMLOpsBaseOperator):
@@ -45,59 +45,52 @@ class ResolveModelVersionOperator(TFMLOpsBaseOperator):
             raise AirflowFailException(str(exc)) from exc
 
 
-class ValidateDatasetOperator(DatasetOperator):
-    """Load the dataset and run every check (shape, dtype, NaN/inf, labels, emptiness, overlap).
-    A bad dataset fails the task without retry, naming the file and the problem."""
+class ValidateDatasetOperator(ModelDataOperator):
+    """Read the model module (every name of the contract checked) and load its data with every check
+    (features against ``INPUTS``: names, dtypes, shapes; NaN/inf, labels, empty splits, overlap).
+    A broken module or bad dataset fails the task without retry, naming the module or file and the
+    problem. Returns the data report and ``model_spec``, which the later tasks take."""
 
     def execute(self, context) -> dict[str, Any]:
-        from tfmlops.steps.retrain import DatasetError, validate_data
+        from tfmlops.steps.retrain import DatasetError, ModelModuleError, validate_data
 
         try:
             return validate_data(self.data_spec())
-        except DatasetError as exc:  # a data problem will not fix itself: no retries
+        except (DatasetError, ModelModuleError) as exc:  # will not fix itself: no retries
             raise AirflowFailException(str(exc)) from exc
 
 
-class TrainModelOperator(DatasetOperator):
-    """Train the MLP on the dataset; logs the MLflow run and model. Returns run_id and model_uri.
+class TrainModelOperator(ModelDataOperator):
+    """Train the model module's model on its data; logs the MLflow run (params, spec, per-epoch
+    metrics, curves) and the model. Returns run_id, model_uri and the model spec.
 
     :param experiment: MLflow experiment of the run. (templated)
-    :param epochs: training epochs. (templated)
-    :param batch_size: training batch size. (templated)
-    :param learning_rate: Adam learning rate. (templated)
-    :param hidden_units: sizes of the hidden layers. (templated)
     """
 
-    template_fields: Sequence[str] = (*DATA_FIELDS, "experiment", "epochs", "batch_size", "learning_rate",
-                                      "hidden_units")
+    template_fields: Sequence[str] = (*MODEL_FIELDS, "experiment")
 
-    def __init__(self, *, experiment: str, epochs: int | str = 5, batch_size: int | str = 128,
-                 learning_rate: float | str = 1e-3, hidden_units: list[int] | str = (64,), **kwargs):
+    def __init__(self, *, experiment: str, **kwargs):
         super().__init__(**kwargs)
         self.experiment = experiment
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.hidden_units = hidden_units
 
     def execute(self, context) -> dict[str, Any]:
-        from tfmlops.steps.retrain import train
+        from tfmlops.steps.retrain import ModelModuleError, train
 
-        spec = self.data_spec()
-        return train(self.tracking_uri, self.experiment, run_name=f"{context['run_id']}", tags=lineage(context),
-                     spec=spec, model_config={"hidden_units": [int(u) for u in self.hidden_units]},
-                     train_config={"epochs": int(self.epochs), "batch_size": int(self.batch_size),
-                                   "learning_rate": float(self.learning_rate)})
+        try:
+            return train(self.tracking_uri, self.experiment, run_name=f"{context['run_id']}", tags=lineage(context),
+                         spec=self.data_spec())
+        except ModelModuleError as exc:  # the module's code or hyperparameters: a retry gives the same
+            raise AirflowFailException(str(exc)) from exc
 
 
-class TrainedModelOperator(DatasetOperator):
+class TrainedModelOperator(ModelDataOperator):
     """A step on the model logged by a training run, with the dataset.
 
     :param run_id: the training run. (templated)
     :param model_uri: the model logged by it. (templated)
     """
 
-    template_fields: Sequence[str] = (*DATA_FIELDS, "run_id", "model_uri")
+    template_fields: Sequence[str] = (*MODEL_FIELDS, "run_id", "model_uri")
 
     def __init__(self, *, run_id: str, model_uri: str, **kwargs):
         super().__init__(**kwargs)
@@ -106,7 +99,9 @@ class TrainedModelOperator(DatasetOperator):
 
 
 class EvaluateModelOperator(TrainedModelOperator):
-    """Accuracy, macro precision/recall/F1 and the confusion matrix on the test split, logged to the run."""
+    """The task's metrics on the test split, logged to the run with the task's plots (multiclass:
+    accuracy, macro P/R/F1, confusion matrix; binary: AUC, accuracy, precision/recall, ROC curve;
+    regression: RMSE, MAE, R², residuals)."""
 
     def execute(self, context) -> dict[str, Any]:
         from tfmlops.steps.retrain import evaluate
@@ -114,43 +109,52 @@ class EvaluateModelOperator(TrainedModelOperator):
         return evaluate(self.tracking_uri, self.run_id, self.model_uri, self.data_spec())
 
 
-class ModelGateOperator(DatasetOperator):
-    """Pass a candidate only if it meets ``min_accuracy`` and is not worse than the current
-    champion (re-evaluated on the same test data) by more than ``tolerance``. A rejected
+class ModelGateOperator(ModelDataOperator):
+    """Pass a candidate only if its gate metric reaches the threshold and is not worse than the
+    current champion's (re-evaluated on the same test data) by more than ``tolerance``, in the
+    metric's own unit (RMSE: lower is better). Unset values take the module's ``GATE``. A rejected
     candidate skips this task and everything downstream, with the reason in the log and on the
     MLflow run; nothing is deployed.
 
     :param model_name: registered model whose ``champion`` is the reference. (templated)
     :param run_id: the candidate's training run. (templated)
-    :param accuracy: the candidate's test accuracy. (templated)
-    :param min_accuracy: accuracy the candidate must reach. (templated)
-    :param tolerance: how much worse than the champion it may be. (templated)
+    :param metrics: the candidate's test metrics (the evaluation's result). (templated)
+    :param gate_metric: accuracy, f1_macro, auc, rmse, mae or r2 (by task); empty: the module's. (templated)
+    :param gate_threshold: value the candidate must reach; empty: the module's. (templated)
+    :param tolerance: how much worse than the champion it may be; empty: the module's. (templated)
     """
 
-    template_fields: Sequence[str] = (*DATA_FIELDS, "model_name", "run_id", "accuracy", "min_accuracy", "tolerance")
+    template_fields: Sequence[str] = (*MODEL_FIELDS, "model_name", "run_id", "metrics", "gate_metric",
+                                      "gate_threshold", "tolerance")
 
-    def __init__(self, *, model_name: str, run_id: str, accuracy: float | str, min_accuracy: float | str = 0.9,
-                 tolerance: float | str = 0.005, **kwargs):
+    def __init__(self, *, model_name: str, run_id: str, metrics: dict | str, gate_metric: str | None = None,
+                 gate_threshold: float | str | None = None, tolerance: float | str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.model_name = model_name
         self.run_id = run_id
-        self.accuracy = accuracy
-        self.min_accuracy = min_accuracy
+        self.metrics = metrics
+        self.gate_metric = gate_metric
+        self.gate_threshold = gate_threshold
         self.tolerance = tolerance
 
     def execute(self, context) -> dict[str, Any]:
-        from tfmlops.steps.retrain import gate_against_champion
+        from tfmlops.steps.retrain import ModelModuleError, gate_against_champion
 
-        decision = gate_against_champion(self.tracking_uri, self.model_name, self.run_id, float(self.accuracy),
-                                         self.data_spec(), float(self.min_accuracy), float(self.tolerance))
+        try:
+            decision = gate_against_champion(self.tracking_uri, self.model_name, self.run_id, dict(self.metrics),
+                                             self.data_spec(), threshold=optional(self.gate_threshold),
+                                             tolerance=optional(self.tolerance), metric=optional(self.gate_metric))
+        except ModelModuleError as exc:  # e.g. a gate metric the task has not
+            raise AirflowFailException(str(exc)) from exc
         if not decision["passed"]:
             raise AirflowSkipException(f"gate rejected the candidate: {decision['reason']}")
         return decision
 
 
 class ExportSavedModelOperator(TrainedModelOperator):
-    """Export the serving SavedModel (``serving_default`` signature) of the run's model, verified by
-    reloading it, and log it to the run under ``serving/``."""
+    """Export the serving SavedModel of the run's model with the signatures its spec gives
+    (``serving_default`` on the named inputs; ``classification`` or ``regression`` on
+    ``tf.Example``), verified by reloading it, and log it to the run under ``serving/``."""
 
     def execute(self, context) -> dict[str, Any]:
         from tfmlops.steps.retrain import export
@@ -166,13 +170,16 @@ class RegisterModelOperator(TFMLOpsBaseOperator):
     :param model_uri: the model logged by it. (templated)
     :param metrics: test metrics, tagged on the version. (templated)
     :param dataset_fingerprint: fingerprint of the training data (lineage). (templated)
+    :param model_spec: the model spec the run trained with (tagged on the version). (templated)
     """
 
-    template_fields: Sequence[str] = ("model_name", "run_id", "model_uri", "metrics", "dataset_fingerprint")
+    template_fields: Sequence[str] = ("model_name", "run_id", "model_uri", "metrics", "dataset_fingerprint",
+                                      "model_spec")
 
     def __init__(self, *, model_name: str, run_id: str, model_uri: str, metrics: dict | str,
-                 dataset_fingerprint: str = "", **kwargs):
+                 dataset_fingerprint: str = "", model_spec: dict | None = None, **kwargs):
         super().__init__(**kwargs)
+        self.model_spec = model_spec
         self.model_name = model_name
         self.run_id = run_id
         self.model_uri = model_uri
@@ -183,4 +190,5 @@ class RegisterModelOperator(TFMLOpsBaseOperator):
         from tfmlops.steps.retrain import register
 
         return register(self.tracking_uri, self.model_name, self.run_id, self.model_uri, dict(self.metrics),
-                        {**lineage(context), "dataset_fingerprint": self.dataset_fingerprint})
+                        {**lineage(context), "dataset_fingerprint": self.dataset_fingerprint},
+                        model_spec=optional(self.model_spec))

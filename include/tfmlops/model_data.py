@@ -1,0 +1,445 @@
+"""A model module's data: its ``train`` / ``validation`` / ``test`` splits as named feature arrays,
+read through the module's ``load_data`` or the platform's default loaders, and checked against
+its :class:`~tfmlops.modelspec.ModelSpec` before anything trains on them.
+
+Default loaders (when the module has no ``load_data``), by dataset URI (local path or ``s3://``;
+a relative path is looked up under the data folder, ``TFMLOPS_DATA_DIR``, default ``data/``):
+
+- ``mnist`` and ``.npz`` (``x_train``/``y_train``/``x_test``/``y_test``) — the project's built-in
+  formats, for a module with one input (rows are reshaped to its shape; uint8 pixels scaled to [0, 1]);
+- ``.parquet`` — one column per input (fixed-shape inputs as list columns), the ``LABEL`` column and
+  a ``split`` column (``train``/``validation``/``test``); a module with one input may instead
+  have one numeric column per value and a ``label`` column (the project's flat format);
+- TFRecord files of ``tf.Example`` — a pattern with ``{split}`` (``s3://b/d/{split}-*.tfrecord``),
+  or a folder holding ``<split>-*.tfrecord`` files or ``<split>/`` folders; parsed with the
+  feature spec the module's ``INPUTS`` and ``LABEL`` give.
+
+A missing validation split is carved from train: its last ``validation_split`` share (as Keras'
+``fit(validation_split=...)`` does). The test split is used only by evaluation and the gate.
+
+The whole split is loaded into memory (NumPy); streaming larger-than-memory datasets is a later
+issue. No TensorFlow import except in the TFRecord loader and for a ``tf.data`` result.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tfmlops import data as builtin
+from tfmlops.data import DatasetError
+from tfmlops.modelspec import ModelModuleError, ModelSpec
+from tfmlops.storage import read_bytes
+
+SPLITS = ("train", "validation", "test")
+TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrecord.gz")
+MAX_ROWS = 5_000_000  # a split larger than this is refused (memory), until datasets stream
+
+
+@dataclass
+class Split:
+    features: dict[str, np.ndarray]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, rows) -> "Split":
+        return Split({k: v[rows] for k, v in self.features.items()}, self.labels[rows])
+
+    def head(self, n: int) -> "Split":
+        return self.take(slice(0, n))
+
+
+@dataclass
+class ModelData:
+    source: str
+    train: Split
+    validation: Split
+    test: Split
+    validation_carved: bool = False
+
+    def fingerprint(self) -> str:
+        """SHA-256 over the arrays (after loading and sampling): the dataset's identity in lineage tags.
+        For one input with a carved validation split this is the fingerprint :mod:`tfmlops.data` gave
+        the same rows (train, labels, test, labels)."""
+        digest = hashlib.sha256()
+        splits = [self.train, self.test] if self.validation_carved else [self.train, self.validation, self.test]
+        if self.validation_carved:
+            splits[0] = _concat(self.train, self.validation)
+        for split in splits:
+            for array in [*(split.features[k] for k in sorted(split.features)), split.labels]:
+                digest.update(str(array.shape).encode())
+                if array.dtype == object:
+                    for value in array.reshape(-1):
+                        digest.update(len(value).to_bytes(4, "little") + value)
+                else:
+                    digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
+
+
+def _concat(a: Split, b: Split) -> Split:
+    return Split({k: np.concatenate([a.features[k], b.features[k]]) for k in a.features},
+                 np.concatenate([a.labels, b.labels]))
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("TFMLOPS_DATA_DIR", Path(__file__).resolve().parents[2] / "data"))
+
+
+def resolve_uri(uri: str) -> str:
+    """A relative local path is looked up under :func:`data_dir` first (``examples/churn.parquet``)."""
+    if uri == "mnist" or "://" in uri or os.path.isabs(uri):
+        return uri
+    under = data_dir() / uri
+    if under.exists() or under.parent.exists() and "{split}" in uri:
+        return str(under)
+    return uri
+
+
+# ------------------------------------------------------------------ loading
+def load(spec: ModelSpec, module, uri: str, sample_fraction: float = 1.0, seed: int = 0, s3_client=None,
+         max_overlap_fraction: float = 0.0) -> tuple[ModelData, dict]:
+    """Load every split, sample, validate against ``spec``; returns the data and a report."""
+    if not 0 < sample_fraction <= 1:
+        raise DatasetError(f"{uri}: sample fraction must be in (0, 1], got {sample_fraction}")
+    uri = resolve_uri(str(uri))
+    raw = _load_raw(spec, module, uri, s3_client)
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for name in SPLITS:
+        split = raw.get(name)
+        if split is None:
+            continue
+        split = _validate_split(spec, uri, name, split)
+        if sample_fraction < 1:
+            n = len(split)
+            split = split.take(np.sort(rng.choice(n, size=max(1, int(round(n * sample_fraction))), replace=False)))
+        splits[name] = split
+    for name in ("train", "test"):
+        if name not in splits:
+            raise DatasetError(f"{uri}: no {name} split (model module {spec.module!r})")
+    carved = "validation" not in splits
+    if carved:
+        train = splits["train"]
+        share = float(spec.hparams.get("validation_split", 0.1))
+        n_val = int(len(train) * share) if len(train) >= 20 else 0
+        cut = len(train) - n_val
+        splits["train"], splits["validation"] = train.take(slice(0, cut)), train.take(slice(cut, None))
+    result = ModelData(uri, splits["train"], splits["validation"], splits["test"], validation_carved=carved)
+    overlap = _overlap(result)
+    fraction = overlap / len(result.test)
+    if fraction > max_overlap_fraction:
+        raise DatasetError(f"{uri}: {overlap} of {len(result.test)} test rows ({fraction:.2%}) also appear in train "
+                           f"(allowed: {max_overlap_fraction:.2%})")
+    report = {"source": uri, "module": spec.module, "train_rows": len(result.train) + (
+        len(result.validation) if carved else 0), "validation_rows": len(result.validation),
+        "validation_carved": carved, "test_rows": len(result.test), "inputs": sorted(spec.inputs),
+        "test_overlap_rows": overlap, "fingerprint": result.fingerprint()}
+    if spec.task != "regression":
+        report["train_class_counts"] = np.bincount(_concat(result.train, result.validation).labels,
+                                                   minlength=spec.num_classes).tolist()
+    else:
+        labels = result.train.labels
+        report["train_label_mean"], report["train_label_std"] = float(labels.mean()), float(labels.std())
+    return result, report
+
+
+def _load_raw(spec: ModelSpec, module, uri: str, s3_client) -> dict[str, Split | None]:
+    if hasattr(module, "load_data"):
+        out = {}
+        for split in SPLITS:
+            try:
+                got = module.load_data(uri, split)
+            except (DatasetError, ModelModuleError):
+                raise
+            except Exception as exc:  # the user's loader may raise anything
+                raise DatasetError(f"{uri}: load_data of model module {spec.module!r} raised for split {split!r}: "
+                                   f"{type(exc).__name__}: {exc}") from exc
+            if got is None and split != "validation":
+                raise DatasetError(f"{uri}: load_data of model module {spec.module!r} returned None for the "
+                                   f"{split} split (only 'validation' may be None: carved from train)")
+            out[split] = None if got is None else _from_module_result(spec, uri, split, got)
+        return out
+    if uri == "mnist" or uri.split("?")[0].lower().endswith(".npz"):
+        return _single_input(spec, uri, builtin.load_dataset(uri, s3_client=s3_client))
+    if uri.split("?")[0].lower().endswith(".parquet"):
+        return _load_parquet(spec, uri, s3_client)
+    if "{split}" in uri or any(uri.endswith(s) for s in TFRECORD_SUFFIXES) or _is_dir(uri, s3_client):
+        return _load_tfrecords(spec, uri, s3_client)
+    raise DatasetError(f"{uri}: unsupported dataset for model module {spec.module!r}: use 'mnist', a .npz or "
+                       ".parquet file, TFRecord files (a pattern with {split} or a folder), or give the module a "
+                       "load_data(uri, split)")
+
+
+def _is_dir(uri: str, s3_client) -> bool:
+    if uri.startswith("s3://"):
+        return uri.endswith("/")
+    return os.path.isdir(uri)
+
+
+def _from_module_result(spec: ModelSpec, uri: str, split: str, got) -> Split:
+    where = f"{uri}: load_data of model module {spec.module!r}, split {split!r}"
+    if isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], dict):
+        features, labels = got
+        return Split({k: np.asarray(v) for k, v in features.items()}, np.asarray(labels))
+    try:
+        import tensorflow as tf
+    except ImportError:  # pragma: no cover - TensorFlow is installed wherever modules run
+        tf = None
+    if tf is not None and isinstance(got, tf.data.Dataset):
+        return _from_tf_dataset(where, got)
+    raise DatasetError(f"{where}: returned {type(got).__name__}; expected an unbatched tf.data.Dataset of "
+                       "(features_dict, label) or a (features_dict, labels) tuple of NumPy arrays")
+
+
+def _from_tf_dataset(where: str, ds) -> Split:
+    spec = ds.element_spec
+    if not (isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], dict)):
+        raise DatasetError(f"{where}: the tf.data.Dataset must yield (features_dict, label) pairs, yields {spec}")
+    columns: dict[str, list] = {k: [] for k in spec[0]}
+    labels = []
+    n = 0
+    for batch_features, batch_labels in ds.batch(1024).as_numpy_iterator():
+        for k in columns:
+            columns[k].append(batch_features[k])
+        labels.append(batch_labels)
+        n += len(batch_labels)
+        if n > MAX_ROWS:
+            raise DatasetError(f"{where}: more than {MAX_ROWS} rows (split too large to load in memory)")
+    if not labels:
+        return Split({k: np.zeros((0,)) for k in columns}, np.zeros((0,)))
+    return Split({k: np.concatenate(v) for k, v in columns.items()}, np.concatenate(labels))
+
+
+def _single_input(spec: ModelSpec, uri: str, dataset: builtin.Dataset) -> dict[str, Split | None]:
+    if len(spec.inputs) != 1:
+        raise DatasetError(f"{uri}: a 'mnist'/.npz dataset holds one feature array; model module {spec.module!r} "
+                           f"has inputs {sorted(spec.inputs)} (use Parquet/TFRecord with a column per input)")
+    name = next(iter(spec.inputs))
+    out: dict[str, Split | None] = {"validation": None}
+    for split in ("train", "test"):
+        x, y = getattr(dataset, f"x_{split}"), getattr(dataset, f"y_{split}")
+        if x.dtype == np.uint8:
+            x = x.astype(np.float32) / 255.0
+        out[split] = Split({name: x}, y)
+    return out
+
+
+def _load_parquet(spec: ModelSpec, uri: str, s3_client) -> dict[str, Split | None]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(io.BytesIO(read_bytes(uri, s3_client=s3_client)))
+    except FileNotFoundError as exc:
+        raise DatasetError(f"{uri}: dataset file not found") from exc
+    except Exception as exc:  # pyarrow raises ArrowInvalid and friends
+        raise DatasetError(f"{uri}: not a readable parquet file ({exc})") from exc
+    columns = set(table.column_names)
+    if not set(spec.inputs) <= columns and len(spec.inputs) == 1 and {"label", "split"} <= columns:
+        return _single_input(spec, uri, builtin._load_parquet_table(uri, table))
+    missing = [c for c in [*spec.inputs, spec.label, "split"] if c not in columns]
+    if missing:
+        raise DatasetError(f"{uri}: missing columns {missing}; model module {spec.module!r} reads one column per "
+                           f"input {sorted(spec.inputs)}, the label {spec.label!r} and 'split'")
+    split_col = np.asarray(table.column("split").to_pylist(), dtype=object)
+    bad = sorted({str(s) for s in set(split_col)} - set(SPLITS))
+    if bad:
+        raise DatasetError(f"{uri}: column 'split' may only hold {list(SPLITS)}, found {bad}")
+    arrays = {c: _column(table, c, spec.inputs[c] if c in spec.inputs else None, uri) for c in [*spec.inputs]}
+    labels = np.asarray(table.column(spec.label).to_numpy(zero_copy_only=False))
+    out: dict[str, Split | None] = {}
+    for split in SPLITS:
+        rows = split_col == split
+        out[split] = Split({k: v[rows] for k, v in arrays.items()}, labels[rows]) if rows.any() else None
+    return out
+
+
+def _column(table, name: str, declared, uri: str) -> np.ndarray:
+    dtype, shape = declared
+    column = table.column(name)
+    if not shape:
+        values = column.to_numpy(zero_copy_only=False)
+        return values.astype(object) if dtype == "string" else values
+    rows = column.to_pylist()
+    try:
+        array = np.asarray(rows, dtype=object if dtype == "string" else None)
+    except ValueError as exc:
+        raise DatasetError(f"{uri}: column {name!r} holds lists of different lengths; input {name!r} has the fixed "
+                           f"shape {list(shape)}") from exc
+    size = int(np.prod(shape))
+    if array.ndim < 2 or array.shape[0] != len(rows) or int(np.prod(array.shape[1:])) != size:
+        raise DatasetError(f"{uri}: column {name!r} rows have shape {list(array.shape[1:])}; input {name!r} takes "
+                           f"{list(shape)} ({size} values)")
+    return array.reshape((len(rows), *shape))
+
+
+def _tfrecord_files(uri: str, split: str, s3_client) -> list[str]:
+    """Local paths of the split's TFRecord files (S3 objects are fetched to a temporary folder)."""
+    if "{split}" in uri:
+        pattern = uri.replace("{split}", split)
+    elif any(uri.endswith(s) for s in TFRECORD_SUFFIXES):
+        return [uri] if split == "train" else []
+    else:
+        pattern = uri.rstrip("/") + f"/{split}*"
+    if pattern.startswith("s3://"):
+        from tfmlops.storage import list_s3_keys, split_s3_uri
+        import tempfile
+
+        bucket, key_pattern = split_s3_uri(pattern)
+        prefix = key_pattern.split("*")[0].split("?")[0]
+        keys = [k for k in list_s3_keys(s3_client, bucket, prefix)
+                if fnmatch.fnmatch(k, key_pattern) or fnmatch.fnmatch(k, key_pattern + "/*")]
+        tmp = Path(tempfile.mkdtemp(prefix="tfmlops-tfrecords-"))
+        paths = []
+        for i, key in enumerate(sorted(keys)):
+            path = tmp / f"{i:05d}.tfrecord"
+            path.write_bytes(read_bytes(f"s3://{bucket}/{key}", s3_client=s3_client))
+            paths.append(str(path))
+        return paths
+    import glob
+
+    found = sorted(glob.glob(pattern))
+    files = []
+    for path in found:
+        if os.path.isdir(path):
+            files.extend(sorted(str(p) for p in Path(path).iterdir() if p.is_file()))
+        else:
+            files.append(path)
+    return files
+
+
+def _load_tfrecords(spec: ModelSpec, uri: str, s3_client) -> dict[str, Split | None]:
+    import tensorflow as tf
+
+    features = {name: tf.io.FixedLenFeature(shape, tf.string if dtype == "string" else getattr(tf, dtype))
+                for name, (dtype, shape) in spec.inputs.items()}
+    label_dtype = tf.float32 if spec.task == "regression" else tf.int64
+    features[spec.label] = tf.io.FixedLenFeature([], label_dtype)
+    out: dict[str, Split | None] = {}
+    for split in SPLITS:
+        files = _tfrecord_files(uri, split, s3_client)
+        if not files:
+            out[split] = None
+            continue
+        compression = "GZIP" if files[0].endswith(".gz") else None
+        columns: dict[str, list] = {k: [] for k in features}
+        for path in files:
+            ds = tf.data.TFRecordDataset(path, compression_type=compression).batch(1024)
+            offset = 0
+            try:
+                for batch in ds:
+                    parsed = tf.io.parse_example(batch, features)
+                    for k in columns:
+                        columns[k].append(parsed[k].numpy())
+                    offset += int(batch.shape[0])
+            except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as exc:
+                message = exc.message.splitlines()[0] if exc.message else type(exc).__name__
+                raise DatasetError(f"{path}: cannot read tf.Example records for model module {spec.module!r} near "
+                                   f"record {offset}: {message}") from exc
+        arrays = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in columns.items()}
+        labels = arrays.pop(spec.label)
+        out[split] = Split(arrays, labels)
+    return out
+
+
+# ------------------------------------------------------------------ validation
+def _validate_split(spec: ModelSpec, uri: str, name: str, split: Split) -> Split:
+    where = f"{uri}: {name} split"
+    if len(split.labels) == 0:
+        raise DatasetError(f"{where} is empty")
+    if len(split.labels) > MAX_ROWS:
+        raise DatasetError(f"{where} has {len(split.labels)} rows, more than {MAX_ROWS} (loaded in memory)")
+    missing = [k for k in spec.inputs if k not in split.features]
+    if missing:
+        raise DatasetError(f"{where} has no feature {missing}; model module {spec.module!r} takes "
+                           f"{sorted(spec.inputs)}")
+    n = len(split.labels)
+    clean = {}
+    for key, (dtype, shape) in spec.inputs.items():
+        x = np.asarray(split.features[key])
+        if len(x) != n:
+            raise DatasetError(f"{where}: feature {key!r} has {len(x)} rows but there are {n} labels")
+        size = int(np.prod(shape)) if shape else 1
+        if int(np.prod(x.shape[1:])) != size:
+            got = int(np.prod(x.shape[1:]))
+            raise DatasetError(f"{where}: feature {key!r} rows have shape {list(x.shape[1:])} ({got} values); "
+                               f"input {key!r} takes {list(shape)} ({size} values)")
+        x = x.reshape((n, *shape))
+        if dtype == "string":
+            if x.dtype.kind not in "OSU":
+                raise DatasetError(f"{where}: feature {key!r} has dtype {x.dtype}; input {key!r} takes strings")
+            bad = [v for v in x.reshape(-1)[:100000] if not isinstance(v, (str, bytes))]
+            if bad:
+                raise DatasetError(f"{where}: feature {key!r} holds non-strings (e.g. {bad[0]!r})")
+            x = np.vectorize(lambda v: v.encode() if isinstance(v, str) else v, otypes=[object])(x) if x.size else \
+                x.astype(object)
+        else:
+            if x.dtype == np.bool_ or x.dtype.kind not in "iuf":
+                raise DatasetError(f"{where}: feature {key!r} has dtype {x.dtype}; input {key!r} takes {dtype}")
+            if x.dtype.kind == "f" and not np.isfinite(x).all():
+                rows = int((~np.isfinite(x)).reshape(n, -1).any(axis=1).sum())
+                raise DatasetError(f"{where}: feature {key!r} has NaN or inf values in {rows} rows")
+            if dtype == "int64" and x.dtype.kind == "f":
+                if not (x == np.round(x)).all():
+                    raise DatasetError(f"{where}: feature {key!r} has fractional values; input {key!r} is int64")
+            x = x.astype(np.float32 if dtype == "float32" else np.int64)
+        clean[key] = x
+    return Split(clean, _labels(spec, where, np.asarray(split.labels)))
+
+
+def _labels(spec: ModelSpec, where: str, y: np.ndarray) -> np.ndarray:
+    y = y.reshape(len(y), -1) if y.ndim > 1 else y
+    if y.ndim != 1:
+        if y.shape[1] != 1:
+            raise DatasetError(f"{where}: labels must be one value per row, got shape {list(y.shape)}")
+        y = y[:, 0]
+    if y.dtype == np.bool_ or y.dtype.kind not in "iuf":
+        raise DatasetError(f"{where}: label {spec.label!r} has dtype {y.dtype}; expected "
+                           + ("numbers" if spec.task == "regression" else "integer class indices"))
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        bad = int((~np.isfinite(y)).sum())
+        raise DatasetError(f"{where}: label {spec.label!r} has NaN or inf values in {bad} rows")
+    if spec.task == "regression":
+        return y.astype(np.float32)
+    if y.dtype.kind == "f" and not (y == np.round(y)).all():
+        raise DatasetError(f"{where}: label {spec.label!r} holds fractional values; classification labels are class "
+                           f"indices 0..{spec.num_classes - 1}")
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= spec.num_classes:
+        raise DatasetError(f"{where}: labels span [{low}, {high}]; expected [0, {spec.num_classes - 1}] "
+                           f"({spec.num_classes} classes: {spec.class_names})")
+    return y.astype(np.int64)
+
+
+def _row_hashes(split: Split) -> list[bytes]:
+    n = len(split)
+    digests = [hashlib.blake2b(digest_size=16) for _ in range(n)]
+    for key in sorted(split.features):
+        x = split.features[key]
+        if x.dtype == object:
+            flat = x.reshape(n, -1)
+            for i in range(n):
+                for value in flat[i]:
+                    digests[i].update(len(value).to_bytes(4, "little") + value)
+        else:
+            rows = np.ascontiguousarray(x.reshape(n, -1))
+            for i in range(n):
+                digests[i].update(rows[i].tobytes())
+    return [d.digest() for d in digests]
+
+
+def _overlap(data: ModelData) -> int:
+    train = set(_row_hashes(data.train)) | set(_row_hashes(data.validation))
+    return sum(h in train for h in _row_hashes(data.test))
+
+
+def sample_features(split: Split, rows: int) -> dict[str, np.ndarray]:
+    """The first ``rows`` rows of ``split``'s features (``build_model``'s ``sample`` to adapt on)."""
+    return {k: v[:rows] for k, v in split.features.items()}

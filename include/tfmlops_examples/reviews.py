@@ -1,0 +1,46 @@
+"""A text classifier on raw strings: which section does a short product review belong to?
+
+Data: ``data/examples/reviews.jsonl`` (synthetic, made by ``scripts/make_example_data.py``): one
+JSON object per line with ``text``, ``section`` (0-2) and ``split``. Its own ``load_data`` returns
+an unbatched ``tf.data.Dataset`` of ``(features, label)``. TextVectorization, adapted on the
+training sample, lives inside the model, so clients send the raw text.
+"""
+
+import json
+
+import numpy as np
+import tf_keras as keras
+
+TASK = "multiclass"
+INPUTS = {"text": ("string", [])}
+LABEL = "section"
+CLASS_NAMES = ["kitchen", "electronics", "garden"]
+HPARAMS = {"epochs": 8, "batch_size": 32, "learning_rate": 1e-2, "max_tokens": 500}
+GATE = {"metric": "accuracy", "threshold": 0.8, "tolerance": 0.03}
+
+
+def load_data(uri, split):
+    import tensorflow as tf
+
+    if split == "validation":
+        return None
+    texts, labels = [], []
+    with open(uri, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            if row["split"] == split:
+                texts.append(row["text"])
+                labels.append(int(row["section"]))
+    return tf.data.Dataset.from_tensor_slices(({"text": np.array(texts, dtype=object)},
+                                               np.array(labels, dtype=np.int64)))
+
+
+def build_model(hparams, sample):
+    text = keras.Input(shape=(), name="text", dtype="string")
+    vectorize = keras.layers.TextVectorization(max_tokens=int(hparams["max_tokens"]), output_mode="multi_hot",
+                                               name="vectorize")
+    vectorize.adapt(sample["text"])
+    x = vectorize(text)
+    x = keras.layers.Dense(16, activation="relu")(x)
+    outputs = keras.layers.Dense(len(CLASS_NAMES), activation="softmax", name="probabilities")(x)
+    return keras.Model(text, outputs, name="reviews")
