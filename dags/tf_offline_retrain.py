@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, task
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk import DAG
 
 from tfmlops_airflow import params
+from tfmlops_airflow.guard import add_run_guard
 from tfmlops_airflow.operators.card import ModelCardOperator
 from tfmlops_airflow.operators.retrain import (
     EvaluateModelOperator,
@@ -53,8 +53,11 @@ module of the contract — see the README's "Bring your own model") from scratch
    and lineage, metrics overall and per class, the gate's decision, serving history, known
    limitations) as Markdown and HTML under `model_card/` on its run, linked from the version's
    description; `tf_optimize_export` rewrites it with the verified formats.
-A **watcher** task fails the run when any task failed (Airflow decides a run's state by its last
-tasks, and the model card runs — and succeeds — after a failed rollout too); otherwise it is skipped.
+9. **watcher** — the run guard (`tfmlops_airflow.guard`), once every task has finished: when a
+   task failed or did not run because of a failure, it fails the run with a message naming each
+   failed task and its error (`validate_data failed: …`); otherwise it is skipped. Airflow decides a
+   run's state by its last tasks, and the model card runs — and succeeds — after a failed rollout
+   too; a gate rejection is not a failure (the run stays green).
 
 Connections: `mlflow_default`, the target TF Serving connections (`tf_serving_default`),
 `aws_default` (for `s3://` datasets and base paths).
@@ -115,9 +118,4 @@ with DAG(
 
     validate >> train
     gate >> export >> register >> rollout >> card
-
-    @task(task_id="watcher", task_display_name="Fail the run if a task failed", trigger_rule="one_failed")
-    def watcher():
-        raise AirflowFailException("a task of this run failed (see the grid); the model card was still written")
-
-    dag.tasks >> watcher()
+    add_run_guard(dag)  # last: it watches every task above

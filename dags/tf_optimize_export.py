@@ -8,6 +8,7 @@ from airflow.sdk import DAG, Param
 
 from tfmlops_airflow import params
 from tfmlops_airflow.assets import CHAMPION
+from tfmlops_airflow.guard import add_run_guard
 from tfmlops_airflow.operators.card import ModelCardOperator
 from tfmlops_airflow.operators.retrain import ResolveModelVersionOperator
 from tfmlops_airflow.operators.optimize import (
@@ -60,6 +61,12 @@ model and version named by the asset event, with the default Params for the rest
    the registered model, then attached under `mobile/<variant>/`.
 6. **model card** — the version's card rewritten with every verified format (size, latency,
    accuracy) and the variants' gate results (see `tf_offline_retrain`).
+7. **watcher** — the run guard (`tfmlops_airflow.guard`), once every task has finished. The report,
+   the bundles and the card run whatever happened before them (without a version resolved they
+   skip), so it is the guard that fails the run when a task failed or did not run because of a
+   failure, with a message naming each failed task and its error (`resolve failed: registered
+   model 'x' has no alias 'champion'`). A variant skipped as in 2. (not selected, rejected, or not
+   built for this model) and a format not selected leave the run green.
 
 Connections: `mlflow_default`, `aws_default` (for `s3://` datasets). Needs `node` with
 `web/node_modules` (`npm ci --prefix web`) and Debian's `chromium` for the TF.js checks.
@@ -148,3 +155,4 @@ with DAG(
     card = ModelCardOperator(task_id="model_card", task_display_name="Model card",
                              model_name=resolve.output["model_name"], version=resolve.output["version"])
     exports >> report >> card
+    add_run_guard(dag)  # last: it watches every task above

@@ -28,7 +28,14 @@ print(json.dumps({
                         "retries": {t.task_id: t.retries for t in d.tasks},
                         "params": {k: {**d.params.get_param(k).schema, "description": d.params.get_param(k).description,
                                        "default": d.params.get_param(k).value} for k in d.params},
-                        "max_active_runs": d.max_active_runs} for d in bag.dags.values()},
+                        "max_active_runs": d.max_active_runs,
+                        "tasks": {t.task_id: {"trigger_rule": getattr(t.trigger_rule, "value", t.trigger_rule),
+                                              "operator": f"{type(t).__module__}.{type(t).__qualname__}",
+                                              "upstream": sorted(t.upstream_task_ids),
+                                              "downstream": sorted(t.downstream_task_ids),
+                                              "on_failure_callback": [f"{c.__module__}.{c.__qualname__}"
+                                                                      for c in t.on_failure_callback or ()]}
+                                  for t in d.tasks}} for d in bag.dags.values()},
 }))
 """
 
@@ -62,6 +69,28 @@ def test_every_dag_is_documented_tagged_and_retried(parsed):
         assert all(r >= 1 for r in dag["retries"].values()), f"{dag_id}: tasks without retries {dag['retries']}"
         for name, schema in dag["params"].items():
             assert schema.get("title") and schema.get("description") and schema.get("type"), f"{dag_id}.{name}"
+
+
+def test_a_dag_whose_tasks_run_after_failures_carries_the_run_guard(parsed):
+    """A task that runs after an upstream failure (trigger rule all_done, one_failed, …) can end the
+    run green whatever failed before it: such a DAG must carry the shared run guard, last, watching
+    every other task and recording each one's error (issue 24)."""
+    from tfmlops_airflow.guard import GUARD_TASK_ID, RUNS_AFTER_FAILURE, RunGuardOperator, record_failure
+
+    guard_class = f"{RunGuardOperator.__module__}.{RunGuardOperator.__qualname__}"
+    recorder = f"{record_failure.__module__}.{record_failure.__qualname__}"
+    for dag_id, dag in parsed["dags"].items():
+        tasks = dag["tasks"]
+        guards = [t for t, info in tasks.items() if info["operator"] == guard_class]
+        after_failure = sorted(t for t, info in tasks.items()
+                               if info["trigger_rule"] in RUNS_AFTER_FAILURE and t not in guards)
+        if not after_failure:
+            assert not guards, f"{dag_id}: a run guard without a task that runs after failures"
+            continue
+        assert guards == [GUARD_TASK_ID], f"{dag_id}: {after_failure} run after failures, but no run guard"
+        watched = tasks[GUARD_TASK_ID]
+        assert watched["upstream"] == sorted(set(tasks) - {GUARD_TASK_ID}) and not watched["downstream"], dag_id
+        assert all(recorder in info["on_failure_callback"] for info in tasks.values()), dag_id
 
 
 def test_offline_retrain_contract():

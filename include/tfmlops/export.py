@@ -184,7 +184,7 @@ def export_saved_model(model, path: str | Path, smoke_inputs, warmup_inputs, tol
     if not max_diff <= tolerance:
         raise ExportError(f"{saved_model_dir}: reloaded SavedModel differs from the model by {max_diff:.3g} "
                           f"(tolerance {tolerance:g})")
-    smoke = {"signature_name": SIGNATURE, "output": spec.output_name,
+    smoke = {"signature_name": SIGNATURE, "output": spec.output_name, "task": spec.task,
              "inputs": {k: _jsonable(v) for k, v in features.items()},
              "input_dtypes": {k: d for k, (d, _) in spec.inputs.items()},
              "expected": got.tolist(), "tolerance": tolerance}

@@ -266,6 +266,12 @@ def get_version(tracking_uri: str, name: str, version_or_alias: str | int):
             raise LookupError(f"registered model {name!r} has no version {ref}") from exc
     found = alias_version(tracking_uri, name, ref)
     if found is None:
+        try:
+            client(tracking_uri).get_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise LookupError(f"model {name!r} is not registered in MLflow") from exc
+            raise  # the registry did not answer: not a missing model (the task may retry)
         raise LookupError(f"registered model {name!r} has no alias {ref!r}")
     return found
 

@@ -126,10 +126,15 @@ def rollout(strategy: str = "replace", targets_description: str | None = None) -
                                       "group (0 % share, clients never see it), promoted or held on its agreement "
                                       "with the champion, latency and errors."),
         "canary_holdout_uri": Param(None, type=["null", "string"], maxLength=1000, title="Canary holdout",
-                                    description="Canary accuracy check through the server: .npz with x/y (or "
-                                                "x_test/y_test) as float features, local or s3://. Empty: no check."),
+                                    description="Canary check through the server: .npz with x/y (or x_test/y_test) "
+                                                "as float features, or y and one array per input name; local or "
+                                                "s3://. Accuracy for classifiers, RMSE for regressors. Empty: no "
+                                                "check."),
         "canary_min_accuracy": Param(0.9, type="number", minimum=0, maximum=1, title="Canary minimum accuracy",
                                      description="Accuracy the canary must reach on the canary holdout."),
+        "canary_max_rmse": Param(None, type=["null", "number"], minimum=0, title="Canary maximum RMSE",
+                                 description="Regression models: RMSE (in the label's unit) the canary may have on "
+                                             "the canary holdout; empty: not checked."),
         "latency_budget_ms": Param(250, type="number", exclusiveMinimum=0, maximum=60000,
                                    title="Canary p99 latency budget (ms)",
                                    description="p99 of single-row REST predicts on the canary label."),
@@ -186,7 +191,8 @@ def rollout_arguments() -> dict[str, str]:
     """``ServingRolloutOperator`` arguments templated from the :func:`rollout` params."""
     return {"model_name": "{{ params.model_name }}", "targets": "{{ params.targets }}",
             "strategy": "{{ params.strategy }}", "holdout_uri": "{{ params.canary_holdout_uri }}",
-            "min_accuracy": "{{ params.canary_min_accuracy }}", "latency_budget_ms": "{{ params.latency_budget_ms }}",
+            "min_accuracy": "{{ params.canary_min_accuracy }}",
+            "max_rmse": "{{ params.canary_max_rmse }}", "latency_budget_ms": "{{ params.latency_budget_ms }}",
             "keep": "{{ params.keep }}", "router_conn_id": "{{ params.router }}",
             "gray_steps": "{{ params.gray_steps }}",
             "gray_window_s": "{{ params.gray_window_s }}",

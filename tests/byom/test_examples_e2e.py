@@ -266,3 +266,36 @@ def test_a_broken_module_fails_the_first_task_with_its_message(connections, tmp_
     run = load_dag().test(run_conf={"model_name": "byom_broken", "model_module": "os.path"})
     assert states(run)["validate_data"] == "failed"
     assert "package 'os' is not allowed" in "".join(capfd.readouterr())
+
+
+@pytest.mark.skipif("diabetes" not in EXAMPLES, reason="BYOM_ONLY leaves the regression example out")
+def test_canary_holdout_of_a_regressor_is_judged_by_rmse(trained, mlflow_server, serving_server, tmp_path):
+    """The canary check on a labelled holdout (named input arrays + y, as the canary_holdout_uri
+    .npz holds them) measures a served regressor's RMSE against max_rmse, not an accuracy."""
+    from tfmlops import registry, trainer
+    from tfmlops.deploy.checks import CanaryChecks, CheckFailed, canary_checks
+    from tfmlops.deploy.endpoint import Endpoint
+    from tfmlops.steps.rollout import fetch_candidate, load_canary_holdout
+
+    spec, split = rows("diabetes")
+    holdout = tmp_path / "holdout.npz"
+    np.savez(holdout, y=split.labels, **split.features)
+    x, y = load_canary_holdout(str(holdout))
+    assert sorted(x) == sorted(spec.inputs)
+    model = registry.load_keras_model(mlflow_server, "models:/byom_diabetes@champion")
+    expected_rmse = float(np.sqrt(np.mean((trainer.predict(spec, model, split.features) - y) ** 2)))
+    candidate = fetch_candidate(mlflow_server, "byom_diabetes", "champion", tmp_path / "candidate")
+    assert candidate.smoke["task"] == "regression"
+    endpoint = Endpoint("local", "127.0.0.1", serving_server["rest_port"], serving_server["grpc_port"],
+                        str(serving_server["models_root"]))
+    try:
+        checks = CanaryChecks(holdout_x=x, holdout_y=y, min_accuracy=0.9, max_rmse=expected_rmse * 1.01)
+        out = canary_checks(endpoint, candidate, checks, label=None)
+        assert out["holdout_rmse"] == pytest.approx(expected_rmse, rel=1e-4) and "holdout_accuracy" not in out
+        checks.max_rmse = expected_rmse / 2
+        with pytest.raises(CheckFailed, match=r"holdout RMSE [\d.]+ > maximum"):
+            canary_checks(endpoint, candidate, checks, label=None)
+        checks.max_rmse = None
+        assert "not run" in canary_checks(endpoint, candidate, checks, label=None)["holdout_check"]
+    finally:
+        endpoint.close()

@@ -1,5 +1,6 @@
 """Checks of a loaded version before it takes traffic: smoke parity over REST and gRPC against
-the registered model's predictions, accuracy on a labeled holdout, a p99 latency budget."""
+the registered model's predictions, accuracy (classifiers) or RMSE (regressors) on a labeled
+holdout, a p99 latency budget."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ class CanaryChecks:
     smoke: bool = True
     holdout_x: np.ndarray | None = None
     holdout_y: np.ndarray | None = None
-    min_accuracy: float | None = None
+    min_accuracy: float | None = None  # classifiers: accuracy on the holdout
+    max_rmse: float | None = None  # regressors (smoke output ``outputs``): RMSE on the holdout, in the label's unit
     latency_budget_ms: float | None = None  # p99 of single-row REST predicts on the canary label
     latency_requests: int = 30
 
@@ -82,18 +84,33 @@ def smoke_parity(client: ServingClient, smoke: dict, model: str, *, version: int
     return out
 
 
-def holdout_accuracy(client: ServingClient, model: str, x, y, *, label: str | None = None,
-                     version: int | None = None, signature_name: str | None = None, batch: int = 256) -> float:
-    x = np.asarray(x, dtype=np.float32)
-    y = np.asarray(y).astype(int).ravel()
-    correct = 0
-    for i in range(0, len(x), batch):
-        got = client.predict_rest(model, x[i:i + batch].tolist(), label=label, version=version,
-                                  signature_name=signature_name)
+def _served(client: ServingClient, model: str, x, *, label, version, signature_name, batch: int) -> np.ndarray:
+    """The served outputs for every row of ``x`` (rows of the one input, or named input arrays)."""
+    n = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+    parts = []
+    for i in range(0, n, batch):
+        rows = {k: v[i:i + batch] for k, v in x.items()} if isinstance(x, dict) else x[i:i + batch].tolist()
+        got = client.predict_rest(model, rows, label=label, version=version, signature_name=signature_name)
         if isinstance(got, dict):
             got = got[sorted(got)[0]]
-        correct += int(np.sum(np.argmax(np.asarray(got), axis=-1) == y[i:i + batch]))
-    return correct / max(len(y), 1)
+        parts.append(np.asarray(got, dtype=np.float64))
+    return np.concatenate(parts) if parts else np.zeros((0,))
+
+
+def holdout_accuracy(client: ServingClient, model: str, x, y, *, label: str | None = None,
+                     version: int | None = None, signature_name: str | None = None, batch: int = 256) -> float:
+    x = x if isinstance(x, dict) else np.asarray(x, dtype=np.float32)
+    y = np.asarray(y).astype(int).ravel()
+    got = _served(client, model, x, label=label, version=version, signature_name=signature_name, batch=batch)
+    return int(np.sum(np.argmax(got, axis=-1) == y)) / max(len(y), 1)
+
+
+def holdout_rmse(client: ServingClient, model: str, x, y, *, label: str | None = None,
+                 version: int | None = None, signature_name: str | None = None, batch: int = 256) -> float:
+    """RMSE of a served regressor's outputs on the holdout (labels as floats)."""
+    x = x if isinstance(x, dict) else np.asarray(x, dtype=np.float32)
+    got = _served(client, model, x, label=label, version=version, signature_name=signature_name, batch=batch)
+    return float(np.sqrt(np.mean((got.reshape(-1) - np.asarray(y, dtype=np.float64).reshape(-1)) ** 2)))
 
 
 def latency_p99_ms(client: ServingClient, model: str, row, n: int, *, label: str | None = None,
@@ -108,6 +125,26 @@ def latency_p99_ms(client: ServingClient, model: str, row, n: int, *, label: str
     return float(np.percentile(times, 99))
 
 
+def _holdout_check(ep: Endpoint, cand: Candidate, checks: CanaryChecks, where: str, **target) -> dict:
+    """Accuracy against ``min_accuracy`` (classifiers) or RMSE against ``max_rmse`` (regressors: a
+    smoke batch whose output is ``outputs``) on the labelled holdout, through the server."""
+    if cand.smoke.get("task") == "regression" or cand.smoke.get("output") == "outputs":
+        name, bound, measure, worse, side = "RMSE", checks.max_rmse, holdout_rmse, float.__gt__, "> maximum"
+        if bound is None:
+            return {"holdout_check": "not run: a regressor is judged by max_rmse, which is not set"}
+    else:
+        name, bound, measure, worse, side = "accuracy", checks.min_accuracy, holdout_accuracy, float.__lt__, "< minimum"
+        if bound is None:
+            return {}
+    try:
+        value = measure(ep.client, cand.model, checks.holdout_x, checks.holdout_y, **target)
+    except ServingError as exc:
+        raise CheckFailed(f"{where}: holdout predictions failed: {exc}") from exc
+    if worse(float(value), float(bound)):
+        raise CheckFailed(f"{where}: holdout {name} {value:.4f} {side} {bound:.4f} ({len(checks.holdout_y)} rows)")
+    return {f"holdout_{name.lower()}": value}
+
+
 def canary_checks(ep: Endpoint, cand: Candidate, checks: CanaryChecks, label: str | None) -> dict:
     """Checks through ``label`` (a canary: the rollout's ``canary`` label) or, with ``label=None``,
     on version ``cand.version``."""
@@ -117,16 +154,8 @@ def canary_checks(ep: Endpoint, cand: Candidate, checks: CanaryChecks, label: st
     out: dict = {}
     if checks.smoke:
         out.update(smoke_parity(ep.client, cand.smoke, cand.model, label=label, version=version, where=where))
-    if checks.min_accuracy is not None and checks.holdout_x is not None:
-        try:
-            acc = holdout_accuracy(ep.client, cand.model, checks.holdout_x, checks.holdout_y, label=label,
-                                   version=version, signature_name=sig)
-        except ServingError as exc:
-            raise CheckFailed(f"{where}: holdout predictions failed: {exc}") from exc
-        out["holdout_accuracy"] = acc
-        if acc < checks.min_accuracy:
-            raise CheckFailed(f"{where}: holdout accuracy {acc:.4f} < minimum {checks.min_accuracy:.4f} "
-                              f"({len(checks.holdout_y)} rows)")
+    if checks.holdout_x is not None:
+        out.update(_holdout_check(ep, cand, checks, where, label=label, version=version, signature_name=sig))
     if checks.latency_budget_ms is not None:
         inputs = smoke_inputs(cand.smoke)
         row = first_row(inputs) if isinstance(inputs, dict) else inputs[0]

@@ -18,7 +18,8 @@ no client ever sees its answers; a report decides ``promote`` or ``hold``.
    and counted) with the request id
    ``tfmlops-shadow-<client's id>`` (the project's own traffic: live drift leaves it out);
 3. each challenger answer is compared with the champion's answer *to the same request*: top-1
-   agreement (argmax of the last axis, rows of every output that has classes), the largest and
+   agreement (argmax of the last axis, rows of every output that has classes; for one value per
+   row — a regression — agreement is |diff| <= ``value_tolerance`` relative), the largest and
    the mean |difference| of the output values; challenger errors are counted;
 4. the two groups' latency and error rate over the window come from the replicas' own TF
    Serving metrics, as gray judges them (:meth:`~.progressive.RouterRelease._traffic`,
@@ -60,7 +61,9 @@ SHADOW_ID_PREFIX = "tfmlops-shadow-"
 
 @dataclass
 class ShadowThresholds:
-    min_agreement: float = 0.99  # top-1 agreement with the champion on the same requests
+    min_agreement: float = 0.99  # top-1 agreement (classes) or values within value_tolerance (regression)
+    # a regressed value agrees when |challenger − champion| <= value_tolerance · max(1, |champion|)
+    value_tolerance: float = 0.01
     max_abs_diff: float | None = None  # largest |challenger − champion| output value; None: not judged
     max_error_rate_increase: float = 0.01  # challenger's error rate − champion's (replica metrics)
     max_p99_increase_ms: float = 25.0  # challenger's p99 − champion's (replica metrics)
@@ -110,7 +113,8 @@ def sink_last_seq(sink_url: str, timeout_s: float = 10.0) -> int:
 class Agreement:
     """Running comparison of challenger vs champion outputs (thread-safe)."""
 
-    def __init__(self):
+    def __init__(self, value_tolerance: float = 0.01):
+        self.value_tolerance = value_tolerance
         self.compared = self.rows = self.agree_rows = self.mismatched = 0
         self.max_abs_diff = 0.0
         self._sum_abs, self._n_values = 0.0, 0
@@ -138,6 +142,11 @@ class Agreement:
                 top_b = b64.reshape(-1, b.shape[-1]).argmax(axis=1)
                 rows += len(top_a)
                 agree += int(np.sum(top_a == top_b))
+            elif a.dtype.kind == "f" and a.ndim <= 2 and (a.ndim < 2 or a.shape[-1] == 1):
+                # one value per row (a regression's outputs [B] or [B, 1]): agreement within the tolerance
+                within = diff.reshape(-1) <= self.value_tolerance * np.maximum(1.0, np.abs(a64.reshape(-1)))
+                rows += within.size
+                agree += int(np.sum(within))
         with self._lock:
             self.compared += 1
             self.mismatched += int(mismatched)
@@ -319,7 +328,7 @@ class ShadowRelease(RouterRelease):
     def _window(self) -> dict:
         from tensorflow_serving.apis import prediction_log_pb2
 
-        agreement = Agreement()
+        agreement = Agreement(self.shadow.value_tolerance)
         replayer = Replayer(self.groups[CANARY], self.cand.model, self.cand.version, agreement,
                             threads=self.replay_threads, max_pending=self.max_pending)
         rng = np.random.default_rng()
@@ -373,8 +382,8 @@ class ShadowRelease(RouterRelease):
         if report["compared"] < t.min_compared:
             reasons.append(f"{report['compared']} requests compared (< {t.min_compared}): nothing to judge on")
         if report["agreement"] is not None and report["agreement"] < t.min_agreement:
-            reasons.append(f"top-1 agreement {report['agreement']:.2%} with the champion "
-                           f"(at least {t.min_agreement:.2%})")
+            reasons.append(f"agreement {report['agreement']:.2%} with the champion (top-1 class, or value within "
+                           f"{t.value_tolerance:g} relative) (at least {t.min_agreement:.2%})")
         if report["output_mismatches"]:
             reasons.append(f"{report['output_mismatches']} answers with other outputs/shapes than the champion's")
         diff = report["max_abs_diff"]

@@ -27,15 +27,19 @@ __all__ = ["PROMOTED", "ABSettings", "CanaryChecks", "Endpoint", "GrayThresholds
            "publish_registered", "rollout_registered", "shadow_release_registered"]
 
 
-def load_canary_holdout(uri: str, s3_client=None) -> tuple[np.ndarray, np.ndarray]:
-    """The canary accuracy check's labelled holdout: an ``.npz`` (``x``/``y`` or ``x_test``/``y_test``),
-    local or ``s3://``."""
+def load_canary_holdout(uri: str, s3_client=None) -> tuple[np.ndarray | dict[str, np.ndarray], np.ndarray]:
+    """The canary check's labelled holdout: an ``.npz``, local or ``s3://``, with ``x``/``y`` (or
+    ``x_test``/``y_test``: the rows of a one-input model) or ``y`` and one array per input name
+    (any model; string inputs as unicode arrays). No pickled arrays are read."""
     from tfmlops.storage import read_bytes
 
-    with np.load(io.BytesIO(read_bytes(uri, s3_client=s3_client))) as npz:
-        x = npz["x"] if "x" in npz else npz["x_test"]
+    with np.load(io.BytesIO(read_bytes(uri, s3_client=s3_client)), allow_pickle=False) as npz:
+        if "x" in npz or "x_test" in npz:
+            x = np.asarray(npz["x"] if "x" in npz else npz["x_test"], np.float32)
+        else:
+            x = {k: npz[k].astype(object) if npz[k].dtype.kind == "U" else npz[k] for k in npz.files if k != "y"}
         y = npz["y"] if "y" in npz else npz["y_test"]
-    return np.asarray(x, np.float32), np.asarray(y)
+    return x, np.asarray(y)
 
 
 def fleet_endpoints(fleet: str) -> list[Endpoint]:

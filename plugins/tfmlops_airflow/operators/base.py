@@ -144,10 +144,8 @@ class ModelDataOperator(DatasetOperator):
         self.model_spec = model_spec
 
     def data_spec(self):
-        from tfmlops.modelspec import DEFAULT_MODULE
-
         spec = super().data_spec()
-        spec.model_module = optional(self.model_module) or DEFAULT_MODULE
+        spec.model_module = optional(self.model_module) or spec.model_module  # DataSpec's default: the MNIST MLP
         spec.hyperparameters = optional(self.hyperparameters)
         spec.model_spec = optional(self.model_spec)
         return spec

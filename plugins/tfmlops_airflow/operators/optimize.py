@@ -37,6 +37,10 @@ class ModelVersionOperator(DatasetOperator):
         self.model = model
 
     def resolved(self) -> dict:
+        """The resolved version; skips the task when there is none (``resolve`` did not succeed: only
+        the tasks that run after failures get here, and the run guard reports the failure)."""
+        if optional(self.model) is None:
+            raise AirflowSkipException("no resolved model version (resolve did not succeed in this run)")
         keys = ("model_name", "version", "run_id", "model_uri")
         return {**{k: self.model[k] for k in keys}, "version": int(self.model["version"])}
 
@@ -150,10 +154,11 @@ class MobileBundleOperator(ModelVersionOperator):
         self.targets = targets
 
     def execute(self, context) -> dict[str, Any]:
+        model = self.resolved()
         from tfmlops.steps.optimize import MobileBundleError, mobile_bundles
 
         try:
-            result = mobile_bundles(self.tracking_uri, self.resolved(), self.data_spec(), id_list(self.targets),
+            result = mobile_bundles(self.tracking_uri, model, self.data_spec(), id_list(self.targets),
                                     stamp=context["run_id"])
         except MobileBundleError as exc:
             raise AirflowFailException(str(exc)) from exc
@@ -170,6 +175,7 @@ class FormatReportOperator(ModelVersionOperator):
         super().__init__(**kwargs)
 
     def execute(self, context) -> dict[str, Any]:
+        model = self.resolved()
         from tfmlops.steps.optimize import report
 
-        return report(self.tracking_uri, self.resolved(), stamp=context["run_id"])
+        return report(self.tracking_uri, model, stamp=context["run_id"])

@@ -87,8 +87,10 @@ class ServingRolloutOperator(ServingVersionOperator):
         breaks) or ``shadow`` (the router's mirrored live requests replayed to its canary group at
         0 % share, judged on agreement with the champion's answers, latency and errors; a hold
         fails the task). (templated)
-    :param holdout_uri: canary accuracy check: ``.npz`` with x/y, local or ``s3://``; unset = no check. (templated)
-    :param min_accuracy: accuracy the canary must reach on the holdout. (templated)
+    :param holdout_uri: canary holdout check: ``.npz`` with x/y (or ``y`` and an array per input name), local
+        or ``s3://``; unset = no check. (templated)
+    :param min_accuracy: accuracy a classifier's canary must reach on the holdout. (templated)
+    :param max_rmse: RMSE a regressor's canary may have on the holdout, in the label's unit. (templated)
     :param latency_budget_ms: p99 of single-row REST predicts on the canary label. (templated)
     :param keep: version directories kept in the base path (referenced ones are always kept). (templated)
     :param timeout_s: how long a load, an unload or another rollout's lock may take. (templated)
@@ -114,14 +116,16 @@ class ServingRolloutOperator(ServingVersionOperator):
     """
 
     template_fields: Sequence[str] = (*ServingVersionOperator.template_fields, "strategy", "holdout_uri",
-                                      "min_accuracy", "latency_budget_ms", "keep", "timeout_s", "gray_steps",
+                                      "min_accuracy", "max_rmse", "latency_budget_ms", "keep", "timeout_s",
+                                      "gray_steps",
                                       "router_conn_id", "gray_window_s", "max_error_rate_increase",
                                       "max_p99_increase_ms", "max_prediction_tvd", "ab_share_pct", "ab_window_s",
                                       "ab_alpha", "ab_min_samples", "ab_labels_uri", "ab_labels_wait_s",
                                       "shadow_window_s", "shadow_min_agreement", "shadow_min_compared")
 
     def __init__(self, *, strategy: str = "replace", holdout_uri: str | None = None,
-                 min_accuracy: float | str | None = None, latency_budget_ms: float | str | None = None,
+                 min_accuracy: float | str | None = None, max_rmse: float | str | None = None,
+                 latency_budget_ms: float | str | None = None,
                  keep: int | str = 2, timeout_s: float | str = 180, announce_champion: bool = False,
                  router_conn_id: str = "tf_serving_router", gray_steps: list | str = (5, 25, 50, 100),
                  gray_window_s: float | str = 60, max_error_rate_increase: float | str = 0.01,
@@ -136,6 +140,7 @@ class ServingRolloutOperator(ServingVersionOperator):
         self.strategy = strategy
         self.holdout_uri = holdout_uri
         self.min_accuracy = min_accuracy
+        self.max_rmse = max_rmse
         self.latency_budget_ms = latency_budget_ms
         self.keep = keep
         self.timeout_s = timeout_s
@@ -252,7 +257,7 @@ class ServingRolloutOperator(ServingVersionOperator):
         if self.strategy in ROUTER_DETAILS:
             return self._router_release(context)
 
-        checks = CanaryChecks(min_accuracy=number_or_none(self.min_accuracy),
+        checks = CanaryChecks(min_accuracy=number_or_none(self.min_accuracy), max_rmse=number_or_none(self.max_rmse),
                               latency_budget_ms=number_or_none(self.latency_budget_ms))
         holdout = optional(self.holdout_uri)
         if holdout is not None:
