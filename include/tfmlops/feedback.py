@@ -20,6 +20,7 @@ later, written as a partition of the partitioned dataset (no Airflow, no TensorF
 from __future__ import annotations
 
 import json
+import math
 import logging
 import os
 import time
@@ -92,8 +93,9 @@ def list_request_logs(prefix: str, include_partial: bool = False) -> list[str]:
                   if f.startswith(base + "-") and f.endswith(ends))
 
 
-def read_labels(path: str) -> tuple[dict[str, list[int]], list[str]]:
-    """``({request id: labels}, [problems])`` of one JSON-lines label file."""
+def read_labels(path: str, numeric: bool = False) -> tuple[dict[str, list], list[str]]:
+    """``({request id: labels}, [problems])`` of one JSON-lines label file: class ids (integers), or
+    with ``numeric`` any finite numbers (a regression's labels)."""
     if os.path.getsize(path) > MAX_LABEL_FILE_BYTES:
         raise ValueError(f"{path}: label file larger than {MAX_LABEL_FILE_BYTES} bytes")
     labels, problems = {}, []
@@ -105,9 +107,11 @@ def read_labels(path: str) -> tuple[dict[str, list[int]], list[str]]:
                 doc = json.loads(line)
                 rid = doc["request_id"]
                 values = doc["labels"] if "labels" in doc else [doc["label"]]
+                kinds = (int, float) if numeric else int
                 if not isinstance(rid, str) or not rid or not isinstance(values, list) or not all(
-                        isinstance(v, int) and not isinstance(v, bool) for v in values):
-                    raise ValueError("request_id must be a string and labels a list of integers")
+                        isinstance(v, kinds) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+                    raise ValueError("request_id must be a string and labels a list of "
+                                     + ("finite numbers" if numeric else "integers"))
             except (ValueError, KeyError, TypeError) as exc:
                 problems.append(f"{path}:{n}: {exc}")
                 continue

@@ -183,3 +183,68 @@ def test_ab_decisions(tmp_path):
         "inconclusive", "no logged predictions to join labels with: no request logs configured")
     few = decide(step(), {"stable": acc(70, 90), "canary": acc(300, 300)}, ["no *.jsonl label files in x"])
     assert few[0] == "inconclusive" and "each needs >= 100" in few[1] and "no *.jsonl label files" in few[1]
+
+
+def test_a_regressions_logged_values_and_their_distribution_check(tmp_path):
+    """One value per row ([B] or [B, 1]): logged as values; gray compares their distributions with
+    the two-sample KS test (distance and significance both needed), not class histograms."""
+    from tfmlops.deploy.prediction_logs import compare_value_distributions, predicted_values
+
+    prefix = str(tmp_path / "requests")
+    _write(prefix, [("user-1", 1, [150.0, 200.5]), ("user-2", 1, [[90.0]])], outputs=("outputs",))
+    got = logged_predictions(log_files(prefix))
+    assert [p.values.tolist() for p in got] == [[150.0, 200.5], [90.0]]
+    assert predicted_values(got).tolist() == [150.0, 200.5, 90.0]
+    _write(str(tmp_path / "cls"), [("user-3", 1, [[0.2, 0.8]])])
+    assert predicted_values(logged_predictions(log_files(str(tmp_path / "cls")))) is None
+
+    rng = np.random.default_rng(0)
+    stable = rng.normal(150, 40, 400)
+    same = compare_value_distributions(stable, rng.normal(150, 40, 400), 0.1, 0.001, 50)
+    assert same["status"] == "ok" and same["ks"] < 0.1
+    shifted = compare_value_distributions(stable, rng.normal(220, 40, 400), 0.1, 0.001, 50)
+    assert shifted["status"] == "breach" and "KS distance" in shifted["reason"] and shifted["p_value"] < 1e-6
+    assert shifted["canary_quantiles"]["p50"] > shifted["stable_quantiles"]["p50"] + 50
+    few = compare_value_distributions(stable, rng.normal(220, 40, 10), 0.1, 0.001, 50)
+    assert few["status"] == "not measured" and "each needs >= 50" in few["reason"]
+
+
+def test_ab_decisions_of_a_regression_on_squared_errors(tmp_path):
+    """A/B of a regressor: numeric labels joined on request ids, squared errors per variant,
+    Welch's t-test; the challenger is promoted only when its errors are significantly lower."""
+    import json
+
+    from tfmlops.deploy.abtest import ABSettings, ABTest, labeled_errors, read_label_files, welch_t_test
+    from tfmlops.deploy.endpoint import Endpoint
+    from tfmlops.deploy.prediction_logs import LoggedPrediction
+    from tfmlops.deploy.rollout import Candidate
+    from tfmlops.deploy.router import Router
+
+    (tmp_path / "labels.jsonl").write_text("\n".join(json.dumps(d) for d in [
+        {"request_id": "a", "labels": [100.0, 150.5]}, {"request_id": "b", "label": 80},
+        {"request_id": "c", "labels": [float("nan")]}]) + "\n")
+    labels, problems = read_label_files(str(tmp_path), numeric=True)
+    assert labels == {"a": [100.0, 150.5], "b": [80]} and len(problems) == 1 and "finite numbers" in problems[0]
+    preds = [LoggedPrediction("a", 2, 1, np.zeros(2, int), np.array([110.0, 150.5])),
+             LoggedPrediction("b", 2, 1, np.zeros(2, int), np.array([1.0, 2.0]))]  # two rows, one label
+    errors = labeled_errors(preds, labels)
+    assert (errors["labeled_rows"], errors["mse"], errors["refused_labels"]) == (2, 50.0, 1)
+
+    rng = np.random.default_rng(1)
+    champion, better = list(rng.normal(0, 10, 500) ** 2), list(rng.normal(0, 7, 500) ** 2)
+    t, p = welch_t_test(champion, better)
+    assert t < 0 and p < 0.05
+    groups = {g: [Endpoint(g, request_log_prefix=str(tmp_path))] for g in ("stable", "canary")}
+    ab = ABTest(Candidate("m", 2, "", {}), Router(str(tmp_path / "sock"), []), groups, labels=str(tmp_path),
+                settings=ABSettings(alpha=0.05, min_samples=100), thresholds=GrayThresholds(min_requests=20))
+
+    def scores(sq):
+        return {"labeled_rows": len(sq), "mse": float(np.mean(sq)), "rmse": float(np.sqrt(np.mean(sq))),
+                "squared_errors": list(sq)}
+
+    step = {"canary": {"requests": 500}, "breaches": []}
+    decision, reason, test = ab._decide(step, {"stable": scores(champion), "canary": scores(better)}, [])
+    assert decision == "promote" and "challenger RMSE" in reason and test["method"].startswith("Welch")
+    assert ab._decide(step, {"stable": scores(better), "canary": scores(champion)}, [])[0] == "keep"
+    close = [e * 1.01 for e in champion]  # 1 % larger errors: no significant difference
+    assert ab._decide(step, {"stable": scores(champion), "canary": scores(close)}, [])[0] == "inconclusive"

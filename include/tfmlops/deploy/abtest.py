@@ -13,7 +13,9 @@ and the ``canary`` group (both behind the router):
 3. each variant's logged predictions of the window (users' requests, :mod:`.prediction_logs`)
    are joined with the labels that came back for their request ids (JSON-lines files in
    :func:`tfmlops.feedback.read_labels`' format; waited for up to ``labels_wait_s``) →
-   accuracy per variant, and a two-sided two-proportion z-test of the difference;
+   accuracy per variant, and a two-sided two-proportion z-test of the difference (a regression —
+   one logged value per row, numeric labels —: squared errors per variant and Welch's two-sided
+   t-test of their means, lower is better);
 4. the decision: ``keep`` when the challenger breached the error-rate / p99 limits of
    :class:`.progressive.GrayThresholds` (or did not load) or the champion is significantly
    better; ``promote`` when the challenger is significantly better (``p < alpha``, at least
@@ -111,17 +113,46 @@ def label_files(sources: str | list[str]) -> list[str]:
     return files
 
 
-def read_label_files(sources: str | list[str]) -> tuple[dict[str, list[int]], list[str]]:
+def read_label_files(sources: str | list[str], numeric: bool = False) -> tuple[dict[str, list], list[str]]:
     from tfmlops.feedback import read_labels
 
     labels, problems, files = {}, [], label_files(sources)
     if not files:
         problems.append(f"no *.jsonl label files in {sources}")
     for path in files:
-        got, bad = read_labels(path)
+        got, bad = read_labels(path, numeric=numeric)
         labels.update(got)
         problems += bad
     return labels, problems
+
+
+def welch_t_test(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Welch's two-sided t-test of the means of ``b`` and ``a`` (unequal variances): (t, p)."""
+    from scipy.stats import ttest_ind
+
+    if len(a) < 2 or len(b) < 2:
+        return 0.0, 1.0
+    test = ttest_ind(b, a, equal_var=False)
+    t, p = float(test.statistic), float(test.pvalue)
+    return (0.0, 1.0) if math.isnan(t) else (t, p)
+
+
+def labeled_errors(predictions: list[LoggedPrediction], labels: dict[str, list]) -> dict:
+    """A regression's squared errors on the labeled rows of ``predictions`` (one label per row)."""
+    errors, requests, refused = [], 0, 0
+    for p in predictions:
+        truth = labels.get(p.request_id)
+        if truth is None:
+            continue
+        if p.values is None or len(truth) != len(p.values):
+            refused += 1
+            continue
+        requests += 1
+        errors += [float(v - t) ** 2 for v, t in zip(p.values, truth)]
+    mse = sum(errors) / len(errors) if errors else None
+    return {"logged_requests": len(predictions), "labeled_requests": requests, "labeled_rows": len(errors),
+            "mse": mse, "rmse": math.sqrt(mse) if mse is not None else None, "refused_labels": refused,
+            "squared_errors": errors}
 
 
 def labeled_accuracy(predictions: list[LoggedPrediction], labels: dict[str, list[int]]) -> dict:
@@ -160,8 +191,10 @@ class ABTest(RouterRelease):
             logged, why = self._logged(step["since"], step["until"])
             if logged is None:
                 return None, [why]
-            labels, problems = read_label_files(self.labels)
-            acc = {g: labeled_accuracy(logged[g], labels) for g in (STABLE, CANARY)}
+            regression = any(p.values is not None for g in (STABLE, CANARY) for p in logged[g])
+            labels, problems = read_label_files(self.labels, numeric=regression)
+            score = labeled_errors if regression else labeled_accuracy
+            acc = {g: score(logged[g], labels) for g in (STABLE, CANARY)}
             enough = min(a["labeled_rows"] for a in acc.values()) >= self.settings.min_samples
             if enough or time.monotonic() >= deadline:
                 return acc, problems
@@ -183,10 +216,19 @@ class ABTest(RouterRelease):
             why = f"; {len(problems)} label problem(s), first: {problems[0]}" if problems else ""
             return INCONCLUSIVE, (f"{champ['labeled_rows']} champion and {chall['labeled_rows']} challenger labeled "
                                   f"rows (each needs >= {s.min_samples}){why}"), test
-        z, p = two_proportion_z_test(champ["correct"], champ["labeled_rows"], chall["correct"], chall["labeled_rows"])
-        test.update(z=z, p_value=p, difference=chall["accuracy"] - champ["accuracy"])
-        numbers = (f"challenger accuracy {chall['accuracy']:.4f} ({chall['labeled_rows']} rows) vs champion "
-                   f"{champ['accuracy']:.4f} ({champ['labeled_rows']} rows), p={p:.3g}")
+        if "mse" in chall:  # a regression: squared errors, Welch's t-test; lower is better
+            t, p = welch_t_test(champ.pop("squared_errors"), chall.pop("squared_errors"))
+            z = -t  # the challenger wins when its mean squared error is the lower
+            test.update(method="Welch's t-test of the squared errors, two-sided", t=t, p_value=p,
+                        difference=chall["mse"] - champ["mse"])
+            numbers = (f"challenger RMSE {chall['rmse']:.4g} ({chall['labeled_rows']} rows) vs champion "
+                       f"{champ['rmse']:.4g} ({champ['labeled_rows']} rows), p={p:.3g}")
+        else:
+            z, p = two_proportion_z_test(champ["correct"], champ["labeled_rows"], chall["correct"],
+                                         chall["labeled_rows"])
+            test.update(z=z, p_value=p, difference=chall["accuracy"] - champ["accuracy"])
+            numbers = (f"challenger accuracy {chall['accuracy']:.4f} ({chall['labeled_rows']} rows) vs champion "
+                       f"{champ['accuracy']:.4f} ({champ['labeled_rows']} rows), p={p:.3g}")
         if p >= s.alpha:
             return INCONCLUSIVE, f"no significant difference: {numbers} >= alpha {s.alpha:g}", test
         if z > 0:

@@ -32,6 +32,8 @@ class LoggedPrediction:
     version: int
     timestamp: int  # log_metadata.timestamp_secs (whole seconds)
     classes: np.ndarray  # predicted class of each row
+    # the value of each row when the output has one value per row ([B] or [B, 1]: a regression), else None
+    values: np.ndarray | None = None
 
 
 def log_files(prefix: str, since: float | None = None) -> list[str]:
@@ -89,9 +91,47 @@ def logged_predictions(paths: list[str], since: float | None = None, until: floa
                 raise ValueError(f"{path}: logged responses have no output {name!r} (they have {sorted(outputs)})")
             y = np.asarray(make_ndarray(outputs[name], name))
             classes = y.reshape(len(y), -1).argmax(axis=1) if y.ndim else np.zeros(0, np.int64)
+            one_value = y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)
             out.append(LoggedPrediction(meta.request_origin, int(meta.model_spec.version.value),
-                                        int(meta.timestamp_secs), classes))
+                                        int(meta.timestamp_secs), classes,
+                                        y.reshape(-1).astype(np.float64) if one_value else None))
     return out
+
+
+def predicted_values(predictions: list[LoggedPrediction]) -> np.ndarray | None:
+    """Every logged row's value when the predictions are a regression's (one value per row), else None."""
+    if not predictions or any(p.values is None for p in predictions):
+        return None
+    return np.concatenate([p.values for p in predictions])
+
+
+def compare_value_distributions(reference: np.ndarray, candidate: np.ndarray, max_ks: float, alpha: float,
+                                min_predictions: int) -> dict:
+    """A regression's predicted values, ``reference`` (stable) vs ``candidate`` (canary): the
+    two-sample Kolmogorov-Smirnov distance and p-value, with both groups' quantiles; ``status`` as
+    :func:`compare_distributions` (a breach needs distance > ``max_ks`` and p < ``alpha``)."""
+    from scipy.stats import ks_2samp
+
+    def quantiles(v):
+        return {f"p{q}": float(np.percentile(v, q)) for q in (5, 25, 50, 75, 95)} if len(v) else {}
+
+    n_ref, n_cand = len(reference), len(candidate)
+    result = {"stable_predictions": n_ref, "canary_predictions": n_cand, "stable_quantiles": quantiles(reference),
+              "canary_quantiles": quantiles(candidate), "ks": None, "p_value": None}
+    if min(n_ref, n_cand) < min_predictions:
+        return {**result, "status": "not measured",
+                "reason": f"{n_ref} stable and {n_cand} canary predictions logged in the window "
+                          f"(each needs >= {min_predictions})"}
+    test = ks_2samp(reference, candidate)
+    ks, p_value = float(test.statistic), float(test.pvalue)
+    result.update(ks=ks, p_value=p_value)
+    if ks > max_ks and p_value < alpha:
+        return {**result, "status": "breach",
+                "reason": f"prediction distribution: KS distance {ks:.3f} between canary and stable predicted values "
+                          f"(allowed {max_ks:g}; p={p_value:.2g} < {alpha:g}; medians "
+                          f"{result['canary_quantiles']['p50']:.4g} vs {result['stable_quantiles']['p50']:.4g}) on "
+                          f"{n_cand} canary / {n_ref} stable predictions"}
+    return {**result, "status": "ok"}
 
 
 def class_counts(predictions: list[LoggedPrediction]) -> dict[int, int]:

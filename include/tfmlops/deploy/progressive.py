@@ -35,13 +35,16 @@ from __future__ import annotations
 
 import logging
 import time
+
+import numpy as np
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from .endpoint import Endpoint
 from .live_metrics import MetricsError, Traffic, scrape, traffic_between
 from .rollout import PROMOTED, ROLLED_BACK, Candidate, rollout
-from .prediction_logs import LoggedPrediction, class_counts, compare_distributions, log_files, logged_predictions
+from .prediction_logs import (LoggedPrediction, class_counts, compare_distributions, compare_value_distributions,
+                              log_files, logged_predictions, predicted_values)
 from .router import CANARY, STABLE, Router
 
 log = logging.getLogger("tfmlops.rollout")
@@ -54,9 +57,9 @@ class GrayThresholds:
     max_error_rate_increase: float = 0.01  # canary error rate − stable error rate
     max_p99_increase_ms: float = 25.0  # canary p99 − stable p99
     min_requests: int = 20  # fewer canary requests in a window: no verdict → breach (nothing learned)
-    # predicted classes, canary vs stable: a breach needs both (see .prediction_logs)
-    max_prediction_tvd: float = 0.1  # total variation distance of the two class histograms
-    prediction_alpha: float = 0.001  # chi-square test of homogeneity (a false breach: 1 in 1000 windows)
+    # predictions, canary vs stable: a breach needs both (see .prediction_logs)
+    max_prediction_tvd: float = 0.1  # distance of the two class histograms (TVD), or of a regression's values (KS)
+    prediction_alpha: float = 0.001  # chi-square (classes) or KS (values) test (a false breach: 1 in 1000 windows)
     min_predictions: int = 50  # logged rows per group and window; fewer: "not measured"
 
     def __post_init__(self):
@@ -149,6 +152,7 @@ class RouterRelease:
         self._canary_names = {r.name for r in router.replicas if r.group == CANARY}
         self._baseline: dict | None = None  # the stable group's numbers of the last window it had traffic
         self._baseline_classes: dict | None = None  # and its predicted classes
+        self._baseline_values = None  # or values (a regression)
 
     def _event(self, msg: str) -> None:
         log.info(msg)
@@ -237,6 +241,15 @@ class RouterRelease:
         logged, why = self._logged(step["since"], step["until"])
         if logged is None:
             return {"status": "not measured", "reason": why}
+        values = {g: predicted_values(logged[g]) for g in (STABLE, CANARY)}
+        if values[CANARY] is not None:  # a regression: its values' distributions, not classes
+            if values[STABLE] is not None and len(values[STABLE]) >= t.min_predictions:
+                self._baseline_values = values[STABLE]
+            elif self._baseline_values is not None:
+                values[STABLE] = self._baseline_values
+            return compare_value_distributions(np.zeros(0) if values[STABLE] is None else values[STABLE],
+                                               values[CANARY], t.max_prediction_tvd, t.prediction_alpha,
+                                               t.min_predictions)
         stable, canary = class_counts(logged[STABLE]), class_counts(logged[CANARY])
         if sum(stable.values()) >= t.min_predictions:
             self._baseline_classes = stable
