@@ -13,6 +13,9 @@ import requests
 import devservers
 from conftest import ROOT
 
+# a real mlflow server with basic auth: an end-to-end run
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def auth_mlflow(tmp_path_factory):

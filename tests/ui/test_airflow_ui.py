@@ -26,6 +26,9 @@ import requests
 
 import devservers
 
+# a real airflow api-server and headless Chromium: an end-to-end run
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "var" / "test-output" / "ui"
 DAG_IDS = sorted(p.stem for p in (ROOT / "dags").glob("tf_*.py"))

@@ -35,6 +35,9 @@ from tensorflow_serving.apis import (get_model_status_pb2, model_management_pb2,
 from .._proc import ServerProcess
 from ._upstream import TESTDATA
 
+# black-box against tf-serving-local processes started per case (~4 min): an end-to-end run
+pytestmark = pytest.mark.e2e
+
 kTestModelName = "test_model"
 kTestModelVersion = 123
 kTestModelLargerVersion = 124

@@ -31,6 +31,9 @@ from ._upstream import SavedModelHalfPlusTwoTf2 as _GetSavedModelHalfPlusTwoTf2
 from ._upstream import TfLiteModelPath as _GetTfLiteModelPath
 from ._upstream import TfLiteModelWithSigDefPath as _GetTfLiteModelWithSigDefPath
 
+# TF Serving's own model-server test, against tf-serving-local processes (~3.5 min): an end-to-end run
+pytestmark = pytest.mark.e2e
+
 RPC_TIMEOUT = 20.0
 
 
@@ -417,6 +420,7 @@ def test_distrat_sequential_keras_saved_model_save(tmp_path):
     export_path = base_path / "00000123"
     run_python(_TF1 + f"""
 import tensorflow as tf2
+
 physical_devices = tf2.config.experimental.list_physical_devices('CPU')
 tf2.config.experimental.set_virtual_device_configuration(
     physical_devices[0], [tf2.config.experimental.VirtualDeviceConfiguration() for _ in range(2)])
