@@ -42,8 +42,10 @@ def version() -> Param:
 
 def dataset_uri(purpose: str) -> Param:
     return Param("mnist", type="string", minLength=1, title="Dataset URI",
-                 description=f"{purpose}: 'mnist' (bundled, hash-checked), or a .npz/.parquet file: local path or "
-                             "s3://bucket/key.")
+                 description=f"{purpose}: 'mnist' (bundled, hash-checked), a .npz/.parquet file, TFRecord files "
+                             "(a pattern with {split} or a folder); local (relative: under data/, e.g. "
+                             "examples/churn.parquet) or s3://bucket/key. A model module with its own "
+                             "load_data gets this URI as is.")
 
 
 # the model module contract's default (tfmlops.modelspec.DEFAULT_MODULE; not imported: no TF/MLflow at parse time)
