@@ -246,6 +246,18 @@ def test_the_readme_example_module_trains_and_serves(connections, mlflow_server,
     assert response.status_code == 200, response.text
     assert [[label for label, _ in r] for r in response.json()["results"]] == [["malignant", "benign"]] * 4
 
+    # the team edits the module afterwards: a later DAG resolving this version says so (both hashes)
+    # in its log and on the version's run, and goes on
+    from tfmlops.steps.retrain import resolve
+
+    assert "module_changed" not in resolve(mlflow_server, "byom_readme_cancer", "champion")
+    (package / "cancer.py").write_text(readme_module() + "\n# tuned the layer sizes\n")
+    resolved = resolve(mlflow_server, "byom_readme_cancer", "champion")
+    assert spec.source_sha256 in resolved["module_changed"] and "changed since this version was trained" in \
+        resolved["module_changed"]
+    run_tags = MlflowClient(mlflow_server).get_run(version.run_id).data.tags
+    assert run_tags["model.module_changed"] == resolved["module_changed"]
+
 
 def test_a_broken_module_fails_the_first_task_with_its_message(connections, tmp_path, monkeypatch, capfd):
     package = tmp_path / "team_models"

@@ -84,9 +84,10 @@ def resolve(tracking_uri: str, model_name: str, version_or_alias: str | int) -> 
               "serving_artifact_uri": f"runs:/{found.run_id}/{SERVING_ARTIFACT}",
               "model_spec": spec.to_dict() if spec else None}
     changed = modelspec.module_source_changed(spec) if spec else None
-    if changed:
+    if changed:  # said, and recorded on the version's run, and the DAG goes on with the version as trained
         log.warning("%s", changed)
         result["module_changed"] = changed
+        registry.set_tags(tracking_uri, found.run_id, {"model.module_changed": changed})
     return result
 
 
