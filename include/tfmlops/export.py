@@ -102,7 +102,7 @@ def serving_signatures(model, spec: ModelSpec) -> dict:
         signatures[REGRESS_SIGNATURE] = tf.function(lambda inputs: {"outputs": from_examples(inputs)},
                                                     input_signature=examples)
     else:
-        class_names = tf.constant(list(spec.class_names) if spec.task == "multiclass" else list(spec.class_names))
+        class_names = tf.constant(list(spec.class_names))  # binary: [negative, positive], as the scores
 
         def classify(inputs):
             scores = from_examples(inputs)

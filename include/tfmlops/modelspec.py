@@ -94,10 +94,6 @@ class ModelSpec:
         """The one output of ``serving_default``: class probabilities or the regressed value."""
         return "outputs" if self.task == "regression" else "probabilities"
 
-    @property
-    def input_names(self) -> list[str]:
-        return list(self.inputs)
-
     def to_dict(self) -> dict:
         out = asdict(self)
         out["inputs"] = {k: [d, list(s)] for k, (d, s) in self.inputs.items()}
