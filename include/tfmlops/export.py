@@ -65,9 +65,9 @@ def _np_batch(spec: ModelSpec, features: dict[str, np.ndarray]) -> dict[str, np.
 
 
 def _call(model, spec: ModelSpec, features: dict):
-    names = [t.name.split(":")[0] for t in model.inputs]
-    values = [features[n] for n in names]
-    out = model(values[0] if len(values) == 1 else values, training=False)
+    from tfmlops.trainer import inputs_for
+
+    out = model(inputs_for(model, features), training=False)
     if spec.task == "multiclass":
         return tf.cast(out, tf.float32)
     value = tf.reshape(tf.cast(out, tf.float32), [-1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import asdict, dataclass, field
 
@@ -9,7 +10,11 @@ import tfmlops  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imp
 import tf_keras as keras
 import numpy as np
 
+from tfmlops import trainer
+
 log = logging.getLogger(__name__)
+# the one per-epoch log line (tfmlops.trainer's), logged as this module's (optimize uses it from here)
+EpochLogger = functools.partial(trainer.EpochLogger, logger=log)
 
 
 @dataclass
@@ -46,18 +51,6 @@ def build_model(config: ModelConfig) -> keras.Model:
             x = keras.layers.Dropout(config.dropout, name=f"dropout_{i}")(x)
     outputs = keras.layers.Dense(config.num_classes, activation="softmax", name="probabilities")(x)
     return keras.Model(inputs, outputs, name="mlp")
-
-
-class EpochLogger(keras.callbacks.Callback):
-    """One log line per epoch (the Airflow task log shows it live)."""
-
-    def __init__(self, epochs: int):
-        super().__init__()
-        self.epochs = epochs
-
-    def on_epoch_end(self, epoch, logs=None):
-        figures = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()))
-        log.info("epoch %d/%d %s", epoch + 1, self.epochs, figures)
 
 
 def train(model: keras.Model, x: np.ndarray, y: np.ndarray, config: TrainConfig) -> dict[str, list[float]]:

@@ -30,14 +30,16 @@ class EpochLogger(keras.callbacks.Callback):
     """One log line per epoch (the Airflow task log shows it live), and the epoch's figures to
     ``on_epoch`` (MLflow, later a search's pruner)."""
 
-    def __init__(self, epochs: int, on_epoch=None):
+    def __init__(self, epochs: int, on_epoch=None, logger: logging.Logger = log):
         super().__init__()
         self.epochs = epochs
         self.on_epoch = on_epoch
+        self.logger = logger
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {k: float(v) for k, v in (logs or {}).items()}
-        log.info("epoch %d/%d %s", epoch + 1, self.epochs, " ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items())))
+        figures = " ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items()))
+        self.logger.info("epoch %d/%d %s", epoch + 1, self.epochs, figures)
         if self.on_epoch is not None:
             self.on_epoch(epoch + 1, logs)
 
