@@ -440,6 +440,14 @@ def _overlap(data: ModelData) -> int:
     return sum(h in train for h in _row_hashes(data.test))
 
 
+def from_dataset(dataset: builtin.Dataset, input_name: str) -> ModelData:
+    """A one-input :class:`tfmlops.data.Dataset` (float rows, class ids) as the splits of a model
+    whose one input is ``input_name`` (no validation split)."""
+    empty = Split({input_name: dataset.x_train[:0]}, dataset.y_train[:0])
+    return ModelData(dataset.source, Split({input_name: dataset.x_train}, dataset.y_train), empty,
+                     Split({input_name: dataset.x_test}, dataset.y_test))
+
+
 def sample_features(split: Split, rows: int) -> dict[str, np.ndarray]:
     """The first ``rows`` rows of ``split``'s features (``build_model``'s ``sample`` to adapt on)."""
     return {k: v[:rows] for k, v in split.features.items()}

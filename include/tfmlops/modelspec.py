@@ -12,8 +12,12 @@ A model module needs no import from this project. Required names::
     def build_model(hparams[, sample]): ...  # a tf_keras Model, compiled or not
 
 Optional: ``HPARAMS``, ``load_data(uri, split)``, ``train(model, train_ds, val_ds, hparams,
-callbacks)``, ``GATE``, ``build_student(hparams)``, ``SEARCH_SPACE``. See the README's "Bring your
-own model" section.
+callbacks)``, ``GATE``, ``build_student(hparams[, sample])`` and ``build_teacher(hparams[, sample])``
+(the distilled variant of ``tf_optimize_export``), ``OPTIMIZE`` (its defaults for that DAG's
+fine-tuning), ``MOBILE_INPUTS`` (what an app feeds the mobile bundle), ``MODEL_CARD`` (the model
+card's intended use and limitations: ``purpose``, ``users``, ``out_of_scope``, ``limitations``),
+``DRIFT_STATISTICS(features)`` (per-row statistics the monitor measures drift on), ``SEARCH_SPACE``.
+See the README's "Bring your own model" section.
 
 Which modules may be named (a trigger form is a way to import code on the workers) is an
 allow-list of top-level packages: ``TFMLOPS_MODEL_PACKAGES`` (comma-separated), by default the
@@ -307,18 +311,20 @@ def module_source_changed(spec: ModelSpec) -> str | None:
     return None
 
 
-def build_model(spec: ModelSpec, module: ModuleType, sample: dict | None = None):
-    """``module.build_model(hparams[, sample])``, then :func:`check_model`."""
-    params = list(inspect.signature(module.build_model).parameters.values())
+def build_model(spec: ModelSpec, module: ModuleType, sample: dict | None = None, function: str = "build_model"):
+    """``module.build_model(hparams[, sample])`` (or another builder of the contract:
+    ``build_student``, ``build_teacher``), then :func:`check_model`."""
+    builder = getattr(module, function)
+    params = list(inspect.signature(builder).parameters.values())
     try:
         if len(params) >= 2:
-            model = module.build_model(dict(spec.hparams), sample)
+            model = builder(dict(spec.hparams), sample)
         else:
-            model = module.build_model(dict(spec.hparams))
+            model = builder(dict(spec.hparams))
     except ModelModuleError:
         raise
     except Exception as exc:  # the user's code may raise anything
-        raise ModelModuleError(f"model module {spec.module!r}: build_model raised {type(exc).__name__}: {exc}") from exc
+        raise ModelModuleError(f"model module {spec.module!r}: {function} raised {type(exc).__name__}: {exc}") from exc
     check_model(spec, model)
     return model
 

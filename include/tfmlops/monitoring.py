@@ -8,12 +8,9 @@ no Airflow; TensorFlow only through the gRPC client). :mod:`tfmlops.steps.monito
   (or whose metrics cannot be read) is probed: per loaded version, a bounded probe of single-row
   predicts over REST and over gRPC: latency p50/p95/p99, throughput (sequential requests per
   second), error rate. Each endpoint's result says which source it came from.
-- **Quality** — labeled rows sent through the served model: accuracy, macro and per-class
-  precision/recall/F1, confusion matrix.
-- **Drift** — population stability index (PSI) of per-image input statistics (mean intensity,
-  ink share, centre of mass, second moments: a rotation moves ``cov_xy``, noise moves the
-  intensity) and of the predicted-class distribution, against a *reference* (quantile bins of the
-  same statistics on training rows, :func:`build_reference`).
+- **Served outputs** — labeled rows sent through the served version by name
+  (:func:`served_outputs`), for :mod:`tfmlops.drift`'s quality by task and drift per named input;
+  the PSI (:func:`psi_from_fractions`) and the per-class figures (:func:`per_class`) live here.
 """
 
 from __future__ import annotations
@@ -24,7 +21,6 @@ from typing import Callable
 
 import numpy as np
 
-from tfmlops import evaluation
 from tfmlops.deploy.live_metrics import MetricsError, Traffic, scrape_traffic
 
 
@@ -44,19 +40,6 @@ class Thresholds:
 
 
 # ------------------------------------------------------------------------------------ drift
-def input_stats(x: np.ndarray, side: int = 28) -> dict[str, np.ndarray]:
-    """Per-row statistics of (N, side*side) images in [0, 1]."""
-    img = np.asarray(x, np.float32).reshape(len(x), side, side)
-    mass = img.sum(axis=(1, 2)) + 1e-6
-    ys, xs = np.mgrid[0:side, 0:side].astype(np.float32) / (side - 1)
-    cx = (img * xs).sum(axis=(1, 2)) / mass
-    cy = (img * ys).sum(axis=(1, 2)) / mass
-    dx, dy = xs[None] - cx[:, None, None], ys[None] - cy[:, None, None]
-    return {"mean": img.mean(axis=(1, 2)), "ink": (img > 0.5).mean(axis=(1, 2)), "cx": cx, "cy": cy,
-            "var_x": (img * dx * dx).sum(axis=(1, 2)) / mass, "var_y": (img * dy * dy).sum(axis=(1, 2)) / mass,
-            "cov_xy": (img * dx * dy).sum(axis=(1, 2)) / mass}
-
-
 def psi_from_fractions(expected: np.ndarray, actual: np.ndarray) -> float:
     e = np.clip(np.asarray(expected, float), PSI_EPS, None)
     a = np.clip(np.asarray(actual, float), PSI_EPS, None)
@@ -70,44 +53,29 @@ def _bin_fractions(values: np.ndarray, edges: list[float]) -> np.ndarray:
     return counts / max(1, len(values))
 
 
-def build_reference(x: np.ndarray, predicted: np.ndarray, num_classes: int, bins: int = 10,
-                    source: str = "") -> dict:
-    """Quantile bins and bin shares of each input statistic, and the predicted-class shares."""
-    stats = {}
-    for name, values in input_stats(x).items():
-        edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)))
-        if len(edges) < 2:
-            edges = np.array([values.min() - 1e-6, values.max() + 1e-6])
-        edges[0], edges[-1] = -np.inf, np.inf
-        stats[name] = {"edges": [float(e) for e in edges], "fractions": _bin_fractions(values, edges).tolist()}
-    return {"rows": int(len(x)), "source": source, "stats": stats,
-            "prediction_fractions": (np.bincount(predicted, minlength=num_classes) / len(predicted)).tolist()}
-
-
-def drift(reference: dict, x: np.ndarray, predicted: np.ndarray, num_classes: int) -> dict:
-    """PSI of every input statistic and of the predicted classes vs the reference."""
-    current = input_stats(x)
-    per_stat = {name: psi_from_fractions(ref["fractions"], _bin_fractions(current[name], ref["edges"]))
-                for name, ref in reference["stats"].items()}
-    prediction_psi = psi_from_fractions(reference["prediction_fractions"],
-                                        np.bincount(predicted, minlength=num_classes) / len(predicted))
-    worst = max(per_stat, key=per_stat.get)
-    return {"input_psi": per_stat, "input_psi_max": per_stat[worst], "input_psi_worst": worst,
-            "prediction_psi": prediction_psi}
-
-
 # ---------------------------------------------------------------------------------- quality
-def quality(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict:
-    """classification_metrics plus per-class precision, recall and F1."""
-    metrics = evaluation.classification_metrics(y_true, y_pred, num_classes)
-    matrix = np.asarray(metrics["confusion_matrix"], float)
+def per_class(confusion_matrix) -> dict[str, list[float]]:
+    """Per-class precision, recall and F1 from a confusion matrix (rows: true class)."""
+    matrix = np.asarray(confusion_matrix, float)
     tp, predicted, actual = np.diag(matrix), matrix.sum(axis=0), matrix.sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         precision = np.where(predicted > 0, tp / predicted, 0.0)
         recall = np.where(actual > 0, tp / actual, 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    return {**metrics, "per_class": {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist()},
-            "rows": int(len(y_true))}
+    return {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist()}
+
+
+def served_outputs(client, model: str, spec, features: dict, version: int | None = None, batch: int = 256):
+    """The served version's outputs by task (:func:`tfmlops.formats.task_outputs`) on named
+    ``features``, through gRPC Predict (``serving_default``) in batches."""
+    from tfmlops.formats import task_outputs
+
+    n = len(next(iter(features.values())))
+    out = []
+    for i in range(0, n, batch):
+        got = client.predict_grpc(model, {k: v[i:i + batch] for k, v in features.items()}, version=version)
+        out.append(task_outputs(spec.task, got[spec.output_name]))
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
 def served_probabilities(client, model: str, x: np.ndarray, version: int | None = None, label: str | None = None,
@@ -127,12 +95,17 @@ def _percentiles(times_ms: list[float]) -> dict:
     return {"p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99)}
 
 
-def probe(client, model: str, row: np.ndarray, requests: int, version: int | None = None) -> dict:
+def probe(client, model: str, row, requests: int, version: int | None = None) -> dict:
     """``requests`` sequential single-row predicts over REST and over gRPC on ``version``, after one
-    untimed warm-up request per API."""
+    untimed warm-up request per API. ``row``: the one input's row, or a dict of named inputs with
+    one row each (a batch of 1)."""
     result = {}
-    calls = {"rest": lambda: client.predict_rest(model, [row.tolist()], version=version),
-             "grpc": lambda: client.predict_grpc(model, row[None, :], version=version)}
+    if isinstance(row, dict):
+        calls = {"rest": lambda: client.predict_rest(model, row, version=version),
+                 "grpc": lambda: client.predict_grpc(model, row, version=version)}
+    else:
+        calls = {"rest": lambda: client.predict_rest(model, [row.tolist()], version=version),
+                 "grpc": lambda: client.predict_grpc(model, row[None, :], version=version)}
     for api, call in calls.items():
         try:  # untimed: connection set-up and the client's first-use imports are not serving latency
             call()
@@ -298,15 +271,4 @@ def health_metrics(result: dict) -> dict[str, float]:
                 for key in ("p50_ms", "p95_ms", "p99_ms", "throughput_rps", "error_rate"):
                     if np.isfinite(m[key]):
                         flat[f"health.{name}.{tag}.{api}.{key}"] = m[key]
-    return flat
-
-
-def quality_metrics(q: dict, d: dict | None) -> dict[str, float]:
-    flat = {f"quality.{k}": q[k] for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro")}
-    for kind, values in q["per_class"].items():
-        flat.update({f"quality.{kind}.class_{c}": v for c, v in enumerate(values)})
-    if d is not None:
-        flat["drift.input_psi_max"] = d["input_psi_max"]
-        flat["drift.prediction_psi"] = d["prediction_psi"]
-        flat.update({f"drift.input_psi.{k}": v for k, v in d["input_psi"].items()})
     return flat

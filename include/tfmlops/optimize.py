@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -47,6 +47,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmlops import models
+from tfmlops.trainer import compile_by_task, inputs_for, labels_for
 from tfmlops.evaluation import GateDecision
 from tfmlops.formats import QUANTIZATIONS, VARIANTS
 
@@ -57,6 +58,11 @@ TEACHERS = ("trained", "source")
 
 class OptimizationError(RuntimeError):
     """A variant could not be built as asked (e.g. the pruning target sparsity was not reached)."""
+
+
+class NotSupported(OptimizationError):
+    """A variant does not apply to this model (a layer tfmot cannot wrap, no student in the model
+    module): the variant is skipped with this reason."""
 
 
 @dataclass
@@ -84,28 +90,73 @@ class OptimizeConfig:
     student_hidden_units: list[int] = field(default_factory=lambda: [64])
     batch_size: int = 128
     learning_rate: float = 1e-3
-    max_accuracy_drop: float = 0.01
+    max_accuracy_drop: float = 0.01  # accuracy or AUC, absolute (0.01 = 1 percentage point)
+    max_rmse_increase: float = 0.05  # regression: RMSE may grow by this share of the float model's
     seed: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def for_model(cls, module=None, overrides: dict | None = None) -> "OptimizeConfig":
+        """The platform's defaults, the model module's optional ``OPTIMIZE`` (its own, e.g. more
+        pruning epochs for a small dataset) over them, then the set ``overrides`` (the form's
+        fields; ``None`` = unset) over both."""
+        from tfmlops.modelspec import ModelModuleError
+
+        declared = dict(getattr(module, "OPTIMIZE", None) or {})
+        unknown = sorted(set(declared) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ModelModuleError(f"model module {getattr(module, '__name__', '?')!r}: OPTIMIZE has unknown keys "
+                                   f"{unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**{**declared, **{k: v for k, v in (overrides or {}).items() if v is not None}})
+
 
 # --- post-training quantization ---------------------------------------------------------------
 
-def representative_sample(x: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
-    """``size`` random rows of the (real) training data, for int8 calibration."""
+def representative_sample(x, size: int, seed: int = 0):
+    """``size`` random rows of the (real) training data, for int8 calibration: a dict of arrays by
+    input name (the same rows of each), or rows of the one input when ``x`` is an array."""
     if size < 1:
         raise OptimizationError(f"int8 calibration needs at least one sample, got {size}")
+    features = x if isinstance(x, dict) else {"": x}
+    n = len(next(iter(features.values())))
     rng = np.random.default_rng(seed)
-    rows = rng.choice(len(x), size=min(size, len(x)), replace=False)
-    return np.ascontiguousarray(x[np.sort(rows)], dtype=np.float32)
+    rows = np.sort(rng.choice(n, size=min(size, n), replace=False))
+    sample = {k: np.ascontiguousarray(v[rows]) if v.dtype == object else np.ascontiguousarray(v[rows])
+              for k, v in features.items()}
+    return sample if isinstance(x, dict) else sample[""].astype(np.float32)
 
 
-def to_tflite(model, mode: str = "float", representative: np.ndarray | None = None) -> bytes:
-    """Convert a tf_keras model to a TFLite flatbuffer: ``float`` (no optimization),
-    ``dynamic_range``, ``float16`` or ``int8`` (needs ``representative`` rows)."""
+def _input_names(model) -> list[str]:
+    return [t.name.split(":")[0] for t in model.inputs]
+
+
+def _all_float_inputs(model) -> bool:
+    return all(t.dtype == tf.float32 for t in model.inputs)
+
+
+def to_variant_tflite(model, mode: str = "float", representative=None) -> bytes:
+    """:func:`to_tflite` for a variant: a model that needs TF Select ops (no builtin kernel: e.g. a
+    StringLookup's DenseBincount) raises :class:`NotSupported` naming them."""
+    try:
+        return to_tflite(model, mode, representative)
+    except Exception as exc:  # noqa: BLE001 — the converter's ConverterError
+        if "TF Select ops" not in str(exc):
+            raise
+        from tfmlops.formats.writers import reason
+
+        raise NotSupported(f"TFLite: {reason(exc)}") from exc
+
+
+def to_tflite(model, mode: str = "float", representative=None) -> bytes:
+    """Convert a tf_keras model to a TFLite flatbuffer of builtin ops only: ``float`` (no
+    optimization), ``dynamic_range``, ``float16`` or ``int8`` (needs ``representative`` rows: a dict
+    by input name, or the one input's rows). int8 makes the input and output int8 when every input
+    is float32 (other inputs keep their type; the computation is int8 inside). A model that needs
+    TF Select ops raises the converter's error (the caller reports the format not applicable)."""
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if mode != "float":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if mode == "float16":
@@ -113,14 +164,19 @@ def to_tflite(model, mode: str = "float", representative: np.ndarray | None = No
     elif mode == "int8":
         if representative is None or not len(representative):
             raise OptimizationError("int8 quantization needs a representative sample of training rows")
+        names = _input_names(model)
+        rows = representative if isinstance(representative, dict) else {names[0]: representative}
+        n = len(next(iter(rows.values())))
 
-        def dataset():
-            for row in representative:
-                yield [row[None, :].astype(np.float32)]
+        def dataset():  # one row at a time, the inputs in the model's order
+            for i in range(n):
+                yield [np.asarray(rows[name][i:i + 1], dtype=t.dtype.as_numpy_dtype)
+                       for name, t in zip(names, model.inputs)]
 
         converter.representative_dataset = dataset
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
+        if _all_float_inputs(model):
+            converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
     elif mode not in ("float", "dynamic_range"):
         raise ValueError(f"unknown TFLite mode {mode!r}")
@@ -181,6 +237,31 @@ def kernel_sparsity(model) -> float:
     return zeros / total if total else 0.0
 
 
+def unsupported_layers(model, what: str) -> list[str]:
+    """Class names of the model's layers that tfmot cannot wrap for ``what`` (``pruning`` or
+    ``quantization``): its support is per layer (a registry of Keras layers)."""
+    import tensorflow_model_optimization as tfmot
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_registry,
+    )
+    from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
+
+    if what == "pruning":
+        supports = lambda layer: (PruneRegistry.supports(layer)  # noqa: E731
+                                  or isinstance(layer, tfmot.sparsity.keras.PrunableLayer))
+    else:
+        registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+        supports = registry.supports
+    return sorted({type(layer).__name__ for layer in model.layers
+                   if not isinstance(layer, keras.layers.InputLayer) and not supports(layer)})
+
+
+def require_tfmot_support(model, what: str) -> None:
+    missing = unsupported_layers(model, what)
+    if missing:
+        raise NotSupported(f"{', '.join(missing)} not supported by tfmot ({what})")
+
+
 def _copy(model):
     """A trainable copy: the fine-tuning variants train it even when the source was frozen (a
     distillation teacher is set ``trainable = False``; the clone would inherit that, and tfmot's
@@ -191,8 +272,12 @@ def _copy(model):
     return clone
 
 
-def prune(model, x: np.ndarray, y: np.ndarray, target_sparsity: float, epochs: int = 2, batch_size: int = 128,
-          learning_rate: float = 5e-4, frequency: int = 10, seed: int = 0):
+def _fit_inputs(model, x):
+    return inputs_for(model, x) if isinstance(x, dict) else x
+
+
+def prune(model, x, y: np.ndarray, target_sparsity: float, epochs: int = 2, batch_size: int = 128,
+          learning_rate: float = 5e-4, frequency: int = 10, seed: int = 0, task: str = "multiclass"):
     """Magnitude-prune a copy of ``model`` to ``target_sparsity`` while fine-tuning it; returns
     the stripped model (plain Dense layers) and a report. Raises OptimizationError when the
     measured kernel sparsity is below the target."""
@@ -200,8 +285,9 @@ def prune(model, x: np.ndarray, y: np.ndarray, target_sparsity: float, epochs: i
 
     if not 0 < target_sparsity < 1:
         raise OptimizationError(f"target sparsity must be in (0, 1), got {target_sparsity}")
+    require_tfmot_support(model, "pruning")
     keras.utils.set_random_seed(seed)
-    steps = math.ceil(len(x) / batch_size) * epochs
+    steps = math.ceil(len(y) / batch_size) * epochs
     # Reach the target at ~70 % of the steps (a multiple of frequency, so the schedule prunes at
     # it); the remaining steps fine-tune with the final masks to recover accuracy.
     end_step = max(frequency, int(0.7 * (steps - 1)) // frequency * frequency)
@@ -211,9 +297,9 @@ def prune(model, x: np.ndarray, y: np.ndarray, target_sparsity: float, epochs: i
     schedule = tfmot.sparsity.keras.PolynomialDecay(initial_sparsity=0.0, final_sparsity=target_sparsity,
                                                     begin_step=0, end_step=end_step, frequency=frequency)
     wrapped = tfmot.sparsity.keras.prune_low_magnitude(_copy(model), pruning_schedule=schedule)
-    wrapped.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
-                    metrics=["accuracy"])
-    history = wrapped.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0,
+    compile_by_task(wrapped, task, learning_rate)
+    history = wrapped.fit(_fit_inputs(wrapped, x), labels_for(task, wrapped, y), epochs=epochs,
+                          batch_size=batch_size, verbose=0,
                           callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), models.EpochLogger(epochs)])
     stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
     sparsity = kernel_sparsity(stripped)
@@ -228,8 +314,9 @@ def prune(model, x: np.ndarray, y: np.ndarray, target_sparsity: float, epochs: i
 
 # --- quantization-aware training -------------------------------------------------------------
 
-def quantization_aware(model, x: np.ndarray, y: np.ndarray, epochs: int = 2, batch_size: int = 128,
-                       learning_rate: float = 1e-4, seed: int = 0, preserve_sparsity: bool = False):
+def quantization_aware(model, x, y: np.ndarray, epochs: int = 2, batch_size: int = 128,
+                       learning_rate: float = 1e-4, seed: int = 0, preserve_sparsity: bool = False,
+                       task: str = "multiclass"):
     """Fine-tune a copy of ``model`` with fake int8 quantization (tfmot ``quantize_model``, the
     default 8-bit scheme; with ``preserve_sparsity``, the scheme that keeps a pruned model's zeros);
     returns the quantization-aware model and a report. The source is not touched."""
@@ -237,6 +324,7 @@ def quantization_aware(model, x: np.ndarray, y: np.ndarray, epochs: int = 2, bat
 
     if epochs < 1:
         raise OptimizationError(f"quantization-aware training needs at least one epoch, got {epochs}")
+    require_tfmot_support(model, "quantization")
     keras.utils.set_random_seed(seed)
     if preserve_sparsity:
         qat = tfmot.quantization.keras.quantize_apply(
@@ -244,9 +332,9 @@ def quantization_aware(model, x: np.ndarray, y: np.ndarray, epochs: int = 2, bat
             tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme())
     else:
         qat = tfmot.quantization.keras.quantize_model(_copy(model))
-    qat.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
-                metrics=["accuracy"])
-    history = qat.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, callbacks=[models.EpochLogger(epochs)])
+    compile_by_task(qat, task, learning_rate)
+    history = qat.fit(_fit_inputs(qat, x), labels_for(task, qat, y), epochs=epochs, batch_size=batch_size,
+                      verbose=0, callbacks=[models.EpochLogger(epochs)])
     report = {"qat_epochs": epochs, "qat_learning_rate": learning_rate,
               "qat_scheme": "prune-preserving 8-bit" if preserve_sparsity else "default 8-bit",
               "final_loss": float(history.history["loss"][-1]),
@@ -281,7 +369,8 @@ def qat_to_tflite(qat_model) -> bytes:
     every range from the fake-quantization layers, so no representative rows are needed."""
     converter = tf.lite.TFLiteConverter.from_keras_model(qat_model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.inference_input_type = tf.int8
+    if _all_float_inputs(qat_model):
+        converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
     return converter.convert()
 
@@ -294,21 +383,32 @@ def _log_probs(probs):
     return tf.math.log(tf.clip_by_value(probs, 1e-7, 1.0))
 
 
-class Distiller(keras.Model):
-    """Trains ``student`` on ``alpha`` × cross-entropy with the labels + ``(1 - alpha)`` ×
-    T²·KL(teacher_T ‖ student_T), where ``x_T = softmax(logits / temperature)``. The teacher is
-    frozen; only the student's weights change."""
+def _class_probs(outputs, task: str):
+    """[B, C] class probabilities from a classifier's output (binary: [1 - p, p] from [B, 1] / [B])."""
+    if task == "multiclass":
+        return outputs
+    p = tf.reshape(tf.cast(outputs, tf.float32), [-1, 1])
+    return tf.concat([1.0 - p, p], axis=1)
 
-    def __init__(self, student, teacher, temperature: float = 4.0, alpha: float = 0.1):
+
+class Distiller(keras.Model):
+    """Trains ``student`` on a teacher, by task. Classification: ``alpha`` × cross-entropy with the
+    labels + ``(1 - alpha)`` × T²·KL(teacher_T ‖ student_T), where ``x_T = softmax(logits /
+    temperature)`` (binary as the two classes [1 - p, p]). Regression: ``alpha`` × MSE to the
+    labels + ``(1 - alpha)`` × MSE to the teacher's values. The teacher is frozen; only the
+    student's weights change."""
+
+    def __init__(self, student, teacher, temperature: float = 4.0, alpha: float = 0.1, task: str = "multiclass"):
         super().__init__()
         if temperature <= 0 or not 0 <= alpha <= 1:
             raise OptimizationError(f"distillation needs temperature > 0 and alpha in [0, 1], "
                                     f"got {temperature}, {alpha}")
         self.student, self.teacher = student, teacher
         self.teacher.trainable = False
-        self.temperature, self.alpha = float(temperature), float(alpha)
+        self.temperature, self.alpha, self.task = float(temperature), float(alpha), task
+        agreement = "teacher_rmse" if task == "regression" else "teacher_agreement"
         self.trackers = {name: keras.metrics.Mean(name=name)
-                         for name in ("loss", "student_loss", "distillation_loss", "teacher_agreement")}
+                         for name in ("loss", "student_loss", "distillation_loss", agreement)}
 
     @property
     def metrics(self):
@@ -317,26 +417,37 @@ class Distiller(keras.Model):
     def call(self, x, training=False):
         return self.student(x, training=training)
 
+    def _terms(self, x, y):
+        teacher_out = self.teacher(x, training=False)
+        if self.task == "regression":
+            target = tf.reshape(tf.cast(teacher_out, tf.float32), [-1])
+            value = tf.reshape(self.student(x, training=True), [-1])
+            student_loss = tf.reduce_mean(tf.square(tf.reshape(tf.cast(y, tf.float32), [-1]) - value))
+            distillation_loss = tf.reduce_mean(tf.square(target - value))
+            return student_loss, distillation_loss, tf.sqrt(distillation_loss)
+        soft_targets = tf.nn.softmax(_log_probs(_class_probs(teacher_out, self.task)) / self.temperature)
+        probs = _class_probs(self.student(x, training=True), self.task)
+        student_loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(tf.reshape(y, [-1]), probs))
+        soft = tf.nn.softmax(_log_probs(probs) / self.temperature)
+        distillation_loss = tf.reduce_mean(keras.losses.kl_divergence(soft_targets, soft)) * self.temperature ** 2
+        agreement = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(probs, 1), tf.argmax(soft_targets, 1)), tf.float32))
+        return student_loss, distillation_loss, agreement
+
     def train_step(self, data):
         x, y = data
-        soft_targets = tf.nn.softmax(_log_probs(self.teacher(x, training=False)) / self.temperature)
         with tf.GradientTape() as tape:
-            probs = self.student(x, training=True)
-            student_loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, probs))
-            soft = tf.nn.softmax(_log_probs(probs) / self.temperature)
-            distillation_loss = tf.reduce_mean(keras.losses.kl_divergence(soft_targets, soft)) * self.temperature ** 2
+            student_loss, distillation_loss, agreement = self._terms(x, y)
             loss = self.alpha * student_loss + (1 - self.alpha) * distillation_loss
         variables = self.student.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        agreement = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(probs, 1), tf.argmax(soft_targets, 1)), tf.float32))
-        for name, value in (("loss", loss), ("student_loss", student_loss),
-                            ("distillation_loss", distillation_loss), ("teacher_agreement", agreement)):
-            self.trackers[name].update_state(value)
+        for tracker, value in zip(self.trackers.values(), (loss, student_loss, distillation_loss, agreement)):
+            tracker.update_state(value)
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
 
 def train_teacher(x: np.ndarray, y: np.ndarray, hidden_units: list[int], epochs: int, batch_size: int = 128,
                   learning_rate: float = 1e-3, seed: int = 0):
+    """A larger seed MLP on one float input (models without a model module's ``build_teacher``)."""
     n_features, num_classes = x.shape[1], int(y.max()) + 1
     teacher = models.build_model(models.ModelConfig(n_features=n_features, num_classes=max(num_classes, 2),
                                                     hidden_units=list(hidden_units)))
@@ -345,19 +456,33 @@ def train_teacher(x: np.ndarray, y: np.ndarray, hidden_units: list[int], epochs:
     return teacher
 
 
-def distill(teacher, x: np.ndarray, y: np.ndarray, student=None, temperature: float = 4.0, alpha: float = 0.1,
-            epochs: int = 3, batch_size: int = 128, learning_rate: float = 1e-3, seed: int = 0):
+def distill(teacher, x, y: np.ndarray, student=None, temperature: float = 4.0, alpha: float = 0.1,
+            epochs: int = 3, batch_size: int = 128, learning_rate: float = 1e-3, seed: int = 0,
+            task: str = "multiclass"):
     """Train ``student`` (default: a fresh seed MLP shaped like the teacher's input/output) from
-    ``teacher``; returns the student and the per-epoch history."""
+    ``teacher``; returns the student and the per-epoch history. ``x``: the one input's rows, or a
+    dict of features by input name."""
     keras.utils.set_random_seed(seed)
     if student is None:
         student = models.build_model(models.ModelConfig(n_features=int(teacher.inputs[0].shape[-1]),
                                                         num_classes=int(teacher.outputs[0].shape[-1])))
-    distiller = Distiller(student, teacher, temperature, alpha)
+    distiller = Distiller(student, teacher, temperature, alpha, task)
     distiller.compile(optimizer=keras.optimizers.Adam(learning_rate))
     history = distiller.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0,
                             callbacks=[models.EpochLogger(epochs)])
     return student, {k: [float(v) for v in values] for k, values in history.history.items()}
+
+
+def _module_model(problem: "_Problem", name: str, purpose: str):
+    """``module.<name>(hparams[, sample])`` checked like ``build_model``'s model (inputs, output by task)."""
+    from tfmlops.modelspec import build_model
+
+    if problem.module is None or not hasattr(problem.module, name):
+        raise NotSupported(f"the model module {problem.spec.module or '(none)'} defines no {name}(hparams) for the "
+                           f"{purpose}")
+    adapt_rows = int(problem.spec.hparams.get("adapt_rows", 10000))
+    return build_model(problem.spec, problem.module, {k: v[:adapt_rows] for k, v in problem.x_train.items()},
+                       function=name)
 
 
 # --- variants and the gate ----------------------------------------------------------------------
@@ -365,158 +490,277 @@ def distill(teacher, x: np.ndarray, y: np.ndarray, student=None, temperature: fl
 @dataclass
 class Variant:
     """An optimized model: a tf_keras ``model`` (pruned, distilled), ``tflite`` bytes (the
-    quantizations), or both (``pruned_int8``: the pruned Keras model it was quantized from)."""
+    quantizations), or both (``pruned_int8``: the pruned Keras model it was quantized from).
+    ``score`` is the task's metric on the test split (accuracy, AUC or RMSE)."""
 
     name: str
-    accuracy: float
+    score: float
     model: object = None
     tflite: bytes | None = None
     details: dict = field(default_factory=dict)
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def predict(self, x) -> np.ndarray:
+        """Raw outputs on ``x`` (a dict of features, or the one input's rows)."""
         if self.tflite is None:
-            return self.model.predict(x, batch_size=1024, verbose=0)
+            return self.model.predict(_fit_inputs(self.model, x), batch_size=1024, verbose=0)
         from tfmlops.formats.runtimes import LiteRTModel
 
-        return LiteRTModel(self.tflite)(np.ascontiguousarray(x, np.float32))
+        return LiteRTModel(self.tflite)(x)
+
+
+# the task's metric (tfmlops.evaluation.task_metrics) and whether higher is better
+TASK_METRIC = {"multiclass": ("accuracy", True), "binary": ("auc", True), "regression": ("rmse", False)}
+
+
+def score(outputs: np.ndarray, y: np.ndarray, task: str = "multiclass") -> float:
+    """The task's metric of raw ``outputs`` on labels ``y``: accuracy, AUC or RMSE."""
+    from tfmlops.evaluation import task_metrics
+    from tfmlops.formats import task_outputs
+
+    values = task_outputs(task, outputs)
+    num_classes = values.shape[1] if task == "multiclass" else 2
+    return float(task_metrics(task, y, values, num_classes)[TASK_METRIC[task][0]])
 
 
 def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(probs, axis=1) == y))
 
 
-def build_variant(name: str, model, dataset, config: OptimizeConfig, teacher=None,
-                  cache: dict | None = None) -> Variant:
-    """Build one variant of the float ``model`` on ``dataset`` (a :class:`tfmlops.data.Dataset`).
-    ``cache`` (a dict shared across calls) lets ``pruned_int8`` reuse the ``pruned`` run."""
-    from tfmlops.formats.runtimes import LiteRTModel
+@dataclass
+class _Problem:
+    """What :func:`build_variant` works on: the features of each split (a dict by input name), the
+    labels, the task, and the model module (for a student/teacher)."""
 
+    x_train: dict
+    y_train: np.ndarray
+    x_test: dict
+    y_test: np.ndarray
+    task: str
+    spec: object
+    module: object
+
+    @classmethod
+    def of(cls, model, dataset, spec=None, module=None) -> "_Problem":
+        from tfmlops.export import legacy_spec
+
+        if isinstance(dataset, cls):
+            return dataset
+        if spec is None:
+            spec = legacy_spec(model)
+        if hasattr(dataset, "x_train"):  # tfmlops.data.Dataset: the one input's rows
+            from tfmlops.model_data import from_dataset
+
+            dataset = from_dataset(dataset, next(iter(spec.inputs)))
+        return cls(dataset.train.features, dataset.train.labels, dataset.test.features, dataset.test.labels,
+                   spec.task, spec, module)
+
+    def score(self, predict) -> float:
+        return score(predict(self.x_test), self.y_test, self.task)
+
+    def keras_score(self, model) -> float:
+        return self.score(lambda x: model.predict(inputs_for(model, x), batch_size=1024, verbose=0))
+
+    def tflite_score(self, content: bytes) -> float:
+        from tfmlops.formats.runtimes import LiteRTModel
+
+        return self.score(LiteRTModel(content))
+
+
+def _quantized(content: bytes, problem: _Problem, **details) -> dict:
+    return {**details, "tflite_bytes": len(content), "tflite_gzipped_bytes": gzipped_size(content)}
+
+
+def build_variant(name: str, model, dataset, config: OptimizeConfig, teacher=None, cache: dict | None = None,
+                  spec=None, module=None) -> Variant:
+    """Build one variant of the float ``model`` on ``dataset`` (a :class:`tfmlops.model_data.ModelData`
+    of the model spec ``spec``, or a :class:`tfmlops.data.Dataset` of one float input). ``cache``
+    (a dict shared across calls) lets ``pruned_int8`` reuse the ``pruned`` run. Raises
+    :class:`NotSupported` when the variant does not apply to the model."""
+    problem = dataset if isinstance(dataset, _Problem) else _Problem.of(model, dataset, spec, module)
+    task = problem.task
     start = time.perf_counter()
     if name in QUANTIZATIONS:
-        representative = representative_sample(dataset.x_train, config.int8_samples, config.seed) \
+        representative = representative_sample(problem.x_train, config.int8_samples, config.seed) \
             if name == "int8" else None
-        content = to_tflite(model, name, representative)
-        probs = LiteRTModel(content)(np.ascontiguousarray(dataset.x_test, np.float32))
-        details = {"tflite_bytes": len(content), "tflite_gzipped_bytes": gzipped_size(content)}
+        content = to_variant_tflite(model, name, representative)
+        details = _quantized(content, problem)
         if representative is not None:
-            details["calibration_rows"] = len(representative)
-        variant = Variant(name, accuracy(probs, dataset.y_test), tflite=content, details=details)
+            details["calibration_rows"] = len(next(iter(representative.values())))
+        variant = Variant(name, problem.tflite_score(content), tflite=content, details=details)
     elif name in ("pruned", "pruned_int8", "pruned_qat_int8"):
         cache = {} if cache is None else cache
         if "pruned" not in cache:  # pruned and pruned_int8 share one (deterministic) pruning run
-            cache["pruned"] = prune(model, dataset.x_train, dataset.y_train, config.target_sparsity,
+            cache["pruned"] = prune(model, problem.x_train, problem.y_train, config.target_sparsity,
                                     config.pruning_epochs, config.batch_size, config.pruning_learning_rate,
-                                    config.pruning_frequency, config.seed)
+                                    config.pruning_frequency, config.seed, task=task)
         pruned, report = cache["pruned"]
-        pruned_accuracy = accuracy(pruned.predict(dataset.x_test, verbose=0), dataset.y_test)
+        pruned_score = problem.keras_score(pruned)
         if name == "pruned":
-            variant = Variant(name, pruned_accuracy, model=pruned, details=dict(report))
+            variant = Variant(name, pruned_score, model=pruned, details=dict(report))
         elif name == "pruned_qat_int8":
-            qat, qat_report = quantization_aware(pruned, dataset.x_train, dataset.y_train, config.qat_epochs,
+            qat, qat_report = quantization_aware(pruned, problem.x_train, problem.y_train, config.qat_epochs,
                                                  config.batch_size, config.qat_learning_rate, config.seed,
-                                                 preserve_sparsity=True)
+                                                 preserve_sparsity=True, task=task)
             content = qat_to_tflite(qat)
             int8_sparsity = tflite_weight_sparsity(content)
             if int8_sparsity < config.target_sparsity - 1e-3:
                 raise OptimizationError(f"int8 weights after pruning-preserving QAT have {int8_sparsity:.2%} zeros, "
                                         f"below the target {config.target_sparsity:.2%}")
-            probs = LiteRTModel(content)(np.ascontiguousarray(dataset.x_test, np.float32))
-            variant = Variant(name, accuracy(probs, dataset.y_test), model=unwrap_quantization_aware(qat, pruned),
+            variant = Variant(name, problem.tflite_score(content), model=unwrap_quantization_aware(qat, pruned),
                               tflite=content,
-                              details={**report, **qat_report, "int8_weight_sparsity": round(int8_sparsity, 6),
-                                       "pruned_accuracy": pruned_accuracy, "tflite_bytes": len(content),
-                                       "tflite_gzipped_bytes": gzipped_size(content)})
+                              details=_quantized(content, problem, **{**report, **qat_report},
+                                                 int8_weight_sparsity=round(int8_sparsity, 6),
+                                                 pruned_score=pruned_score))
         else:
-            representative = representative_sample(dataset.x_train, config.int8_samples, config.seed)
-            content = to_tflite(pruned, "int8", representative)
+            representative = representative_sample(problem.x_train, config.int8_samples, config.seed)
+            content = to_variant_tflite(pruned, "int8", representative)
             int8_sparsity = tflite_weight_sparsity(content)
             if int8_sparsity < config.target_sparsity - 1e-3:
                 raise OptimizationError(f"int8 weights of the pruned model have {int8_sparsity:.2%} zeros, below "
                                         f"the target {config.target_sparsity:.2%}")
-            probs = LiteRTModel(content)(np.ascontiguousarray(dataset.x_test, np.float32))
-            variant = Variant(name, accuracy(probs, dataset.y_test), model=pruned, tflite=content,
-                              details={**report, "int8_weight_sparsity": round(int8_sparsity, 6),
-                                       "pruned_accuracy": pruned_accuracy, "tflite_bytes": len(content),
-                                       "tflite_gzipped_bytes": gzipped_size(content),
-                                       "calibration_rows": len(representative)})
+            variant = Variant(name, problem.tflite_score(content), model=pruned, tflite=content,
+                              details=_quantized(content, problem, **report,
+                                                 int8_weight_sparsity=round(int8_sparsity, 6),
+                                                 pruned_score=pruned_score,
+                                                 calibration_rows=len(next(iter(representative.values())))))
     elif name == "qat_int8":
-        qat, report = quantization_aware(model, dataset.x_train, dataset.y_train, config.qat_epochs,
-                                         config.batch_size, config.qat_learning_rate, config.seed)
+        qat, report = quantization_aware(model, problem.x_train, problem.y_train, config.qat_epochs,
+                                         config.batch_size, config.qat_learning_rate, config.seed, task=task)
         content = qat_to_tflite(qat)
         fine_tuned = unwrap_quantization_aware(qat, model)
-        probs = LiteRTModel(content)(np.ascontiguousarray(dataset.x_test, np.float32))
-        variant = Variant(name, accuracy(probs, dataset.y_test), model=fine_tuned, tflite=content,
-                          details={**report, "fake_quant_accuracy": accuracy(qat.predict(dataset.x_test, verbose=0),
-                                                                             dataset.y_test),
-                                   "fine_tuned_float_accuracy": accuracy(fine_tuned.predict(dataset.x_test, verbose=0),
-                                                                         dataset.y_test),
-                                   "tflite_bytes": len(content), "tflite_gzipped_bytes": gzipped_size(content)})
+        variant = Variant(name, problem.tflite_score(content), model=fine_tuned, tflite=content,
+                          details=_quantized(content, problem, **report,
+                                             fake_quant_score=problem.keras_score(qat),
+                                             fine_tuned_float_score=problem.keras_score(fine_tuned)))
     elif name == "distilled":
-        if teacher is None:
-            if config.teacher == "source":
-                teacher = model
-            elif config.teacher == "trained":
-                teacher = train_teacher(dataset.x_train, dataset.y_train, config.teacher_hidden_units,
-                                        config.teacher_epochs, config.batch_size, config.learning_rate, config.seed)
-            else:
-                raise OptimizationError(f"unknown teacher {config.teacher!r}; use one of {TEACHERS}")
-        student = models.build_model(models.ModelConfig(n_features=dataset.x_train.shape[1],
-                                                        num_classes=int(model.outputs[0].shape[-1]),
-                                                        hidden_units=list(config.student_hidden_units)))
-        student, history = distill(teacher, dataset.x_train, dataset.y_train, student, config.temperature,
-                                   config.alpha, config.distill_epochs, config.batch_size, config.learning_rate,
-                                   config.seed)
-        teacher_accuracy = accuracy(teacher.predict(dataset.x_test, verbose=0), dataset.y_test)
-        variant = Variant(name, accuracy(student.predict(dataset.x_test, verbose=0), dataset.y_test), model=student,
-                          details={"teacher": config.teacher, "teacher_accuracy": teacher_accuracy,
-                                   "teacher_params": int(teacher.count_params()),
-                                   "student_params": int(student.count_params()),
-                                   "temperature": config.temperature, "alpha": config.alpha,
-                                   "final_teacher_agreement": history["teacher_agreement"][-1],
-                                   "final_distillation_loss": history["distillation_loss"][-1]})
+        variant = _distilled(model, problem, config, teacher)
     else:
         raise ValueError(f"unknown variant {name!r}; choose from {list(VARIANTS)}")
     variant.details["build_seconds"] = round(time.perf_counter() - start, 3)
     return variant
 
 
+def _distilled(model, problem: _Problem, config: OptimizeConfig, teacher=None) -> Variant:
+    """The module's ``build_student`` (a model of the same inputs and output) trained on the
+    teacher: the module's ``build_teacher`` trained here (``teacher="trained"``; the source when the
+    module has none), or the source model (``"source"``). Without a model module (a bare one-input
+    model): the seed MLP student and a larger MLP teacher."""
+    if config.teacher not in TEACHERS:
+        raise OptimizationError(f"unknown teacher {config.teacher!r}; use one of {TEACHERS}")
+    legacy = problem.module is None
+    keras.utils.set_random_seed(config.seed)  # the student's initial weights: the same in every run
+    if legacy:
+        x_train = next(iter(problem.x_train.values()))
+        student = models.build_model(models.ModelConfig(n_features=x_train.shape[1],
+                                                        num_classes=int(model.outputs[0].shape[-1]),
+                                                        hidden_units=list(config.student_hidden_units)))
+    else:
+        student = _module_model(problem, "build_student", "distilled variant")
+    teacher_kind = config.teacher
+    if teacher is None:
+        if config.teacher == "source" or (not legacy and not hasattr(problem.module, "build_teacher")):
+            teacher, teacher_kind = model, "source" if config.teacher == "source" else \
+                "source (the model module defines no build_teacher)"
+        elif legacy:
+            teacher = train_teacher(next(iter(problem.x_train.values())), problem.y_train,
+                                    config.teacher_hidden_units, config.teacher_epochs, config.batch_size,
+                                    config.learning_rate, config.seed)
+        else:
+            keras.utils.set_random_seed(config.seed)
+            teacher = _module_model(problem, "build_teacher", "distillation teacher")
+            compile_by_task(teacher, problem.task, config.learning_rate)
+            teacher.fit(inputs_for(teacher, problem.x_train), labels_for(problem.task, teacher, problem.y_train),
+                        epochs=config.teacher_epochs, batch_size=config.batch_size, verbose=0,
+                        callbacks=[models.EpochLogger(config.teacher_epochs)])
+    x = inputs_for(student, problem.x_train)
+    student, history = distill(teacher, x, problem.y_train, student, config.temperature, config.alpha,
+                               config.distill_epochs, config.batch_size, config.learning_rate, config.seed,
+                               task=problem.task)
+    follow = "teacher_rmse" if problem.task == "regression" else "teacher_agreement"
+    return Variant("distilled", problem.keras_score(student), model=student,
+                   details={"teacher": teacher_kind, "teacher_score": problem.keras_score(teacher),
+                            "teacher_params": int(teacher.count_params()),
+                            "student_params": int(student.count_params()),
+                            "temperature": config.temperature, "alpha": config.alpha,
+                            f"final_{follow}": history[follow][-1],
+                            "final_distillation_loss": history["distillation_loss"][-1]})
+
+
+def metric_drop_gate(task: str, float_score: float, variant_score: float, config: "OptimizeConfig") -> GateDecision:
+    """A variant may lose at most ``max_accuracy_drop`` of accuracy or AUC (absolute, in the metric's
+    unit), or raise RMSE by at most ``max_rmse_increase`` × the float model's RMSE."""
+    metric, higher = TASK_METRIC[task]
+    if higher:
+        drop, allowed = float_score - variant_score, config.max_accuracy_drop
+        unit = lambda v: f"{v * 100:.2f} pp"  # noqa: E731
+    else:
+        drop, allowed = variant_score - float_score, config.max_rmse_increase * float_score
+        unit = lambda v: f"{v:.4g} ({v / float_score:.1%})" if float_score else f"{v:.4g}"  # noqa: E731
+    if not np.isfinite(variant_score) or drop > allowed:
+        side = "below" if higher else "above"
+        return GateDecision(False, f"{metric} {variant_score:.4f} is {unit(abs(drop))} {side} the float model's "
+                                   f"{float_score:.4f} (allowed {unit(allowed)})")
+    return GateDecision(True, f"{metric} {variant_score:.4f} vs float {float_score:.4f} "
+                              f"({'drop' if higher else 'increase'} {unit(drop)} <= {unit(allowed)})")
+
+
 def accuracy_drop_gate(float_accuracy: float, variant_accuracy: float, max_drop: float) -> GateDecision:
-    drop = float_accuracy - variant_accuracy
-    if drop > max_drop:
-        return GateDecision(False, f"accuracy {variant_accuracy:.4f} is {drop * 100:.2f} pp below the float "
-                                   f"model's {float_accuracy:.4f} (allowed drop {max_drop * 100:.2f} pp)")
-    return GateDecision(True, f"accuracy {variant_accuracy:.4f} vs float {float_accuracy:.4f} "
-                              f"(drop {drop * 100:.2f} pp <= {max_drop * 100:.2f} pp)")
+    return metric_drop_gate("multiclass", float_accuracy, variant_accuracy, OptimizeConfig(max_accuracy_drop=max_drop))
 
 
-def optimize_one(name: str, model, dataset, config: OptimizeConfig, float_accuracy: float | None = None,
-                 teacher=None, cache: dict | None = None) -> tuple[Variant | None, dict]:
+def optimize_one(name: str, model, dataset, config: OptimizeConfig, float_score: float | None = None,
+                 teacher=None, cache: dict | None = None, spec=None, module=None) -> tuple[Variant | None, dict]:
     """Build and gate one variant. Never raises for a variant problem: returns ``(variant, result)``
-    with ``result["status"]`` = ``passed``, ``rejected`` (gate; variant returned for the record)
-    or ``failed`` (no variant)."""
-    if float_accuracy is None:
-        float_accuracy = accuracy(model.predict(dataset.x_test, verbose=0), dataset.y_test)
-    result = {"variant": name, "float_accuracy": float_accuracy, "max_accuracy_drop": config.max_accuracy_drop}
+    with ``result["status"]`` = ``passed``, ``rejected`` (gate; variant returned for the record),
+    ``skipped`` (does not apply to this model: the reason says why) or ``failed`` (no variant).
+    ``result`` has the task's ``metric``, ``float_score``, ``score`` and ``drop`` (worse by, in the
+    metric's unit); for accuracy also the former ``accuracy`` / ``accuracy_drop`` keys."""
+    problem = _Problem.of(model, dataset, spec, module)
+    if problem.module is not None:
+        # fine-tuning (pruning, QAT, distillation) runs at the model's own batch size (on a small
+        # dataset a large batch leaves too few steps to prune and recover), and a student or teacher
+        # trains at the model's own learning rate (a regressor's values may be far from 0)
+        hp = problem.spec.hparams
+        config = replace(config, batch_size=int(hp.get("batch_size", config.batch_size)),
+                         learning_rate=float(hp.get("learning_rate", config.learning_rate)))
+    if float_score is None:
+        float_score = problem.keras_score(model)
+    metric = TASK_METRIC[problem.task][0]
+    result = {"variant": name, "task": problem.task, "metric": metric, "float_score": float_score,
+              "max_accuracy_drop": config.max_accuracy_drop, "max_rmse_increase": config.max_rmse_increase}
     try:
-        variant = build_variant(name, model, dataset, config, teacher=teacher, cache=cache)
+        variant = build_variant(name, model, problem, config, teacher=teacher, cache=cache)
+    except NotSupported as exc:
+        log.warning("variant %s skipped: %s", name, exc)
+        return None, {**result, "status": "skipped", "reason": f"skipped: {exc}"}
     except (OptimizationError, ValueError, tf.errors.OpError) as exc:
         log.warning("variant %s failed: %s", name, exc)
         return None, {**result, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
-    decision = accuracy_drop_gate(float_accuracy, variant.accuracy, config.max_accuracy_drop)
+    except Exception as exc:  # noqa: BLE001 - e.g. the converter's ConverterError: a variant's failure stops no other
+        from tfmlops.formats.writers import reason
+
+        log.warning("variant %s failed: %s", name, exc)
+        return None, {**result, "status": "failed", "reason": reason(exc)}
+    decision = metric_drop_gate(problem.task, float_score, variant.score, config)
+    higher = TASK_METRIC[problem.task][1]
+    drop = float_score - variant.score if higher else variant.score - float_score
     result.update({"status": "passed" if decision.passed else "rejected", "reason": decision.reason,
-                   "accuracy": variant.accuracy, "accuracy_drop": float_accuracy - variant.accuracy,
-                   "details": variant.details})
+                   "score": variant.score, "drop": drop, "details": variant.details})
+    if metric == "accuracy":
+        result.update({"float_accuracy": float_score, "accuracy": variant.score, "accuracy_drop": drop})
     log.info("variant %s %s: %s", name, result["status"], decision.reason)
     return variant, result
 
 
-def optimize(model, dataset, variants=VARIANTS, config: OptimizeConfig | None = None, teacher=None):
+def optimize(model, dataset, variants=VARIANTS, config: OptimizeConfig | None = None, teacher=None, spec=None,
+             module=None):
     """Every requested variant, each gated; returns ``({name: Variant that passed}, [result, ...])``."""
     config = config or OptimizeConfig()
-    float_accuracy = accuracy(model.predict(dataset.x_test, verbose=0), dataset.y_test)
+    problem = _Problem.of(model, dataset, spec, module)
+    float_score = problem.keras_score(model)
     passed, results, cache = {}, [], {}
     for name in variants:
-        variant, result = optimize_one(name, model, dataset, config, float_accuracy, teacher=teacher, cache=cache)
+        variant, result = optimize_one(name, model, problem, config, float_score, teacher=teacher, cache=cache)
         results.append(result)
         if result["status"] == "passed":
             passed[name] = variant

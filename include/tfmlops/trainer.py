@@ -51,24 +51,27 @@ def inputs_for(model, features: dict[str, np.ndarray]):
     return values[0] if len(values) == 1 else values
 
 
-def compile_by_task(model, spec: ModelSpec, learning_rate: float) -> None:
+def compile_by_task(model, task: str, learning_rate: float) -> None:
+    """Adam with the task's loss and metrics: sparse categorical cross-entropy + accuracy, binary
+    cross-entropy + AUC and accuracy, MSE + RMSE."""
     loss, metrics = {
         "multiclass": ("sparse_categorical_crossentropy", ["accuracy"]),
         "binary": ("binary_crossentropy", [keras.metrics.AUC(name="auc"), "accuracy"]),
         "regression": ("mse", [keras.metrics.RootMeanSquaredError(name="rmse")]),
-    }[spec.task]
+    }[task]
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
 
 
-def _labels_for(spec: ModelSpec, model, labels: np.ndarray) -> np.ndarray:
-    if spec.task == "multiclass":
+def labels_for(task: str, model, labels: np.ndarray) -> np.ndarray:
+    """Labels shaped for the model's loss: class ids (multiclass), else float32 matching the
+    output's rank ([B, 1] or [B]) so the loss does not broadcast."""
+    if task == "multiclass":
         return labels
-    # binary/regression: match the output's rank ([B, 1] or [B]) so the loss does not broadcast
     return labels.reshape(-1, 1).astype(np.float32) if len(model.outputs[0].shape) == 2 else labels.astype(np.float32)
 
 
 def tf_dataset(spec: ModelSpec, model, split: Split, batch_size: int, shuffle_seed: int | None = None):
-    ds = tf.data.Dataset.from_tensor_slices((dict(split.features), _labels_for(spec, model, split.labels)))
+    ds = tf.data.Dataset.from_tensor_slices((dict(split.features), labels_for(spec.task, model, split.labels)))
     if shuffle_seed is not None:
         ds = ds.shuffle(min(len(split), 10000), seed=shuffle_seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
@@ -95,11 +98,12 @@ def train_model(spec: ModelSpec, module, data: ModelData, on_epoch=None) -> tupl
                                    f"{{metric: [values]}}, got {type(history).__name__}")
     else:
         if getattr(model, "optimizer", None) is None:  # "compiled or not": a module's own compile is kept
-            compile_by_task(model, spec, float(hp["learning_rate"]))
+            compile_by_task(model, spec.task, float(hp["learning_rate"]))
         validation = None
         if len(data.validation):
-            validation = (inputs_for(model, data.validation.features), _labels_for(spec, model, data.validation.labels))
-        history = model.fit(inputs_for(model, data.train.features), _labels_for(spec, model, data.train.labels),
+            validation = (inputs_for(model, data.validation.features),
+                          labels_for(spec.task, model, data.validation.labels))
+        history = model.fit(inputs_for(model, data.train.features), labels_for(spec.task, model, data.train.labels),
                             epochs=int(hp["epochs"]), batch_size=int(hp["batch_size"]), validation_data=validation,
                             verbose=0, callbacks=callbacks).history
     history = {str(k): [float(v) for v in values] for k, values in history.items()}

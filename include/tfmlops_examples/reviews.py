@@ -18,6 +18,21 @@ CLASS_NAMES = ["kitchen", "electronics", "garden"]
 HPARAMS = {"epochs": 8, "batch_size": 32, "learning_rate": 1e-2, "max_tokens": 500}
 GATE = {"metric": "accuracy", "threshold": 0.8, "tolerance": 0.03}
 
+# Optional: the model card's intended use and known limitations (read by the card step)
+MODEL_CARD = {
+    "purpose": "Sort a short English product review into one of three shop sections (kitchen, electronics, "
+               "garden) from its raw text — a demo of a text classifier on string inputs.",
+    "users": "Platform demos and tests (raw strings in, TextVectorization inside the model).",
+    "out_of_scope": "Real reviews, other languages, sentiment or any other question about a review: the texts are "
+                    "synthetic.",
+    "limitations": [
+        "Trained and evaluated on synthetic reviews (scripts/make_example_data.py: filler words, an item of the "
+        "section, an opinion): its accuracy says nothing about real reviews.",
+        "A bag of words of at most max_tokens words: unknown words are ignored, word order is not seen.",
+        "Probabilities are softmax outputs, not calibrated; the model always answers one of the three sections.",
+    ],
+}
+
 
 def load_data(uri, split):
     import tensorflow as tf

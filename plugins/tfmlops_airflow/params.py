@@ -48,6 +48,13 @@ def dataset_uri(purpose: str) -> Param:
                              "load_data gets this URI as is.")
 
 
+def version_dataset_uri(purpose: str) -> Param:
+    """The dataset of a step on a registered version: empty = the one the version was trained on."""
+    return Param(None, type=["null", "string"], title="Dataset URI",
+                 description=f"{purpose}. Empty: the dataset the version was trained on (its run's dataset_uri). "
+                             "Else a URI its model module reads (as in tf_offline_retrain's form).")
+
+
 # the model module contract's default (tfmlops.modelspec.DEFAULT_MODULE; not imported: no TF/MLflow at parse time)
 DEFAULT_MODEL_MODULE = "tfmlops_examples.mnist_mlp"
 # form fields that override one hyperparameter each (empty: the module's HPARAMS)

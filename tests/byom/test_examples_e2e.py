@@ -4,70 +4,21 @@ classifier on raw strings) goes through ``tf_offline_retrain`` with ``dag.test()
 session's real ``mlflow server`` and tf-serving-local: trained, gated, registered with its spec,
 served, answering Predict, Classify / Regress over REST and gRPC like the Keras model on the same rows.
 
-The runs are made once per module (``trained``, module scope) and shared by the tests below; each
+The runs are made once per module (``trained``, in conftest.py) and shared by the tests below; each
 example has its own model name. (The MNIST MLP default has its own e2e test.)
 """
 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
+from .conftest import EXAMPLES, ROOT, ROWS, load_dag, states
+
 pytestmark = pytest.mark.e2e
-
-ROOT = Path(__file__).resolve().parents[2]
-# module -> (dataset URI, the run's form values beyond the defaults, the plot its task logs)
-EXAMPLES_ALL = {
-    "digits_cnn": ("sklearn-digits", {}, "confusion_matrix.png"),
-    "churn": ("examples/churn.parquet", {}, "roc_curve.png"),
-    "diabetes": ("examples/diabetes", {}, "residuals.png"),
-    "reviews": ("examples/reviews.jsonl", {}, "confusion_matrix.png"),
-}
-ROWS = 16
-# BYOM_ONLY=churn,diabetes trains only those (a quicker loop while working on one kind of model)
-EXAMPLES = {k: v for k, v in EXAMPLES_ALL.items()
-            if k in os.environ.get("BYOM_ONLY", ",".join(EXAMPLES_ALL)).split(",")}
-
-
-def load_dag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(ROOT / "dags" / "tf_offline_retrain.py"))
-    assert not bag.import_errors
-    return bag.get_dag("tf_offline_retrain")
-
-
-def states(run) -> dict[str, str]:
-    return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
-
-
-@pytest.fixture(scope="module")
-def connections(airflow_db, mlflow_server, serving_server):
-    """``mlflow_default`` / ``tf_serving_default`` for the module's runs (the conftest's fixture is per test)."""
-    with pytest.MonkeyPatch.context() as mp:
-        host, port = mlflow_server.removeprefix("http://").split(":")
-        mp.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps({"conn_type": "http", "host": host, "port": int(port)}))
-        mp.setenv("AIRFLOW_CONN_TF_SERVING_DEFAULT", json.dumps({
-            "conn_type": "http", "host": "127.0.0.1", "port": serving_server["rest_port"],
-            "extra": {"grpc_port": serving_server["grpc_port"], "models_root": str(serving_server["models_root"]),
-                      "model_config_file": str(serving_server["config_file"])}}))
-        yield
-
-
-@pytest.fixture(scope="module")
-def trained(connections, mlflow_server):
-    """One tf_offline_retrain run per example module: {module: (dag run, task states)}."""
-    runs = {}
-    for name, (uri, conf, _) in EXAMPLES.items():
-        run = load_dag().test(run_conf={"model_name": f"byom_{name}", "model_module": f"tfmlops_examples.{name}",
-                                        "dataset_uri": uri, **conf})
-        runs[name] = (run, states(run))
-    return runs
 
 
 def rows(name: str):

@@ -70,7 +70,7 @@ def test_the_format_check_refuses_a_lambda_h5_without_running_it(tmp_path):
     lambda_model(marker).save(tmp_path / "model.h5")
     marker.unlink(missing_ok=True)
     with pytest.raises(UnsafeModelError, match="Lambda"):
-        predict_keras(tmp_path, np.zeros((2, 4), np.float32))
+        predict_keras(tmp_path, {"x": np.zeros((2, 4), np.float32)}, None)
     assert not marker.exists()
 
 

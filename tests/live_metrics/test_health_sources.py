@@ -171,11 +171,11 @@ def test_check_health_records_the_sources_and_keeps_the_thresholds(replicas):
             mock.patch.object(monitor, "log_step", return_value=5) as log_step, \
             mock.patch.object(monitor.registry, "set_tags") as set_tags, \
             mock.patch.object(monitor, "log_trend_charts", return_value="runs:/run1/charts/x.png"), \
-            mock.patch.object(monitor.data, "load_mnist") as load_mnist:
+            mock.patch.object(monitor, "probe_features") as probe_features:
         out = monitor.check_health("http://mlflow", "m", [endpoint("a", replicas[0])], Thresholds(), requests=2,
                                    scrape_window_s=0.5)
     timer.join()
-    load_mnist.assert_not_called()  # nothing probed: no probe row loaded
+    probe_features.assert_not_called()  # nothing probed: no probe row loaded
     assert out["sources"]["a"]["source"] == "scrape"
     assert out["breaches"] and out["breaches"][0].startswith("a live traffic (scrape, ")
     assert "error rate 10.00% > 1.00%" in out["breaches"][0]

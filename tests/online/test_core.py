@@ -61,17 +61,24 @@ def test_ingest_quarantines_bad_partition_without_blocking_good_ones(tmp_path, p
 
 
 def test_psi_separates_clean_from_drifted(pool):
-    x, y = pool
+    """The simulator's drifts, measured as tf_model_monitor does for the MNIST example: its module's
+    image moments (DRIFT_STATISTICS) and the class shares (here the labels stand for predictions)."""
+    from tfmlops import drift as drift_lib
+    from tfmlops import modelspec
     from tfmlops.data import load_mnist
 
+    x, y = pool
+    spec = modelspec.read_spec(modelspec.DEFAULT_MODULE)
+    module = modelspec.import_module(spec.module)
     mnist = load_mnist()
     ref_x = mnist.x_train[:2000].reshape(2000, -1).astype(np.float32) / 255.0
-    reference = monitoring.build_reference(ref_x, mnist.y_train[:2000].astype(int), 10)
+    reference = drift_lib.build_profile(spec, {"pixels": ref_x}, np.eye(10)[mnist.y_train[:2000].astype(int)], module)
 
     def psi(drift, amount):
         p = simulate.make_partition(x, y, 300, drift, amount, seed=5)
         rows = np.concatenate([p["x_train"], p["x_test"]]).reshape(300, -1).astype(np.float32) / 255.0
-        return monitoring.drift(reference, rows, np.concatenate([p["y_train"], p["y_test"]]), 10)
+        labels = np.concatenate([p["y_train"], p["y_test"]]).astype(int)
+        return drift_lib.measure(reference, {"pixels": rows}, np.eye(10)[labels], module)
 
     clean = psi("none", 0)
     assert clean["input_psi_max"] < 0.25 and clean["prediction_psi"] < 0.25
@@ -86,7 +93,9 @@ def test_health_breaches_name_the_numbers():
     breaches = monitoring.health_breaches({"ep": {2: {"rest": m}}}, monitoring.Thresholds(max_p99_ms=500))
     assert breaches == ["ep version 2 REST: error rate 10.00% > 1.00% (1/10 requests; last: ServingError: boom)",
                         "ep version 2 REST: p99 latency 700.0 ms > 500.0 ms (p50 3.0, p95 9.0, 10 requests)"]
-    q = monitoring.quality(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), 3)
+    from tfmlops import drift
+
+    q = drift.quality("multiclass", np.array([0, 0, 1, 1]), np.eye(3)[[0, 1, 1, 1]], 3)
     assert q["accuracy"] == 0.75 and q["per_class"]["recall"] == [0.5, 1.0, 0.0]
 
 

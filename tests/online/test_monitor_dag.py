@@ -70,8 +70,8 @@ def test_monitor_clean_then_drifted(champion, airflow_db, airflow_connections, m
             f"health.tf_serving_default.v{champion['version']}.grpc.error_rate"} <= set(metrics)
     assert {a.path for a in mlf.list_artifacts(monitor_run.info.run_id, "charts")} == {
         "charts/monitoring_trends.png"}
-    # the drift reference was computed once and stored with the registered version
-    assert "monitoring/reference.json" in {a.path for a in mlf.list_artifacts(champion["run_id"], "monitoring")}
+    # the drift profile was computed once and stored with the registered version
+    assert "monitoring/profile.json" in {a.path for a in mlf.list_artifacts(champion["run_id"], "monitoring")}
 
     # 2. rotated data → accuracy drop / input drift → tf_offline_retrain triggered with the reason;
     #    an impossible latency threshold fails the health task with the numbers

@@ -27,7 +27,23 @@ def float_model(small):
 
 @pytest.fixture(scope="session")
 def float_predict(float_model):
-    return lambda x: float_model.predict(x, batch_size=1024, verbose=0)
+    """The float model's outputs on rows of its one input, or on a features dict."""
+    return lambda x: float_model.predict(x["pixels"] if isinstance(x, dict) else x, batch_size=1024, verbose=0)
+
+
+@pytest.fixture(scope="session")
+def mnist_spec(float_model):
+    """The spec of the one-input MNIST model (input ``pixels``, ten classes)."""
+    from tfmlops.export import legacy_spec
+
+    return legacy_spec(float_model)
+
+
+@pytest.fixture(scope="session")
+def test_split(small):
+    from tfmlops.model_data import Split
+
+    return Split({"pixels": small.x_test}, small.y_test)
 
 
 def require_tfjs_runtimes(browser: bool = False):

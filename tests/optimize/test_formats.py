@@ -29,9 +29,9 @@ def test_artifact_matrix_and_tolerances():
 
 
 @pytest.mark.parametrize("fmt", PYTHON_FORMATS)
-def test_float_formats_reproduce_the_model_in_their_runtime(small, float_model, float_predict, tmp_path, fmt):
-    row = export_and_verify("float", fmt, tmp_path / fmt, small.x_test, small.y_test, float_predict,
-                            model=float_model)
+def test_float_formats_reproduce_the_model_in_their_runtime(small, float_model, float_predict, mnist_spec, test_split,
+                                                           tmp_path, fmt):
+    row = export_and_verify("float", fmt, tmp_path / fmt, mnist_spec, test_split, float_predict, model=float_model)
     float_accuracy = optimize.accuracy(float_predict(small.x_test), small.y_test)
     (check,) = row["checks"]
     assert check["passed"] and check["max_abs_diff"] <= 1e-5 and check["argmax_agreement"] == 1.0
@@ -43,10 +43,10 @@ def test_float_formats_reproduce_the_model_in_their_runtime(small, float_model, 
 
 
 @pytest.mark.parametrize("mode", ["dynamic_range", "float16", "int8"])
-def test_quantized_tflite_checked_in_litert_against_the_float_model(small, float_model, float_predict, tmp_path,
-                                                                     mode):
+def test_quantized_tflite_checked_in_litert_against_the_float_model(small, float_model, float_predict, mnist_spec,
+                                                                     test_split, tmp_path, mode):
     content = optimize.to_tflite(float_model, mode, small.x_train[:300])
-    row = export_and_verify(mode, "tflite", tmp_path / mode, small.x_test, small.y_test, float_predict,
+    row = export_and_verify(mode, "tflite", tmp_path / mode, mnist_spec, test_split, float_predict,
                             tflite_content=content)
     (check,) = row["checks"]
     assert check["runtime"] == "litert" and check["argmax_agreement"] >= 0.99
@@ -54,32 +54,33 @@ def test_quantized_tflite_checked_in_litert_against_the_float_model(small, float
     assert (tmp_path / mode / "model.tflite").read_bytes() == content
 
 
-def test_a_check_that_fails_raises_with_the_numbers(small, float_model, tmp_path):
+def test_a_check_that_fails_raises_with_the_numbers(float_model, mnist_spec, test_split, tmp_path):
     other = optimize._copy(float_model)
     other.set_weights([w * 1.5 for w in float_model.get_weights()])
     with pytest.raises(FormatCheckError, match=r"max\|diff\|=") as caught:
-        export_and_verify("float", "onnx", tmp_path / "onnx", small.x_test, small.y_test,
-                          lambda x: other.predict(x, verbose=0), model=float_model)
+        export_and_verify("float", "onnx", tmp_path / "onnx", mnist_spec, test_split,
+                          lambda x: other.predict(x["pixels"], verbose=0), model=float_model)
     row = caught.value.rows[0]
     assert not row["passed"] and row["checks"][0]["max_abs_diff"] > 1e-3
 
 
-def test_keras_files_load_with_safe_mode(small, float_model, tmp_path):
+def test_keras_files_load_with_safe_mode(mnist_spec, test_split, tmp_path):
     """A .keras file with a Lambda layer (arbitrary code) is refused by the runtime check."""
     import tf_keras as keras
 
     inputs = keras.Input((784,), name="pixels")
     outputs = keras.layers.Lambda(lambda t: t * 0 + 0.1)(keras.layers.Dense(10)(inputs))
     with pytest.raises(FormatCheckError, match="safe_mode|Lambda|unsafe"):
-        export_and_verify("float", "keras", tmp_path / "k", small.x_test, small.y_test,
-                          lambda x: np.full((len(x), 10), 0.1, np.float32), model=keras.Model(inputs, outputs))
+        export_and_verify("float", "keras", tmp_path / "k", mnist_spec, test_split,
+                          lambda x: np.full((len(x["pixels"]), 10), 0.1, np.float32),
+                          model=keras.Model(inputs, outputs))
 
 
 @pytest.mark.parametrize("fmt", TFJS_FORMATS)
-def test_tfjs_in_node_and_chromium_with_the_canvas_page(small, float_model, float_predict, tmp_path, fmt):
+def test_tfjs_in_node_and_chromium_with_the_canvas_page(float_model, float_predict, mnist_spec, test_split, tmp_path,
+                                                        fmt):
     require_tfjs_runtimes(browser=True)
-    row = export_and_verify("float", fmt, tmp_path / fmt, small.x_test, small.y_test, float_predict,
-                            model=float_model)
+    row = export_and_verify("float", fmt, tmp_path / fmt, mnist_spec, test_split, float_predict, model=float_model)
     node, browser = row["checks"]
     assert (node["runtime"], browser["runtime"]) == ("tfjs-node", "chromium")
     lossy = fmt in ("tfjs_layers_uint8", "tfjs_layers_float16")
@@ -110,7 +111,7 @@ def test_report_table_markdown_and_chart(tmp_path):
     table = json.loads((tmp_path / "report.json").read_text())["rows"]
     assert [r["artifact"] for r in table] == ["float-onnx", "int8-tflite"]
     markdown = (tmp_path / "report.md").read_text()
-    assert "| float-onnx | onnxruntime | 200,000 | 180,000 | 0.9000 |" in markdown
+    assert "| float-onnx | onnxruntime | 200,000 | 180,000 | accuracy | 0.9000 |" in markdown
     assert "**no**" in markdown and "| pruned | rejected |" in markdown
     assert (tmp_path / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert written["rows"] == table

@@ -128,7 +128,7 @@ def test_pruned_int8_is_fully_integer_and_keeps_the_zeros(small, float_model):
                                                               optimize.representative_sample(small.x_train, 100))) < 0.1
     # it reproduces the pruned model it was quantized from, and compresses far below plain int8
     agreement = _agreement(variant.predict(small.x_test), pruned.model.predict(small.x_test, verbose=0))
-    assert agreement >= 0.95 and abs(variant.accuracy - pruned.accuracy) < 0.03
+    assert agreement >= 0.95 and abs(variant.score - pruned.score) < 0.03
     plain_int8 = optimize.build_variant("int8", float_model, small, config)
     assert variant.details["tflite_gzipped_bytes"] < 0.6 * plain_int8.details["tflite_gzipped_bytes"]
     assert variant.details["tflite_gzipped_bytes"] == optimize.gzipped_size(content)
@@ -173,11 +173,11 @@ def test_qat_int8_trains_with_fake_quantization_and_converts_to_full_int8(small,
     reloaded = load_keras_file(tmp_path / "model.keras")
     source = reloaded.predict(small.x_test, verbose=0)
     assert _agreement(variant.predict(small.x_test), source) >= 0.97
-    assert abs(variant.details["fake_quant_accuracy"] - variant.accuracy) <= 0.01
+    assert abs(variant.details["fake_quant_score"] - variant.score) <= 0.01
     assert variant.details["tflite_bytes"] == len(variant.tflite) < 0.35 * len(optimize.to_tflite(float_model))
 
     float_accuracy = optimize.accuracy(float_predict(small.x_test), small.y_test)
-    assert optimize.accuracy_drop_gate(float_accuracy, variant.accuracy, config.max_accuracy_drop).passed
+    assert optimize.accuracy_drop_gate(float_accuracy, variant.score, config.max_accuracy_drop).passed
 
 
 def test_qat_needs_an_epoch(small, float_model):

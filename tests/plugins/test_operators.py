@@ -153,8 +153,11 @@ def test_optimize_skips_unselected_and_rejected_variants():
         with pytest.raises(AirflowSkipException, match="int8 rejected: drop 2.5 pp"):
             op.execute(context())
     args = step.call_args.args
-    assert args[1] == {"model_name": "m", "version": 2, "run_id": "r", "model_uri": "models:/m/2"}
+    assert args[1] == {"model_name": "m", "version": 2, "run_id": "r", "model_uri": "models:/m/2", "model_spec": None,
+                       "dataset_uri": None}
     assert args[2] == "int8" and args[4]["int8_samples"] == 50 and args[4]["max_accuracy_drop"] == 0.02
+    # fields left empty go as None: the model module's OPTIMIZE, else the platform's default
+    assert args[4]["pruning_epochs"] is None and args[4]["target_sparsity"] is None
     assert args[4]["seed"] == 1 and step.call_args.kwargs == {"stamp": "manual__1"}
 
     qat = OptimizeModelOperator(task_id="q", variant="qat_int8", variants=["qat_int8"], model=MODEL, qat_epochs="3")

@@ -16,7 +16,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 import tfmlops  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from tfmlops.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE
+from tfmlops.export import SIGNATURE
 from tfmlops.formats import RuntimeUnavailable
 from tfmlops.model_files import load_keras_file
 
@@ -52,55 +51,89 @@ def _median_latency_ms(fn, runs: int = LATENCY_RUNS, warmup: int = 3) -> float:
     return float(statistics.median(times))
 
 
-def predict_keras(artifact: Path, x: np.ndarray) -> Prediction:
+def features_for(spec, features) -> dict[str, np.ndarray]:
+    """``features`` (a dict by input name, or the one input's rows) as the spec's dtypes: float32,
+    int64, and object arrays of ``bytes`` for strings."""
+    from tfmlops.export import as_features
+
+    out = {}
+    for name, value in as_features(spec, features).items():
+        dtype = spec.inputs[name][0]
+        if dtype == "string":
+            out[name] = np.array([v if isinstance(v, bytes) else str(v).encode("utf-8") for v in value.reshape(-1)],
+                                 dtype=object).reshape(value.shape)
+        else:
+            out[name] = np.ascontiguousarray(value, dtype=dtype)
+    return out
+
+
+def _one(features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v[:1] for k, v in features.items()}
+
+
+def predict_keras(artifact: Path, features: dict, spec) -> Prediction:
     """``model.keras`` or ``model.h5`` through :func:`tfmlops.model_files.load_keras_file`: the
     architecture is checked first (Keras objects only, no Lambda layer) for both formats, because
     tf_keras' ``safe_mode`` protects ``.keras`` files only; then tf_keras loads it in safe mode."""
+    from tfmlops.trainer import inputs_for
+
     path = next(p for p in (Path(artifact) / "model.keras", Path(artifact) / "model.h5") if p.exists())
     model = load_keras_file(path, compile=False)
-    probs = model.predict(x, batch_size=1024, verbose=0)
-    one = x[:1]
-    return Prediction("tf_keras", probs, _median_latency_ms(lambda: model(one, training=False)),
+    outputs = model.predict(inputs_for(model, features), batch_size=1024, verbose=0)
+    one = inputs_for(model, _one(features))
+    return Prediction("tf_keras", outputs, _median_latency_ms(lambda: model(one, training=False)),
                       {"file": path.name})
 
 
-def predict_saved_model(artifact: Path, x: np.ndarray) -> Prediction:
+def predict_saved_model(artifact: Path, features: dict, spec) -> Prediction:
+    """The ``serving_default`` signature (named raw inputs) of the SavedModel."""
     import tensorflow as tf
 
     signature = tf.saved_model.load(str(Path(artifact) / "saved_model")).signatures[SIGNATURE]
-    probs = signature(**{INPUT_NAME: tf.constant(x)})[OUTPUT_NAME].numpy()
-    one = tf.constant(x[:1])
-    return Prediction("tensorflow", probs, _median_latency_ms(lambda: signature(**{INPUT_NAME: one})),
-                      {"signature": SIGNATURE})
+    tensors = {k: tf.constant(v) for k, v in features.items()}
+    outputs = signature(**tensors)[spec.output_name].numpy()
+    one = {k: v[:1] for k, v in tensors.items()}
+    return Prediction("tensorflow", outputs, _median_latency_ms(lambda: signature(**one)), {"signature": SIGNATURE})
 
 
 class LiteRTModel:
-    """A TFLite flatbuffer in ``ai_edge_litert``'s interpreter; quantizes int8 inputs and
-    dequantizes int8 outputs with the tensors' own scale and zero point."""
+    """A TFLite flatbuffer in ``ai_edge_litert``'s interpreter, called through its signature
+    (``serving_default``: inputs by name); quantizes int8 inputs and dequantizes an int8 output with
+    the tensors' own scale and zero point. Called with a dict of features, or the one input's rows."""
 
     def __init__(self, content: bytes):
         from ai_edge_litert.interpreter import Interpreter
 
         self.interpreter = Interpreter(model_content=content)
-        self.interpreter.allocate_tensors()
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
-        self.rows = None
+        signatures = self.interpreter.get_signature_list()
+        self.signature = SIGNATURE if SIGNATURE in signatures else next(iter(signatures))
+        self.runner = self.interpreter.get_signature_runner(self.signature)
+        self.inputs = self.runner.get_input_details()
+        (self.output_name, self.output), = self.runner.get_output_details().items()
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        it = self.interpreter
-        if self.rows != len(x):
-            it.resize_tensor_input(self.input["index"], [len(x), x.shape[1]])
-            it.allocate_tensors()
-            self.input, self.output = it.get_input_details()[0], it.get_output_details()[0]
-            self.rows = len(x)
-        if np.issubdtype(self.input["dtype"], np.integer):
-            scale, zero = self.input["quantization"]
-            info = np.iinfo(self.input["dtype"])
-            x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(self.input["dtype"])
-        it.set_tensor(self.input["index"], x)
-        it.invoke()
-        y = it.get_tensor(self.output["index"])
+    def __call__(self, x) -> np.ndarray:
+        if not isinstance(x, dict):
+            if len(self.inputs) != 1:
+                raise ValueError(f"the model has inputs {sorted(self.inputs)}: pass a dict of arrays")
+            x = {next(iter(self.inputs)): x}
+        missing = set(self.inputs) - set(x)
+        if missing:
+            raise ValueError(f"missing inputs {sorted(missing)} (the model's: {sorted(self.inputs)})")
+        feed = {}
+        for name, detail in self.inputs.items():
+            value = np.asarray(x[name])
+            dtype = np.dtype(detail["dtype"])
+            if dtype.kind in "SO" or value.dtype == object:
+                value = np.array([v if isinstance(v, bytes) else str(v).encode("utf-8") for v in value.reshape(-1)],
+                                 dtype=object).reshape(value.shape)
+            elif dtype == np.int8 and value.dtype.kind == "f":
+                scale, zero = detail["quantization"]
+                info = np.iinfo(np.int8)
+                value = np.clip(np.round(value / scale + zero), info.min, info.max).astype(np.int8)
+            else:
+                value = np.ascontiguousarray(value, dtype=dtype)
+            feed[name] = value
+        y = self.runner(**feed)[self.output_name]
         if np.issubdtype(self.output["dtype"], np.integer):
             scale, zero = self.output["quantization"]
             y = (y.astype(np.float32) - zero) * scale
@@ -109,29 +142,42 @@ class LiteRTModel:
     def tensor_dtypes(self) -> dict:
         """Input/output dtypes and the dtypes of the weight tensors (constant tensors)."""
         details = self.interpreter.get_tensor_details()
-        return {"input": np.dtype(self.input["dtype"]).name, "output": np.dtype(self.output["dtype"]).name,
+        dtypes = {name: np.dtype(d["dtype"]).name for name, d in self.inputs.items()}
+        return {"input": dtypes[next(iter(dtypes))] if len(dtypes) == 1 else dtypes,
+                "output": np.dtype(self.output["dtype"]).name,
                 "tensors": sorted({np.dtype(d["dtype"]).name for d in details})}
 
 
-def predict_litert(artifact: Path, x: np.ndarray) -> Prediction:
+def predict_litert(artifact: Path, features: dict, spec) -> Prediction:
     content = (Path(artifact) / "model.tflite").read_bytes()
     batch, single = LiteRTModel(content), LiteRTModel(content)
-    probs = batch(x)
-    one = x[:1]
-    return Prediction("litert", probs, _median_latency_ms(lambda: single(one)), batch.tensor_dtypes())
+    outputs = batch(features)
+    one = _one(features)
+    return Prediction("litert", outputs, _median_latency_ms(lambda: single(one)), batch.tensor_dtypes())
 
 
-def predict_onnx(artifact: Path, x: np.ndarray) -> Prediction:
+def predict_onnx(artifact: Path, features: dict, spec) -> Prediction:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(Path(artifact) / "model.onnx"), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    probs = session.run(None, {name: x})[0]
-    one = x[:1]
-    return Prediction("onnxruntime", probs, _median_latency_ms(lambda: session.run(None, {name: one})),
-                      {"input": name})
+
+    def feed(rows: dict) -> dict:
+        out = {}
+        for name, value in rows.items():
+            if value.dtype == object:  # onnxruntime takes strings as str objects
+                value = np.array([v.decode("utf-8") for v in value.reshape(-1)], dtype=object).reshape(value.shape)
+            out[name] = value
+        return out
+
+    names = {i.name for i in session.get_inputs()}
+    if names != set(features):
+        raise ValueError(f"the ONNX model's inputs {sorted(names)} are not the model's {sorted(features)}")
+    outputs = session.run(None, feed(features))[0]
+    one = feed(_one(features))
+    return Prediction("onnxruntime", outputs, _median_latency_ms(lambda: session.run(None, one)),
+                      {"inputs": sorted(names)})
 
 
 # --- TF.js: Node and Chromium ---------------------------------------------------------------
@@ -204,56 +250,32 @@ def _tfjs_kind(artifact: Path) -> str:
     return "graph" if topology.get("format") == "graph-model" else "layers"
 
 
-def predict_tfjs_node(artifact: Path, x: np.ndarray) -> Prediction:
-    node = node_binary()
-    kind = _tfjs_kind(artifact)
-    with tempfile.TemporaryDirectory(prefix="tfmlops-tfjs-") as tmp:
-        tmp = Path(tmp)
-        np.ascontiguousarray(x, dtype="<f4").tofile(tmp / "x.f32")
-        with serve({"/model/": artifact}) as url:
-            _run_node([node, str(WEB_DIR / "scripts" / "predict.mjs"), "--model", f"{url}/model/model.json",
-                       "--kind", kind, "--input", str(tmp / "x.f32"), "--rows", str(len(x)),
-                       "--features", str(x.shape[1]), "--output", str(tmp / "y.f32"),
-                       "--result", str(tmp / "result.json"), "--latency-runs", str(LATENCY_RUNS)],
-                      f"TF.js in Node on {artifact}")
-        result = json.loads((tmp / "result.json").read_text())
-        probs = np.fromfile(tmp / "y.f32", dtype="<f4").reshape(result["shape"])
-    return Prediction("tfjs-node", probs, float(result["latency_ms"]),
-                      {"kind": kind, "backend": result["backend"], "tfjs_version": result["tfjs_version"]})
+def predict_tfjs_node(artifact: Path, features: dict, spec) -> Prediction:
+    from tfmlops.formats.tfjs_runtime import predict_tfjs_node as run
+
+    return run(artifact, features, spec.inputs)
 
 
-def predict_tfjs_browser(artifact: Path, x: np.ndarray, screenshot: Path | None = None) -> Prediction:
-    """The static page in headless Chromium: batch predictions + a digit drawn with the mouse
-    on the canvas (``info["drawn"]``: the pixels the page fed the model, its probabilities and
-    the digit it displayed)."""
-    node, chromium = node_binary(), chromium_binary()
-    kind = _tfjs_kind(artifact)
-    with tempfile.TemporaryDirectory(prefix="tfmlops-chromium-") as tmp:
-        tmp = Path(tmp)
-        np.ascontiguousarray(x, dtype="<f4").tofile(tmp / "x.f32")
-        routes = {"/model/": artifact, "/data/": tmp,
-                  "/vendor/tf.min.js": WEB_DIR / "node_modules" / "@tensorflow" / "tfjs" / "dist" / "tf.min.js",
-                  "/": WEB_DIR / "static"}
-        with serve(routes) as url:
-            argv = [node, str(WEB_DIR / "scripts" / "browser_check.mjs"),
-                    "--page", f"{url}/index.html?model=/model/model.json&kind={kind}",
-                    "--input", f"{url}/data/x.f32", "--rows", str(len(x)), "--features", str(x.shape[1]),
-                    "--output", str(tmp / "y.f32"), "--result", str(tmp / "result.json"),
-                    "--latency-runs", str(LATENCY_RUNS), "--chromium", chromium]
-            if screenshot is not None:
-                argv += ["--screenshot", str(screenshot)]
-            _run_node(argv, f"TF.js in Chromium on {artifact}")
-        result = json.loads((tmp / "result.json").read_text())
-        probs = np.fromfile(tmp / "y.f32", dtype="<f4").reshape(result["shape"])
-    info = {"kind": kind, "backend": result["backend"], "tfjs_version": result["tfjs_version"],
-            "browser": result.get("browser"), "drawn": result["drawn"]}
-    return Prediction("chromium", probs, float(result["latency_ms"]), info)
+def predict_tfjs_browser(artifact: Path, features: dict, spec, screenshot: Path | None = None) -> Prediction:
+    from tfmlops.formats.tfjs_runtime import predict_tfjs_browser as run
+
+    return run(artifact, features, spec.inputs, screenshot=screenshot, canvas=is_digit_demo(spec))
+
+
+def is_digit_demo(spec) -> bool:
+    """The draw-a-digit page applies to models of its input: one float32 input of the canvas's
+    28x28 pixels, and ten classes (the digits it displays)."""
+    from tfmlops.formats.tfjs_runtime import CANVAS_INPUT
+
+    return (spec.task == "multiclass" and spec.num_classes == 10 and len(spec.inputs) == 1
+            and next(iter(spec.inputs.values())) == CANVAS_INPUT)
 
 
 PREDICTORS = {"tensorflow": predict_saved_model, "tf_keras": predict_keras, "litert": predict_litert,
               "onnxruntime": predict_onnx, "tfjs-node": predict_tfjs_node, "chromium": predict_tfjs_browser}
 
 
-def predict(runtime: str, artifact: Path, x: np.ndarray, **kwargs) -> Prediction:
-    return PREDICTORS[runtime](Path(artifact), np.ascontiguousarray(x, dtype=np.float32), **kwargs)
-
+def predict(runtime: str, artifact: Path, features, spec, **kwargs) -> Prediction:
+    """Run ``runtime`` on the artifact with ``features`` (a dict by input name, or the one input's
+    rows); ``Prediction.probabilities`` is the model's raw output."""
+    return PREDICTORS[runtime](Path(artifact), features_for(spec, features), spec, **kwargs)

@@ -3,14 +3,16 @@ for the quantized variants) and an empty output folder, and returns that folder.
 
 from __future__ import annotations
 
+import contextlib
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
 import tfmlops  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from tfmlops.export import INPUT_NAME, export_saved_model
+from tfmlops.export import export_saved_model
+from tfmlops.formats import NotApplicable
 
 TFJS_QUANTIZATION = {"tfjs_layers": None, "tfjs_layers_uint8": {"uint8": True},
                      "tfjs_layers_float16": {"float16": True}}
@@ -25,25 +27,64 @@ def _fresh(out: Path) -> Path:
     return out
 
 
-def _input_spec(model):
+def _input_specs(model, spec) -> list:
+    """The raw signature's inputs (never the ``tf.Example`` one: ``ParseExampleV2`` converts to no
+    other runtime), in the order of the model's inputs."""
     import tensorflow as tf
 
-    return tf.TensorSpec([None, int(model.inputs[0].shape[-1])], tf.float32, name=INPUT_NAME)
+    from tfmlops.export import _tf_dtype
+
+    order = [t.name.split(":")[0] for t in model.inputs]
+    return [tf.TensorSpec([None, *spec.inputs[name][1]], _tf_dtype(spec.inputs[name][0]), name=name)
+            for name in order]
 
 
-def write_saved_model(model, out: Path, smoke_inputs: np.ndarray) -> Path:
-    """The serving SavedModel (``serving_default``: ``pixels`` → ``probabilities``) + smoke.json."""
-    export_saved_model(model, out, smoke_inputs, warmup_inputs=smoke_inputs)
+def reason(exc: BaseException) -> str:
+    """What a converter's or runtime's error says is unsupported, in one line."""
+    text = str(exc)
+    select = re.search(r"TF Select ops: ([^\n]+)", text)
+    if select:
+        return f"needs TF Select ops, which are no TFLite builtins: {select.group(1).strip()}"
+    layer = re.search(r"Received a model or layer (\w+) with weights", text)
+    if layer:
+        return f"{layer.group(1)} keeps state that is no tf.Variable (an adapted vocabulary): the h5 weights " \
+               "format, which the TF.js layers converter writes too, cannot store it"
+    node = re.search(r"failed \(exit \d+\): (.+)", text)  # a TF.js script's own message
+    if node:
+        return node.group(1).strip()[:300]
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return f"{type(exc).__name__}: {first[:300]}"
+
+
+def _converting(fmt: str):
+    """Errors of a conversion say the format does not apply to this model (with what is unsupported)."""
+    @contextlib.contextmanager
+    def guard():
+        try:
+            yield
+        except NotApplicable:
+            raise
+        except Exception as exc:  # noqa: BLE001 — every converter raises its own types
+            raise NotApplicable(f"{fmt}: {reason(exc)}") from exc
+    return guard()
+
+
+def write_saved_model(model, out: Path, smoke_inputs, spec) -> Path:
+    """The serving SavedModel (``serving_default`` on the named inputs, Classify/Regress on
+    ``tf.Example``) + smoke.json."""
+    export_saved_model(model, out, smoke_inputs, warmup_inputs=smoke_inputs, spec=spec)
     return Path(out)
 
 
 def write_keras(model, out: Path) -> Path:
-    model.save(str(_fresh(out) / "model.keras"))
+    with _converting("keras"):
+        model.save(str(_fresh(out) / "model.keras"))
     return Path(out)
 
 
 def write_h5(model, out: Path) -> Path:
-    model.save(str(_fresh(out) / "model.h5"), save_format="h5")
+    with _converting("h5"):
+        model.save(str(_fresh(out) / "model.h5"), save_format="h5")
     return Path(out)
 
 
@@ -52,13 +93,14 @@ def write_tflite(content: bytes, out: Path) -> Path:
     return Path(out)
 
 
-def write_onnx(model, out: Path) -> Path:
-    """tf2onnx ``from_keras`` (works on tf_keras models; fails on Keras 3)."""
+def write_onnx(model, out: Path, spec) -> Path:
+    """tf2onnx ``from_keras`` on the raw signature's inputs (works on tf_keras models; fails on Keras 3)."""
     import tf2onnx
 
     out = _fresh(out)
-    tf2onnx.convert.from_keras(model, input_signature=[_input_spec(model)], opset=ONNX_OPSET,
-                               output_path=str(out / "model.onnx"))
+    with _converting("onnx"):
+        tf2onnx.convert.from_keras(model, input_signature=_input_specs(model, spec), opset=ONNX_OPSET,
+                                   output_path=str(out / "model.onnx"))
     return out
 
 
@@ -68,52 +110,57 @@ def write_tfjs_layers(model, out: Path, quantization: dict | None = None) -> Pat
 
     tfjs = import_tensorflowjs()
     out = _fresh(out)
-    tfjs.converters.save_keras_model(model, str(out), quantization_dtype_map=quantization)
+    with _converting("tfjs layers"):
+        tfjs.converters.save_keras_model(model, str(out), quantization_dtype_map=quantization)
     return out
 
 
-def write_tfjs_graph(model, out: Path) -> Path:
-    """TF.js graph model converted from the serving SavedModel (signature ``serving_default``)."""
+def write_tfjs_graph(model, out: Path, spec) -> Path:
+    """TF.js graph model converted from a SavedModel of the raw signature (``serving_default``:
+    the named inputs → the model's own output)."""
     import tensorflow as tf
 
     from tfmlops.tfjs_compat import import_tensorflowjs
 
     tfjs = import_tensorflowjs()
     out = _fresh(out)
-    with tempfile.TemporaryDirectory() as tmp:
-        spec = _input_spec(model)
+    specs = _input_specs(model, spec)
+    names = [s.name for s in specs]
 
-        @tf.function(input_signature=[spec])
-        def serve(pixels):
-            return {"probabilities": model(pixels, training=False)}
+    def serve(*args):
+        from tfmlops.trainer import inputs_for
 
-        tf.saved_model.save(model, tmp, signatures={"serving_default": serve})
+        return {spec.output_name: model(inputs_for(model, dict(zip(names, args))), training=False)}
+
+    with tempfile.TemporaryDirectory() as tmp, _converting("tfjs graph"):
+        tf.saved_model.save(model, tmp, signatures={"serving_default": tf.function(serve, input_signature=specs)})
         tfjs.converters.convert_tf_saved_model(tmp, str(out), signature_def="serving_default",
                                                saved_model_tags="serve")
     return out
 
 
-def write(fmt: str, out: Path, model=None, tflite_content: bytes | None = None,
-          smoke_inputs: np.ndarray | None = None) -> Path:
-    """Write ``model`` (or ``tflite_content`` for a quantized variant) as ``fmt`` into ``out``."""
+def write(fmt: str, out: Path, spec, model=None, tflite_content: bytes | None = None, smoke_inputs=None) -> Path:
+    """Write ``model`` (or ``tflite_content`` for a quantized variant) as ``fmt`` into ``out``.
+    Raises :class:`~tfmlops.formats.NotApplicable` when the format's converter cannot take the model."""
     if fmt == "tflite":
         if tflite_content is None:
             from tfmlops.optimize import to_tflite
 
-            tflite_content = to_tflite(model)
+            with _converting("tflite"):
+                tflite_content = to_tflite(model)
         return write_tflite(tflite_content, out)
     if model is None:
         raise ValueError(f"format {fmt} needs a Keras model")
     if fmt == "saved_model":
-        return write_saved_model(model, out, smoke_inputs)
+        return write_saved_model(model, out, smoke_inputs, spec)
     if fmt == "keras":
         return write_keras(model, out)
     if fmt == "h5":
         return write_h5(model, out)
     if fmt == "onnx":
-        return write_onnx(model, out)
+        return write_onnx(model, out, spec)
     if fmt in TFJS_QUANTIZATION:
         return write_tfjs_layers(model, out, TFJS_QUANTIZATION[fmt])
     if fmt == "tfjs_graph":
-        return write_tfjs_graph(model, out)
+        return write_tfjs_graph(model, out, spec)
     raise ValueError(f"unknown format {fmt!r}")

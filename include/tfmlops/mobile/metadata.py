@@ -28,6 +28,10 @@ MODEL_IDENTIFIER = b"TFL3"
 # Every field written here exists since metadata schema 1.0.0 (tflite-support computes the same
 # minimum for them); a parser older than this must refuse the metadata.
 MIN_PARSER_VERSION = "1.0.0"
+# the associated-file types a label file is written as, with the description written for each
+LABEL_TYPES = {"TENSOR_AXIS_LABELS": "One class name per line, in output order.",
+               "DESCRIPTIONS": "The class names, one per line: the negative class (output near 0), then the "
+                               "positive class (output near 1)."}
 
 
 class MetadataError(ValueError):
@@ -44,7 +48,11 @@ class TensorInfo:
     std: list[float] | None = None
     min: list[float] | None = None  # range of the (normalized) values
     max: list[float] | None = None
-    label_file: str | None = None  # an associated TENSOR_AXIS_LABELS file
+    label_file: str | None = None  # an associated file of class names, one per line
+    # TENSOR_AXIS_LABELS: one name per element of the tensor's last axis (softmax probabilities);
+    # DESCRIPTIONS: names that do not map onto the axis (a binary model's one probability: negative,
+    # positive) — ML model binding would refuse axis labels whose count is not the axis size
+    label_type: str = "TENSOR_AXIS_LABELS"
 
 
 @dataclass
@@ -76,9 +84,11 @@ def _tensor_metadata(info: TensorInfo) -> schema.TensorMetadataT:
         tensor.stats = schema.StatsT()
         tensor.stats.min, tensor.stats.max = list(info.min), list(info.max)
     if info.label_file:
+        if info.label_type not in LABEL_TYPES:
+            raise MetadataError(f"label_type {info.label_type!r} is not one of {list(LABEL_TYPES)}")
         labels = schema.AssociatedFileT()
-        labels.name, labels.description = info.label_file, "One class name per line, in output order."
-        labels.type = schema.AssociatedFileType.TENSOR_AXIS_LABELS
+        labels.name, labels.description = info.label_file, LABEL_TYPES[info.label_type]
+        labels.type = getattr(schema.AssociatedFileType, info.label_type)
         tensor.associatedFiles = [labels]
     return tensor
 
@@ -143,8 +153,9 @@ def _tensor_info(tensor: schema.TensorMetadataT) -> TensorInfo:
     if tensor.stats is not None:
         info.min, info.max = _floats(tensor.stats.min), _floats(tensor.stats.max)
     for associated in tensor.associatedFiles or []:
-        if associated.type == schema.AssociatedFileType.TENSOR_AXIS_LABELS:
-            info.label_file = _text(associated.name)
+        for label_type in LABEL_TYPES:
+            if associated.type == getattr(schema.AssociatedFileType, label_type):
+                info.label_file, info.label_type = _text(associated.name), label_type
     return info
 
 

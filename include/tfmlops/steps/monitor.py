@@ -20,16 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
-from tfmlops import data, registry
-from tfmlops.monitoring import (Thresholds, available_versions, build_reference, drift, health_breaches, health_metrics,
-                                live_health, quality, quality_metrics, served_probabilities)
+from tfmlops import drift, model_data, modelspec, registry
+from tfmlops.modelspec import ModelSpec
+from tfmlops.monitoring import (Thresholds, available_versions, health_breaches, health_metrics, live_health,
+                                served_outputs)
 from tfmlops.partitions import list_partitions
 
 __all__ = ["Thresholds", "check_health", "check_quality_drift"]
 
 log = logging.getLogger(__name__)
 
-REFERENCE_ARTIFACT = "monitoring/reference.json"
+REFERENCE_ARTIFACT = "monitoring/profile.json"  # tfmlops.drift's (reference.json: the MNIST-only one before)
 MONITOR_TAG = "tfmlops.monitor"
 
 
@@ -92,9 +93,30 @@ def log_trend_charts(tracking_uri: str, run_id: str) -> str:
 
 
 # ------------------------------------------------------------------------------- reference
+def version_spec(found) -> tuple[ModelSpec, object]:
+    """The spec a registered version was trained with (its ``model.*`` tags; a version registered
+    before specs is the default module's MNIST MLP) and its model module."""
+    spec = ModelSpec.from_tags(found.tags or {}) or modelspec.read_spec(modelspec.DEFAULT_MODULE)
+    return spec, modelspec.import_module(spec.module)
+
+
+def all_rows(spec: ModelSpec, module, uris, s3_client=None) -> model_data.Split:
+    """Every row (train, validation and test) of the datasets at ``uris`` (partitions), read by the
+    model module's loader and checked against its spec."""
+    splits = []
+    for uri in uris:
+        loaded, _ = model_data.load(spec, module, uri, s3_client=s3_client, max_overlap_fraction=1.0)
+        splits += [loaded.train, loaded.validation, loaded.test]
+    splits = [s for s in splits if len(s)]
+    return model_data.Split({k: np.concatenate([s.features[k] for s in splits]) for k in spec.inputs},
+                            np.concatenate([s.labels for s in splits]))
+
+
 def ensure_reference(tracking_uri: str, model_name: str, version: int, client, rows: int = 2000,
-                     n_features: int = 784, num_classes: int = 10, s3_client=None) -> dict:
-    """The version's drift reference; computed and stored on its run when it has none."""
+                     s3_client=None) -> dict:
+    """The version's drift profile (:func:`tfmlops.drift.build_profile`: per named input and of the
+    served outputs, on a sample of its training rows); computed and stored on its run the first
+    time."""
     mlf = registry.client(tracking_uri)
     found = registry.get_version(tracking_uri, model_name, version)
     artifacts = {a.path for a in mlf.list_artifacts(found.run_id, "monitoring")}
@@ -102,28 +124,87 @@ def ensure_reference(tracking_uri: str, model_name: str, version: int, client, r
         with tempfile.TemporaryDirectory() as tmp:
             local = registry.download(tracking_uri, f"runs:/{found.run_id}/{REFERENCE_ARTIFACT}", tmp)
             return json.loads(Path(local).read_text())
+    spec, module = version_spec(found)
     uri = mlf.get_run(found.run_id).data.tags.get("dataset_uri", "mnist")
-    dataset, _ = data.load_validated(uri, n_features, num_classes, s3_client=s3_client)
-    pick = np.random.default_rng(0).choice(len(dataset.y_train), size=min(rows, len(dataset.y_train)), replace=False)
-    x = dataset.x_train[np.sort(pick)]
-    predicted = np.argmax(served_probabilities(client, model_name, x, version=int(found.version)), axis=1)
-    reference = {**build_reference(x, predicted, num_classes, source=uri), "version": int(found.version)}
+    train = model_data.load(spec, module, uri, s3_client=s3_client, max_overlap_fraction=1.0)[0].train
+    pick = np.sort(np.random.default_rng(0).choice(len(train), size=min(rows, len(train)), replace=False))
+    features = train.take(pick).features
+    outputs = served_outputs(client, model_name, spec, features, version=int(found.version))
+    reference = {**drift.build_profile(spec, features, outputs, module, source=uri), "version": int(found.version)}
     mlf.log_dict(found.run_id, reference, REFERENCE_ARTIFACT)
-    log.info("stored the drift reference of %s version %s (%d rows of %s)", model_name, found.version, len(x), uri)
+    log.info("stored the drift profile of %s version %s (%d rows of %s)", model_name, found.version, len(pick), uri)
     return reference
 
 
+def quality_breach(spec: ModelSpec, q: dict, thresholds: Thresholds) -> str | None:
+    """The quality verdict: accuracy against ``thresholds.min_accuracy`` for a multiclass model (the
+    form's field), else the model's own gate metric against its gate threshold (its ``GATE``)."""
+    if spec.task == "multiclass":
+        metric, threshold, higher = "accuracy", thresholds.min_accuracy, True
+    else:
+        gate = modelspec.resolve_gate(spec)
+        metric, threshold, higher = gate["metric"], gate.get("threshold"), gate["higher_is_better"]
+        if threshold is None:
+            return None
+    value = q.get(metric)
+    if value is None or not np.isfinite(value):
+        return f"{metric} could not be measured on {q['rows']} rows"
+    if (value < threshold) if higher else (value > threshold):
+        return f"{metric} {value:.4f} {'<' if higher else '>'} {threshold:.4f} on {q['rows']} rows"
+    return None
+
+
+def drift_metrics(d: dict) -> dict[str, float]:
+    """The drift measurement as MLflow metrics: the maxima and each statistic's PSI."""
+    flat = {"drift.input_psi_max": d["input_psi_max"], "drift.prediction_psi": d["prediction_psi"]}
+    flat.update({f"drift.input_psi.{k}": v["psi"] for k, v in d["features"].items()})
+    return flat
+
+
+def task_quality_metrics(q: dict) -> dict[str, float]:
+    """Quality as MLflow metrics: the task's numbers, per class for multiclass."""
+    flat = {f"quality.{k}": float(v) for k, v in q.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("rows", "rows_used")}
+    for kind, values in (q.get("per_class") or {}).items():
+        flat.update({f"quality.{kind}.class_{c}": v for c, v in enumerate(values)})
+    return flat
+
+
+def moved_most(d: dict, count: int = 3) -> str:
+    return ", ".join(f"{name} {psi:.3f}" for name, psi in d["top"][:count])
+
+
 # ------------------------------------------------------------------------------ entry points
+def probe_features(tracking_uri: str, model_name: str) -> dict[str, np.ndarray]:
+    """One row of the champion's smoke inputs (``serving/smoke.json``, written at export), as named
+    input arrays of one row in the inputs' dtypes: what a health probe sends."""
+    found = registry.get_version(tracking_uri, model_name, registry.CHAMPION)
+    with tempfile.TemporaryDirectory() as tmp:
+        smoke = json.loads(registry.download(tracking_uri, f"runs:/{found.run_id}/serving/smoke.json",
+                                             tmp).read_text())
+    if "inputs" not in smoke:  # exported before named inputs: the one input's rows
+        return {smoke["input"]: np.asarray(smoke["instances"][:1], np.float32)}
+    dtypes = smoke.get("input_dtypes", {})
+    out = {}
+    for name, values in smoke["inputs"].items():
+        if dtypes.get(name) == "string":
+            out[name] = np.vectorize(lambda v: str(v).encode("utf-8"), otypes=[object])(np.asarray(values[:1], object))
+        else:
+            out[name] = np.asarray(values[:1], dtype=dtypes.get(name, "float32"))
+    return out
+
+
 def check_health(tracking_uri: str, model_name: str, endpoints: list, thresholds: Thresholds, requests: int = 50,
-                 n_features: int = 784, prometheus=None, window_s: int = 300, scrape_window_s: float = 15.0) -> dict:
+                 prometheus=None, window_s: int = 300, scrape_window_s: float = 15.0) -> dict:
     """Health of every endpoint (:class:`tfmlops.deploy.endpoint.Endpoint`) from the model's live
     traffic — from ``prometheus`` (a :class:`~tfmlops.deploy.live_metrics.PrometheusClient`) over
     ``window_s`` seconds, else from two scrapes of each replica's metrics ``scrape_window_s``
     apart — and probed (every version, ``requests`` predicts per API) where it served nothing in
-    the window (:func:`tfmlops.monitoring.live_health`). The numbers are logged as one time step,
-    the sources as the run's tag ``last_health_sources``; the charts are redrawn."""
-    def probe_row() -> np.ndarray:
-        return data.load_mnist().x_test[0].reshape(-1)[:n_features].astype(np.float32) / 255.0
+    the window (:func:`tfmlops.monitoring.live_health`; the probe sends the first row of the
+    champion's own smoke inputs, named as its inputs). The numbers are logged as one time step, the
+    sources as the run's tag ``last_health_sources``; the charts are redrawn."""
+    def probe_row():
+        return probe_features(tracking_uri, model_name)
 
     result, sources = live_health(endpoints, model_name, probe_row, requests, prometheus, window_s, scrape_window_s)
     for name, s in sources.items():
@@ -144,10 +225,11 @@ def newest_partitions(root: str, dataset: str, count: int, s3_client=None) -> di
 
 
 def check_quality_drift(tracking_uri: str, model_name: str, endpoint, root: str, dataset: str,
-                        thresholds: Thresholds, newest: int = 1, reference_rows: int = 2000, n_features: int = 784,
-                        num_classes: int = 10, s3_client=None) -> dict:
+                        thresholds: Thresholds, newest: int = 1, reference_rows: int = 2000, s3_client=None) -> dict:
     """Quality and drift of the ``champion`` served by ``endpoint`` on the newest partitions (all
-    their rows)."""
+    their rows, read by the version's model module): quality by task
+    (:func:`tfmlops.drift.quality`), drift per named input and of the served outputs against the
+    version's profile (:func:`tfmlops.drift.measure`), the features that moved most named."""
     client = endpoint.client
     partitions = newest_partitions(root, dataset, newest, s3_client)
     if not partitions:
@@ -157,50 +239,61 @@ def check_quality_drift(tracking_uri: str, model_name: str, endpoint, root: str,
     version = int(champion.version)
     if version not in available_versions(client, model_name):
         raise LookupError(f"{model_name} champion version {version} is not AVAILABLE on the server")
-    sets = [data.load_validated(uri, n_features, num_classes, s3_client=s3_client)[0] for uri in partitions.values()]
-    x = np.concatenate([np.concatenate([d.x_train, d.x_test]) for d in sets])
-    y = np.concatenate([np.concatenate([d.y_train, d.y_test]) for d in sets])
-    predicted = np.argmax(served_probabilities(client, model_name, x, version=version), axis=1)
-    q = quality(y, predicted, num_classes)
-    reference = ensure_reference(tracking_uri, model_name, version, client, reference_rows, n_features, num_classes,
-                                 s3_client)
-    d = drift(reference, x, predicted, num_classes)
-    breaches = []
-    if q["accuracy"] < thresholds.min_accuracy:
-        breaches.append(f"accuracy {q['accuracy']:.4f} < {thresholds.min_accuracy:.4f} on {len(y)} rows")
+    spec, module = version_spec(champion)
+    rows = all_rows(spec, module, partitions.values(), s3_client)
+    outputs = served_outputs(client, model_name, spec, rows.features, version=version)
+    q = drift.quality(spec.task, rows.labels, outputs, spec.num_classes)
+    reference = ensure_reference(tracking_uri, model_name, version, client, reference_rows, s3_client)
+    d = drift.measure(reference, rows.features, outputs, module)
+    breaches = [b for b in [quality_breach(spec, q, thresholds)] if b]
     if d["input_psi_max"] > thresholds.max_input_psi:
         breaches.append(f"input drift: PSI of {d['input_psi_worst']} {d['input_psi_max']:.3f} > "
-                        f"{thresholds.max_input_psi:.3f}")
+                        f"{thresholds.max_input_psi:.3f} (moved most: {moved_most(d)})")
     if d["prediction_psi"] > thresholds.max_prediction_psi:
         breaches.append(f"prediction drift: PSI {d['prediction_psi']:.3f} > {thresholds.max_prediction_psi:.3f}")
     run_id = monitoring_run(tracking_uri, model_name)
-    step = log_step(tracking_uri, run_id, {**quality_metrics(q, d), "quality.rows": len(y),
+    step = log_step(tracking_uri, run_id, {**task_quality_metrics(q), **drift_metrics(d), "quality.rows": len(rows),
                                            "quality.served_version": version})
-    registry.log_confusion_matrix(tracking_uri, run_id, q["confusion_matrix"])
+    if "confusion_matrix" in q:
+        registry.log_confusion_matrix(tracking_uri, run_id, q["confusion_matrix"])
+    registry.client(tracking_uri).log_dict(run_id, {"quality": q, "drift": d, "partitions": list(partitions)},
+                                           "reports/last_quality_drift.json")
     registry.set_tags(tracking_uri, run_id, {"last_partitions": ",".join(partitions), "last_breaches":
-                                             "; ".join(breaches)[:4000] or "none"})
+                                             "; ".join(breaches)[:4000] or "none",
+                                             "last_drift_moved_most": moved_most(d, 5)[:4000]})
     charts = log_trend_charts(tracking_uri, run_id)
     reason = (f"{model_name} version {version} on partitions {list(partitions)}: " + "; ".join(breaches)) \
         if breaches else ""
-    log.info("quality %s, drift %s, breaches %s", {k: q[k] for k in ("accuracy", "f1_macro")},
-             {k: d[k] for k in ("input_psi_max", "prediction_psi")}, breaches)
+    log.info("quality %s=%.4f, drift %s (moved most: %s), breaches %s", q["metric"], q["value"],
+             {k: d[k] for k in ("input_psi_max", "prediction_psi")}, moved_most(d), breaches)
+    headline = {k: q[k] for k in ("task", "metric", "value", "rows")}
     return {"model_name": model_name, "version": version, "run_id": run_id, "step": step,
             "partitions": list(partitions), "retrain": bool(breaches), "breaches": breaches, "reason": reason,
-            "quality": {k: q[k] for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "rows")},
-            "per_class_f1": q["per_class"]["f1"], "confusion_matrix": q["confusion_matrix"], "drift": d,
+            "quality": {**headline, **{k: q[k] for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro",
+                                                         "auc", "rmse", "mae", "r2") if k in q}},
+            "per_class_f1": (q.get("per_class") or {}).get("f1"), "confusion_matrix": q.get("confusion_matrix"),
+            "drift": {k: d[k] for k in ("input_psi_max", "input_psi_worst", "prediction_psi", "top")},
             "charts": charts}
 
 
 def check_live_drift(tracking_uri: str, model_name: str, endpoint, log_prefix: str, thresholds: Thresholds,
-                     window_s: float = 3600.0, min_rows: int = 100, reference_rows: int = 2000,
-                     n_features: int = 784, num_classes: int = 10) -> dict:
+                     window_s: float = 3600.0, min_rows: int = 100, reference_rows: int = 2000) -> dict:
     """PSI drift of what users sent to the ``champion`` (the server's request logs of the last
     ``window_s``, :mod:`tfmlops.feedback`, without the project's own requests) against the
-    version's training reference; fewer than ``min_rows`` logged rows: no verdict."""
+    version's training profile; fewer than ``min_rows`` logged rows: no verdict. Reads the Predict
+    logs of a one-input float classifier (the MNIST example) for now: another model gets no
+    verdict, saying so."""
     from tfmlops import feedback
 
     champion = registry.get_version(tracking_uri, model_name, registry.CHAMPION)
     version = int(champion.version)
+    spec, module = version_spec(champion)
+    (input_name, (input_dtype, _)), = list(spec.inputs.items())[:1] or [("", ("", ()))]
+    if spec.task != "multiclass" or len(spec.inputs) != 1 or input_dtype != "float32":
+        return {"model_name": model_name, "version": version, "log_files": 0, "rows": 0, "breaches": [],
+                "retrain": False, "reason": f"live drift from request logs reads one-input float classifiers for "
+                                            f"now; {model_name} is a {spec.task} model on {sorted(spec.inputs)}: "
+                                            "no live drift verdict"}
     since = time.time() - window_s
     files = []
     for f in feedback.list_request_logs(log_prefix, include_partial=True):
@@ -212,7 +305,7 @@ def check_live_drift(tracking_uri: str, model_name: str, endpoint, log_prefix: s
     from tfmlops.deploy.client import REQUEST_ID_PREFIX
 
     # what clients sent: the project's own requests (probes, checks, this monitor's) are left out
-    logged = [r for rid, r in feedback.read_request_logs(files).items()
+    logged = [r for rid, r in feedback.read_request_logs(files, input_name).items()
               if r["model_version"] == version and r["predicted"] is not None
               and not rid.startswith(REQUEST_ID_PREFIX)]
     rows = sum(len(r["x"]) for r in logged)
@@ -221,15 +314,14 @@ def check_live_drift(tracking_uri: str, model_name: str, endpoint, log_prefix: s
     if rows < min_rows:
         return {**base, "reason": f"{rows} logged rows of version {version} in the last {window_s:.0f} s, "
                                   f"fewer than {min_rows}: no live drift verdict"}
-    x = np.concatenate([r["x"] for r in logged])[:, :n_features]
-    predicted = np.concatenate([r["predicted"] for r in logged])
-    reference = ensure_reference(tracking_uri, model_name, version, endpoint.client, reference_rows, n_features,
-                                 num_classes)
-    d = drift(reference, x, predicted, num_classes)
+    x = np.concatenate([r["x"] for r in logged])
+    outputs = np.eye(spec.num_classes, dtype=np.float32)[np.concatenate([r["predicted"] for r in logged])]
+    reference = ensure_reference(tracking_uri, model_name, version, endpoint.client, reference_rows)
+    d = drift.measure(reference, {input_name: x.reshape(len(x), *spec.inputs[input_name][1])}, outputs, module)
     breaches = []
     if d["input_psi_max"] > thresholds.max_input_psi:
         breaches.append(f"live input drift: PSI of {d['input_psi_worst']} {d['input_psi_max']:.3f} > "
-                        f"{thresholds.max_input_psi:.3f} on {rows} logged rows")
+                        f"{thresholds.max_input_psi:.3f} on {rows} logged rows (moved most: {moved_most(d)})")
     if d["prediction_psi"] > thresholds.max_prediction_psi:
         breaches.append(f"live prediction drift: PSI {d['prediction_psi']:.3f} > {thresholds.max_prediction_psi:.3f} "
                         f"on {rows} logged rows")
@@ -239,6 +331,6 @@ def check_live_drift(tracking_uri: str, model_name: str, endpoint, log_prefix: s
     log.info("live drift of version %s on %d logged rows: %s", version, rows,
              {k: d[k] for k in ("input_psi_max", "prediction_psi")})
     reason = f"{model_name} version {version}, live traffic: " + "; ".join(breaches) if breaches else ""
-    return {**base, "run_id": run_id, "step": step, "drift": d, "breaches": breaches, "retrain": bool(breaches),
-            "reason": reason}
+    return {**base, "run_id": run_id, "step": step, "breaches": breaches, "retrain": bool(breaches), "reason": reason,
+            "drift": {k: d[k] for k in ("input_psi_max", "input_psi_worst", "prediction_psi", "top")}}
 

@@ -28,11 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tfmlops import registry
-from tfmlops.formats import FormatCheckError, RuntimeUnavailable, artifact_name, tolerance_for
+from tfmlops import model_data, registry
+from tfmlops.formats import (FormatCheckError, NotApplicable, RuntimeUnavailable, artifact_name,
+                             tolerance_for)
 
-__all__ = ["FormatCheckError", "MobileBundleError", "RuntimeUnavailable", "export_format", "mobile_bundles",
-           "optimize_and_export_all", "optimize_variant", "report"]
+__all__ = ["FormatCheckError", "MobileBundleError", "NotApplicable", "RuntimeUnavailable", "export_format",
+           "mobile_bundles", "model_problem", "optimize_and_export_all", "optimize_variant", "report"]
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +49,42 @@ class MobileBundleError(RuntimeError):
     """A mobile bundle run from its own files does not reproduce the registered model."""
 
 
+def model_problem(model: dict, data) -> tuple:
+    """What the steps of a version work on: its model spec (the one it was registered with; a
+    version registered before specs is the default module's MNIST MLP), the module, and the
+    module's data — ``data.uri`` when the form names one, else the dataset the version was trained
+    on (``dataset_uri`` on its run)."""
+    from tfmlops import modelspec
+
+    spec = modelspec.ModelSpec.from_dict(model["model_spec"]) if model.get("model_spec") else \
+        modelspec.read_spec(modelspec.DEFAULT_MODULE)
+    uri = str(data.uri or "") or model.get("dataset_uri") or "mnist"
+    module = modelspec.import_module(spec.module)
+    loaded, _ = model_data.load(spec, module, uri, data.sample_fraction, data.seed, s3_client=data.s3_client,
+                                max_overlap_fraction=data.max_overlap_fraction)
+    return spec, module, loaded
+
+
+def _keras_predict(keras_model):
+    from tfmlops.trainer import inputs_for
+
+    return lambda features: keras_model.predict(inputs_for(keras_model, features), batch_size=1024, verbose=0)
+
+
 def optimize_variant(tracking_uri: str, model: dict, variant: str, spec, config, stamp: str = "") -> dict:
-    """Build and gate one variant of ``model`` (a :func:`~tfmlops.steps.retrain.resolve` result); log
-    its result (and the candidate when it passed) under ``optimization/<variant>/``. ``config`` is an
-    :class:`~tfmlops.optimize.OptimizeConfig` or a dict of its fields. Never raises for a variant
-    problem: the result's ``status`` says passed / rejected / failed."""
+    """Build and gate one variant of ``model`` (a :func:`~tfmlops.steps.retrain.resolve` result) on
+    the model's data (``spec``: a :class:`~tfmlops.steps.retrain.DataSpec`); log its result (and the
+    candidate when it passed) under ``optimization/<variant>/``. ``config`` is an
+    :class:`~tfmlops.optimize.OptimizeConfig`, or a dict of its fields where ``None`` means the model
+    module's ``OPTIMIZE`` value, else the platform's default. Never raises for a variant problem: the
+    result's ``status`` says passed / rejected / skipped (does not apply) / failed."""
     from tfmlops import optimize
 
+    model_spec, module, loaded = model_problem(model, spec)
     if isinstance(config, dict):
-        config = optimize.OptimizeConfig(**config)
-    dataset, _ = spec.load()
+        config = optimize.OptimizeConfig.for_model(module, config)
     keras_model = registry.load_keras_model(tracking_uri, model["model_uri"])
-    candidate, result = optimize.optimize_one(variant, keras_model, dataset, config)
+    candidate, result = optimize.optimize_one(variant, keras_model, loaded, config, spec=model_spec, module=module)
     result = {**result, "stamp": stamp, "config": config.to_dict()}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / variant
@@ -72,49 +97,63 @@ def optimize_variant(tracking_uri: str, model: dict, variant: str, spec, config,
         (folder / "result.json").write_text(json.dumps(result, indent=2, default=str))
         result["artifact_uri"] = registry.log_files(tracking_uri, model["run_id"], folder,
                                                     f"{OPTIMIZATION_ARTIFACT}/{variant}")
-    if "accuracy" in result:
+    if result.get("score") is not None:
         registry.log_metrics(tracking_uri, model["run_id"], {
-            f"optimize.{variant}.accuracy": result["accuracy"],
-            f"optimize.{variant}.accuracy_drop": result["accuracy_drop"]})
+            f"optimize.{variant}.{result['metric']}": result["score"],
+            f"optimize.{variant}.{result['metric']}_{'drop' if result['metric'] != 'rmse' else 'increase'}":
+                result["drop"]})
     return result
 
 
 def _source(tracking_uri: str, model: dict, variant: str, tmp: Path):
-    """(keras model to export or None, tflite bytes or None, callable that gives the source's outputs)."""
+    """(keras model to export or None, tflite bytes or None, callable that gives the source's raw
+    outputs on a features dict)."""
     from tfmlops.model_files import load_keras_file
 
     float_model = registry.load_keras_model(tracking_uri, model["model_uri"])
-    float_predict = lambda x: float_model.predict(x, batch_size=1024, verbose=0)  # noqa: E731
     if variant == "float":
-        return float_model, None, float_predict
+        return float_model, None, _keras_predict(float_model)
     local = registry.download(tracking_uri, f"runs:/{model['run_id']}/{OPTIMIZATION_ARTIFACT}/{variant}", tmp)
     tflite = (local / "model.tflite").read_bytes() if (local / "model.tflite").exists() else None
     if tflite is not None and not (local / "model.keras").exists():
-        return None, tflite, float_predict  # post-training quantization: the float model is the source
+        return None, tflite, _keras_predict(float_model)  # post-training quantization: the float model is the source
     if not (local / "model.keras").exists():
         raise FileNotFoundError(f"{variant} has no candidate model on run {model['run_id']} (status: "
                                 f"{json.loads((local / 'result.json').read_text()).get('status')})")
     # pruned_int8 / qat_int8: the flatbuffer is checked against the Keras model it was quantized from
     variant_model = load_keras_file(local / "model.keras")
-    return variant_model, tflite, lambda x: variant_model.predict(x, batch_size=1024, verbose=0)
+    return variant_model, tflite, _keras_predict(variant_model)
+
+
+def _tolerance(variant: str, fmt: str, spec, test, max_abs_diff: float, min_agreement: float):
+    return tolerance_for(variant, fmt, max_abs_diff, min_agreement, task=spec.task,
+                         label_std=float(np.std(test.labels)) if spec.task == "regression" else None)
 
 
 def export_format(tracking_uri: str, model: dict, variant: str, fmt: str, spec, max_abs_diff: float = 1e-5,
                   min_agreement: float = 0.99, stamp: str = "") -> dict:
-    """Export ``variant`` as ``fmt``, check it in its runtime(s); when it passes, log the folder
-    under ``formats/<variant>-<format>/``. The check's numbers are logged either way; a failed
-    check raises :class:`~tfmlops.formats.verify.FormatCheckError` after that."""
-    from tfmlops.formats.verify import export_and_verify
+    """Export ``variant`` as ``fmt``, check it in its runtime(s) on the model's test split; when it
+    passes, log the folder under ``formats/<variant>-<format>/``. The check's record is logged
+    either way. A format the model's ops or layers do not allow returns its record with ``status``
+    ``not_applicable`` and the ``reason``; a failed check raises
+    :class:`~tfmlops.formats.verify.FormatCheckError` after its record was logged."""
+    from tfmlops.formats.verify import export_and_verify, not_applicable_row
 
     name = artifact_name(variant, fmt)
-    dataset, _ = spec.load()
+    model_spec, _, loaded = model_problem(model, spec)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         keras_model, tflite_content, source = _source(tracking_uri, model, variant, tmp / "source")
         try:
-            row = export_and_verify(variant, fmt, tmp / name, dataset.x_test, dataset.y_test, source,
-                                    model=keras_model, tflite_content=tflite_content,
-                                    tolerance=tolerance_for(variant, fmt, max_abs_diff, min_agreement))
+            row = export_and_verify(variant, fmt, tmp / name, model_spec, loaded.test, source, model=keras_model,
+                                    tflite_content=tflite_content,
+                                    tolerance=_tolerance(variant, fmt, model_spec, loaded.test, max_abs_diff,
+                                                         min_agreement))
+        except NotApplicable as exc:
+            row = {**not_applicable_row(variant, fmt, str(exc)), "stamp": stamp}
+            log.warning("%s does not apply to this model: %s", name, exc)
+            _log_check(tracking_uri, model["run_id"], name, row, tmp)
+            return row
         except FormatCheckError as exc:
             _log_check(tracking_uri, model["run_id"], name, {**exc.rows[0], "stamp": stamp}, tmp)
             raise
@@ -124,9 +163,11 @@ def export_format(tracking_uri: str, model: dict, variant: str, fmt: str, spec, 
                                                  f"{FORMATS_ARTIFACT}/{name}")
     metrics = {f"format.{name}.bytes": row["bytes"], f"format.{name}.gzipped_bytes": row["gzipped_bytes"]}
     for check in row["checks"]:
-        for key in ("accuracy", "max_abs_diff", "latency_ms"):
+        for key in ("max_abs_diff", "latency_ms"):
             if check.get(key) is not None:
                 metrics[f"format.{name}.{check['runtime']}.{key}"] = check[key]
+        if check.get("score") is not None:
+            metrics[f"format.{name}.{check['runtime']}.{check['metric']}"] = check["score"]
     registry.log_metrics(tracking_uri, model["run_id"], metrics)
     return row
 
@@ -170,7 +211,8 @@ def report(tracking_uri: str, model: dict, stamp: str = "") -> dict:
                          extra={"model": model, "stamp": stamp})
         uri = registry.log_files(tracking_uri, model["run_id"], tmp / "report", REPORT_ARTIFACT)
     summary = {"report_uri": uri, "verified": sorted(r["artifact"] for r in checks if r["passed"]),
-               "failed_checks": sorted(r["artifact"] for r in checks if not r["passed"]),
+               "failed_checks": sorted(r["artifact"] for r in checks if r["passed"] is False),
+               "not_applicable": {r["artifact"]: r["reason"] for r in checks if r.get("status") == "not_applicable"},
                "variants": {v["variant"]: v["status"] for v in variants}}
     log.info("report: %s", summary)
     return summary
@@ -193,16 +235,29 @@ def _verified_tflite(tracking_uri: str, run_id: str, variant: str, stamp: str, t
 
 def mobile_bundles(tracking_uri: str, model: dict, spec, targets=("int8", "float16"), stamp: str = "") -> dict:
     """A mobile bundle per target whose TFLite artifact passed its format check (in this run, with
-    a ``stamp``; the others are listed as ``missing``): built, smoke-run from its own files on the
-    first test rows as raw 0–255 pixels against the registered (float) model, logged under
-    ``mobile/<variant>/`` with ``smoke.json``. Raises :class:`MobileBundleError` (after logging the
-    numbers) when a bundle does not reproduce the model."""
+    a ``stamp``; the others are listed as ``missing``): built from the model spec (inputs, labels
+    for classification) and the module's optional ``MOBILE_INPUTS`` (what the app feeds, e.g. raw
+    pixels 0-255, and how the bundle normalizes it), smoke-run from its own files on the first test
+    rows against the registered (float) model, logged under ``mobile/<variant>/`` with ``smoke.json``.
+    Raises :class:`MobileBundleError` (after logging the numbers) when a bundle does not reproduce
+    the model."""
     from tfmlops.mobile import bundle
 
-    dataset, _ = spec.load()
-    pixels = np.round(np.asarray(dataset.x_test[:SMOKE_ROWS], np.float32) * 255.0)
+    model_spec, module, loaded = model_problem(model, spec)
+    client_normalization = getattr(module, "MOBILE_INPUTS", None)
+    rows = loaded.test.head(SMOKE_ROWS)
+    client = {}  # what the app feeds: the model's features before the declared normalization
+    for name, values in rows.features.items():
+        norm = (client_normalization or {}).get(name)
+        client[name] = values if not norm else np.round(np.asarray(values, np.float32) * norm["std"] + norm["mean"])
+    model_inputs = {name: values if not (client_normalization or {}).get(name) else
+                    ((values - client_normalization[name]["mean"]) / client_normalization[name]["std"]).astype(
+                        np.float32) for name, values in client.items()}
     float_model = registry.load_keras_model(tracking_uri, model["model_uri"])
-    expected = float_model.predict(pixels / 255.0, batch_size=1024, verbose=0)
+    expected = _keras_predict(float_model)(model_inputs)
+    # a regressor's bundle: the rule of its lossy format check (a quantile of |diff| vs the labels' spread)
+    lossy = _tolerance("int8", "tflite", model_spec, loaded.test, 1e-5, 0.99) if model_spec.task == "regression" \
+        else None
     built, missing, failed = {}, [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -212,16 +267,19 @@ def mobile_bundles(tracking_uri: str, model: dict, spec, targets=("int8", "float
                 missing.append(variant)
                 continue
             folder = tmp / MOBILE_ARTIFACT / variant
-            path = bundle.build(content, folder, model["model_name"], model["version"], variant,
-                                check=f"run from its own files on {len(pixels)} test rows vs the registered model")
-            result = {**bundle.smoke(path, pixels, expected), "stamp": stamp}
-            (folder / "smoke.json").write_text(json.dumps(result, indent=2))
+            path = bundle.build(content, folder, model["model_name"], model["version"], variant, model_spec,
+                                check=f"run from its own files on {len(rows)} test rows vs the registered model",
+                                client_normalization=client_normalization)
+            result = {**bundle.smoke(path, client, expected, model_spec,
+                                     max_value_diff=lossy.max_abs_diff if lossy else None,
+                                     quantile=lossy.quantile if lossy else None), "stamp": stamp}
+            (folder / "smoke.json").write_text(json.dumps(result, indent=2, default=str))
             result["artifact_uri"] = registry.log_files(tracking_uri, model["run_id"], folder,
                                                         f"{MOBILE_ARTIFACT}/{variant}")
             built[variant] = result
             if not result["passed"]:
-                failed.append(f"{variant}: agreement {result['argmax_agreement']:.4f}, "
-                              f"labels match {result['labels_match']}")
+                failed.append(f"{variant}: agreement {result.get('argmax_agreement')}, max |diff| "
+                              f"{result.get('max_abs_diff')}, labels match {result.get('labels_match')}")
     if failed:
         raise MobileBundleError("mobile bundle smoke run failed: " + "; ".join(failed))
     log.info("mobile bundles: %s; missing (not verified in this run): %s", sorted(built), missing)
@@ -229,30 +287,41 @@ def mobile_bundles(tracking_uri: str, model: dict, spec, targets=("int8", "float
 
 
 def optimize_and_export_all(model, dataset, out: Path, variants, formats, config, max_abs_diff: float = 1e-5,
-                            min_agreement: float = 0.99) -> dict:
+                            min_agreement: float = 0.99, spec=None, module=None) -> dict:
     """In one process, without MLflow (tests, benchmark): every variant, every artifact, the report.
-    Failed variants and failed checks are recorded, never raised."""
+    Failed variants and failed checks are recorded, never raised; formats that do not apply are
+    recorded as such. ``dataset``: a :class:`~tfmlops.model_data.ModelData` of ``spec`` (or a one-input
+    :class:`tfmlops.data.Dataset`)."""
     from tfmlops import optimize
+    from tfmlops.export import legacy_spec
     from tfmlops.formats import artifacts
     from tfmlops.formats import report as report_lib
-    from tfmlops.formats.verify import export_and_verify
+    from tfmlops.formats.verify import export_and_verify, not_applicable_row
+    from tfmlops.model_data import from_dataset
 
     out = Path(out)
-    passed, variant_results = optimize.optimize(model, dataset, variants, config)
-    float_predict = lambda x: model.predict(x, batch_size=1024, verbose=0)  # noqa: E731
+    spec = spec or legacy_spec(model)
+    if hasattr(dataset, "x_train"):
+        dataset = from_dataset(dataset, next(iter(spec.inputs)))
+    passed, variant_results = optimize.optimize(model, dataset, variants, config, spec=spec, module=module)
+    float_predict = _keras_predict(model)
     rows = []
     for variant, fmt in artifacts(variants=list(passed), formats=formats):
         candidate = passed.get(variant)
         keras_model = model if candidate is None else candidate.model
-        source = float_predict if keras_model is model or candidate.model is None else \
-            (lambda x, m=keras_model: m.predict(x, batch_size=1024, verbose=0))
+        source = float_predict if keras_model is model or candidate.model is None else _keras_predict(keras_model)
         try:
-            rows.append(export_and_verify(variant, fmt, out / artifact_name(variant, fmt), dataset.x_test,
-                                          dataset.y_test, source, model=keras_model,
+            rows.append(export_and_verify(variant, fmt, out / artifact_name(variant, fmt), spec, dataset.test,
+                                          source, model=keras_model,
                                           tflite_content=None if candidate is None else candidate.tflite,
-                                          tolerance=tolerance_for(variant, fmt, max_abs_diff, min_agreement)))
+                                          tolerance=_tolerance(variant, fmt, spec, dataset.test, max_abs_diff,
+                                                               min_agreement)))
+        except NotApplicable as exc:
+            rows.append(not_applicable_row(variant, fmt, str(exc)))
         except FormatCheckError as exc:
             rows.extend(exc.rows)
     written = report_lib.write(rows, out / "report", variant_results)
     return {"variants": variant_results, "artifacts": rows, "report": written,
-            "float_accuracy": float(np.mean(np.argmax(float_predict(dataset.x_test), 1) == dataset.y_test))}
+            "float_score": optimize.score(float_predict(dataset.test.features), dataset.test.labels, spec.task),
+            "float_accuracy": float(np.mean(np.argmax(float_predict(dataset.test.features), 1) == dataset.test.labels))
+            if spec.task == "multiclass" else None}

@@ -74,15 +74,17 @@ class DataSpec:
 
 
 def resolve(tracking_uri: str, model_name: str, version_or_alias: str | int) -> dict:
-    """``"champion"`` / ``"3"`` → the registered version, its run, model URI, serving artifact and the
-    model spec it was trained with (None for versions registered before specs)."""
+    """``"champion"`` / ``"3"`` → the registered version, its run, model URI, serving artifact, the
+    model spec it was trained with (None for versions registered before specs) and the dataset it
+    was trained on (``dataset_uri``, None when its run does not say)."""
     found = registry.get_version(tracking_uri, model_name, version_or_alias)
     version = int(found.version)
     spec = modelspec.ModelSpec.from_tags(found.tags or {})
+    run_tags = registry.client(tracking_uri).get_run(found.run_id).data.tags
     result = {"model_name": model_name, "version": version, "run_id": found.run_id,
               "model_uri": f"models:/{model_name}/{version}",
               "serving_artifact_uri": f"runs:/{found.run_id}/{SERVING_ARTIFACT}",
-              "model_spec": spec.to_dict() if spec else None}
+              "model_spec": spec.to_dict() if spec else None, "dataset_uri": run_tags.get("dataset_uri")}
     changed = modelspec.module_source_changed(spec) if spec else None
     if changed:  # said, and recorded on the version's run, and the DAG goes on with the version as trained
         log.warning("%s", changed)

@@ -123,18 +123,21 @@ class ServingHealthOperator(MonitorOperator):
 
 
 class ModelQualityDriftOperator(MonitorOperator):
-    """Accuracy/precision/recall/F1 (macro, per class) and the confusion matrix of the served
-    ``champion`` on the newest labeled partitions, and PSI drift of input statistics and
-    predictions vs the version's stored training reference. Returns ``retrain`` and ``reason``.
+    """Quality of the served ``champion`` on the newest labeled partitions (read by its model module)
+    by task — accuracy, macro and per-class precision/recall/F1 and the confusion matrix; AUC;
+    RMSE/MAE/R² — and PSI drift per named input (numeric, categorical, text, image statistics, or
+    the module's ``DRIFT_STATISTICS``) and of the served outputs vs the version's stored training
+    profile, the features that moved most named. Returns ``retrain`` and ``reason``.
 
     :param root: partitions root, a local folder or ``s3://bucket/prefix``, inside an allowed root
         (:func:`~tfmlops_airflow.operators.base.allowed_partitions_roots`). (templated)
     :param dataset: dataset name, the folder under the root. (templated)
     :param newest: how many of the newest partitions to use. (templated)
-    :param min_accuracy: accuracy under this asks for a retrain. (templated)
+    :param min_accuracy: a multiclass model's accuracy under this asks for a retrain; a binary or
+        regression model is held to its own gate metric and threshold (the module's ``GATE``). (templated)
     :param max_input_psi: PSI of any input statistic above this asks for a retrain. (templated)
-    :param max_prediction_psi: PSI of the predicted classes above this asks for a retrain. (templated)
-    :param reference_rows: training rows sampled when a version's drift reference is first built. (templated)
+    :param max_prediction_psi: PSI of the served outputs' distribution above this asks for a retrain. (templated)
+    :param reference_rows: training rows sampled when a version's drift profile is first built. (templated)
     :param tf_serving_conn_id: the TF Serving connection whose champion is evaluated.
     """
 
