@@ -18,19 +18,25 @@ Runs once for every new partition of the partitioned asset `tfmlops_new_partitio
 `tf_data_simulator`; the run's partition key `<dataset>|<partition-id>` names it, and the
 event's `root` says where it is), or from **Trigger ▸ with config**:
 
+Works for the champion's own model module: a partition is any dataset its loader reads
+(`data.parquet` with the named columns, the label and a `split` column; the MNIST example's
+`data.npz`), and the gate compares the task's metric (accuracy, AUC or RMSE).
+
 1. **ingest** — the run's partition (from the UI: the ones named, or every new partition under
-   `<root>/<dataset>/incoming/`) is validated with the training-data checks (shape, dtype, NaN/inf,
-   label range, empty splits, overlap). A bad partition is moved to
+   `<root>/<dataset>/incoming/`) is read by the champion's model module and validated with the
+   training-data checks (names, dtypes and shapes against its INPUTS, NaN/inf, labels, empty
+   splits, overlap). A bad partition is moved to
    `<root>/<dataset>/quarantine/<id>/` with `reason.json` and does not block the good ones.
    Partitions already in `<root>/<dataset>/ledger.json` are skipped: with nothing new, the run is
    a no-op (the later tasks are skipped).
 2. **update** — fine-tunes the current `champion` on the new partitions plus a replay sample of
    earlier data (its training dataset and the partitions consumed before; `replay_fraction` of
-   the fine-tuning rows) with a low learning rate. Gate: accuracy on the new data (the partitions'
-   test splits) above the champion's by more than `min_improvement`, and on the fixed holdout
-   (`mnist` = the first 5 000 MNIST test rows, never in a simulated partition) not worse than the
-   champion's by more than `tolerance`. A passing candidate is exported and registered as
-   `challenger`, tagged `online.parent_version`, `online.partitions`, `airflow.run_id`. The
+   the fine-tuning rows) with a low learning rate. Gate, in the task's metric: on the new data (the
+   partitions' test splits) better than the champion's by more than `min_improvement`, and on the
+   fixed holdout (by default the champion's dataset's test split; for `mnist` the first 5 000 MNIST
+   test rows, never in a simulated partition) not worse than the champion's by more than
+   `tolerance`. A passing candidate is exported and registered as `challenger` with the champion's
+   model spec, tagged `online.parent_version`, `online.partitions`, `airflow.run_id`. The
    partitions go to the ledger whatever the gate said; a rejection skips the rollout.
 3. **rollout** — the `tf_serving_rollout` logic, in this run (canary by default: `stable`/`canary`
    labels, smoke parity over REST and gRPC, p99 latency budget, promote to `champion` or roll back).
@@ -53,13 +59,16 @@ PARAMS = {
     "epochs": Param(3, type="integer", minimum=1, maximum=50, title="Epochs", description="Fine-tuning epochs."),
     "batch_size": Param(64, type="integer", minimum=8, maximum=4096, title="Batch size",
                         description="Fine-tuning batch size."),
-    "min_improvement": Param(0.0, type="number", minimum=0, maximum=1, title="Minimum improvement",
-                             description="Gate: accuracy gain on the new data the candidate must exceed."),
-    "tolerance": Param(0.01, type="number", minimum=0, maximum=1, title="Holdout tolerance",
-                       description="Gate: accuracy the candidate may lose vs the champion on the holdout."),
-    "holdout_uri": Param("mnist", type="string", minLength=1, maxLength=1000, title="Holdout",
-                         description="'mnist' (first 5000 MNIST test rows) or a dataset file whose test split "
-                                     "is used."),
+    "min_improvement": Param(0.0, type="number", minimum=0, title="Minimum improvement",
+                             description="Gate: gain on the new data the candidate must exceed, in the task "
+                                         "metric's unit (accuracy, AUC; RMSE: a decrease)."),
+    "tolerance": Param(0.01, type="number", minimum=0, title="Holdout tolerance",
+                       description="Gate: how much worse than the champion the candidate may be on the holdout, in "
+                                   "the task metric's unit (accuracy, AUC, RMSE)."),
+    "holdout_uri": Param(None, type=["null", "string"], maxLength=1000, title="Holdout",
+                         description="Empty: the test split of the champion's dataset ('mnist': its first 5000 "
+                                     "test rows, never in a simulated partition); else a dataset the champion's "
+                                     "model module reads, whose test split is used."),
     "holdout_rows": Param(2000, type="integer", minimum=100, maximum=10000, title="Holdout rows",
                           description="Holdout rows evaluated by the gate."),
     **params.rollout(strategy="canary"),
@@ -80,7 +89,8 @@ with DAG(
 ) as dag:
     data = {"root": "{{ params.root }}", "dataset": "{{ params.dataset }}"}
     ingest = IngestPartitionsOperator(task_id="ingest", task_display_name="Validate / quarantine partitions",
-                                      partitions="{{ params.partitions }}", **data)
+                                      partitions="{{ params.partitions }}", model_name="{{ params.model_name }}",
+                                      **data)
     update = OnlineUpdateOperator(
         task_id="update", task_display_name="Fine-tune, gate, register challenger",
         model_name="{{ params.model_name }}", partition_ids=ingest.output["valid_ids"],

@@ -127,9 +127,28 @@ def quarantine(root: str, dataset: str, partition_id: str, reason: str, s3_clien
 
 
 # ------------------------------------------------------------------------------------- ingest
-def ingest(root: str, dataset: str, partition_ids: list[str] | None = None, n_features: int = 784,
-           num_classes: int = 10, s3_client=None) -> dict:
-    """Validate new partitions (all unconsumed ones when ``partition_ids`` is empty).
+def module_validate(spec, module, s3_client=None):
+    """``validate(uri)`` for :func:`ingest`: the partition read by the model module's loader and
+    checked against its spec (names, dtypes, shapes, labels, NaN) like training data."""
+    from tfmlops import model_data
+
+    return lambda uri: model_data.load(spec, module, uri, s3_client=s3_client)[1]
+
+
+def _default_validate(s3_client=None):
+    """The default module's one input (the MNIST example) checked by :func:`tfmlops.data.load_validated`."""
+    from tfmlops import modelspec
+
+    spec = modelspec.read_spec(modelspec.DEFAULT_MODULE)
+    (_, shape), = spec.inputs.values()
+    return lambda uri: data.load_validated(uri, int(np.prod(shape)), spec.num_classes, s3_client=s3_client)[1]
+
+
+def ingest(root: str, dataset: str, partition_ids: list[str] | None = None, s3_client=None, validate=None) -> dict:
+    """Validate new partitions (all unconsumed ones when ``partition_ids`` is empty) with
+    ``validate(uri) -> report`` (``train_rows``, ``test_rows``, ``fingerprint``; raises
+    :class:`~tfmlops.data.DatasetError` for a bad partition): a model module's loader and checks
+    (:func:`tfmlops.steps.online.ingest` passes the champion's), by default the default module's.
 
     Returns ``valid`` (id, uri, rows, fingerprint), ``quarantined`` (id, reason), ``consumed``
     (ids already in the ledger: skipped) and ``missing`` (requested ids that are not there)."""
@@ -144,7 +163,7 @@ def ingest(root: str, dataset: str, partition_ids: list[str] | None = None, n_fe
             result["missing"].append(pid)
         else:
             try:
-                _, report = data.load_validated(available[pid], n_features, num_classes, s3_client=s3_client)
+                report = (validate or _default_validate(s3_client))(available[pid])
             except data.DatasetError as exc:
                 quarantine(root, dataset, pid, str(exc), s3_client)
                 result["quarantined"].append({"partition_id": pid, "reason": str(exc)})

@@ -88,3 +88,51 @@ def test_monitor_names_the_drifted_column_and_judges_quality_by_task(name, train
     # the health probe sent the version's own smoke row through REST and gRPC without an error
     health = {k: v for k, v in metrics.items() if k.startswith("health.") and k.endswith(".error_rate")}
     assert health and all(v == 0.0 for v in health.values()), health
+
+
+@pytest.mark.parametrize("name", [n for n in DRIFTS if n in EXAMPLES])
+def test_online_update_reads_partitions_by_module_and_gates_by_the_task_metric(name, trained, connections,
+                                                                                mlflow_server, tmp_path):
+    """tf_online_update's steps on a partition in the module's format: a partition missing a column is
+    quarantined naming it; the drifted one fine-tunes the champion with replay, judged in the task's
+    metric on the new rows and the champion's own holdout; a registered challenger keeps the spec."""
+    import pyarrow.parquet as pq
+    from mlflow import MlflowClient
+
+    from tfmlops import model_data, modelspec
+    from tfmlops.steps import online
+
+    uri, column, fn = DRIFTS[name]
+    spec = modelspec.read_spec(f"tfmlops_examples.{name}")
+    data, _ = model_data.load(spec, modelspec.import_module(spec.module), uri)
+    root = str(tmp_path)
+    write_partition(root, "stream", "p1-drifted", spec, data.test, drift=(column, fn))
+    broken = write_partition(root, "stream", "p2-broken", spec, data.test)
+    pq.write_table(pq.read_table(broken).drop([column]), broken)
+
+    ingested = online.ingest(root, "stream", None, mlflow_server, f"byom_{name}")
+    assert [v["partition_id"] for v in ingested["valid"]] == ["p1-drifted"], ingested
+    (bad,) = ingested["quarantined"]
+    assert bad["partition_id"] == "p2-broken" and column in bad["reason"], bad
+
+    result = online.update(mlflow_server, f"byom_{name}", root, "stream", ["p1-drifted"],
+                           online.OnlineConfig(epochs=5, learning_rate=1e-3, batch_size=16))
+    metric = {"binary": "auc", "regression": "rmse"}[spec.task]
+    m = result["metrics"]
+    assert {f"new_{metric}", f"holdout_{metric}", f"champion_new_{metric}", f"champion_holdout_{metric}"} <= set(m)
+    assert "new_accuracy" not in m or spec.task == "binary"
+    assert result["gate"]["reason"].startswith(f"{metric} on ") or f"holdout {metric}" in result["gate"]["reason"]
+    sign = 1 if metric == "auc" else -1
+    improved = sign * (m[f"new_{metric}"] - m[f"champion_new_{metric}"]) > 0
+    held = sign * (m[f"champion_holdout_{metric}"] - m[f"holdout_{metric}"]) <= 0.01
+    assert (result["status"] == "registered") == (improved and held), result
+    mlf = MlflowClient(mlflow_server)
+    run = mlf.get_run(result["run_id"])
+    assert run.data.tags["gate.metric"] == metric and run.data.tags["model.module"] == spec.module
+    if result["status"] == "registered":
+        version = mlf.get_model_version(f"byom_{name}", str(result["version"]))
+        assert version.tags["model.module"] == spec.module and version.tags["model.inputs"] == \
+            spec.to_tags()["model.inputs"]
+        assert version.tags["online.partitions"] == "p1-drifted"
+    # consumed: a second update on the same partition is a no-op
+    assert online.update(mlflow_server, f"byom_{name}", root, "stream", ["p1-drifted"])["status"] == "noop"

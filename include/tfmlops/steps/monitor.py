@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tfmlops import drift, model_data, modelspec, registry
+from tfmlops.steps.retrain import version_spec
 from tfmlops.modelspec import ModelSpec
 from tfmlops.monitoring import (Thresholds, available_versions, health_breaches, health_metrics, live_health,
                                 served_outputs)
@@ -93,13 +94,6 @@ def log_trend_charts(tracking_uri: str, run_id: str) -> str:
 
 
 # ------------------------------------------------------------------------------- reference
-def version_spec(found) -> tuple[ModelSpec, object]:
-    """The spec a registered version was trained with (its ``model.*`` tags; a version registered
-    before specs is the default module's MNIST MLP) and its model module."""
-    spec = ModelSpec.from_tags(found.tags or {}) or modelspec.read_spec(modelspec.DEFAULT_MODULE)
-    return spec, modelspec.import_module(spec.module)
-
-
 def all_rows(spec: ModelSpec, module, uris, s3_client=None) -> model_data.Split:
     """Every row (train, validation and test) of the datasets at ``uris`` (partitions), read by the
     model module's loader and checked against its spec."""

@@ -21,13 +21,17 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from tfmlops import data, evaluation
-from tfmlops.partitions import ingest, list_partitions, read_ledger, write_ledger
-from tfmlops.steps.retrain import SMOKE_ROWS, WARMUP_ROWS, export_model, model_metrics, register
+from tfmlops import data, evaluation, model_data, partitions
+from tfmlops.model_data import ModelData, Split
+from tfmlops.partitions import list_partitions, read_ledger, write_ledger
+from tfmlops.steps.retrain import SMOKE_ROWS, WARMUP_ROWS, export_model, register, version_spec
 
 __all__ = ["OnlineConfig", "OnlineUpdateError", "fixed_holdout", "improvement_gate", "ingest", "update"]
 
 log = logging.getLogger(__name__)
+
+# the task's metric the update gate compares (tfmlops.evaluation.task_metrics), higher is better?
+GATE_METRIC = {"multiclass": ("accuracy", True), "binary": ("auc", True), "regression": ("rmse", False)}
 
 
 class OnlineUpdateError(RuntimeError):
@@ -40,9 +44,9 @@ class OnlineConfig:
     learning_rate: float = 1e-4
     epochs: int = 2
     batch_size: int = 64
-    min_improvement: float = 0.0  # accuracy gain on the new data the candidate must exceed
-    tolerance: float = 0.01  # accuracy the candidate may lose on the holdout
-    holdout_uri: str = "mnist"
+    min_improvement: float = 0.0  # gain on the new data the candidate must exceed, in the task metric's unit
+    tolerance: float = 0.01  # how much worse than the champion the candidate may be on the holdout, idem
+    holdout_uri: str | None = None  # None: the champion's dataset's test split ("mnist": its holdout rows)
     holdout_rows: int = 2000
     seed: int = 0
 
@@ -50,65 +54,98 @@ class OnlineConfig:
         return asdict(self)
 
 
-def fixed_holdout(uri: str, rows: int, n_features: int = 784, num_classes: int = 10,
-                  s3_client=None) -> tuple[np.ndarray, np.ndarray]:
+def _champion(tracking_uri: str, model_name: str):
+    from tfmlops import registry
+
+    try:
+        return registry.get_version(tracking_uri, model_name, registry.CHAMPION)
+    except LookupError as exc:
+        raise OnlineUpdateError(f"no champion to update: {exc}") from exc
+
+
+def ingest(root: str, dataset: str, partition_ids: list[str] | None = None, tracking_uri: str | None = None,
+           model_name: str | None = None, s3_client=None) -> dict:
+    """:func:`tfmlops.partitions.ingest` with the champion's model module as the validator (its loader,
+    its INPUTS and LABEL); without a model name, the default module's."""
+    validate = None
+    if model_name:
+        spec, module = version_spec(_champion(tracking_uri, model_name))
+        validate = partitions.module_validate(spec, module, s3_client)
+    return partitions.ingest(root, dataset, partition_ids, s3_client=s3_client, validate=validate)
+
+
+def _joined(splits: list[Split], inputs) -> Split:
+    splits = [s for s in splits if len(s)]
+    return Split({k: np.concatenate([s.features[k] for s in splits]) for k in inputs},
+                 np.concatenate([s.labels for s in splits]))
+
+
+def fixed_holdout(spec, module, uri: str, rows: int, s3_client=None) -> Split:
     """The update gate's fixed holdout: ``mnist`` = the first MNIST test rows
     (:data:`tfmlops.data.MNIST_HOLDOUT_ROWS`, never in a simulated partition), else the test split
-    of a dataset file. At most ``rows`` rows, as float32 features."""
+    of a dataset the model module reads. At most ``rows`` rows."""
     if uri == "mnist":
         mnist = data.load_mnist()
         n = min(rows, data.MNIST_HOLDOUT_ROWS)
-        return (mnist.x_test[:n].reshape(n, -1).astype(np.float32) / 255.0,
-                mnist.y_test[:n].astype(np.int64))
-    dataset, _ = data.load_validated(uri, n_features, num_classes, s3_client=s3_client)
-    return dataset.x_test[:rows], dataset.y_test[:rows]
+        (name, (_, shape)), = spec.inputs.items()
+        return Split({name: (mnist.x_test[:n].reshape(n, *shape).astype(np.float32) / 255.0)},
+                     mnist.y_test[:n].astype(np.int64))
+    return model_data.load(spec, module, uri, s3_client=s3_client, max_overlap_fraction=1.0)[0].test.head(rows)
 
 
-def improvement_gate(new_acc: float, champion_new_acc: float, holdout_acc: float, champion_holdout_acc: float,
-                     min_improvement: float, tolerance: float) -> evaluation.GateDecision:
-    """Improvement on the new data AND no regression beyond ``tolerance`` on the holdout."""
-    gain = new_acc - champion_new_acc
+def improvement_gate(new: float, champion_new: float, holdout: float, champion_holdout: float,
+                     min_improvement: float, tolerance: float, metric: str = "accuracy",
+                     higher_is_better: bool = True) -> evaluation.GateDecision:
+    """Improvement on the new data AND no regression beyond ``tolerance`` on the holdout, in the
+    task metric's own unit (for RMSE, lower is better)."""
+    sign = 1.0 if higher_is_better else -1.0
+    gain = sign * (new - champion_new)
     if gain <= min_improvement:
-        return evaluation.GateDecision(False, f"accuracy on the new data {new_acc:.4f} vs the champion's "
-                                              f"{champion_new_acc:.4f}: gain {gain:+.4f} is not above "
+        return evaluation.GateDecision(False, f"{metric} on the new data {new:.4f} vs the champion's "
+                                              f"{champion_new:.4f}: gain {gain:+.4f} is not above "
                                               f"{min_improvement:.4f}")
-    if holdout_acc < champion_holdout_acc - tolerance:
-        return evaluation.GateDecision(False, f"holdout accuracy {holdout_acc:.4f} regresses from the champion's "
-                                              f"{champion_holdout_acc:.4f} by more than {tolerance:.4f}")
-    return evaluation.GateDecision(True, f"new data {champion_new_acc:.4f} → {new_acc:.4f} (gain {gain:+.4f}); holdout "
-                                         f"{champion_holdout_acc:.4f} → {holdout_acc:.4f} (tolerance {tolerance:.4f})")
+    if sign * (champion_holdout - holdout) > tolerance:
+        return evaluation.GateDecision(False, f"holdout {metric} {holdout:.4f} regresses from the champion's "
+                                              f"{champion_holdout:.4f} by more than {tolerance:.4f}")
+    return evaluation.GateDecision(True, f"{metric} on new data {champion_new:.4f} → {new:.4f} (gain {gain:+.4f}); "
+                                         f"holdout {champion_holdout:.4f} → {holdout:.4f} (tolerance {tolerance:.4f})")
 
 
-def _concat(datasets: list[data.Dataset], split: str) -> tuple[np.ndarray, np.ndarray]:
-    return (np.concatenate([getattr(d, f"x_{split}") for d in datasets]),
-            np.concatenate([getattr(d, f"y_{split}") for d in datasets]))
-
-
-def _with_replay(x_new: np.ndarray, y_new: np.ndarray, earlier, config: OnlineConfig) -> tuple:
+def _with_replay(new: Split, earlier, config: OnlineConfig, inputs) -> tuple[Split, int, list]:
     """The fine-tuning rows: the new rows plus a sample of earlier rows making up ``replay_fraction``
-    of the whole, shuffled. ``earlier()`` gives the earlier datasets (loaded only when needed).
-    Returns (x, y, replay row count, replay sources)."""
+    of the whole, shuffled. ``earlier()`` gives the earlier splits (loaded only when needed) and
+    their sources. Returns (rows, replay row count, replay sources)."""
     rng = np.random.default_rng(config.seed)
-    n_replay = int(round(len(y_new) * config.replay_fraction / max(1e-9, 1 - config.replay_fraction)))
-    x_fit, y_fit, replay_rows, sources = x_new, y_new, 0, []
+    n_replay = int(round(len(new) * config.replay_fraction / max(1e-9, 1 - config.replay_fraction)))
+    fit, replay_rows, sources = new, 0, []
     if n_replay > 0:
-        datasets, sources = earlier()
-        x_old, y_old = _concat(datasets, "train")
-        pick = rng.choice(len(y_old), size=min(n_replay, len(y_old)), replace=False)
-        x_fit, y_fit = np.concatenate([x_new, x_old[pick]]), np.concatenate([y_new, y_old[pick]])
+        splits, sources = earlier()
+        old = _joined(splits, inputs)
+        pick = rng.choice(len(old), size=min(n_replay, len(old)), replace=False)
+        fit = _joined([new, old.take(pick)], inputs)
         replay_rows = len(pick)
-    order = rng.permutation(len(y_fit))
-    return x_fit[order], y_fit[order], replay_rows, sources
+    return fit.take(rng.permutation(len(fit))), replay_rows, sources
+
+
+def _metrics(spec, model, split: Split) -> dict:
+    from tfmlops import trainer
+
+    metrics = evaluation.task_metrics(spec.task, split.labels, trainer.predict(spec, model, split.features),
+                                      spec.num_classes)
+    return {k: v for k, v in metrics.items() if k not in evaluation.PLOT_KEYS}
 
 
 def update(tracking_uri: str, model_name: str, root: str, dataset: str, partition_ids: list[str],
-           config: OnlineConfig | None = None, tags: dict[str, str] | None = None, n_features: int = 784,
-           num_classes: int = 10, s3_client=None) -> dict:
+           config: OnlineConfig | None = None, tags: dict[str, str] | None = None, s3_client=None) -> dict:
     """Fine-tune the champion on ``partition_ids`` (validated by :func:`ingest`); see the module doc.
+    The partitions, the replay and the holdout are read by the champion's model module; the gate
+    compares the task's metric (accuracy / AUC / RMSE).
 
     Returns ``status``: ``noop`` (every partition already consumed), ``rejected`` or
     ``registered`` (with ``version``), the metrics, the gate reason and the MLflow run id."""
-    from tfmlops import models, registry
+    import tf_keras as keras
+
+    from tfmlops import registry, trainer
 
     config = config or OnlineConfig()
     ledger = read_ledger(root, dataset, s3_client)
@@ -121,58 +158,59 @@ def update(tracking_uri: str, model_name: str, root: str, dataset: str, partitio
     if missing:
         raise OnlineUpdateError(f"{dataset}: partitions {missing} are not in "
                                 f"{str(root).rstrip('/')}/{dataset}/incoming")
-    try:
-        champion = registry.get_version(tracking_uri, model_name, registry.CHAMPION)
-    except LookupError as exc:
-        raise OnlineUpdateError(f"no champion to update: {exc}") from exc
+    champion = _champion(tracking_uri, model_name)
     parent = int(champion.version)
+    spec, module = version_spec(champion)  # the update is the champion's model: it keeps its spec
     base_uri = registry.client(tracking_uri).get_run(champion.run_id).data.tags.get("dataset_uri", "mnist")
 
-    load = lambda uri: data.load_validated(uri, n_features, num_classes, s3_client=s3_client)[0]  # noqa: E731
+    def load(uri: str) -> ModelData:
+        return model_data.load(spec, module, uri, s3_client=s3_client, max_overlap_fraction=1.0)[0]
+
     new = [load(available[pid]) for pid in fresh]
-    x_new, y_new = _concat(new, "train")
-    x_new_test, y_new_test = _concat(new, "test")
+    new_train = _joined([s for d in new for s in (d.train, d.validation)], spec.inputs)
+    new_test = _joined([d.test for d in new], spec.inputs)
     # replay: earlier data = the champion's training dataset + partitions consumed before
     consumed = [pid for pid in ledger["partitions"] if pid in available]
-    x_fit, y_fit, replay_rows, replay_sources = _with_replay(
-        x_new, y_new, lambda: ([load(base_uri), *(load(available[pid]) for pid in consumed)], [base_uri, *consumed]),
-        config)
-    x_hold, y_hold = fixed_holdout(config.holdout_uri, config.holdout_rows, n_features, num_classes, s3_client)
+    fit, replay_rows, replay_sources = _with_replay(
+        new_train, lambda: ([load(base_uri).train, *(load(available[pid]).train for pid in consumed)],
+                            [base_uri, *consumed]), config, spec.inputs)
+    holdout = fixed_holdout(spec, module, config.holdout_uri or base_uri, config.holdout_rows, s3_client)
 
     model = registry.load_keras_model(tracking_uri, f"models:/{model_name}/{parent}")
-    before = {"new": model_metrics(model, x_new_test, y_new_test, num_classes),
-              "holdout": model_metrics(model, x_hold, y_hold, num_classes)}
-    history = models.train(model, x_fit, y_fit, models.TrainConfig(
-        epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
-        validation_split=0.0, seed=config.seed))
-    after = {"new": model_metrics(model, x_new_test, y_new_test, num_classes),
-             "holdout": model_metrics(model, x_hold, y_hold, num_classes)}
-    decision = improvement_gate(after["new"]["accuracy"], before["new"]["accuracy"], after["holdout"]["accuracy"],
-                                before["holdout"]["accuracy"], config.min_improvement, config.tolerance)
+    before = {"new": _metrics(spec, model, new_test), "holdout": _metrics(spec, model, holdout)}
+    keras.utils.set_random_seed(config.seed)
+    trainer.compile_by_task(model, spec.task, config.learning_rate)
+    history = model.fit(trainer.inputs_for(model, fit.features), trainer.labels_for(spec.task, model, fit.labels),
+                        epochs=config.epochs, batch_size=config.batch_size, verbose=0,
+                        callbacks=[trainer.EpochLogger(config.epochs)]).history
+    history = {k: [float(v) for v in values] for k, values in history.items()}
+    after = {"new": _metrics(spec, model, new_test), "holdout": _metrics(spec, model, holdout)}
+    metric, higher = GATE_METRIC[spec.task]
+    decision = improvement_gate(after["new"][metric], before["new"][metric], after["holdout"][metric],
+                                before["holdout"][metric], config.min_improvement, config.tolerance, metric, higher)
     log.info("online update gate: %s", decision.reason)
 
-    metrics = {f"{which}_{k}": v for which in ("new", "holdout") for k, v in after[which].items()
-               if k != "confusion_matrix"}
-    metrics.update({f"champion_{which}_accuracy": before[which]["accuracy"] for which in ("new", "holdout")})
+    metrics = {f"{which}_{k}": v for which in ("new", "holdout") for k, v in after[which].items()}
+    metrics.update({f"champion_{which}_{metric}": before[which][metric] for which in ("new", "holdout")})
     lineage = {**(tags or {}), "online.parent_version": str(parent), "online.partitions": ",".join(fresh),
                "online.dataset": dataset, "online.partitions_root": str(root), "dataset_uri": base_uri,
-               "dataset_fingerprint": data.Dataset(dataset, x_fit, y_fit, x_new_test, y_new_test).fingerprint()}
+               "dataset_fingerprint": ModelData(dataset, fit, fit.head(0), new_test).fingerprint()}
     run_id = registry.start_run(tracking_uri, model_name, f"online-{fresh[-1]}",
-                                {**lineage, "gate": "passed" if decision.passed else "rejected",
-                                 "gate_reason": decision.reason})
+                                {**lineage, **spec.to_tags(), "gate": "passed" if decision.passed else "rejected",
+                                 "gate_reason": decision.reason, "gate.metric": metric})
     registry.log_params(tracking_uri, run_id, {**{f"online.{k}": v for k, v in config.to_dict().items()},
-                                               "data.new_rows": len(y_new), "data.replay_rows": replay_rows,
+                                               "data.new_rows": len(new_train), "data.replay_rows": replay_rows,
                                                "data.replay_sources": replay_sources})
     registry.log_history(tracking_uri, run_id, history)
     registry.log_metrics(tracking_uri, run_id, metrics)
     result = {"status": "rejected", "version": None, "parent_version": parent, "partitions": fresh,
               "run_id": run_id, "gate": decision.to_dict(), "metrics": metrics, "replay_rows": replay_rows}
     if decision.passed:
-        model_uri = registry.log_keras_model(tracking_uri, run_id, model, x_new_test[:SMOKE_ROWS])
-        export_model(tracking_uri, run_id, model, x_new_test[:SMOKE_ROWS], x_new[:WARMUP_ROWS])
+        smoke = new_test.head(SMOKE_ROWS).features
+        model_uri = registry.log_keras_model(tracking_uri, run_id, model, smoke)
+        export_model(tracking_uri, run_id, model, smoke, new_train.head(WARMUP_ROWS).features, spec)
         registered = register(tracking_uri, model_name, run_id, model_uri,
-                              {"accuracy": after["holdout"]["accuracy"], "new_accuracy": after["new"]["accuracy"]},
-                              lineage)
+                              {**after["holdout"], f"new_{metric}": after["new"][metric]}, lineage, spec.to_dict())
         result.update(status="registered", version=registered["version"])
     registry.end_run(tracking_uri, run_id)
 

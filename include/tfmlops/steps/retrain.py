@@ -93,6 +93,13 @@ def resolve(tracking_uri: str, model_name: str, version_or_alias: str | int) -> 
     return result
 
 
+def version_spec(found) -> tuple[modelspec.ModelSpec, object]:
+    """The spec a registered version (an MLflow ``ModelVersion``) was trained with (its ``model.*``
+    tags; a version registered before specs is the default module's MNIST MLP) and its module."""
+    spec = modelspec.ModelSpec.from_tags(found.tags or {}) or modelspec.read_spec(modelspec.DEFAULT_MODULE)
+    return spec, modelspec.import_module(spec.module)
+
+
 def validate_data(spec: DataSpec) -> dict:
     """Read the model module (the contract checked) and load and check its data. Returns the data
     report and the ``model_spec`` every later task of the run takes."""

@@ -96,20 +96,19 @@ class IngestPartitionsOperator(PartitionsOperator):
     re-running on consumed data is a no-op. Returns the root it read (for the update).
 
     :param partitions: partition ids (list or comma-separated); unset = every partition not consumed. (templated)
-    :param n_features: features per row the model takes.
-    :param num_classes: number of classes.
+    :param model_name: the registered model whose champion's model module reads and checks the
+        partitions (its loader, INPUTS, LABEL); unset = the default module (the MNIST example). (templated)
     """
 
-    template_fields: Sequence[str] = (*PartitionsOperator.template_fields, "partitions")
+    template_fields: Sequence[str] = (*PartitionsOperator.template_fields, "partitions", "model_name")
 
-    def __init__(self, *, partitions: list[str] | str = (), n_features: int = 784, num_classes: int = 10, **kwargs):
+    def __init__(self, *, partitions: list[str] | str = (), model_name: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.partitions = partitions
-        self.n_features = n_features
-        self.num_classes = num_classes
+        self.model_name = model_name
 
     def execute(self, context) -> dict[str, Any]:
-        from tfmlops.steps.online import ingest
+        from tfmlops.steps.online import OnlineUpdateError, ingest
 
         wanted = id_list(self.partitions)
         key = context.get("partition_key")
@@ -128,8 +127,12 @@ class IngestPartitionsOperator(PartitionsOperator):
             if roots:
                 self.root = roots[-1]
         root = checked_partitions_root(self.root)  # the event's root too: nothing is moved outside the allowed roots
-        result = ingest(root, str(self.dataset), wanted or None, self.n_features, self.num_classes,
-                        s3_client=self.s3_client)
+        model_name = optional(self.model_name)
+        try:
+            result = ingest(root, str(self.dataset), wanted or None, self.tracking_uri if model_name else None,
+                            model_name, s3_client=self.s3_client)
+        except OnlineUpdateError as exc:  # no champion whose module could read the partitions
+            raise AirflowFailException(str(exc)) from exc
         for bad in result["quarantined"]:
             self.log.warning("quarantined %s: %s", bad["partition_id"], bad["reason"])
         result["valid_ids"] = [p["partition_id"] for p in result["valid"]]
@@ -154,9 +157,11 @@ class OnlineUpdateOperator(PartitionsOperator):
     :param learning_rate: Adam learning rate of the fine-tuning. (templated)
     :param epochs: fine-tuning epochs. (templated)
     :param batch_size: fine-tuning batch size. (templated)
-    :param min_improvement: accuracy gain on the new data the candidate must exceed. (templated)
-    :param tolerance: accuracy the candidate may lose vs the champion on the holdout. (templated)
-    :param holdout_uri: ``mnist`` (the first MNIST test rows) or a dataset file. (templated)
+    :param min_improvement: gain on the new data the candidate must exceed, in the task metric's unit
+        (accuracy, AUC, RMSE). (templated)
+    :param tolerance: how much worse than the champion the candidate may be on the holdout, idem. (templated)
+    :param holdout_uri: unset = the test split of the champion's dataset (``mnist``: its first test rows,
+        never in a simulated partition), else a dataset the model module reads. (templated)
     :param holdout_rows: holdout rows evaluated by the gate. (templated)
     """
 
@@ -166,7 +171,7 @@ class OnlineUpdateOperator(PartitionsOperator):
 
     def __init__(self, *, model_name: str, partition_ids: list[str] | str, replay_fraction: float | str = 0.5,
                  learning_rate: float | str = 1e-4, epochs: int | str = 2, batch_size: int | str = 64,
-                 min_improvement: float | str = 0.0, tolerance: float | str = 0.01, holdout_uri: str = "mnist",
+                 min_improvement: float | str = 0.0, tolerance: float | str = 0.01, holdout_uri: str | None = None,
                  holdout_rows: int | str = 2000, **kwargs):
         super().__init__(**kwargs)
         self.model_name = model_name
@@ -186,7 +191,7 @@ class OnlineUpdateOperator(PartitionsOperator):
         config = OnlineConfig(replay_fraction=float(self.replay_fraction), learning_rate=float(self.learning_rate),
                               epochs=int(self.epochs), batch_size=int(self.batch_size),
                               min_improvement=float(self.min_improvement), tolerance=float(self.tolerance),
-                              holdout_uri=str(self.holdout_uri), holdout_rows=int(self.holdout_rows))
+                              holdout_uri=optional(self.holdout_uri), holdout_rows=int(self.holdout_rows))
         try:
             result = update(self.tracking_uri, str(self.model_name), checked_partitions_root(self.root),
                             str(self.dataset), id_list(self.partition_ids), config, tags=lineage(context),
