@@ -243,6 +243,12 @@ def mobile_bundles(tracking_uri: str, model: dict, spec, targets=("int8", "float
     the model."""
     from tfmlops.mobile import bundle
 
+    with tempfile.TemporaryDirectory() as tmp:
+        verified = {v: _verified_tflite(tracking_uri, model["run_id"], v, stamp, Path(tmp) / "verified")
+                    for v in targets}
+    if not any(verified.values()):  # nothing to bundle: the model and its data are not loaded
+        log.info("mobile bundles: no verified TFLite artifact of %s in this run", list(targets))
+        return {"bundles": {}, "missing": list(targets)}
     model_spec, module, loaded = model_problem(model, spec)
     client_normalization = getattr(module, "MOBILE_INPUTS", None)
     rows = loaded.test.head(SMOKE_ROWS)
@@ -262,7 +268,7 @@ def mobile_bundles(tracking_uri: str, model: dict, spec, targets=("int8", "float
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for variant in targets:
-            content = _verified_tflite(tracking_uri, model["run_id"], variant, stamp, tmp / "verified")
+            content = verified[variant]
             if content is None:
                 missing.append(variant)
                 continue
