@@ -14,9 +14,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
-from tfmlops import data, evaluation, model_data, modelspec, registry
+from tfmlops import evaluation, model_data, modelspec, registry
 from tfmlops.data import DatasetError  # noqa: F401  (what validate_data raises: operators catch it)
 from tfmlops.model_data import ModelData
 from tfmlops.modelspec import ModelModuleError  # noqa: F401  (a broken model module: operators catch it)
@@ -35,25 +34,16 @@ class DataSpec:
     ``model_module`` names the model module (:mod:`tfmlops.modelspec`) and ``hyperparameters``
     the form's overrides of its ``HPARAMS``; the first task reads them into a
     :class:`~tfmlops.modelspec.ModelSpec` and later tasks get it back as ``model_spec`` (plain
-    data), so the module is read once per run. :meth:`load_model_data` gives the module's splits.
-    :meth:`load` is the flat ``n_features``/``num_classes`` view the optimize/online/monitor DAGs
-    still use for the MNIST example (until they read the registered version's spec)."""
+    data), so the module is read once per run. :meth:`load_model_data` gives the module's splits."""
 
     uri: str = "mnist"
     sample_fraction: float = 1.0
     seed: int = 0
-    n_features: int = 784
-    num_classes: int = 10
     max_overlap_fraction: float = 0.0
     s3_client: object = field(default=None, repr=False)
     model_module: str = modelspec.DEFAULT_MODULE
     hyperparameters: dict | str | None = None
     model_spec: dict | None = None
-
-    def load(self) -> tuple[data.Dataset, dict]:
-        return data.load_validated(self.uri, self.n_features, self.num_classes, self.sample_fraction,
-                                   self.seed, s3_client=self.s3_client,
-                                   max_overlap_fraction=self.max_overlap_fraction)
 
     def spec(self) -> modelspec.ModelSpec:
         if self.model_spec:
@@ -124,7 +114,7 @@ def _with_overrides(spec: modelspec.ModelSpec, *configs) -> modelspec.ModelSpec:
         if config is None:
             continue
         overrides.update(config.to_dict() if hasattr(config, "to_dict") else dict(config))
-    overrides = {k: v for k, v in overrides.items() if k not in ("n_features", "num_classes")}
+    overrides = {k: v for k, v in overrides.items() if k not in ("n_features", "num_classes")}  # ModelConfig's
     if not overrides:
         return spec
     hparams = modelspec.merge_hparams(spec.module, spec.hparams, overrides)
@@ -159,13 +149,6 @@ def train(tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str
     log.info("trained run %s: %s; model at %s", run_id, final, model_uri)
     return {"run_id": run_id, "model_uri": model_uri, "dataset_fingerprint": report["fingerprint"],
             "final_epoch": final, "model_spec": model_spec.to_dict()}
-
-
-def model_metrics(model, x: np.ndarray, y: np.ndarray, num_classes: int) -> dict:
-    """Accuracy, macro precision/recall/F1 and the confusion matrix of a flat-input classifier on (x, y)."""
-    from tfmlops import models
-
-    return evaluation.classification_metrics(y, models.predict_classes(model, x), num_classes)
 
 
 def _scalars(metrics: dict) -> dict:

@@ -95,29 +95,25 @@ DATA_FIELDS: Sequence[str] = ("dataset_uri", "sample_fraction", "seed")
 class DatasetOperator(TFMLOpsBaseOperator):
     """A step that reads the dataset (the same spec gives the same rows in every task).
 
-    :param dataset_uri: ``mnist`` or a ``.npz``/``.parquet`` file, local or ``s3://``. (templated)
+    :param dataset_uri: a dataset the model module reads (``mnist``, Parquet, TFRecord, ...), local or
+        ``s3://``. (templated)
     :param sample_fraction: share of the train and test splits to use. (templated)
     :param seed: seed of the sampling and of training. (templated)
-    :param n_features: features per row the model takes.
-    :param num_classes: number of classes.
     """
 
     template_fields: Sequence[str] = DATA_FIELDS
 
     def __init__(self, *, dataset_uri: str = "mnist", sample_fraction: float | str = 1.0, seed: int | str = 0,
-                 n_features: int = 784, num_classes: int = 10, **kwargs):
+                 **kwargs):
         super().__init__(**kwargs)
         self.dataset_uri = dataset_uri
         self.sample_fraction = sample_fraction
         self.seed = seed
-        self.n_features = n_features
-        self.num_classes = num_classes
 
     def data_spec(self):
         from tfmlops.steps.retrain import DataSpec
 
         return DataSpec(uri=str(self.dataset_uri), sample_fraction=float(self.sample_fraction), seed=int(self.seed),
-                        n_features=self.n_features, num_classes=self.num_classes,
                         s3_client=self.s3_client_for(self.dataset_uri))
 
 
