@@ -19,17 +19,21 @@ of `tensorflow.serving.PredictionLog`, each with the client's request id (`X-Req
 `x-request-id` gRPC metadata). Labels that arrive later are JSON lines under
 `<root>/<dataset>/feedback/labels/*.jsonl`: `{"request_id": "...", "labels": [3]}`.
 
-This DAG joins them. With at least `min_rows` labeled rows it writes a partition
-`<root>/<dataset>/incoming/<partition-id>/data.npz` (the rows as sent, their labels, 30 % test
-split) and emits an event on the partitioned asset `tfmlops_new_partitions`, which schedules
-`tf_online_update` on it — ingestion checks it like any partition. Fewer rows: the run is skipped
-and the labels wait. Joined label files move to `feedback/joined/`; labels whose request is not in
-the logs yet stay; labels that do not fit their request (row count, class range) are refused and
-listed in the task log.
+This DAG joins them, reading the logs by the champion's model spec (`model_name`: its named
+inputs, task and classes; Predict, Classify and Regress records). With at least `min_rows` labeled
+rows it writes a partition `<root>/<dataset>/incoming/<partition-id>/data.parquet` in the model
+module's layout (a column per input as sent, the label, 30 % test split) and emits an event on the
+partitioned asset `tfmlops_new_partitions`, which schedules `tf_online_update` on it — ingestion
+checks it like any partition. Fewer rows: the run is skipped and the labels wait. Joined label
+files move to `feedback/joined/`; labels whose request is not in the logs yet stay; labels that do
+not fit their request (row count, class range) are refused and listed in the task log. Labels are
+class ids or class names for a classifier, numbers for a regressor.
 """
 
 PARAMS = {
     **params.partitions(),
+    "model_name": params.model_name("Registered model whose champion's spec reads the logged requests "
+                                    "(= served name)."),
     "log_prefix": Param(params.DEFAULT_REQUEST_LOG_PREFIX, type="string", minLength=1, maxLength=1000,
                         title="Request log prefix",
                         description="filename_prefix of the served model's logging_config (a local path)."),
@@ -51,4 +55,5 @@ with DAG(
 ) as dag:
     FeedbackJoinOperator(task_id="join", task_display_name="Join request logs with labels",
                          root="{{ params.root }}", dataset="{{ params.dataset }}",
-                         log_prefix="{{ params.log_prefix }}", min_rows="{{ params.min_rows }}")
+                         log_prefix="{{ params.log_prefix }}", min_rows="{{ params.min_rows }}",
+                         model_name="{{ params.model_name }}")

@@ -64,6 +64,38 @@ def write_partition(root: str, dataset: str, partition_id: str, arrays: dict[str
     return uri
 
 
+def module_table(spec, features: dict[str, np.ndarray], labels: np.ndarray, splits: list[str]):
+    """A pyarrow Table in the default Parquet layout of a model module's data (the one
+    :func:`tfmlops.model_data.load` reads): one column per input (a fixed-size list of its values,
+    row-major, for a shaped input; UTF-8 text for strings), the label column and ``split``."""
+    import pyarrow as pa
+
+    columns = {}
+    for name, (dtype, shape) in spec.inputs.items():
+        flat = np.asarray(features[name]).reshape(len(labels), -1)
+        if dtype == "string":
+            leaves = pa.array([v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                               for v in flat.reshape(-1).tolist()], pa.string())
+        else:
+            leaves = pa.array(flat.reshape(-1).astype(dtype))
+        columns[name] = pa.FixedSizeListArray.from_arrays(leaves, flat.shape[1]) if shape else leaves
+    columns[spec.label] = pa.array(np.asarray(labels))
+    columns["split"] = pa.array(list(splits), pa.string())
+    return pa.table(columns)
+
+
+def write_module_partition(root: str, dataset: str, partition_id: str, spec, features: dict[str, np.ndarray],
+                           labels: np.ndarray, splits: list[str], s3_client=None) -> str:
+    """``<root>/<dataset>/incoming/<partition-id>/data.parquet`` in a model module's layout (:func:`module_table`)."""
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(module_table(spec, features, labels, splits), buffer)
+    uri = dataset_path(root, dataset, "incoming", checked_name(partition_id, "partition id"), "data.parquet")
+    write_bytes(uri, buffer.getvalue(), s3_client=s3_client)
+    return uri
+
+
 def _list_keys(uri_prefix: str, s3_client) -> list[str]:
     bucket, prefix = split_s3_uri(uri_prefix)
     return list(list_s3_keys(s3(s3_client), bucket, prefix.rstrip("/") + "/"))

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.e2e
 # what does not apply to each example, and the words its reason must contain
 NOT_APPLICABLE = {
     "digits_cnn": {},
-    "churn": {"float-tflite": "DenseBincount", "float-h5": "StringLookup", "float-tfjs_layers": "StringLookup"},
+    "churn": {"float-tflite": "DenseBincount", "float-h5": "StringLookup", "float-tfjs_layers": "StringLookup",
+              "float-tfjs_graph": "1-D keys only"},
     "diabetes": {"float-tfjs_layers": "Normalization"},
     "reviews": {"float-tflite": "StringSplitV2", "float-h5": "TextVectorization", "float-onnx": "onnxruntime"},
 }

@@ -47,7 +47,7 @@ def _predict(port: int, rows: np.ndarray, request_id: str) -> None:
 
 
 def test_logged_requests_and_late_labels_become_a_partition(served):
-    from tfmlops import data, feedback, partitions
+    from tfmlops import data, feedback, model_data, modelspec, partitions
 
     srv, tmp, prefix = served
     mnist = data.load_mnist()
@@ -60,7 +60,8 @@ def test_logged_requests_and_late_labels_become_a_partition(served):
     root = str(tmp / "partitions")
     labels_dir = tmp / "partitions" / "mnist" / "feedback" / "labels"
     labels_dir.mkdir(parents=True)
-    lines = [{"request_id": f"r{i}", "label": int(y[i])} for i in range(55)]
+    lines = [{"request_id": f"r{i}", "label": int(y[i])} for i in range(1, 55)]
+    lines.insert(0, {"request_id": "r0", "label": str(y[0])})  # a class name: "7" of CLASS_NAMES
     lines += [{"request_id": "batch", "labels": [int(v) for v in y[60:80]]},
               {"request_id": "r55", "labels": [1, 2]},          # wrong row count: refused
               {"request_id": "not-logged-yet", "label": 4}]      # waits for its request
@@ -68,17 +69,23 @@ def test_logged_requests_and_late_labels_become_a_partition(served):
 
     summary = feedback.join_feedback(str(prefix), root, "mnist", min_rows=50)
     assert summary["logged_requests"] == 61 and summary["joined_requests"] == 56 and summary["rows"] == 75
-    assert summary["missing"] == 1 and len(summary["refused"]) == 2
+    assert summary["missing"] == 1 and len(summary["refused"]) == 2 and summary["skipped_records"] == 0
     assert any("2 labels for 1 rows" in r for r in summary["refused"])
-    arrays = np.load(partitions.partition_uri(root, "mnist", summary["partition_id"]))
-    images = np.concatenate([arrays["x_train"], arrays["x_test"]])
-    labels = np.concatenate([arrays["y_train"], arrays["y_test"]])
-    assert images.dtype == np.uint8 and images.shape == (75, 28, 28) and len(arrays["y_test"]) == 22
-    # every row is the image that was sent, with its true label
-    sent = {mnist.x_test[i].tobytes(): int(mnist.y_test[i]) for i in list(range(55)) + list(range(60, 80))}
-    assert sorted(sent.get(img.tobytes(), -1) for img in images) == sorted(labels.tolist())
-    # the partition passes the training-data checks of ingestion
-    ingested = partitions.ingest(root, "mnist")
+    # the partition is in the default module's Parquet layout, read by its module like training data
+    spec = modelspec.read_spec(modelspec.DEFAULT_MODULE)
+    uri = summary["uri"]
+    assert uri.endswith(f"{summary['partition_id']}/data.parquet")
+    got, _ = model_data.load(spec, modelspec.import_module(spec.module), uri)
+    assert len(got.test) == 22 and len(got.train) + len(got.validation) == 53
+    rows = np.concatenate([s.features["pixels"] for s in (got.train, got.validation, got.test)])
+    labels = np.concatenate([s.labels for s in (got.train, got.validation, got.test)])
+    assert rows.dtype == np.float32 and rows.shape == (75, 784)
+    # every row is exactly what was sent, with its true label
+    sent = {x[i].tobytes(): int(y[i]) for i in list(range(55)) + list(range(60, 80))}
+    assert sorted(sent.get(r.tobytes(), -1) for r in rows) == sorted(labels.tolist())
+    # the partition passes the checks of ingestion by the default module
+    ingested = partitions.ingest(root, "mnist", validate=partitions.module_validate(
+        spec, modelspec.import_module(spec.module)))
     assert summary["partition_id"] in json.dumps(ingested)
     # only the label still waiting for its request is left; a second run writes nothing new
     assert [json.loads(s)["request_id"] for s in (labels_dir / "a.jsonl").read_text().splitlines()] == [
@@ -88,22 +95,25 @@ def test_logged_requests_and_late_labels_become_a_partition(served):
 
 
 @pytest.mark.e2e
-def test_feedback_dag_announces_the_partition(served, airflow_db):
-    """``tf_feedback_join`` from its form: the joined partition is an event of
-    ``tfmlops_new_partitions`` (which schedules ``tf_online_update``); nothing to join → skipped."""
+def test_feedback_dag_announces_the_partition(served, champion, airflow_db, airflow_connections):
+    """``tf_feedback_join`` from its form, the logs read by the registered champion's spec: the
+    joined partition is an event of ``tfmlops_new_partitions`` (which schedules
+    ``tf_online_update``); nothing to join → skipped."""
+    import pyarrow.parquet as pq
+
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
 
     from tfmlops import data
 
-    from .conftest import load_dag, states
+    from .conftest import MODEL, load_dag, states
 
     _, tmp, prefix = served
     root = tmp / "partitions"
     y = data.load_mnist().y_test
     (root / "mnist" / "feedback" / "labels" / "b.jsonl").write_text(
         "".join(json.dumps({"request_id": f"r{i}", "label": int(y[i])}) + "\n" for i in range(56, 60)))
-    conf = {"root": str(root), "dataset": "mnist", "log_prefix": str(prefix), "min_rows": 2}
+    conf = {"root": str(root), "dataset": "mnist", "log_prefix": str(prefix), "min_rows": 2, "model_name": MODEL}
     run = load_dag("tf_feedback_join").test(run_conf=conf)
     assert str(run.state) == "success", states(run)
     with create_session() as session:
@@ -112,7 +122,7 @@ def test_feedback_dag_announces_the_partition(served, airflow_db):
                   .filter(AssetModel.name == "tfmlops_new_partitions")}
     (key, extra), = [(k, v) for k, v in events.items() if (v or {}).get("source") == "feedback"]
     assert key == f"mnist|{extra['partition_id']}" and extra["root"] == str(root)
-    with np.load(extra["uri"]) as npz:
-        assert len(npz["y_train"]) + len(npz["y_test"]) == 4
+    table = pq.read_table(extra["uri"])
+    assert table.num_rows == 4 and set(table.column_names) == {"pixels", "label", "split"}
     run = load_dag("tf_feedback_join").test(run_conf=conf)  # the labels are used: nothing left
     assert states(run) == {"join": "skipped"}

@@ -440,11 +440,11 @@ def test_feedback_join_announces_its_partition_or_skips():
 
     op = FeedbackJoinOperator(task_id="join", root="/parts", dataset="ds", log_prefix="/logs/m/requests",
                               min_rows="20")
-    joined = {"partition_id": "p9", "uri": "/parts/ds/incoming/p9/data.npz", "rows": 25}
+    joined = {"partition_id": "p9", "uri": "/parts/ds/incoming/p9/data.parquet", "rows": 25}
     ctx = context()
     with mock.patch("tfmlops.steps.online.join_feedback", return_value=joined) as step:
         op.execute(ctx)
-    assert step.call_args.args == ("/logs/m/requests", "/parts", "ds", 20)
+    assert step.call_args.args == ("/logs/m/requests", "/parts", "ds", 20, None, None)  # no model: the default spec
     event = ctx["outlet_events"][NEW_PARTITIONS]
     event.add_partitions.assert_called_once_with("ds|p9")
     assert event.extra == {"dataset": "ds", "partition_id": "p9", "uri": joined["uri"], "root": "/parts",

@@ -14,9 +14,17 @@ export function shortMessage(err) {
   return (cut > 0 ? text.slice(0, cut) : text).slice(0, 500);
 }
 
-// The model's inputs as [{name, shape}] (shape with the batch dimension, -1/null for unknown).
+// The model's inputs as [{name, shape}] (shape with the batch dimension, -1/null for unknown). A
+// graph model's lookup tables are inputs of its signature too (DT_RESOURCE, with a resourceId):
+// TF.js feeds them from the model's initializer, the caller never does.
 export function modelInputs(model, kind) {
-  if (kind === "graph") return model.inputs.map((t) => ({ name: t.name, shape: t.shape || [] }));
+  if (kind === "graph") {
+    const signature = (model.signature && model.signature.inputs) || {};
+    const tables = new Set(Object.values(signature).filter((s) => s.resourceId != null)
+      .map((s) => s.name.replace(/:\d+$/, "")));
+    return model.inputs.filter((t) => !tables.has(t.name.replace(/:\d+$/, "")))
+      .map((t) => ({ name: t.name, shape: t.shape || [] }));
+  }
   return model.inputNames.map((name, i) => ({ name, shape: model.inputs[i].shape }));
 }
 

@@ -115,6 +115,23 @@ def write_tfjs_layers(model, out: Path, quantization: dict | None = None) -> Pat
     return out
 
 
+def _serving_root(model, function):
+    """The object to save for the TF.js graph converter: the model's variables and only the lookup
+    tables ``function`` uses. The converter maps every table of the SavedModel to an input of the
+    signature, so a table only ``adapt()`` used (a StringLookup's ``token_counts``) must not be in it
+    (it fails with ``Identity is not in graph``)."""
+    import tensorflow as tf
+    from tensorflow.python.checkpoint.trackable_view import TrackableView
+    from tensorflow.python.trackable.resource import TrackableResource
+
+    captured = {t._id for t in function.get_concrete_function().captured_inputs}
+    root = tf.Module()
+    root.model_variables = list(model.variables)
+    root.tables = [obj for obj in TrackableView(model).descendants()
+                   if isinstance(obj, TrackableResource) and obj.resource_handle._id in captured]
+    return root
+
+
 def write_tfjs_graph(model, out: Path, spec) -> Path:
     """TF.js graph model converted from a SavedModel of the raw signature (``serving_default``:
     the named inputs → the model's own output)."""
@@ -133,10 +150,32 @@ def write_tfjs_graph(model, out: Path, spec) -> Path:
         return {spec.output_name: model(inputs_for(model, dict(zip(names, args))), training=False)}
 
     with tempfile.TemporaryDirectory() as tmp, _converting("tfjs graph"):
-        tf.saved_model.save(model, tmp, signatures={"serving_default": tf.function(serve, input_signature=specs)})
+        function = tf.function(serve, input_signature=specs)
+        tf.saved_model.save(_serving_root(model, function), tmp, signatures={"serving_default": function})
         tfjs.converters.convert_tf_saved_model(tmp, str(out), signature_def="serving_default",
                                                saved_model_tags="serve")
+    lookups = _lookups_by_non_flat_keys(model)
+    if lookups:
+        raise NotApplicable(f"tfjs graph: TF.js looks tables up by 1-D keys only (its HashTable.find returns one "
+                            f"value per key, flattened), and {', '.join(lookups)} look up keys of a higher rank")
     return out
+
+
+def _lookups_by_non_flat_keys(model) -> list[str]:
+    """The lookup layers (StringLookup, IntegerLookup, …: a ``lookup_table``) whose keys are not
+    [batch]: TF.js's ``LookupTableFindV2`` (tfjs-converter ``HashTable.find``, ``tf.stack`` of one
+    value per key) would return them flattened and the model's next op fails on the rank."""
+    found = []
+    for layer in getattr(model, "submodules", ()):
+        if not hasattr(layer, "lookup_table"):
+            continue
+        try:
+            shape = layer.input_shape
+        except (AttributeError, RuntimeError):  # never called on its own (inside TextVectorization)
+            continue
+        if isinstance(shape, tuple) and len(shape) > 1:
+            found.append(f"{layer.name} {['batch', *shape[1:]]}")
+    return found
 
 
 def write(fmt: str, out: Path, spec, model=None, tflite_content: bytes | None = None, smoke_inputs=None) -> Path:

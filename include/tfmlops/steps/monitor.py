@@ -272,22 +272,15 @@ def check_quality_drift(tracking_uri: str, model_name: str, endpoint, root: str,
 
 def check_live_drift(tracking_uri: str, model_name: str, endpoint, log_prefix: str, thresholds: Thresholds,
                      window_s: float = 3600.0, min_rows: int = 100, reference_rows: int = 2000) -> dict:
-    """PSI drift of what users sent to the ``champion`` (the server's request logs of the last
-    ``window_s``, :mod:`tfmlops.feedback`, without the project's own requests) against the
-    version's training profile; fewer than ``min_rows`` logged rows: no verdict. Reads the Predict
-    logs of a one-input float classifier (the MNIST example) for now: another model gets no
-    verdict, saying so."""
+    """Drift of what users sent to the ``champion`` (the server's request logs of the last
+    ``window_s``, read by the version's spec: Predict, Classify and Regress records,
+    :mod:`tfmlops.feedback`; the project's own requests left out) and of what it answered, against
+    the version's training profile, per named input; fewer than ``min_rows`` logged rows: no verdict."""
     from tfmlops import feedback
 
     champion = registry.get_version(tracking_uri, model_name, registry.CHAMPION)
     version = int(champion.version)
     spec, module = version_spec(champion)
-    (input_name, (input_dtype, _)), = list(spec.inputs.items())[:1] or [("", ("", ()))]
-    if spec.task != "multiclass" or len(spec.inputs) != 1 or input_dtype != "float32":
-        return {"model_name": model_name, "version": version, "log_files": 0, "rows": 0, "breaches": [],
-                "retrain": False, "reason": f"live drift from request logs reads one-input float classifiers for "
-                                            f"now; {model_name} is a {spec.task} model on {sorted(spec.inputs)}: "
-                                            "no live drift verdict"}
     since = time.time() - window_s
     files = []
     for f in feedback.list_request_logs(log_prefix, include_partial=True):
@@ -299,19 +292,22 @@ def check_live_drift(tracking_uri: str, model_name: str, endpoint, log_prefix: s
     from tfmlops.deploy.client import REQUEST_ID_PREFIX
 
     # what clients sent: the project's own requests (probes, checks, this monitor's) are left out
-    logged = [r for rid, r in feedback.read_request_logs(files, input_name).items()
-              if r["model_version"] == version and r["predicted"] is not None
+    skipped: list[str] = []
+    logged = [r for rid, r in feedback.read_request_logs(files, spec, skipped).items()
+              if r["model_version"] == version and r["outputs"] is not None
               and not rid.startswith(REQUEST_ID_PREFIX)]
-    rows = sum(len(r["x"]) for r in logged)
+    if skipped:
+        log.warning("%d logged records do not fit %s's inputs, e.g. %s", len(skipped), model_name, skipped[:3])
+    rows = sum(r["rows"] for r in logged)
     base = {"model_name": model_name, "version": version, "log_files": len(files), "rows": rows, "breaches": [],
             "retrain": False}
     if rows < min_rows:
         return {**base, "reason": f"{rows} logged rows of version {version} in the last {window_s:.0f} s, "
                                   f"fewer than {min_rows}: no live drift verdict"}
-    x = np.concatenate([r["x"] for r in logged])
-    outputs = np.eye(spec.num_classes, dtype=np.float32)[np.concatenate([r["predicted"] for r in logged])]
+    features = {name: np.concatenate([r["features"][name] for r in logged]) for name in spec.inputs}
+    outputs = np.concatenate([r["outputs"] for r in logged])
     reference = ensure_reference(tracking_uri, model_name, version, endpoint.client, reference_rows)
-    d = drift.measure(reference, {input_name: x.reshape(len(x), *spec.inputs[input_name][1])}, outputs, module)
+    d = drift.measure(reference, features, outputs, module)
     breaches = []
     if d["input_psi_max"] > thresholds.max_input_psi:
         breaches.append(f"live input drift: PSI of {d['input_psi_worst']} {d['input_psi_max']:.3f} > "

@@ -222,8 +222,12 @@ def update(tracking_uri: str, model_name: str, root: str, dataset: str, partitio
     return result
 
 
-def join_feedback(log_prefix: str, root: str, dataset: str, min_rows: int = 50) -> dict:
-    """Labeled live requests → a new partition (:func:`tfmlops.feedback.join_feedback`)."""
+def join_feedback(log_prefix: str, root: str, dataset: str, min_rows: int = 50, tracking_uri: str | None = None,
+                  model_name: str | None = None) -> dict:
+    """Labeled live requests → a new partition (:func:`tfmlops.feedback.join_feedback`), the logs read
+    by the champion's model spec (its inputs, task and classes); without a model name, the default
+    module's."""
     from tfmlops import feedback
 
-    return feedback.join_feedback(log_prefix, root, dataset, min_rows=min_rows)
+    spec = version_spec(_champion(tracking_uri, model_name))[0] if model_name else None
+    return feedback.join_feedback(log_prefix, root, dataset, spec, min_rows=min_rows)

@@ -2,7 +2,8 @@
 :mod:`tfmlops.steps.simulate` and :mod:`tfmlops.steps.online`.
 
 Partitions live under a root (local folder or ``s3://``; ``aws_conn_id``) as
-``<root>/<dataset>/incoming/<partition-id>/data.npz``. Nothing heavy is imported at module level.
+``<root>/<dataset>/incoming/<partition-id>/data.npz`` (or ``data.parquet`` in a model module's layout).
+Nothing heavy is imported at module level.
 """
 
 from __future__ import annotations
@@ -61,21 +62,29 @@ class FeedbackJoinOperator(PartitionsOperator):
 
     :param log_prefix: request log files' prefix (local). (templated)
     :param min_rows: fewest labeled rows worth a partition. (templated)
+    :param model_name: the registered model whose champion's model spec reads the logged requests
+        (inputs, task, classes) and lays out the partition; unset = the default module. (templated)
     """
 
-    template_fields: Sequence[str] = (*PartitionsOperator.template_fields, "log_prefix", "min_rows")
+    template_fields: Sequence[str] = (*PartitionsOperator.template_fields, "log_prefix", "min_rows", "model_name")
 
-    def __init__(self, *, log_prefix: str, min_rows: int | str = 50, **kwargs):
+    def __init__(self, *, log_prefix: str, min_rows: int | str = 50, model_name: str | None = None, **kwargs):
         kwargs.setdefault("outlets", [NEW_PARTITIONS])
         super().__init__(**kwargs)
         self.log_prefix = log_prefix
         self.min_rows = min_rows
+        self.model_name = model_name
 
     def execute(self, context) -> dict[str, Any]:
-        from tfmlops.steps.online import join_feedback
+        from tfmlops.steps.online import OnlineUpdateError, join_feedback
 
         root = checked_partitions_root(self.root)
-        result = join_feedback(str(self.log_prefix), root, str(self.dataset), int(self.min_rows))
+        model_name = optional(self.model_name)
+        try:
+            result = join_feedback(str(self.log_prefix), root, str(self.dataset), int(self.min_rows),
+                                   self.tracking_uri if model_name else None, model_name)
+        except OnlineUpdateError as exc:  # no champion whose spec could read the logs
+            raise AirflowFailException(str(exc)) from exc
         self.log.info("feedback join: %s", result)
         if result["partition_id"] is None:
             raise AirflowSkipException(f"{result['rows']} labeled rows, fewer than {self.min_rows}: no partition")
