@@ -13,7 +13,8 @@ What it does, in order (each phase timed):
    from there by a fresh clone (``scripts/image_cache.py``).
 2. **engine** — the isolated engine (a dockerd in a network namespace of its own: Docker's bridge
    networks, service names and published ports work there and nothing reaches the machine's
-   network); the images are copied into it (``docker save | docker load``).
+   network); the images are copied into it (``docker save | docker load``). ``images`` runs
+   phases 1-2 alone (the test suite starts it in the background when the stack test is selected).
 3. **up** — ``docker compose -f docker-compose.yaml -f docker/compose.stand-ins.yaml up -d --wait``
    with ``--scale airflow-worker=N``, the secrets of a generated env file (``var/prod-stack/.env``,
    mode 600; never .env.example's placeholders, which the stack's config-check refuses).
@@ -132,8 +133,11 @@ def images(env_file: Path, times: dict) -> tuple[de.Engine, list[str]]:
     return engine, tags
 
 
-def up(workers: int = 2, times: dict | None = None, timeout_s: int = 900) -> dict:
-    """Phases 1-3; returns what a client of the stack needs (netns, env file, ports)."""
+def prepare(times: dict | None = None) -> dict:
+    """Phases 1-2: the images built (or reused) on the first engine and copied into the isolated
+    one, both engines left running. Returns which engines this call started (``engine_started``,
+    ``isolated_started``) and the env file; ``images`` on the command line, which the test suite
+    runs in the background from its start so that the stack test finds everything in place."""
     times = {} if times is None else times
     env_file = write_env()
     engine, tags = images(env_file, times)
@@ -147,12 +151,22 @@ def up(workers: int = 2, times: dict | None = None, timeout_s: int = 900) -> dic
         src.close()
         dst.close()
     times["copy_images_s"] = round(time.monotonic() - t0, 1)
+    return {"env_file": str(env_file), "netns": iso.netns, "docker_host": iso.host,
+            "engine_started": engine.started, "isolated_started": iso.started}
+
+
+def up(workers: int = 2, times: dict | None = None, timeout_s: int = 900) -> dict:
+    """Phases 1-3; returns what a client of the stack needs (netns, env file, ports)."""
+    times = {} if times is None else times
+    prepared = prepare(times)
+    env_file = Path(prepared["env_file"])
     t0 = time.monotonic()
-    compose(env_file, iso.host, "up", "--detach", "--wait", "--wait-timeout", str(timeout_s), "--no-build",
-            "--pull", "never", "--scale", f"airflow-worker={workers}")
+    compose(env_file, prepared["docker_host"], "up", "--detach", "--wait", "--wait-timeout", str(timeout_s),
+            "--no-build", "--pull", "never", "--scale", f"airflow-worker={workers}")
     times["compose_up_s"] = round(time.monotonic() - t0, 1)
-    info = {"netns": iso.netns, "docker_host": iso.host, "env_file": str(env_file), "project": PROJECT}
-    log(f"up in {sum(times.values()):.0f}s {times}; clients: nsenter --net={iso.netns} <command> "
+    info = {"netns": prepared["netns"], "docker_host": prepared["docker_host"], "env_file": str(env_file),
+            "project": PROJECT}
+    log(f"up in {sum(times.values()):.0f}s {times}; clients: nsenter --net={prepared['netns']} <command> "
         f"(Airflow http://127.0.0.1:8080, MLflow :5000, router :8601/:8600, Prometheus :9090)")
     return info
 
@@ -172,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_up = sub.add_parser("up", help="build what is missing, start the stack, wait until it is healthy")
     p_up.add_argument("--workers", type=int, default=2, help="Celery workers (default 2)")
+    p_images = sub.add_parser("images", help="phases 1-2 only: build what is missing, copy it into the isolated "
+                                             "engine (both engines stay up)")
+    p_images.add_argument("--report", type=Path, help="write the phases' times and what was started here (JSON)")
     p_down = sub.add_parser("down", help="stop the stack and remove its containers, networks and volumes")
     p_down.add_argument("--keep-volumes", action="store_true")
     args = parser.parse_args(argv)
@@ -180,6 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "up":
             print(json.dumps(up(args.workers)))
+        elif args.cmd == "images":
+            times: dict = {}
+            t0 = time.monotonic()
+            report = {**prepare(times), "times": times, "wall_s": round(time.monotonic() - t0, 1)}
+            if args.report:
+                args.report.parent.mkdir(parents=True, exist_ok=True)
+                args.report.write_text(json.dumps(report, indent=1))
+            print(json.dumps(report))
         else:
             down(volumes=not args.keep_volumes)
     except de.EngineUnavailable as exc:

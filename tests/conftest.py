@@ -34,6 +34,7 @@ for folder in ("plugins", "dags", "scripts"):  # plugins and dags as Airflow put
     if str(ROOT / folder) not in sys.path:
         sys.path.insert(0, str(ROOT / folder))
 
+import _prefetch  # noqa: E402  (tests/_prefetch.py: the production stack's images, in the background)
 import devservers  # noqa: E402
 
 pytest_plugins = ["_timing"]  # time per test folder at the end of the run (tests/_timing.py)
@@ -136,11 +137,15 @@ def docker_engine():
         client.close()
         return
     times = {}
+    prefetched = _prefetch.wait()  # the stack's images, prepared in the background since the start
+    if prefetched:
+        times["prefetch_waited_s"] = prefetched["waited_s"]
     t0 = time.monotonic()
     try:
         engine = de.up()
     except de.EngineUnavailable as exc:
         pytest.skip(f"no Docker engine: {exc}")
+    started_here = engine.started or _prefetch.started(isolated=False)
     times["engine_s"] = round(time.monotonic() - t0, 1)
     client = engine.client()
     try:
@@ -152,14 +157,14 @@ def docker_engine():
         times["tf_serving_local_image_s"] = round(time.monotonic() - t0, 1)
     except BaseException as exc:
         client.close()
-        if engine.started:
+        if started_here:
             de.down(engine.dir)
         if isinstance(exc, de.EngineUnavailable):  # e.g. the Debian mirror unreachable; a bad Dockerfile fails
             pytest.skip(f"no base image: {exc}")
         raise
     out = ROOT / "var" / "test-output"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "docker-engine.json").write_text(json.dumps({**times, "started_here": engine.started}, indent=1))
+    (out / "docker-engine.json").write_text(json.dumps({**times, "started_here": started_here}, indent=1))
     previous = os.environ.get("DOCKER_HOST")
     os.environ["DOCKER_HOST"] = engine.host  # docker.from_env() in the code under test
     try:
@@ -171,8 +176,19 @@ def docker_engine():
         else:
             os.environ["DOCKER_HOST"] = previous
         client.close()
-        if engine.started:
+        if started_here:
             de.down(engine.dir)
+
+
+def pytest_collection_finish(session):
+    """The production stack's images start building in the background when its test is selected."""
+    if not session.config.option.collectonly and _prefetch.start([item.nodeid for item in session.items]):
+        print("\n[tests] preparing the production stack's images in the background "
+              f"({_prefetch.LOG.relative_to(ROOT)})", flush=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _prefetch.stop()
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
