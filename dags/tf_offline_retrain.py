@@ -7,17 +7,9 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG
 
 from tfmlops_airflow import params
+from tfmlops_airflow.chains import train_to_serving
 from tfmlops_airflow.guard import add_run_guard
-from tfmlops_airflow.operators.card import ModelCardOperator
-from tfmlops_airflow.operators.retrain import (
-    EvaluateModelOperator,
-    ExportSavedModelOperator,
-    ModelGateOperator,
-    RegisterModelOperator,
-    TrainModelOperator,
-    ValidateDatasetOperator,
-)
-from tfmlops_airflow.operators.rollout import ServingRolloutOperator
+from tfmlops_airflow.operators.retrain import ValidateDatasetOperator
 
 DOC = """
 ### Offline retraining of your TensorFlow model
@@ -91,31 +83,6 @@ with DAG(
         task_id="validate_data", task_display_name="Validate model module and data",
         model_module="{{ params.model_module }}", hyperparameters="{{ hyperparameters(params) }}", **data)
     # what validate read from the module, as plain data: every later task works from it
-    model = {"model_spec": validate.output["model_spec"], **data}
-    train = TrainModelOperator(task_id="train", task_display_name="Train", experiment="{{ params.model_name }}",
-                               **model)
-    evaluate = EvaluateModelOperator(
-        task_id="evaluate", task_display_name="Evaluate", run_id=train.output["run_id"],
-        model_uri=train.output["model_uri"], **model)
-    gate = ModelGateOperator(
-        task_id="gate", task_display_name="Validation gate", model_name="{{ params.model_name }}",
-        run_id=train.output["run_id"], metrics=evaluate.output, gate_metric="{{ params.gate_metric }}",
-        gate_threshold="{{ params.gate_threshold }}", tolerance="{{ params.tolerance }}", **model)
-    export = ExportSavedModelOperator(
-        task_id="export", task_display_name="Export SavedModel", run_id=train.output["run_id"],
-        model_uri=train.output["model_uri"], **model)
-    register = RegisterModelOperator(
-        task_id="register", task_display_name="Register in MLflow", model_name="{{ params.model_name }}",
-        run_id=train.output["run_id"], model_uri=train.output["model_uri"], metrics=evaluate.output,
-        dataset_fingerprint=train.output["dataset_fingerprint"], model_spec=validate.output["model_spec"])
-    rollout = ServingRolloutOperator(
-        task_id="rollout", task_display_name="Roll out to TF Serving, set champion",
-        version=register.output["version"], announce_champion=True, **params.rollout_arguments())
-
-    card = ModelCardOperator(
-        task_id="model_card", task_display_name="Model card", model_name="{{ params.model_name }}",
-        version=register.output["version"])
-
-    validate >> train
-    gate >> export >> register >> rollout >> card
+    tasks = train_to_serving({"model_spec": validate.output["model_spec"], **data})
+    validate >> tasks["train"]
     add_run_guard(dag)  # last: it watches every task above

@@ -78,9 +78,11 @@ def compose(env_file: Path, host: str, *args: str, check: bool = True, capture: 
 
 def write_env(path: Path = STATE / ".env") -> Path:
     """``.env.example`` with every ``change-me`` secret replaced by a fresh random one (kept across
-    runs: the volumes' databases were initialised with them) and a generated Fernet key."""
+    runs: the volumes' databases were initialised with them) and a generated Fernet key. A key that
+    ``.env.example`` gained since the file was written is added to it the same way."""
+    have = set()
     if path.exists():
-        return path
+        have = {line.partition("=")[0] for line in path.read_text().splitlines() if "=" in line}
     lines = []
     for line in (ROOT / ".env.example").read_text().splitlines():
         key, sep, value = line.partition("=")
@@ -88,8 +90,14 @@ def write_env(path: Path = STATE / ".env") -> Path:
             value = (base64.urlsafe_b64encode(secrets.token_bytes(32)).decode() if key == "AIRFLOW_FERNET_KEY"
                      else secrets.token_urlsafe(24))
             line = f"{key}={value}"
-        lines.append(line)
+        if not have or (sep and not line.startswith("#") and key not in have):
+            lines.append(line)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if have:
+        if lines:
+            with path.open("a") as fh:
+                fh.write("\n".join(lines) + "\n")
+        return path
     path.touch(mode=0o600)
     path.write_text("\n".join(lines) + "\n")
     return path

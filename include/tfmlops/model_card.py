@@ -192,7 +192,8 @@ def build(facts: dict) -> dict:
     ``limitations`` (the module's ``MODEL_CARD["limitations"]``; None: a generic line), ``declared``
     (where intended use and limitations come from), ``data`` (``uri``, ``fingerprint``,
     ``train_rows``, ``test_rows``, ``sample_fraction``), ``lineage`` (``dag_id``, ``dag_run_id``,
-    ``task_id``, ``parent_version``, ``parent_relation``, ``partitions``), ``metrics`` (the task's
+    ``task_id``, ``parent_version``, ``parent_relation``, ``partitions``, ``search_run``,
+    ``search_best_trial``), ``metrics`` (the task's
     metrics as logged, without the ``test_`` / ``holdout_`` prefix, and ``split``),
     ``confusion_matrix`` (multiclass, or binary if the run logged one), ``residuals`` (regression:
     ``true`` and ``predicted`` lists), ``plots`` (``name``, ``title``, ``image`` and ``data``
@@ -425,7 +426,10 @@ def _sections(card: dict) -> list[dict]:
                             + (f" (task {lineage['task_id']})" if lineage.get("task_id") else "")),
         ("Parent version", _v(lineage.get("parent_version"))
          + (f" ({lineage['parent_relation']})" if lineage.get("parent_relation") else "")),
-        *([("Partitions", lineage["partitions"])] if lineage.get("partitions") else [])]))
+        *([("Partitions", lineage["partitions"])] if lineage.get("partitions") else []),
+        *([("Hyperparameter search", f"MLflow run {lineage['search_run']} (best trial "
+                                     f"{_v(lineage.get('search_best_trial'))}; tf_hparam_search)")]
+          if lineage.get("search_run") else [])]))
 
     pairs = [(_metric_label(k, task), _v(v, "ratio")) for k, v in metrics["values"].items()] or \
         [("Metrics", NOT_RECORDED)]

@@ -21,6 +21,9 @@ LABEL = "churned"
 CLASS_NAMES = ["stays", "churns"]
 HPARAMS = {"epochs": 10, "batch_size": 64, "learning_rate": 5e-3, "hidden_units": 16}
 GATE = {"metric": "auc", "threshold": 0.75, "tolerance": 0.02}
+# tf_hparam_search: the ranges searched when the form gives none
+SEARCH_SPACE = {"learning_rate": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True},
+                "hidden_units": {"type": "int", "low": 4, "high": 32, "step": 4}}
 # tf_optimize_export: the small student needs more epochs than the platform's 15 (seeds 0-2: AUC within
 # 0.2 pp of the float model with 30; with 15 and a smaller student, 1.2-5.9 pp below by seed)
 OPTIMIZE = {"distill_epochs": 30}

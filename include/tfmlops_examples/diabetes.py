@@ -16,6 +16,9 @@ LABEL = "progression"
 HPARAMS = {"epochs": 60, "batch_size": 32, "learning_rate": 2e-2, "hidden_units": 16}
 # RMSE in the label's unit (progression points; the label's standard deviation is ~77)
 GATE = {"metric": "rmse", "threshold": 70.0, "tolerance": 3.0}
+# tf_hparam_search: the ranges searched when the form gives none
+SEARCH_SPACE = {"learning_rate": {"type": "float", "low": 2e-3, "high": 5e-2, "log": True},
+                "hidden_units": {"type": "int", "low": 4, "high": 32, "step": 4}}
 # tf_optimize_export: the student trains from scratch, as long as the model does
 OPTIMIZE = {"distill_epochs": 60}
 

@@ -14,6 +14,9 @@ LABEL = "digit"
 CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 HPARAMS = {"epochs": 12, "batch_size": 32, "learning_rate": 3e-3, "filters": 16}
 GATE = {"metric": "accuracy", "threshold": 0.85, "tolerance": 0.02}
+# tf_hparam_search: the ranges searched when the form gives none
+SEARCH_SPACE = {"learning_rate": {"type": "float", "low": 5e-4, "high": 1e-2, "log": True},
+                "filters": {"type": "int", "low": 4, "high": 24, "step": 4}}
 TEST_SHARE = 0.2
 # tf_optimize_export on ~1 400 training rows: more fine-tuning than the platform's defaults (4 pruning,
 # 15 distillation epochs, sized for MNIST's 54 000) to stay within 1 pp of the float model

@@ -12,6 +12,10 @@ LABEL = "label"
 CLASS_NAMES = [str(d) for d in range(10)]
 HPARAMS = {"epochs": 5, "batch_size": 128, "learning_rate": 1e-3, "hidden_units": [64], "dropout": 0.0}
 GATE = {"metric": "accuracy", "threshold": 0.9, "tolerance": 0.005}
+# tf_hparam_search: the ranges searched when the form gives none
+SEARCH_SPACE = {"learning_rate": {"type": "float", "low": 3e-4, "high": 1e-2, "log": True},
+                "dropout": {"type": "float", "low": 0.0, "high": 0.4},
+                "batch_size": {"type": "categorical", "choices": [64, 128, 256]}}
 # Optional: what a mobile app gives and how it normalizes it before the model (the mobile bundle's
 # TFLite metadata and snippets): pixels 0..255, the model takes (pixel - 0) / 255
 MOBILE_INPUTS = {"pixels": {"mean": 0.0, "std": 255.0, "range": [0.0, 255.0],

@@ -17,6 +17,9 @@ LABEL = "section"
 CLASS_NAMES = ["kitchen", "electronics", "garden"]
 HPARAMS = {"epochs": 8, "batch_size": 32, "learning_rate": 1e-2, "max_tokens": 500}
 GATE = {"metric": "accuracy", "threshold": 0.8, "tolerance": 0.03}
+# tf_hparam_search: the ranges searched when the form gives none
+SEARCH_SPACE = {"learning_rate": {"type": "float", "low": 2e-3, "high": 3e-2, "log": True},
+                "max_tokens": {"type": "categorical", "choices": [250, 500, 1000]}}
 
 # Optional: the model card's intended use and known limitations (read by the card step)
 MODEL_CARD = {

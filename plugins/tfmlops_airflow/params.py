@@ -25,6 +25,10 @@ DEFAULT_REQUEST_LOG_PREFIX = os.environ.get("TFMLOPS_REQUEST_LOG_PREFIX") or str
 # default partitions root's mnist_stream dataset (feedback/labels/ and, once joined, feedback/joined/).
 DEFAULT_AB_LABELS = None if DEFAULT_PARTITIONS_ROOT.startswith("s3://") else str(
     Path(DEFAULT_PARTITIONS_ROOT) / "mnist_stream" / "feedback")
+# Where tf_hparam_search keeps its Optuna studies: $TFMLOPS_SEARCH_STORAGE (compose: the PostgreSQL
+# database "optuna"), else a JournalStorage file in the embedded stack's state folder.
+DEFAULT_SEARCH_STORAGE = os.environ.get("TFMLOPS_SEARCH_STORAGE") or "journal:" + str(
+    Path(__file__).resolve().parents[2] / "var" / "optuna" / "studies.log")
 # 1 slot (make run / the compose init create it): the rollout operators run in it by default, so the
 # rollouts of every DAG queue behind each other.
 ROLLOUT_POOL = "tf_serving_rollout"

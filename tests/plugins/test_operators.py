@@ -602,3 +602,43 @@ def test_live_drift_passes_its_settings_and_returns_the_decision():
     with mock.patch("tfmlops.steps.monitor.check_live_drift", side_effect=LookupError("no champion")):
         with pytest.raises(AirflowFailException, match="no champion"):
             op.execute(context())
+
+
+# ------------------------------------------------------------------------------------- search
+def test_prepare_search_pushes_the_study_and_returns_the_worker_indices():
+    from tfmlops.search import SearchError
+    from tfmlops_airflow.operators.search import SEARCH_KEY, PrepareSearchOperator
+
+    op = PrepareSearchOperator(task_id="prepare", model_name="m", model_spec={"module": "x"}, search_space="{}",
+                               n_trials="6", parallelism="3", time_budget_s="600", storage="journal:/s.log",
+                               pruner="median", seed="2", gate_metric="None", dataset_uri="mnist")
+    prepared = {"study_name": "m-r1", "workers": [0, 1, 2]}
+    ctx = context()
+    ctx["ti"].xcom_push = mock.MagicMock()
+    with mock.patch("tfmlops.steps.search.prepare", return_value=prepared) as step:
+        assert op.execute(ctx) == [0, 1, 2]  # the mapped worker task expands over the return value
+    args = step.call_args.args
+    assert args[:3] == (TRACKING, "m", "search manual__1") and args[3] == LINEAGE
+    assert args[5:] == ("{}", 6, 3, 600.0, "journal:/s.log", "median", 2, None)
+    ctx["ti"].xcom_push.assert_called_once_with(key=SEARCH_KEY, value=prepared)
+    assert op.multiple_outputs is False
+    with mock.patch("tfmlops.steps.search.prepare", side_effect=SearchError("'x': low (2) must be below high (1)")):
+        with pytest.raises(AirflowFailException, match="must be below high"):
+            op.execute(ctx)
+
+
+def test_search_worker_passes_its_index_and_try_number_and_finish_fails_without_a_trial():
+    from tfmlops.search import SearchError
+    from tfmlops_airflow.operators.search import FinishSearchOperator, SearchWorkerOperator
+
+    op = SearchWorkerOperator(task_id="w", search={"study_name": "s"}, worker="1", model_spec={"module": "x"},
+                              dataset_uri="mnist")
+    ctx = context()
+    ctx["ti"].try_number = 2
+    with mock.patch("tfmlops.steps.search.work", return_value={"complete": [3]}) as step:
+        assert op.execute(ctx) == {"complete": [3]}
+    assert step.call_args.args[:4] == (TRACKING, {"study_name": "s"}, 1, 2)  # a retry is attempt 2
+    finish = FinishSearchOperator(task_id="finish", search={"study_name": "s"})
+    with mock.patch("tfmlops.steps.search.finish", side_effect=SearchError("no trial completed out of 2")):
+        with pytest.raises(AirflowFailException, match="no trial completed"):
+            finish.execute(context())

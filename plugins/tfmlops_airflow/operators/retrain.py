@@ -65,19 +65,22 @@ class TrainModelOperator(ModelDataOperator):
     metrics, curves) and the model. Returns run_id, model_uri and the model spec.
 
     :param experiment: MLflow experiment of the run. (templated)
+    :param lineage_tags: more lineage for the run's tags, e.g. the search it comes from. (templated)
     """
 
-    template_fields: Sequence[str] = (*MODEL_FIELDS, "experiment")
+    template_fields: Sequence[str] = (*MODEL_FIELDS, "experiment", "lineage_tags")
 
-    def __init__(self, *, experiment: str, **kwargs):
+    def __init__(self, *, experiment: str, lineage_tags: dict | None = None, **kwargs):
         super().__init__(**kwargs)
         self.experiment = experiment
+        self.lineage_tags = lineage_tags
 
     def execute(self, context) -> dict[str, Any]:
         from tfmlops.steps.retrain import ModelModuleError, train
 
+        tags = {**lineage(context), **{k: str(v) for k, v in (optional(self.lineage_tags) or {}).items()}}
         try:
-            return train(self.tracking_uri, self.experiment, run_name=f"{context['run_id']}", tags=lineage(context),
+            return train(self.tracking_uri, self.experiment, run_name=f"{context['run_id']}", tags=tags,
                          spec=self.data_spec())
         except ModelModuleError as exc:  # the module's code or hyperparameters: a retry gives the same
             raise AirflowFailException(str(exc)) from exc
@@ -171,15 +174,18 @@ class RegisterModelOperator(TFMLOpsBaseOperator):
     :param metrics: test metrics, tagged on the version. (templated)
     :param dataset_fingerprint: fingerprint of the training data (lineage). (templated)
     :param model_spec: the model spec the run trained with (tagged on the version). (templated)
+    :param lineage_tags: more lineage for the version's tags, e.g. the search it comes from. (templated)
     """
 
     template_fields: Sequence[str] = ("model_name", "run_id", "model_uri", "metrics", "dataset_fingerprint",
-                                      "model_spec")
+                                      "model_spec", "lineage_tags")
 
     def __init__(self, *, model_name: str, run_id: str, model_uri: str, metrics: dict | str,
-                 dataset_fingerprint: str = "", model_spec: dict | None = None, **kwargs):
+                 dataset_fingerprint: str = "", model_spec: dict | None = None, lineage_tags: dict | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.model_spec = model_spec
+        self.lineage_tags = lineage_tags
         self.model_name = model_name
         self.run_id = run_id
         self.model_uri = model_uri
@@ -189,6 +195,7 @@ class RegisterModelOperator(TFMLOpsBaseOperator):
     def execute(self, context) -> dict[str, Any]:
         from tfmlops.steps.retrain import register
 
+        extra = {k: str(v) for k, v in (optional(self.lineage_tags) or {}).items()}
         return register(self.tracking_uri, self.model_name, self.run_id, self.model_uri, dict(self.metrics),
-                        {**lineage(context), "dataset_fingerprint": self.dataset_fingerprint},
+                        {**lineage(context), "dataset_fingerprint": self.dataset_fingerprint, **extra},
                         model_spec=optional(self.model_spec))

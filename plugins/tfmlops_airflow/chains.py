@@ -1,0 +1,54 @@
+"""Task chains that several DAGs share, declared once (like ``guard.add_run_guard``).
+
+:func:`train_to_serving` is the second half of ``tf_offline_retrain`` — train → evaluate → gate →
+export → register → rollout → model card — which ``tf_hparam_search`` runs on its best
+configuration. Call it inside a ``with DAG(...)`` block whose params include
+:func:`tfmlops_airflow.params.rollout` and ``model_name`` and the gate fields of
+:func:`tfmlops_airflow.params.model`.
+"""
+
+from __future__ import annotations
+
+from tfmlops_airflow import params
+from tfmlops_airflow.operators.card import ModelCardOperator
+from tfmlops_airflow.operators.retrain import (
+    EvaluateModelOperator,
+    ExportSavedModelOperator,
+    ModelGateOperator,
+    RegisterModelOperator,
+    TrainModelOperator,
+)
+from tfmlops_airflow.operators.rollout import ServingRolloutOperator
+
+
+def train_to_serving(model: dict, lineage_tags: dict | None = None, train_name: str = "Train") -> dict:
+    """The tasks from training a model spec to its model card, wired. ``model``: ``model_spec`` (an
+    XCom of the task that read or chose it) and the data fields (``dataset_uri``,
+    ``sample_fraction``); ``lineage_tags``: more lineage on the run and the version. Returns the
+    tasks by id."""
+    train = TrainModelOperator(task_id="train", task_display_name=train_name, experiment="{{ params.model_name }}",
+                               lineage_tags=lineage_tags, **model)
+    evaluate = EvaluateModelOperator(
+        task_id="evaluate", task_display_name="Evaluate", run_id=train.output["run_id"],
+        model_uri=train.output["model_uri"], **model)
+    gate = ModelGateOperator(
+        task_id="gate", task_display_name="Validation gate", model_name="{{ params.model_name }}",
+        run_id=train.output["run_id"], metrics=evaluate.output, gate_metric="{{ params.gate_metric }}",
+        gate_threshold="{{ params.gate_threshold }}", tolerance="{{ params.tolerance }}", **model)
+    export = ExportSavedModelOperator(
+        task_id="export", task_display_name="Export SavedModel", run_id=train.output["run_id"],
+        model_uri=train.output["model_uri"], **model)
+    register = RegisterModelOperator(
+        task_id="register", task_display_name="Register in MLflow", model_name="{{ params.model_name }}",
+        run_id=train.output["run_id"], model_uri=train.output["model_uri"], metrics=evaluate.output,
+        dataset_fingerprint=train.output["dataset_fingerprint"], model_spec=model["model_spec"],
+        lineage_tags=lineage_tags)
+    rollout = ServingRolloutOperator(
+        task_id="rollout", task_display_name="Roll out to TF Serving, set champion",
+        version=register.output["version"], announce_champion=True, **params.rollout_arguments())
+    card = ModelCardOperator(
+        task_id="model_card", task_display_name="Model card", model_name="{{ params.model_name }}",
+        version=register.output["version"])
+    gate >> export >> register >> rollout >> card
+    return {"train": train, "evaluate": evaluate, "gate": gate, "export": export, "register": register,
+            "rollout": rollout, "model_card": card}
