@@ -237,7 +237,7 @@ def main() -> None:
 
     start = time.perf_counter()
     dataset, _ = data.load_validated("mnist", 784, 10, sample_fraction=args.sample_fraction)
-    model = build_model(ModelConfig())
+    model = build_model(ModelConfig(n_features=784, num_classes=10))
     train(model, dataset.x_train, dataset.y_train, TrainConfig(epochs=args.epochs))
     trained = time.perf_counter() - start
     work = Path(tempfile.mkdtemp(prefix="bench-formats-"))

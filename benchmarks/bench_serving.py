@@ -5,7 +5,8 @@ What it measures: batch-1 ``predict`` requests (one MNIST test image, 784 float3
 32 concurrent closed-loop clients, for a fixed time per point after a warmup; throughput
 (successful requests / s) and p50/p90/p99 latency (client side, send to fully-read response).
 
-- The model: the seed MLP (``tfmlops.models.build_model(ModelConfig())``), trained briefly on 5 %
+- The model: the seed MLP (``tfmlops.models.build_model(ModelConfig(n_features=784, num_classes=10))``),
+  trained briefly on 5 %
   of MNIST, exported with ``tfmlops.export.export_saved_model`` and published as version 1 for
   ``tf-serving-local``; the same trained model is logged with ``registry.log_keras_model`` and
   registered (version 1) in a real ``mlflow server`` started here.
@@ -451,7 +452,7 @@ def seed_model(work: Path, epochs: int = 1):
     from tfmlops.models import ModelConfig, TrainConfig, build_model, train
 
     dataset, _ = data.load_validated("mnist", 784, 10, sample_fraction=0.05)
-    model = build_model(ModelConfig())
+    model = build_model(ModelConfig(n_features=784, num_classes=10))
     history = train(model, dataset.x_train, dataset.y_train, TrainConfig(epochs=epochs))
     exported = export_saved_model(model, work / "export", dataset.x_test[:8], dataset.x_train[:32])
     return dataset, model, {**exported, "history": history}
@@ -642,7 +643,8 @@ def main() -> int:
         "what": "batch-1 predict requests, closed-loop clients; throughput = successful requests / measured s; "
                 "latency = client-side send to fully read response",
         "quick": args.quick,
-        "model": {"builder": "tfmlops.models.build_model(ModelConfig())", "train_epochs": args.epochs,
+        "model": {"builder": "tfmlops.models.build_model(ModelConfig(n_features=784, num_classes=10))",
+                  "train_epochs": args.epochs,
                   "data": "mnist sample_fraction=0.05", "final_epoch": {k: round(v[-1], 4) for k, v in history.items()},
                   "name": MODEL_NAME, "signature": SIGNATURE, "input": INPUT_NAME, "output": OUTPUT_NAME},
         "settings": {"concurrency": list(CONCURRENCY), "warmup_s": warmup, "duration_s": duration,

@@ -19,10 +19,11 @@ EpochLogger = functools.partial(trainer.EpochLogger, logger=log)
 
 @dataclass
 class ModelConfig:
-    """The seed's MLP by default: 784 inputs → Dense(64, relu) → Dense(10, softmax)."""
+    """An MLP on one flat float input: ``n_features`` inputs → Dense(64, relu) → Dense(``num_classes``,
+    softmax) by default (the shape is the caller's: the MNIST example passes its own)."""
 
-    n_features: int = 784
-    num_classes: int = 10
+    n_features: int
+    num_classes: int
     hidden_units: list[int] = field(default_factory=lambda: [64])
     dropout: float = 0.0
 

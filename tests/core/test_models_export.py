@@ -15,7 +15,7 @@ def tiny():
 
 
 def test_default_model_is_the_seed_mlp():
-    model = build_model(ModelConfig())
+    model = build_model(ModelConfig(n_features=784, num_classes=10))
     assert [layer.__class__.__name__ for layer in model.layers] == ["InputLayer", "Dense", "Dense"]
     assert model.layers[1].units == 64 and model.layers[1].activation.__name__ == "relu"
     assert model.output_shape == (None, 10) and model.layers[2].activation.__name__ == "softmax"
@@ -23,7 +23,7 @@ def test_default_model_is_the_seed_mlp():
 
 
 def test_training_learns_and_logs_each_epoch(tiny, caplog):
-    model = build_model(ModelConfig(hidden_units=[32, 16], dropout=0.1))
+    model = build_model(ModelConfig(n_features=784, num_classes=10, hidden_units=[32, 16], dropout=0.1))
     with caplog.at_level("INFO", logger="tfmlops.models"):
         history = train(model, tiny.x_train, tiny.y_train, TrainConfig(epochs=3, batch_size=32))
     assert [len(history[k]) for k in ("loss", "accuracy", "val_loss")] == [3, 3, 3]
@@ -38,7 +38,7 @@ def test_saved_model_export_has_serving_signature(tiny, tmp_path):
 
     from tfmlops.export import export_saved_model
 
-    model = build_model(ModelConfig())
+    model = build_model(ModelConfig(n_features=784, num_classes=10))
     train(model, tiny.x_train, tiny.y_train, TrainConfig(epochs=1))
     result = export_saved_model(model, tmp_path / "export", tiny.x_test[:4], tiny.x_train[:32])
     assert result["max_abs_diff"] <= 1e-5
@@ -65,7 +65,7 @@ def test_export_writes_warmup_requests_that_tf_serving_local_replays(tiny, tmp_p
     from tfmlops.serving.servables.warmup import read_tfrecords
     from tfmlops.serving.tensors import make_ndarray
 
-    model = build_model(ModelConfig())
+    model = build_model(ModelConfig(n_features=784, num_classes=10))
     with pytest.raises(ValueError, match="warmup rows"):
         export_saved_model(model, tmp_path / "none", tiny.x_test[:4], tiny.x_train[:0])
     result = export_saved_model(model, tmp_path / "export", tiny.x_test[:4], tiny.x_train[:32])

@@ -22,7 +22,7 @@ def served(tmp_path_factory):
     from tfmlops.models import ModelConfig, build_model
 
     tmp = tmp_path_factory.mktemp("feedback")
-    model = build_model(ModelConfig())
+    model = build_model(ModelConfig(n_features=784, num_classes=10))
     rows = np.random.default_rng(0).random((4, 784), dtype=np.float32)
     export_saved_model(model, tmp / "export", rows, rows)
     os.makedirs(tmp / "models" / "mnist")

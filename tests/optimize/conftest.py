@@ -20,7 +20,7 @@ def small():
 def float_model(small):
     from tfmlops.models import ModelConfig, TrainConfig, build_model, train
 
-    model = build_model(ModelConfig())
+    model = build_model(ModelConfig(n_features=784, num_classes=10))
     train(model, small.x_train, small.y_train, TrainConfig(epochs=10, batch_size=64))
     return model
 

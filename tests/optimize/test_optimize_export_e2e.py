@@ -183,7 +183,7 @@ def test_a_default_run_on_the_bundled_mnist_passes_every_variant(mlflow_server, 
 
     require_tfjs_runtimes(browser=True)
     full = data.load_validated("mnist", 784, 10)[0]
-    model = build_model(ModelConfig())
+    model = build_model(ModelConfig(n_features=784, num_classes=10))
     train(model, full.x_train, full.y_train, TrainConfig(epochs=5))
     name = "optimize_defaults"
     run_id = registry.start_run(mlflow_server, name, "seed", {"purpose": "test"})
