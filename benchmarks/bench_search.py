@@ -13,7 +13,9 @@ the DAG's worker tasks run, without the MLflow logging):
    metric of each (pruning should save epochs for about the same best value).
 
 Then the module's default hyperparameters are trained once and scored the same way (validation
-split), next to the best trial. Writes benchmarks/results/search.json and search.png.
+split), next to the best trial. Writes benchmarks/results/search.json and search.png, and Optuna's
+plots of each example's pruned search (``search_<example>_<plot>.png``: what ``finish`` logs on a
+search's parent run).
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ def _worker(name: str, storage: str, study_name: str, n_trials: int, pruner: str
     Path(out).write_text(json.dumps({"start": t0, "end": time.time(), **done}))
 
 
-def run_search(name: str, workers: int, pruner: str, n_trials: int, tmp: Path, seed: int = 0) -> dict:
+def run_search(name: str, workers: int, pruner: str, n_trials: int, tmp: Path, seed: int = 0,
+               plots_to: Path | None = None) -> dict:
     from tfmlops import modelspec, search
 
     spec = modelspec.read_spec(f"tfmlops_examples.{name}")
@@ -94,6 +97,10 @@ def run_search(name: str, workers: int, pruner: str, n_trials: int, tmp: Path, s
     summary = search.summary(study)
     epochs = sum(len(t.intermediate_values) for t in study.get_trials(deepcopy=False))
     complete = summary["states"]["complete"]
+    if plots_to is not None:  # Optuna's plots of this study, as finish logs them on the parent run
+        plots_to.mkdir(parents=True, exist_ok=True)
+        for plot, path in search.plots(study, plots_to).items():
+            Path(path).rename(plots_to / f"search_{name}_{plot}.png")
     return {"example": name, "workers": workers, "pruner": pruner, "trials": summary["trials"],
             "states": summary["states"], "epochs_trained": epochs, "wall_s": round(wall, 1),
             "trials_per_minute": round(complete / wall * 60, 2) if wall > 0 else None,
@@ -170,8 +177,9 @@ def main() -> None:
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
         for name in args.examples.split(","):
-            runs = {f"{w}-{p}": run_search(name, w, p, args.trials, Path(tmp)) for w, p in
-                    ((1, "none"), (2, "none"), (2, "median"))}
+            runs = {f"{w}-{p}": run_search(name, w, p, args.trials, Path(tmp),
+                                           plots_to=RESULTS if (w, p) == (2, "median") else None)
+                    for w, p in ((1, "none"), (2, "none"), (2, "median"))}
             speedup = runs["2-none"]["trials_per_minute"] / runs["1-none"]["trials_per_minute"]
             result["examples"][name] = {"runs": runs, "speedup": round(speedup, 2),
                                         "defaults": default_score(name, Path(tmp)),
