@@ -75,7 +75,8 @@ def prepare(tracking_uri: str, model_name: str, run_name: str, tags: dict[str, s
         "data.uri": spec.uri, "data.sample_fraction": spec.sample_fraction})
     log.info("search %s: %d trials of %s over %s, %s validation %s", study_name, n_trials, model_spec.module,
              sorted(parsed), direction, gate["metric"])
-    return {"study_name": study_name, "storage": storage_url, "parent_run_id": parent, "metric": gate["metric"],
+    return {"study_name": study_name, "storage": storage_url, "parent_run_id": parent, "experiment": model_name,
+            "metric": gate["metric"],
             "direction": direction, "space": parsed, "n_trials": int(n_trials), "pruner": pruner, "seed": int(seed),
             "deadline": time.time() + float(time_budget_s), "workers": list(range(int(parallelism))),
             "model_spec": model_spec.to_dict()}
@@ -153,10 +154,8 @@ def work(tracking_uri: str, prepared: dict, worker: int, attempt: int, spec: Dat
                               prepared["n_trials"], prepared["seed"] + 1000 * int(worker) + int(attempt),
                               prepared["pruner"])
     model_spec = modelspec.ModelSpec.from_dict(prepared["model_spec"])
-    data, _, module = DataSpec(**{**spec.__dict__, "model_spec": prepared["model_spec"]}).load_model_data(model_spec)
-    experiment = registry.client(tracking_uri).get_run(prepared["parent_run_id"]).info.experiment_id
-    name = registry.client(tracking_uri).get_experiment(experiment).name
-    objective = _objective(tracking_uri, prepared, model_spec, module, data, name)
+    data, _, module = spec.load_model_data(model_spec)
+    objective = _objective(tracking_uri, prepared, model_spec, module, data, prepared["experiment"])
     done = search.work(study, objective, prepared["n_trials"], prepared["deadline"], int(worker), int(attempt))
     log.info("worker %d (attempt %d): %s", worker, attempt, done)
     return done
