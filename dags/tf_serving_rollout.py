@@ -83,10 +83,11 @@ with DAG(
     dag_id="tf_serving_rollout",
     description="Registered MLflow version → TF Serving: safe publish, replace/canary/gray/A-B, promote or roll back",
     doc_md=DOC,
-    schedule="@daily",  # reconcile serving with the champion alias
+    schedule=None,  # tf_serving_reconcile starts it when @champion and what is served differ
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
+    is_paused_upon_creation=False,  # no schedule: unpaused, so the runs tf_serving_reconcile starts run
     params=PARAMS,
     render_template_as_native_obj=True,
     tags=["tensorflow", "serving", "rollout", "mlflow"],
@@ -101,5 +102,6 @@ with DAG(
                                             model_name="{{ params.model_name }}", targets="{{ params.targets }}",
                                             version=resolve.output["version"])
     roll = ServingRolloutOperator(task_id="rollout", task_display_name="Roll out, promote or roll back",
-                                  version=resolve.output["version"], **params.rollout_arguments())
+                                  version=resolve.output["version"], **params.rollout_arguments(),
+                                  reason="{{ dag_run.conf.get('reason') or 'rollout' }}")
     resolve >> publish >> roll

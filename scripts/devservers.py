@@ -202,6 +202,17 @@ def wait_http(url: str, timeout: float, name: str = "", run_dir: Path | None = N
                        f"{log_tail(name, run_dir) if name and run_dir else ''}")
 
 
+def wait_for(check, timeout: float, what: str, interval: float = 0.25):
+    """Poll ``check()`` until it returns something truthy; that value, or TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not within {timeout:.0f} s")
+
+
 def log_tail(name: str, run_dir: Path, lines: int = 30) -> str:
     path = Path(run_dir) / f"{name}.log"
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
@@ -215,6 +226,16 @@ def mlflow_server_argv(root: Path, port: int, backend_store_uri: str | None = No
     return [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
             "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
             "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
+
+
+def mlflow_webhook_env(encryption_key: str, cache_ttl_s: int = 5) -> dict[str, str]:
+    """What ``mlflow server`` needs to deliver registry webhooks to a receiver on this machine:
+    MLflow refuses private addresses and plain http unless told (a single-host deployment's
+    deviation, in the README), keeps webhook secrets encrypted with ``encryption_key`` (a Fernet
+    key; without one it makes a new key per process and cannot read them after a restart), and
+    caches its webhook list (60 s by default; shorter here so a new webhook takes effect quickly)."""
+    return {"MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true", "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+            "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": encryption_key, "MLFLOW_WEBHOOK_CACHE_TTL": str(cache_ttl_s)}
 
 
 def prometheus_config(path: Path, targets: list[str], metrics_path: str, scrape_interval: str = "15s",

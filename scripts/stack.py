@@ -66,7 +66,7 @@ AIRFLOW_URL = f"http://127.0.0.1:{PORTS['airflow']}"
 MLFLOW_URL = f"http://127.0.0.1:{PORTS['mlflow']}"
 REST_URL = f"http://127.0.0.1:{PORTS['rest']}"
 PROMETHEUS_URL = f"http://127.0.0.1:{PORTS['prometheus']}"
-AIRFLOW_SERVICES = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor")
+AIRFLOW_SERVICES = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
 ALL_SERVICES = ("mlflow", "tf-serving-local", "tf-serving-canary", "mirror-sink", "router", "prometheus",
                 *AIRFLOW_SERVICES)
 
@@ -106,6 +106,8 @@ def airflow_env() -> dict[str, str]:
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(PASSWORDS_FILE),
         "AIRFLOW__API_AUTH__JWT_SECRET": jwt_secret,
+        # MLflow's registry webhooks are verified with it (plugins/tfmlops_airflow/webhooks.py)
+        "AIRFLOW__TFMLOPS__MLFLOW_WEBHOOK_SECRET": webhook_secret(),
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(PORTS["airflow"]),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
@@ -177,9 +179,32 @@ def _start(name: str, argv: list[str], env: dict | None = None, supervise: bool 
     print(f"  {name:<22} {'started' if started else 'already running'} (pid {pid}, log var/run/{name}.log)")
 
 
+def webhook_secret() -> str:
+    return secret_file(AIRFLOW_HOME / "mlflow_webhook_secret", lambda: secrets.token_urlsafe(32))
+
+
+WEBHOOK_URL = f"{AIRFLOW_URL}/tfmlops/webhooks/mlflow"
+
+
+def register_webhook() -> None:
+    """MLflow's champion-alias webhooks to Airflow's receiver (idempotent); a failure is reported:
+    the reconciler's registry poll works without them, a few seconds later."""
+    from tfmlops.registry import ensure_webhook
+
+    try:
+        ensure_webhook(MLFLOW_URL, "tfmlops-serving-reconciler", WEBHOOK_URL, webhook_secret())
+        print(f"  mlflow webhook         champion alias events -> {WEBHOOK_URL}")
+    except Exception as exc:  # noqa: BLE001 - say it and go on: polling still reconciles
+        print(f"  mlflow webhook         not registered ({exc}); the registry poll still reconciles")
+
+
 def up() -> None:
     print("Starting the embedded default stack:")
-    _start("mlflow", devservers.mlflow_server_argv(VAR / "mlflow", PORTS["mlflow"]))
+    from cryptography.fernet import Fernet
+
+    webhook_key = secret_file(VAR / "mlflow" / "webhook_encryption_key", lambda: Fernet.generate_key().decode())
+    _start("mlflow", devservers.mlflow_server_argv(VAR / "mlflow", PORTS["mlflow"]),
+           env=devservers.mlflow_webhook_env(webhook_key))
     # supervised: restarted with back-off when it dies (make status shows the restarts)
     _start("tf-serving-local", [*devservers.serving_argv(CONFIG_FILE, PORTS["rest"], PORTS["grpc"]),
                                 f"--monitoring_config_file={MONITORING_CONFIG}"],
@@ -217,11 +242,14 @@ def up() -> None:
     # other machines; here the API server reads the task logs from var/airflow/logs itself
     _start("airflow-scheduler", [airflow, "scheduler", "--skip-serve-logs"], env)
     _start("airflow-dag-processor", [airflow, "dag-processor"], env)
+    # runs the registry poll of tf_serving_reconcile (an asset watcher's trigger)
+    _start("airflow-triggerer", [airflow, "triggerer", "--skip-serve-logs"], env)
     devservers.wait_http(f"{MLFLOW_URL}/health", 120, "mlflow", RUN)
     devservers.wait_http(f"{REST_URL}/v1/models/_", 120, "tf-serving-local", RUN, any_status=True)
     if prometheus:
         devservers.wait_http(f"{PROMETHEUS_URL}/-/ready", 60, "prometheus", RUN)
     devservers.wait_http(f"{AIRFLOW_URL}/api/v2/monitor/health", 180, "airflow-api-server", RUN)
+    register_webhook()
     print("Stack is up.")
 
 

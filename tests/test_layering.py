@@ -65,14 +65,16 @@ def test_operators_reach_the_core_library_only_through_the_steps_layer():
 
 def test_plugin_loader_does_not_execute_the_provider_package():
     """``plugins/.airflowignore`` keeps Airflow from importing ``tfmlops_airflow/hooks/mlflow.py`` as a
-    module named ``mlflow`` (and every other file under its bare name) in every Airflow process."""
+    module named ``mlflow`` (and every other file under its bare name) in every Airflow process: the
+    loader imports only the project's plugin (``plugins/tfmlops_plugin.py``, the webhook receiver)."""
     code = ("import sys\n"
             "from airflow import plugins_manager\n"
             "plugins_manager.ensure_plugins_loaded()\n"
             "plugins = str(__import__('pathlib').Path(sys.argv[1]).resolve())\n"
             "print(sorted(n for n, m in list(sys.modules.items()) if (getattr(m, '__file__', '') or '')"
-            ".startswith(plugins) and not n.startswith('tfmlops_airflow')))")
+            ".startswith(plugins) and not n.startswith('tfmlops_airflow')),"
+            " [a['url_prefix'] for a in plugins_manager.get_fastapi_plugins()[0]])")
     run = subprocess.run([sys.executable, "-c", code, str(ROOT / "plugins")], capture_output=True, text=True,
                          timeout=300, env={**os.environ, "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins")})
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.strip().splitlines()[-1] == "[]"
+    assert run.stdout.strip().splitlines()[-1] == "['tfmlops_plugin'] ['/tfmlops']"

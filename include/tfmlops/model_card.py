@@ -21,7 +21,8 @@ TensorFlow Model Card Toolkit's layout, kept to what this project measures:
    latency; formats that do not apply with why; failed checks; optimization variants with their
    gate status (skipped ones with the reason); mobile bundles with their smoke run;
 9. serving history — each recorded rollout (promoted / rolled back / superseded), the current
-   serving tags;
+   serving tags, and the model's audit trail entries for this version (served version from → to,
+   why — a rollout, or a reconcile of a champion moved in the registry — and the run that did it);
 10. known limitations — measured ones (weakest classes or slices, variants rejected, formats not
     verified) and the model's own (``MODEL_CARD["limitations"]``).
 
@@ -249,7 +250,8 @@ def build(facts: dict) -> dict:
                     "failed": [f for f in formats if f.get("passed") is False]},
         "variants": list(facts.get("variants") or []),
         "mobile": list(facts.get("mobile") or []),
-        "serving": {"history": history, "current": dict((facts.get("serving") or {}).get("current") or {})},
+        "serving": {"history": history, "current": dict((facts.get("serving") or {}).get("current") or {}),
+                    "audit": list((facts.get("serving") or {}).get("audit") or [])},
     }
     own = facts.get("limitations")
     card["limitations"] = _limitations(card) + (list(own) if own else generic_limitations(model))
@@ -492,6 +494,7 @@ def _sections(card: dict) -> list[dict]:
             ["bundle", "bytes", "inputs (dtype)", "agreement with the model", "max |diff|", "labels match",
              "smoke run"], [_mobile_row(m) for m in card["mobile"]])]))
     current = card["serving"]["current"]
+    audit = card["serving"].get("audit") or []
     sections.append(_section("Serving history", [("Last outcome", _v(current.get("serving.outcome"))),
                                                  ("Strategy", _v(current.get("serving.strategy"))),
                                                  ("Endpoints", _v(current.get("serving.endpoints"))),
@@ -499,7 +502,12 @@ def _sections(card: dict) -> list[dict]:
                              [_table(["when", "event", "strategy", "endpoints", "detail"],
                                      [[_v(e.get("at")), _v(e.get("event")), _v(e.get("strategy")),
                                        _v(e.get("endpoints")), _v(e.get("detail"))]
-                                      for e in card["serving"]["history"]])]))
+                                      for e in card["serving"]["history"]]),
+                              _table(["when", "served version", "why", "run"],
+                                     [[_v(e.get("at")), f"{_v(e.get('from'))} → {_v(e.get('to'))} "
+                                       f"({_v(e.get('event'))})", _v(e.get("reason")), _v(e.get("run"))]
+                                      for e in audit],
+                                     caption="Audit trail (the model's served version)", always=False)]))
     sections.append(_section("Known limitations", items=card["limitations"]))
     return sections
 

@@ -261,21 +261,26 @@ def read_spec(module_name: str, hyperparameters: dict | str | None = None) -> Mo
                      class_names=list(class_names), hparams=hparams, gate=gate)
 
 
-def merge_hparams(module_name: str, defaults: dict, overrides: dict | str | None) -> dict:
+def json_overrides(defaults: dict, overrides: dict | str | None, what: str, owner: str, error=ValueError) -> dict:
+    """``overrides`` (a dict, or its JSON; unset = none) over ``defaults``: ``error`` naming ``what``
+    and their ``owner`` for text that is not a JSON object or keys that ``defaults`` does not have."""
     if overrides in (None, "", "None"):
         overrides = {}
     if isinstance(overrides, str):
         try:
             overrides = json.loads(overrides)
         except json.JSONDecodeError as exc:
-            raise ModelModuleError(f"hyperparameters for {module_name!r} are not valid JSON: {exc}") from exc
+            raise error(f"{what} for {owner} are not valid JSON: {exc}") from exc
     if not isinstance(overrides, dict):
-        raise ModelModuleError(f"hyperparameters for {module_name!r} must be a JSON object, got {overrides!r}")
+        raise error(f"{what} for {owner} must be a JSON object, got {overrides!r}")
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
-        raise ModelModuleError(f"hyperparameters {unknown} are not known to model module {module_name!r}; known: "
-                               f"{sorted(defaults)}")
-    merged = {**defaults, **overrides}
+        raise error(f"{what} {unknown} are not known to {owner}; known: {sorted(defaults)}")
+    return {**defaults, **overrides}
+
+
+def merge_hparams(module_name: str, defaults: dict, overrides: dict | str | None) -> dict:
+    merged = json_overrides(defaults, overrides, "hyperparameters", f"model module {module_name!r}", ModelModuleError)
     try:
         json.dumps(merged)
     except TypeError as exc:

@@ -293,18 +293,10 @@ SERVING_HISTORY_MAX_CHARS = 4000  # under MLflow's limit on a model version tag 
 def append_serving_history(tracking_uri: str, name: str, version: int, event: dict) -> list[dict]:
     """Append ``event`` (with a UTC ``at``) to the version's ``serving.history`` tag, a JSON list;
     the oldest events are dropped when it would not fit a tag value. Returns the list."""
-    from datetime import datetime, timezone
-
     mv = client(tracking_uri).get_model_version(name, str(version))
-    try:
-        history = json.loads(mv.tags.get(SERVING_HISTORY_TAG, "[]"))
-    except json.JSONDecodeError:
-        history = []
-    history.append({"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **event})
-    while len(history) > 1 and len(json.dumps(history)) > SERVING_HISTORY_MAX_CHARS:
-        history.pop(0)
-    set_version_tags(tracking_uri, name, version, {SERVING_HISTORY_TAG: json.dumps(history)})
-    return history
+    history = _bounded_append(_json_list(mv.tags.get(SERVING_HISTORY_TAG)), event)
+    set_version_tags(tracking_uri, name, version, {SERVING_HISTORY_TAG: history})
+    return json.loads(history)
 
 
 def delete_alias(tracking_uri: str, name: str, alias: str) -> None:
@@ -314,7 +306,79 @@ def delete_alias(tracking_uri: str, name: str, alias: str) -> None:
         pass
 
 
-def record_rollout(tracking_uri: str, name: str, version: int, result: dict) -> dict:
+# On the registered model (not a version): what its targets serve, as the rollouts recorded it —
+# the reconciler compares the champion alias with it (one registry call per model) — and the audit
+# trail of every change of the served version.
+MODEL_SERVED_TAG = "serving.version"
+MODEL_AUDIT_TAG = "serving.audit"
+
+
+def model_tags(tracking_uri: str, name: str) -> dict[str, str]:
+    return dict(client(tracking_uri).get_registered_model(name).tags or {})
+
+
+def _json_list(text: str | None) -> list:
+    try:
+        value = json.loads(text or "[]")
+    except json.JSONDecodeError:
+        return []
+    return value if isinstance(value, list) else []
+
+
+def _bounded_append(history: list, event: dict) -> str:
+    """``history`` + ``event`` (with a UTC ``at``) as JSON, oldest events dropped to fit a tag value."""
+    from datetime import datetime, timezone
+
+    history = [*history, {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **event}]
+    while len(history) > 1 and len(json.dumps(history)) > SERVING_HISTORY_MAX_CHARS:
+        history.pop(0)
+    return json.dumps(history)
+
+
+def served_version(tracking_uri: str, name: str) -> int | None:
+    """The version the model's targets serve, as the last rollout recorded it (None: never served)."""
+    value = model_tags(tracking_uri, name).get(MODEL_SERVED_TAG)
+    return int(value) if value not in (None, "") else None
+
+
+def audit_trail(tracking_uri: str, name: str) -> list[dict]:
+    """Every recorded change of the model's served version, oldest first."""
+    return _json_list(model_tags(tracking_uri, name).get(MODEL_AUDIT_TAG))
+
+
+CHAMPION_WEBHOOK_EVENTS = ("model_version_alias.created", "model_version_alias.deleted")
+
+
+def ensure_webhook(tracking_uri: str, name: str, url: str, secret: str,
+                   events: tuple = CHAMPION_WEBHOOK_EVENTS) -> str:
+    """MLflow's webhook ``name`` delivering ``events`` to ``url``, signed with ``secret``: created,
+    or updated to these values (a secret cannot be read back, so it is always set). Returns its id."""
+    mlf = client(tracking_uri)
+    token, found = None, None
+    while found is None:
+        page = mlf.list_webhooks(max_results=100, page_token=token)
+        found = next((w for w in page if w.name == name), None)
+        token = page.token
+        if not token:
+            break
+    if found is None:
+        return mlf.create_webhook(name=name, url=url, events=list(events), secret=secret).webhook_id
+    mlf.update_webhook(found.webhook_id, url=url, events=list(events), secret=secret, status="ACTIVE")
+    return found.webhook_id
+
+
+def record_served_change(tracking_uri: str, name: str, event: dict) -> None:
+    """Append ``event`` (event, from, to, strategy, run, reason) to the model's audit trail; when it
+    changes what is served (``promoted``), the model's ``serving.version`` follows first."""
+    mlf = client(tracking_uri)
+    tags = dict(mlf.get_registered_model(name).tags or {})
+    if event["event"] == "promoted":
+        mlf.set_registered_model_tag(name, MODEL_SERVED_TAG, str(event["to"]))
+    mlf.set_registered_model_tag(name, MODEL_AUDIT_TAG,
+                                 _bounded_append(_json_list(tags.get(MODEL_AUDIT_TAG)), event))
+
+
+def record_rollout(tracking_uri: str, name: str, version: int, result: dict, audit: dict | None = None) -> dict:
     """MLflow as the source of truth after a rollout: tags on the version (serving version,
     endpoints, strategy, outcome, reason) and the aliases. Promoted: ``champion`` → version (the
     old champion becomes ``previous``). Rolled back: ``challenger`` is dropped from it and
@@ -322,17 +386,31 @@ def record_rollout(tracking_uri: str, name: str, version: int, result: dict) -> 
     version becomes champion only when promoted; a champion failing a re-check stays champion,
     the failure is in its ``serving.*`` tags). Tags and aliases are idempotent; each call also
     appends the outcome to the version's ``serving.history`` (and "superseded" to the old
-    champion's), which the model card shows."""
+    champion's), which the model card shows.
+
+    ``audit`` (``reason``: why the rollout ran — ``rollout`` by default, ``reconcile`` for an alias
+    moved in the registry; ``run``: the run that served it) goes with the change into the model's
+    audit trail (:func:`record_served_change`): from → to, before the aliases move, so that the
+    reconciler, which compares ``champion`` with the served version, never sees a DAG's own
+    promotion as a difference."""
+    audit = {"reason": "rollout", "run": None, **(audit or {})}
     promoted = result["outcome"] == "promoted"
     endpoints = ",".join(result["endpoints"] or result.get("rolled_back") or [])
+    champion = alias_version(tracking_uri, name, CHAMPION)
+    champion_v = int(champion.version) if champion is not None else None
+    served_before = served_version(tracking_uri, name)
+    if served_before is None and champion_v != version:  # recorded before the audit trail: the champion
+        served_before = champion_v
     set_version_tags(tracking_uri, name, version, {
         "serving.version": version, "serving.strategy": result["strategy"], "serving.outcome": result["outcome"],
         "serving.endpoints": endpoints, "serving.reason": (result.get("reason") or "")[:4000]})
     append_serving_history(tracking_uri, name, version, {
         "event": result["outcome"], "strategy": result["strategy"], "endpoints": endpoints,
-        "detail": (result.get("reason") or "")[:300]})
-    champion = alias_version(tracking_uri, name, CHAMPION)
-    champion_v = int(champion.version) if champion is not None else None
+        "detail": (result.get("reason") or "")[:300], "reason": audit["reason"], "run": audit["run"]})
+    record_served_change(tracking_uri, name, {
+        "event": result["outcome"], "from": version if not promoted else served_before,
+        "to": version if promoted else served_before, "strategy": result["strategy"],
+        "run": audit["run"], "reason": audit["reason"], "detail": (result.get("reason") or "")[:300]})
     if promoted:
         if champion_v is not None and champion_v != version:
             set_alias(tracking_uri, name, PREVIOUS, champion_v)

@@ -1,5 +1,7 @@
 """Assets that connect the DAGs (data-aware scheduling).
 
+``SERVING_INTENT`` wakes the serving reconciler (below).
+
 ``CHAMPION`` is updated by the rollout task of ``tf_offline_retrain`` and ``tf_online_update``
 each time it makes a new version ``champion``; its event's ``extra`` names the model and
 version. ``tf_optimize_export`` is scheduled on it, so every new champion is optimized and
@@ -11,6 +13,12 @@ from airflow.sdk import Asset
 # Name-only assets: a URI scheme (e.g. mlflow://) makes Airflow load every provider's asset URI
 # handlers while parsing the DAG file (0.4 s); a name is all that the DAGs match on.
 CHAMPION = Asset(name="tfmlops_champion")
+
+# The registry's intent for what is served: an event means "a champion alias may differ from what
+# its model's targets serve". ``tf_serving_reconcile`` is scheduled on it; its events come from the
+# registry poll of the asset's watcher (``ChampionMovedTrigger``, in the triggerer) and from the MLflow
+# webhook receiver (``tfmlops_airflow.webhooks``); ``extra`` names the model.
+SERVING_INTENT = Asset(name="tfmlops_serving_intent")
 
 # New labeled data partitions (``<root>/<dataset>/incoming/<partition-id>/``): a partitioned asset.
 # ``tf_data_simulator`` (or any producer) emits one event per partition with the partition key

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -76,12 +75,4 @@ def prometheus_process(root: Path, targets: list[str], metrics_path: str, interv
         devservers.stop("prometheus", root)
 
 
-def wait_for(check, timeout: float, what: str, interval: float = 0.25):
-    """Poll ``check()`` until it returns something truthy; that value, or TimeoutError naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not within {timeout:.0f} s")
+wait_for = devservers.wait_for  # the tests of this folder import it from here

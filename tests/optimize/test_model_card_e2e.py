@@ -86,6 +86,7 @@ def test_model_card_of_a_registered_version(mlflow_server, tmp_path):
                  f"{tflite['checks'][0]['accuracy']:.4f} |", "| promoted | replace | tf_serving_default |",
                  f"| {MODEL}-v2-int8-mobile.zip | {smoke['bytes']:,} | {dtypes} | {smoke['argmax_agreement']:.4f} | "
                  f"{smoke['max_abs_diff']:.2e} | yes | passed |",
+                 "| 1 → 2 (promoted) | rollout |",  # the model's audit trail: served version 1, then 2
                  "- **Aliases:** challenger, champion"):  # record_rollout leaves challenger where it was
         assert text in md, text
     assert "Trained and evaluated on MNIST-style data only" in md  # the module's own limitations

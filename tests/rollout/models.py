@@ -71,3 +71,19 @@ def corrupt_copy(src: str, dst: str) -> None:
     shutil.copytree(src, dst)
     with open(os.path.join(dst, "saved_model.pb"), "wb") as fh:
         fh.write(b"\x08\x01this is not a SavedModel proto" * 50)
+
+
+def register(tracking_uri: str, zoo, name: str, model: str, smoke: str | None = None) -> int:
+    """A registered version of ``model`` whose run holds ``serving/saved_model`` + ``serving/smoke.json``."""
+    import tempfile
+    from pathlib import Path
+
+    from tfmlops import registry
+
+    with tempfile.TemporaryDirectory() as tmp:
+        serving = Path(tmp) / "serving"
+        shutil.copytree(zoo.path[name], serving / "saved_model")
+        (serving / "smoke.json").write_text(json.dumps(zoo.smoke[smoke or name]))
+        run_id = registry.start_run(tracking_uri, model, f"rollout-{name}", {})
+        uri = registry.log_files(tracking_uri, run_id, serving, "serving")
+    return registry.register(tracking_uri, model, uri, run_id, {})

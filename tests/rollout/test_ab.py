@@ -20,7 +20,7 @@ from . import models
 from .conftest import MODEL
 from .load import UserClients
 from .router_stack import needs_haproxy, router_stack, served
-from .test_rollout_dag import register
+from .models import register
 
 BATCH = 5  # rows per user request; each batch has exactly one row whose label is wrong (see labels)
 

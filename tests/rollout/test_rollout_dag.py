@@ -3,12 +3,12 @@ local TF Serving-compatible server (config-file polling on), with MLflow aliases
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from .models import register
 
 pytestmark = pytest.mark.e2e
 
@@ -23,21 +23,6 @@ def dag():
     bag = DagBag(dag_folder=str(ROOT / "dags" / "tf_serving_rollout.py"))
     assert not bag.import_errors
     return bag.get_dag("tf_serving_rollout")
-
-
-def register(tracking_uri: str, zoo, name: str, smoke: str | None = None, model: str = MODEL) -> int:
-    """A registered version of ``model`` whose run holds ``serving/saved_model`` + ``serving/smoke.json``."""
-    import tempfile
-
-    from tfmlops import registry
-
-    with tempfile.TemporaryDirectory() as tmp:
-        serving = Path(tmp) / "serving"
-        shutil.copytree(zoo.path[name], serving / "saved_model")
-        (serving / "smoke.json").write_text(json.dumps(zoo.smoke[smoke or name]))
-        run_id = registry.start_run(tracking_uri, model, f"rollout-{name}", {})
-        uri = registry.log_files(tracking_uri, run_id, serving, "serving")
-    return registry.register(tracking_uri, model, uri, run_id, {})
 
 
 def states(run) -> dict[str, str]:
@@ -59,14 +44,14 @@ def test_rollout_dag_replace_canary_rerun_and_rollback(dag, zoo, airflow_db, air
             "latency_budget_ms": 5000}
 
     # 1. first deployment of version 1 by number, replace
-    assert register(mlflow_server, zoo, "v1") == 1
+    assert register(mlflow_server, zoo, "v1", MODEL) == 1
     run = dag.test(run_conf={**conf, "version": "1", "strategy": "replace"})
     assert str(run.state) == "success", states(run)
     assert [int(s["version"]) for s in client.status(MODEL)["model_version_status"]] == [1]
     assert mlf.get_model_version_by_alias(MODEL, "champion").version == "1"
 
     # 2. version 2 by alias, canary with holdout accuracy and latency checks
-    assert register(mlflow_server, zoo, "v2") == 2
+    assert register(mlflow_server, zoo, "v2", MODEL) == 2
     mlf.set_registered_model_alias(MODEL, "challenger", "2")
     run = dag.test(run_conf={**conf, "version": "challenger", "strategy": "canary"})
     assert str(run.state) == "success", states(run)
@@ -88,7 +73,7 @@ def test_rollout_dag_replace_canary_rerun_and_rollback(dag, zoo, airflow_db, air
     assert mlf.get_model_version_by_alias(MODEL, "previous").version == "1"
 
     # 4. a version whose outputs differ from its registered model's: rolled back, task failed
-    assert register(mlflow_server, zoo, "bad", smoke="v3") == 3
+    assert register(mlflow_server, zoo, "bad", MODEL, smoke="v3") == 3
     mlf.set_registered_model_alias(MODEL, "challenger", "3")
     run = dag.test(run_conf={**conf, "version": "challenger", "strategy": "canary"})
     assert states(run)["rollout"] == "failed", states(run)

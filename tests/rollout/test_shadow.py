@@ -118,7 +118,7 @@ def test_the_airflow_step_records_the_shadow_report_in_mlflow(shadow_stack, zoo,
     from tfmlops import registry
     from tfmlops.steps.rollout import ShadowThresholds, shadow_release_registered
 
-    from .test_rollout_dag import register
+    from .models import register
 
     client = MlflowClient(mlflow_server)
     if client.search_registered_models(f"name = '{MODEL}'"):  # other modules (test_ab) registered it too
@@ -153,7 +153,8 @@ def test_the_rollout_dag_runs_a_shadow_release(shadow_stack, zoo, mlflow_server,
     from airflow.dag_processing.dagbag import DagBag
     from mlflow import MlflowClient
 
-    from .test_rollout_dag import ROOT, register, states
+    from .models import register
+    from .test_rollout_dag import ROOT, states
 
     host, port = mlflow_server.removeprefix("http://").split(":")
     monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps({"conn_type": "http", "host": host,

@@ -231,7 +231,10 @@ def gather_facts(tracking_uri: str, model_name: str, version_or_alias, tmp: Path
         "mobile": [m for m in mobile if m],
         "serving": {"history": history,
                     "current": {k: v for k, v in tags.items() if k.startswith("serving.")
-                                and k != registry.SERVING_HISTORY_TAG}},
+                                and k != registry.SERVING_HISTORY_TAG},
+                    # the model's audit trail: the changes of its served version to or from this one
+                    "audit": [e for e in registry.audit_trail(tracking_uri, model_name)
+                              if int(mv.version) in (e.get("from"), e.get("to"))]},
     }
 
 

@@ -102,14 +102,15 @@ def _log_report(tracking_uri: str, run_id: str, tmp: str, strategy: str, version
 
 def rollout_registered(tracking_uri: str, model_name: str, version_or_alias, endpoints: list[Endpoint],
                        strategy: str = "replace", checks: CanaryChecks | None = None, keep: int = 2,
-                       timeout_s: float = 120.0, s3_client=None, on_event=None) -> dict:
-    """Roll a registered MLflow version out and record the outcome in MLflow (tags, aliases).
+                       timeout_s: float = 120.0, s3_client=None, on_event=None, audit: dict | None = None) -> dict:
+    """Roll a registered MLflow version out and record the outcome in MLflow (tags, aliases, the
+    model's audit trail with ``audit``'s reason and run: :func:`registry.record_rollout`).
     Returns the RolloutResult as a dict with ``aliases``; does not raise on a rollback (raises
     :class:`RolloutBusy`, recording nothing, when another rollout keeps an endpoint locked)."""
     with tempfile.TemporaryDirectory() as tmp:
         cand = fetch_challenger(tracking_uri, model_name, version_or_alias, tmp)
         result = Rollout(cand, endpoints, strategy, checks, keep, timeout_s, s3_client, on_event).run().to_dict()
-    result["aliases"] = registry.record_rollout(tracking_uri, model_name, cand.version, result)
+    result["aliases"] = registry.record_rollout(tracking_uri, model_name, cand.version, result, audit)
     return result
 
 
@@ -148,7 +149,7 @@ def _gray_chart(result: dict, path: Path) -> Path:
 def gray_release_registered(tracking_uri: str, model_name: str, version_or_alias, router, groups: dict,
                             steps=(5, 25, 50, 100), window_s: float = 60.0, thresholds: GrayThresholds | None = None,
                             timeout_s: float = 180.0, s3_client=None, on_event=None,
-                            log_prefixes: dict | None = None) -> dict:
+                            log_prefixes: dict | None = None, audit: dict | None = None) -> dict:
     """Gray release of a registered version through the router (:mod:`tfmlops.deploy.progressive`),
     recorded in MLflow: aliases and ``serving.*`` tags as any rollout, each step's share and the two
     groups' numbers as ``gray.*`` metrics of the version's run and a chart of share vs error rate
@@ -174,14 +175,14 @@ def gray_release_registered(tracking_uri: str, model_name: str, version_or_alias
             charts.mkdir()
             _gray_chart(res, charts / f"gray_v{cand.version}.png")
             registry.log_files(tracking_uri, run_id, charts, "serving")
-    result["aliases"] = registry.record_rollout(tracking_uri, model_name, cand.version, result)
+    result["aliases"] = registry.record_rollout(tracking_uri, model_name, cand.version, result, audit)
     return result
 
 
 def ab_test_registered(tracking_uri: str, model_name: str, version_or_alias, router, groups: dict, labels,
                        settings: ABSettings | None = None, window_s: float = 600.0,
                        thresholds: GrayThresholds | None = None, timeout_s: float = 180.0, s3_client=None,
-                       on_event=None, log_prefixes: dict | None = None) -> dict:
+                       on_event=None, log_prefixes: dict | None = None, audit: dict | None = None) -> dict:
     """A/B test of a registered version (the challenger) against what the stable group serves
     (:mod:`tfmlops.deploy.abtest`), recorded in MLflow: ``ab.*`` metrics (per variant: requests,
     error rate, p99, labeled rows, accuracy; the test's z and p-value) and the whole report
@@ -209,7 +210,7 @@ def ab_test_registered(tracking_uri: str, model_name: str, version_or_alias, rou
             metrics.update(_metrics(f"ab.{variant}", numbers, ("requests", "error_rate", "p99_ms", "labeled_rows",
                                                                "accuracy")))
         _log_report(tracking_uri, run_id, tmp, "ab", cand.version, res, metrics, default=str)
-    result["aliases"] = registry.record_rollout(tracking_uri, model_name, cand.version, result)
+    result["aliases"] = registry.record_rollout(tracking_uri, model_name, cand.version, result, audit)
     return result
 
 
@@ -219,7 +220,8 @@ SHADOW_METRICS = ("compared", "agreement", "max_abs_diff", "mean_abs_diff", "cha
 
 def shadow_release_registered(tracking_uri: str, model_name: str, version_or_alias, router, groups: dict,
                               sink_url: str, window_s: float = 60.0, thresholds: ShadowThresholds | None = None,
-                              timeout_s: float = 180.0, s3_client=None, on_event=None) -> dict:
+                              timeout_s: float = 180.0, s3_client=None, on_event=None,
+                              audit: dict | None = None) -> dict:
     """Shadow release of a registered version (:mod:`tfmlops.deploy.shadow`), recorded in MLflow:
     aliases and ``serving.*`` tags as any rollout (``promote`` → ``promoted``, ``hold`` →
     ``rolled_back``), the comparison as ``shadow.*`` metrics of the version's run (agreement,
@@ -238,5 +240,5 @@ def shadow_release_registered(tracking_uri: str, model_name: str, version_or_ali
         for group, numbers in (report.get("metrics") or {}).items():
             metrics.update(_metrics(f"shadow.{group}", numbers, ("requests", "error_rate", "p99_ms")))
         _log_report(tracking_uri, run_id, tmp, "shadow", cand.version, res, metrics, allow_nan=False)
-    result["aliases"] = registry.record_rollout(tracking_uri, model_name, cand.version, result)
+    result["aliases"] = registry.record_rollout(tracking_uri, model_name, cand.version, result, audit)
     return result

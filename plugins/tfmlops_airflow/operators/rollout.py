@@ -113,6 +113,8 @@ class ServingRolloutOperator(ServingVersionOperator):
         challenger on the router's canary group (share 0 %). (templated)
     :param shadow_min_agreement: ``shadow``: top-1 agreement with the champion needed. (templated)
     :param shadow_min_compared: ``shadow``: fewer compared requests → hold. (templated)
+    :param reason: why this rollout runs, for the model's audit trail (``rollout``; the reconciler
+        passes ``reconcile: …`` for an alias moved in the registry). (templated)
     """
 
     template_fields: Sequence[str] = (*ServingVersionOperator.template_fields, "strategy", "holdout_uri",
@@ -121,7 +123,7 @@ class ServingRolloutOperator(ServingVersionOperator):
                                       "router_conn_id", "gray_window_s", "max_error_rate_increase",
                                       "max_p99_increase_ms", "max_prediction_tvd", "ab_share_pct", "ab_window_s",
                                       "ab_alpha", "ab_min_samples", "ab_labels_uri", "ab_labels_wait_s",
-                                      "shadow_window_s", "shadow_min_agreement", "shadow_min_compared")
+                                      "shadow_window_s", "shadow_min_agreement", "shadow_min_compared", "reason")
 
     def __init__(self, *, strategy: str = "replace", holdout_uri: str | None = None,
                  min_accuracy: float | str | None = None, max_rmse: float | str | None = None,
@@ -133,7 +135,8 @@ class ServingRolloutOperator(ServingVersionOperator):
                  ab_share_pct: float | str = 50, ab_window_s: float | str = 600, ab_alpha: float | str = 0.05,
                  ab_min_samples: int | str = 200, ab_labels_uri: str | None = None,
                  ab_labels_wait_s: float | str = 0, shadow_window_s: float | str = 60,
-                 shadow_min_agreement: float | str = 0.99, shadow_min_compared: int | str = 50, **kwargs):
+                 shadow_min_agreement: float | str = 0.99, shadow_min_compared: int | str = 50,
+                 reason: str = "rollout", **kwargs):
         if announce_champion:
             kwargs.setdefault("outlets", [CHAMPION])
         super().__init__(**kwargs)
@@ -159,6 +162,8 @@ class ServingRolloutOperator(ServingVersionOperator):
         self.shadow_window_s = shadow_window_s
         self.shadow_min_agreement = shadow_min_agreement
         self.shadow_min_compared = shadow_min_compared
+        self.reason = reason
+        self.audit: dict = {}
 
     def _settings(self, make, **kwargs):
         """``make(**kwargs)`` (thresholds, settings); a value it refuses fails the task (no retry)."""
@@ -193,7 +198,7 @@ class ServingRolloutOperator(ServingVersionOperator):
                     kwargs["log_prefixes"] = hook.mirror_log_prefixes()
                 return step(self.tracking_uri, self.model_name, self.version, hook.router(), groups,
                             timeout_s=float(self.timeout_s), s3_client=self.models_root_s3_client(endpoints),
-                            on_event=self.log.info, **kwargs)
+                            on_event=self.log.info, audit=self.audit, **kwargs)
             except ValueError as exc:  # settings the release refuses (steps, shares, no request logs/sink, labels)
                 raise AirflowFailException(f"{self.strategy}: {exc}") from exc
         finally:
@@ -254,6 +259,9 @@ class ServingRolloutOperator(ServingVersionOperator):
     def execute(self, context) -> dict[str, Any]:
         from tfmlops.steps.rollout import CanaryChecks, load_canary_holdout, rollout_registered
 
+        # the model's audit trail names the run that changed what is served, and why
+        self.audit = {"reason": str(optional(self.reason) or "rollout"),
+                      "run": f"{context['ti'].dag_id}/{context['run_id']}"}
         if self.strategy in ROUTER_DETAILS:
             return self._router_release(context)
 
@@ -266,7 +274,8 @@ class ServingRolloutOperator(ServingVersionOperator):
         try:
             result = rollout_registered(self.tracking_uri, self.model_name, self.version, endpoints,
                                         str(self.strategy), checks, int(self.keep), float(self.timeout_s),
-                                        s3_client=self.models_root_s3_client(endpoints), on_event=self.log.info)
+                                        s3_client=self.models_root_s3_client(endpoints), on_event=self.log.info,
+                                        audit=self.audit)
         finally:
             for ep in endpoints:
                 ep.close()
