@@ -87,7 +87,7 @@ def write_env(path: Path = STATE / ".env") -> Path:
     for line in (ROOT / ".env.example").read_text().splitlines():
         key, sep, value = line.partition("=")
         if sep and not line.startswith("#") and value.startswith("change-me"):
-            value = (base64.urlsafe_b64encode(secrets.token_bytes(32)).decode() if key == "AIRFLOW_FERNET_KEY"
+            value = (base64.urlsafe_b64encode(secrets.token_bytes(32)).decode() if key.endswith("FERNET_KEY")
                      else secrets.token_urlsafe(24))
             line = f"{key}={value}"
         if not have or (sep and not line.startswith("#") and key not in have):

@@ -452,7 +452,8 @@ def good_secrets() -> dict[str, str]:
     from cryptography.fernet import Fernet
 
     env = {k: (pysecrets.token_urlsafe(16) if v.startswith("change-me") else v) for k, v in env_example().items()}
-    env["AIRFLOW_FERNET_KEY"] = Fernet.generate_key().decode()
+    for key in ("AIRFLOW_FERNET_KEY", "MLFLOW_WEBHOOK_FERNET_KEY"):
+        env[key] = Fernet.generate_key().decode()
     return env
 
 
@@ -479,13 +480,15 @@ def test_an_unedited_env_example_is_refused_naming_each_secret():
     out = run_config_check(env_example())
     assert out.returncode == 1
     for name in ("AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_FERNET_KEY", "MLFLOW_ADMIN_PASSWORD", "MINIO_ROOT_PASSWORD",
-                 "S3_SECRET_ACCESS_KEY", "REDIS_PASSWORD"):
+                 "S3_SECRET_ACCESS_KEY", "REDIS_PASSWORD", "MLFLOW_WEBHOOK_SECRET", "MLFLOW_WEBHOOK_FERNET_KEY"):
         assert f"  {name} is still the placeholder of .env.example" in out.stderr, out.stderr
     assert run_config_check(good_secrets()).returncode == 0
 
 
 @pytest.mark.parametrize("change, message", [
     ({"AIRFLOW_FERNET_KEY": "not-a-fernet-key"}, "AIRFLOW_FERNET_KEY is not a Fernet key"),
+    ({"MLFLOW_WEBHOOK_FERNET_KEY": "not-a-fernet-key"}, "MLFLOW_WEBHOOK_FERNET_KEY is not a Fernet key"),
+    ({"MLFLOW_WEBHOOK_SECRET": ""}, "MLFLOW_WEBHOOK_SECRET is empty"),
     ({"REDIS_PASSWORD": ""}, "REDIS_PASSWORD is empty"),
     ({"MLFLOW_FLASK_SECRET_KEY": "change-me-too"}, "MLFLOW_FLASK_SECRET_KEY is still the placeholder"),
     ({"S3_ACCESS_KEY_ID": "tfmlops"}, "S3_ACCESS_KEY_ID is MINIO_ROOT_USER"),

@@ -1,7 +1,9 @@
 #!/bin/bash
 # One-shot, as root (like the airflow-init of Airflow's reference compose file): the metadata DB
 # schema, the simple auth manager's password file from AIRFLOW_ADMIN_PASSWORD, the pool that
-# serializes TF Serving rollouts, and the ownership of the shared volumes.
+# serializes TF Serving rollouts, MLflow's champion-alias webhook to Airflow's receiver (a failure
+# is reported, not fatal: tf_serving_reconcile's registry poll works without it), and the
+# ownership of the shared volumes.
 set -euo pipefail
 : "${AIRFLOW_UID:=50000}"
 : "${AIRFLOW_ADMIN_USER:=admin}"
@@ -17,4 +19,13 @@ chmod 600 "$passwords"
 /entrypoint airflow version
 /entrypoint airflow db migrate
 /entrypoint airflow pools set tf_serving_rollout 1 "Serializes TF Serving rollouts of a model"
+/entrypoint python - <<'PY' || echo "MLflow webhook not registered: tf_serving_reconcile's registry poll still reconciles"
+import os
+from tfmlops.registry import ensure_webhook
+
+url = "http://airflow-apiserver:8080/tfmlops/webhooks/mlflow"
+ensure_webhook(os.environ.get("MLFLOW_TRACKING_URI", "http://mlflow:5000"), "tfmlops-serving-reconciler", url,
+               os.environ["AIRFLOW__TFMLOPS__MLFLOW_WEBHOOK_SECRET"])
+print(f"MLflow webhook: champion alias events -> {url}")
+PY
 chown -R "$AIRFLOW_UID:0" /opt/airflow/logs /opt/airflow/auth /opt/airflow/var
