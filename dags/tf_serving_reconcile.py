@@ -64,7 +64,8 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     is_paused_upon_creation=False,  # the registry is the control panel from the first start
-    params={"model_name": Param("", type="string", maxLength=250, pattern=r"^([A-Za-z0-9][A-Za-z0-9_.-]*)?$",
+    # null, not "": the UI form takes an empty string for a missing value and keeps Trigger disabled
+    params={"model_name": Param(None, type=["null", "string"], maxLength=250, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
                                 title="Model",
                                 description="One registered model, or empty for every model this "
                                             "deployment reconciles.")},

@@ -42,9 +42,13 @@ pytest_plugins = ["_timing"]  # time per test folder at the end of the run (test
 
 @pytest.fixture(scope="session")
 def airflow_db():
-    """Migrate the throw-away Airflow metadata database once per session."""
+    """Migrate the throw-away Airflow metadata database once per session; a pristine copy of it,
+    ``airflow-migrated.db``, is kept for tests that run an Airflow of their own on a fresh DB."""
+    import shutil
+
     subprocess.run([str(devservers.BIN / "airflow"), "db", "migrate"], check=True, stdout=subprocess.DEVNULL,
                    env=os.environ.copy())
+    shutil.copyfile(_AIRFLOW_HOME / "airflow.db", _AIRFLOW_HOME / "airflow-migrated.db")
     return _AIRFLOW_HOME
 
 

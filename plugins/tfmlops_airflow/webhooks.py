@@ -88,12 +88,20 @@ def wake_reconciler(extra: dict) -> bool:
 async def mlflow_webhook(request: Request) -> JSONResponse:
     from asgiref.sync import sync_to_async
 
-    from tfmlops.steps.reconcile import DELIVERY_HEADER, WebhookRefused, champion_event
+    from tfmlops.steps.reconcile import DELIVERY_HEADER, MAX_BODY_BYTES, WebhookRefused, champion_event
 
     check = verifier()
     if check is None:
         return JSONResponse({"detail": "no mlflow_webhook_secret is configured: deliveries are refused"}, 503)
-    body = await request.body()
+    too_large = JSONResponse({"detail": f"body over {MAX_BODY_BYTES} bytes"}, 413)
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY_BYTES:
+        return too_large
+    body = b""
+    async for chunk in request.stream():  # bounded whatever the header said
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            return too_large
     try:
         payload = check.verify(request.headers, body)
     except WebhookRefused as exc:

@@ -63,9 +63,13 @@ def airflow_env(home, port: int, mlflow_server: str, serving_server: dict, webho
 
 
 @pytest.fixture(scope="module")
-def airflow(tmp_path_factory, mlflow_server, serving_server):
-    """A whole Airflow on its own SQLite DB, parsing only the two serving DAGs."""
+def airflow(tmp_path_factory, airflow_db, mlflow_server, serving_server):
+    """A whole Airflow on its own SQLite DB (a copy of the session's freshly migrated one), parsing
+    only the two serving DAGs."""
+    import shutil
+
     home = tmp_path_factory.mktemp("reconcile-airflow")
+    shutil.copyfile(airflow_db / "airflow-migrated.db", home / "airflow.db")
     (home / "dags").mkdir()
     for name in DAGS:
         (home / "dags" / name).symlink_to(ROOT / "dags" / name)
@@ -75,8 +79,8 @@ def airflow(tmp_path_factory, mlflow_server, serving_server):
     env = airflow_env(home, port, mlflow_server, serving_server, secret)
     full_env = {**os.environ, **env}
     airflow = str(devservers.BIN / "airflow")
-    for step in (["db", "migrate"], ["pools", "set", "tf_serving_rollout", "1", "rollouts"]):
-        subprocess.run([airflow, *step], env=full_env, check=True, capture_output=True, timeout=600)
+    subprocess.run([airflow, "pools", "set", "tf_serving_rollout", "1", "rollouts"], env=full_env, check=True,
+                   capture_output=True, timeout=600)
     services = {"airflow-api-server": ["api-server", "--host", "127.0.0.1", "--port", str(port)],
                 "airflow-scheduler": ["scheduler", "--skip-serve-logs"],
                 "airflow-dag-processor": ["dag-processor"],
@@ -110,6 +114,17 @@ def wait_for(what: str, check, timeout_s: float, airflow, poll_s: float = 1.0):
 def runs(airflow, dag_id: str) -> list[dict]:
     answer = airflow["api"].get(f"{airflow['url']}/api/v2/dags/{dag_id}/dagRuns", params={"limit": 100}, timeout=30)
     return answer.json().get("dag_runs", []) if answer.status_code == 200 else []
+
+
+def settled(airflow) -> bool:
+    """No reconcile or rollout run queued or running, and no asset event waiting to make one (a
+    wake-up that came during a run becomes a run only when that one ends: max_active_runs=1)."""
+    api, url = airflow["api"], airflow["url"]
+    waiting = api.get(f"{url}/api/v2/dags/tf_serving_reconcile/assets/queuedEvents", timeout=30)
+    if waiting.status_code == 200 and waiting.json().get("queued_events"):
+        return False
+    return all(r["state"] not in ("queued", "running") for d in ("tf_serving_reconcile", "tf_serving_rollout")
+               for r in runs(airflow, d))
 
 
 def intent_events(airflow) -> list[dict]:
@@ -218,6 +233,8 @@ def test_champion_moved_in_the_registry_is_served(airflow, zoo, mlflow_server, s
     assert post(signed(airflow["secret"], body), data=body.replace(b'"1"', b'"2"')).status_code == 401
     assert post(signed(airflow["secret"], body, timestamp=int(time.time()) - 3600)).status_code == 401
     assert post({"Content-Type": "application/json"}).status_code == 401
+    huge = b" " * (1024 * 1024)  # refused before it is read whole, signed or not
+    assert post(signed(airflow["secret"], huge), data=huge).status_code == 413
     other = json.dumps({"entity": "model_version_alias", "action": "created",
                         "data": {"name": MODEL, "alias": "challenger", "version": "1"}}).encode()
     assert post(signed(airflow["secret"], other), data=other).status_code == 200
@@ -230,6 +247,8 @@ def test_champion_moved_in_the_registry_is_served(airflow, zoo, mlflow_server, s
 
     # 4. a rollout's own promotion (what the DAGs do) starts no run: neither poll nor webhook wakes anyone
     registry.ensure_webhook(mlflow_server, "reconcile-e2e", airflow["webhook"], airflow["secret"])
+    wait_for("the earlier wake-ups' runs done (none queued or running, no event waiting)", lambda: settled(airflow),
+             120, airflow)
     counts = {d: len(runs(airflow, d)) for d in ("tf_serving_reconcile", "tf_serving_rollout")}
     result = rollout_registered(mlflow_server, MODEL, 1, [ep], "replace", timeout_s=120,
                                 audit={"reason": "rollout", "run": "test/dag-made"})

@@ -24,10 +24,10 @@ from tfmlops import registry
 from tfmlops.deploy.endpoint import Endpoint
 from tfmlops.deploy.reconcile import compare
 from tfmlops.modelspec import json_overrides
-from tfmlops.webhooks import DELIVERY_HEADER, Verifier, WebhookRefused, champion_event
+from tfmlops.webhooks import DELIVERY_HEADER, MAX_BODY_BYTES, Verifier, WebhookRefused, champion_event
 
 __all__ = ["Intent", "registry_intents", "decide", "served_version", "serving_settings", "REASON",
-           "Verifier", "WebhookRefused", "champion_event", "DELIVERY_HEADER"]
+           "Verifier", "WebhookRefused", "champion_event", "DELIVERY_HEADER", "MAX_BODY_BYTES"]
 
 REASON = "reconcile: champion moved in the registry"
 served_version = registry.served_version
