@@ -335,9 +335,10 @@ def _bounded_append(history: list, event: dict) -> str:
     return json.dumps(history)
 
 
-def served_version(tracking_uri: str, name: str) -> int | None:
-    """The version the model's targets serve, as the last rollout recorded it (None: never served)."""
-    value = model_tags(tracking_uri, name).get(MODEL_SERVED_TAG)
+def served_version(tracking_uri: str, name: str, tags: dict | None = None) -> int | None:
+    """The version the model's targets serve, as the last rollout recorded it (None: never served);
+    ``tags``: the model's tags when the caller has them."""
+    value = (model_tags(tracking_uri, name) if tags is None else tags).get(MODEL_SERVED_TAG)
     return int(value) if value not in (None, "") else None
 
 
@@ -367,11 +368,12 @@ def ensure_webhook(tracking_uri: str, name: str, url: str, secret: str,
     return found.webhook_id
 
 
-def record_served_change(tracking_uri: str, name: str, event: dict) -> None:
+def record_served_change(tracking_uri: str, name: str, event: dict, tags: dict | None = None) -> None:
     """Append ``event`` (event, from, to, strategy, run, reason) to the model's audit trail; when it
-    changes what is served (``promoted``), the model's ``serving.version`` follows first."""
+    changes what is served (``promoted``), the model's ``serving.version`` follows first. ``tags``:
+    the model's tags when the caller has them."""
     mlf = client(tracking_uri)
-    tags = dict(mlf.get_registered_model(name).tags or {})
+    tags = model_tags(tracking_uri, name) if tags is None else tags
     if event["event"] == "promoted":
         mlf.set_registered_model_tag(name, MODEL_SERVED_TAG, str(event["to"]))
     mlf.set_registered_model_tag(name, MODEL_AUDIT_TAG,
@@ -398,7 +400,8 @@ def record_rollout(tracking_uri: str, name: str, version: int, result: dict, aud
     endpoints = ",".join(result["endpoints"] or result.get("rolled_back") or [])
     champion = alias_version(tracking_uri, name, CHAMPION)
     champion_v = int(champion.version) if champion is not None else None
-    served_before = served_version(tracking_uri, name)
+    tags = model_tags(tracking_uri, name)
+    served_before = served_version(tracking_uri, name, tags)
     if served_before is None and champion_v != version:  # recorded before the audit trail: the champion
         served_before = champion_v
     set_version_tags(tracking_uri, name, version, {
@@ -410,7 +413,7 @@ def record_rollout(tracking_uri: str, name: str, version: int, result: dict, aud
     record_served_change(tracking_uri, name, {
         "event": result["outcome"], "from": version if not promoted else served_before,
         "to": version if promoted else served_before, "strategy": result["strategy"],
-        "run": audit["run"], "reason": audit["reason"], "detail": (result.get("reason") or "")[:300]})
+        "run": audit["run"], "reason": audit["reason"], "detail": (result.get("reason") or "")[:300]}, tags)
     if promoted:
         if champion_v is not None and champion_v != version:
             set_alias(tracking_uri, name, PREVIOUS, champion_v)

@@ -642,3 +642,32 @@ def test_search_worker_passes_its_index_and_try_number_and_finish_fails_without_
     with mock.patch("tfmlops.steps.search.finish", side_effect=SearchError("no trial completed out of 2")):
         with pytest.raises(AirflowFailException, match="no trial completed"):
             finish.execute(context())
+
+
+# ------------------------------------------------------------------------------------ reconcile
+def test_reconcile_plans_a_rollout_per_model_that_differs_with_its_settings(monkeypatch):
+    from tfmlops.steps.reconcile import Intent
+    from tfmlops_airflow.operators.reconcile import ReconcileServingOperator
+
+    _router_connections(monkeypatch)
+    monkeypatch.setenv("AIRFLOW_VAR_TFMLOPS_SERVING_GRAYED", json.dumps({"strategy": "gray", "gray_window_s": 30,
+                                                                          "targets": ["tf_serving_canary"]}))
+    looked_at = {}
+
+    def decide(tracking_uri, model, endpoints):
+        looked_at[model] = [ep.name for ep in endpoints]
+        if model == "same":
+            return {"model": model, "champion": 4, "off": {}, "action": "none", "reason": "every target serves 4"}
+        return {"model": model, "champion": 3, "off": {"x": 2}, "action": "rollout", "reason": "r" * 600}
+
+    intents = [Intent("grayed", 3, 2), Intent("same", 4, 4)]
+    with mock.patch("tfmlops.steps.reconcile.registry_intents", return_value=intents) as listed, \
+            mock.patch("tfmlops.steps.reconcile.decide", side_effect=decide):
+        confs = ReconcileServingOperator(task_id="plan", model_name="None", models=["grayed", "same"]).execute(
+            context())
+    listed.assert_called_once_with(TRACKING, ["grayed", "same"])
+    # gray: the router's stable group is what clients get (not the targets); replace: the form's targets
+    assert looked_at == {"grayed": ["tf_serving_default"], "same": ["tf_serving_default"]}
+    (conf,) = confs
+    assert (conf["model_name"], conf["version"], conf["strategy"], conf["gray_window_s"]) == ("grayed", "3", "gray", 30)
+    assert conf["reason"] == "r" * 500 and conf["targets"] == ["tf_serving_canary"]

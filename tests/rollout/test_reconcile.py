@@ -110,3 +110,42 @@ def test_serving_settings_come_from_the_models_variable(monkeypatch):
     monkeypatch.setenv("AIRFLOW_VAR_TFMLOPS_SERVING_LIST", "[1, 2]")
     with pytest.raises(AirflowFailException, match="must be a JSON object"):
         serving_settings("list")
+
+
+def test_served_by_follows_the_stable_label_where_the_config_has_one(zoo, serving_server):
+    """What clients get: the ``stable`` label's version after a canary, else the highest AVAILABLE."""
+    from tfmlops.deploy.endpoint import Endpoint
+    from tfmlops.deploy.model_config import apply_config, read_config, with_versions
+    from tfmlops.deploy.publish import publish_version
+    from tfmlops.deploy.reconcile import compare, served_by
+    from tfmlops.deploy.status import wait_available
+
+    model = "labelled"
+    ep = Endpoint(name="local", rest_port=serving_server["rest_port"], grpc_port=serving_server["grpc_port"],
+                  models_root=str(serving_server["models_root"]), model_config_file=str(serving_server["config_file"]))
+    for version, name in ((1, "v1"), (2, "v2")):
+        publish_version(zoo.path[name], ep.models_root, model, version)
+    base = ep.base_path(model)
+    try:
+        apply_config(ep, with_versions(read_config(ep), model, base, [1, 2], {"stable": 1}))
+        for version in (1, 2):
+            wait_available(ep.client, model, version, 120, "labelled")
+        assert served_by(ep, model) == 1
+        assert compare(model, 1, [ep]) == {} and compare(model, 2, [ep]) == {"local": 1}
+        apply_config(ep, with_versions(read_config(ep), model, base, [1, 2], {}))
+        assert served_by(ep, model) == 2
+        assert served_by(ep, "not_served_here") is None
+    finally:
+        ep.close()
+
+
+def test_the_webhook_is_registered_once_and_updated_in_place(mlflow_server):
+    from mlflow import MlflowClient
+
+    from tfmlops.registry import CHAMPION_WEBHOOK_EVENTS, ensure_webhook
+
+    first = ensure_webhook(mlflow_server, "idempotent", "http://127.0.0.1:9/a", "s1")
+    assert ensure_webhook(mlflow_server, "idempotent", "http://127.0.0.1:9/b", "s2") == first
+    (hook,) = [w for w in MlflowClient(mlflow_server).list_webhooks() if w.name == "idempotent"]
+    assert hook.url == "http://127.0.0.1:9/b" and str(hook.status).endswith("ACTIVE")
+    assert sorted(f"{e.entity}.{e.action}" for e in hook.events) == sorted(CHAMPION_WEBHOOK_EVENTS)

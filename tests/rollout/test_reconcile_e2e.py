@@ -176,14 +176,16 @@ def test_champion_moved_in_the_registry_is_served(airflow, zoo, mlflow_server, s
                 and np.allclose(rest, zoo.out[name], atol=1e-5) and np.allclose(grpc_y, zoo.out[name], atol=1e-5))
 
 
-    # served by the project's own rollout code, as a DAG serves: 1, then 2 (champion 2, previous 1)
+    webhook_id = registry.ensure_webhook(mlflow_server, "reconcile-e2e", airflow["webhook"], airflow["secret"])
+    time.sleep(2)  # MLflow caches its webhook list (one per event type) for MLFLOW_WEBHOOK_CACHE_TTL (1 s here)
+    # served by the project's own rollout code, as a DAG serves: 1, then 2 (champion 2, previous 1);
+    # their alias moves are delivered to the receiver, which finds them served and wakes nobody
     assert [register(mlflow_server, zoo, name, MODEL) for name in ("v1", "v2")] == [1, 2]
     for version in (1, 2):
         result = rollout_registered(mlflow_server, MODEL, version, [ep], "replace", timeout_s=120,
                                     audit={"reason": "rollout", "run": f"test/serve-v{version}"})
         assert result["outcome"] == "promoted", result
     assert registry.served_version(mlflow_server, MODEL) == 2 and answers_from(2)
-    webhook_id = registry.ensure_webhook(mlflow_server, "reconcile-e2e", airflow["webhook"], airflow["secret"])
     wait_for("both DAGs parsed and unpaused",
              lambda: dag_ready(airflow, "tf_serving_reconcile") and dag_ready(airflow, "tf_serving_rollout"), 180,
              airflow)

@@ -1,4 +1,4 @@
-"""The operator of ``tf_serving_reconcile``: a thin wrapper over :mod:`tfmlops.deploy.reconcile`.
+"""The operator of ``tf_serving_reconcile``: a thin wrapper over :mod:`tfmlops.steps.reconcile`.
 
 A model's serving settings — its targets and rollout strategy, with any of ``tf_serving_rollout``'s
 form fields — live in one place: the Airflow Variable ``tfmlops_serving_<model>`` (JSON object); a
@@ -12,9 +12,9 @@ from typing import Any, Sequence
 from airflow.sdk.exceptions import AirflowFailException
 
 from tfmlops_airflow.operators.base import TFMLOpsBaseOperator, optional
+from tfmlops_airflow.operators.rollout import ROUTER_DETAILS
 from tfmlops_airflow.params import ROLLOUT_POOL, rollout
 
-ROUTER_STRATEGIES = ("gray", "ab", "shadow")
 SETTINGS_VARIABLE = "tfmlops_serving_{model}"
 
 
@@ -54,7 +54,7 @@ class ReconcileServingOperator(TFMLOpsBaseOperator):
         self.models = list(models)
 
     def _endpoints(self, settings: dict) -> list:
-        if settings["strategy"] in ROUTER_STRATEGIES:
+        if settings["strategy"] in ROUTER_DETAILS:  # gray, ab, shadow: the router's groups are the targets
             from tfmlops_airflow.hooks.router import TrafficRouterHook
 
             hook = TrafficRouterHook(settings["router"])
