@@ -50,7 +50,7 @@ with DAG(
     params=PARAMS,
     render_template_as_native_obj=True,
     tags=["tensorflow", "data", "simulation", "online"],
-    default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(seconds=10)},
+    default_args=params.default_args(timedelta(seconds=10)),
 ) as dag:
     SimulatePartitionOperator(task_id="simulate", task_display_name="Write a new partition",
                               root="{{ params.root }}", dataset="{{ params.dataset }}", size="{{ params.size }}",

@@ -51,7 +51,7 @@ with DAG(
     params=PARAMS,
     render_template_as_native_obj=True,
     tags=["tensorflow", "data", "online", "feedback"],
-    default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(seconds=10)},
+    default_args=params.default_args(timedelta(seconds=10)),
 ) as dag:
     FeedbackJoinOperator(task_id="join", task_display_name="Join request logs with labels",
                          root="{{ params.root }}", dataset="{{ params.dataset }}",

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Param, XComArg
 
 from tfmlops_airflow import params
+from tfmlops_airflow.notifications import deadline_alert
 from tfmlops_airflow.chains import train_to_serving
 from tfmlops_airflow.guard import add_run_guard
 from tfmlops_airflow.operators.retrain import ValidateDatasetOperator
@@ -84,7 +85,8 @@ with DAG(
     render_template_as_native_obj=True,
     tags=["tensorflow", "search", "optuna", "mlflow", "serving"],
     user_defined_macros={"hyperparameters": params.hyperparameters},
-    default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(seconds=30)},
+    default_args=params.default_args(timedelta(seconds=30)),
+    deadline=deadline_alert("TFMLOPS_SEARCH_DEADLINE_MIN", default_minutes=240),  # late: deadline_missed
 ) as dag:
     data = {"dataset_uri": "{{ params.dataset_uri }}", "sample_fraction": "{{ params.sample_fraction }}"}
 

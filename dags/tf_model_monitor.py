@@ -8,8 +8,7 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import DAG, Param, task
 
 from tfmlops_airflow import params
-from tfmlops_airflow.operators.monitor import (LiveDriftOperator, ModelQualityDriftOperator, ServingHealthOperator,
-                                               alert_on_failure)
+from tfmlops_airflow.operators.monitor import LiveDriftOperator, ModelQualityDriftOperator, ServingHealthOperator
 
 DOC = """
 ### Monitoring of the served model (closes the loop)
@@ -90,8 +89,7 @@ with DAG(
     params=PARAMS,
     render_template_as_native_obj=True,
     tags=["tensorflow", "monitoring", "mlflow", "serving"],
-    default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(minutes=1),
-                  "on_failure_callback": alert_on_failure},
+    default_args=params.default_args(timedelta(minutes=1)),
 ) as dag:
     health = ServingHealthOperator(
         task_id="health", task_display_name="Serving health (live traffic, else probe)",

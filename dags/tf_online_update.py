@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Param, PartitionedAssetTimetable
 
 from tfmlops_airflow import params
+from tfmlops_airflow.notifications import deadline_alert
 from tfmlops_airflow.assets import NEW_PARTITIONS
 from tfmlops_airflow.operators.online import IngestPartitionsOperator, OnlineUpdateOperator
 from tfmlops_airflow.operators.rollout import ServingRolloutOperator
@@ -85,7 +86,8 @@ with DAG(
     params=PARAMS,
     render_template_as_native_obj=True,
     tags=["tensorflow", "online", "mlflow", "serving"],
-    default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(seconds=30)},
+    default_args=params.default_args(timedelta(seconds=30)),
+    deadline=deadline_alert("TFMLOPS_ONLINE_DEADLINE_MIN", default_minutes=60),  # late: deadline_missed
 ) as dag:
     data = {"root": "{{ params.root }}", "dataset": "{{ params.dataset }}"}
     ingest = IngestPartitionsOperator(task_id="ingest", task_display_name="Validate / quarantine partitions",

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Param
 
 from tfmlops_airflow import params
+from tfmlops_airflow.notifications import deadline_alert
 from tfmlops_airflow.assets import CHAMPION
 from tfmlops_airflow.guard import add_run_guard
 from tfmlops_airflow.operators.card import ModelCardOperator
@@ -141,7 +142,8 @@ with DAG(
     params=PARAMS,
     render_template_as_native_obj=True,
     tags=["tensorflow", "optimization", "export", "mlflow", "tfjs"],
-    default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(minutes=1)},
+    default_args=params.default_args(timedelta(minutes=1)),
+    deadline=deadline_alert("TFMLOPS_OPTIMIZE_DEADLINE_MIN", default_minutes=120),  # late: deadline_missed
 ) as dag:
     data = {"dataset_uri": "{{ params.dataset_uri }}", "sample_fraction": "{{ params.sample_fraction }}"}
 

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, AssetWatcher, CronTriggerTimetable, Param
 
+from tfmlops_airflow import params
 from tfmlops_airflow.assets import SERVING_INTENT
 from tfmlops_airflow.operators.reconcile import ReconcileServingOperator
 from tfmlops_airflow.triggers import ChampionMovedTrigger
@@ -70,7 +71,7 @@ with DAG(
                                 description="One registered model, or empty for every model this "
                                             "deployment reconciles.")},
     tags=["tensorflow", "serving", "mlflow", "reconcile"],
-    default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(seconds=30)},
+    default_args=params.default_args(timedelta(seconds=30)),
 ) as dag:
     plan = ReconcileServingOperator(task_id="plan", task_display_name="Champion vs served",
                                     model_name="{{ params.model_name }}", models=MODELS)

@@ -91,7 +91,7 @@ with DAG(
     params=PARAMS,
     render_template_as_native_obj=True,
     tags=["tensorflow", "serving", "rollout", "mlflow"],
-    default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(seconds=30)},
+    default_args=params.default_args(timedelta(seconds=30)),
 ) as dag:
     # resolve runs in the rollout pool too (publish and rollout are in it by default): an alias such
     # as champion is read only once the previous rollout, which may move it, has finished.

@@ -206,3 +206,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "docker_engine" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.stack)
+
+
+@pytest.fixture(scope="session")
+def notify_sinks():
+    """A real SMTP server and a webhook receiver on loopback (``tests/notify_sinks.py``)."""
+    from notify_sinks import Sinks
+
+    sinks = Sinks()
+    try:
+        yield sinks
+    finally:
+        sinks.close()

@@ -29,6 +29,9 @@ print(json.dumps({
                         "params": {k: {**d.params.get_param(k).schema, "description": d.params.get_param(k).description,
                                        "default": d.params.get_param(k).value} for k in d.params},
                         "max_active_runs": d.max_active_runs,
+                        "deadlines": [{"reference": type(a.reference).__name__, "seconds": a.interval.total_seconds(),
+                                       "callback": a.callback.path, "async": type(a.callback).__name__}
+                                      for a in d.deadline or ()],
                         "tasks": {t.task_id: {"trigger_rule": getattr(t.trigger_rule, "value", t.trigger_rule),
                                               "operator": f"{type(t).__module__}.{type(t).__qualname__}",
                                               "upstream": sorted(t.upstream_task_ids),
@@ -91,6 +94,23 @@ def test_a_dag_whose_tasks_run_after_failures_carries_the_run_guard(parsed):
         watched = tasks[GUARD_TASK_ID]
         assert watched["upstream"] == sorted(set(tasks) - {GUARD_TASK_ID}) and not watched["downstream"], dag_id
         assert all(recorder in info["on_failure_callback"] for info in tasks.values()), dag_id
+
+
+def test_every_task_notifies_a_failure_and_long_runs_carry_a_deadline(parsed):
+    """Notifications (issue 27): every task's failure callback sends ``run_failed`` (when
+    configured); the retraining, search and optimization DAGs carry a ``DeadlineAlert`` whose async
+    callback (the triggerer's) sends ``deadline_missed``."""
+    from tfmlops_airflow.notifications import deadline_missed, run_failed
+
+    notifier = f"{run_failed.__module__}.{run_failed.__qualname__}"
+    for dag_id, dag in parsed["dags"].items():
+        assert all(notifier in info["on_failure_callback"] for info in dag["tasks"].values()), dag_id
+        if dag_id in ("tf_offline_retrain", "tf_online_update", "tf_optimize_export", "tf_hparam_search"):
+            (alert,) = dag["deadlines"]
+            assert alert == {"reference": "DagRunQueuedAtDeadline", "seconds": alert["seconds"],
+                             "async": "AsyncCallback",
+                             "callback": f"{deadline_missed.__module__}.{deadline_missed.__qualname__}"}, dag_id
+            assert 3600 <= alert["seconds"] <= 4 * 3600, dag_id
 
 
 def test_offline_retrain_contract():

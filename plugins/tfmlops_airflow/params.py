@@ -7,6 +7,7 @@ Nothing heavy is imported here: DAG files import it at parse time.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 from airflow.sdk import Param
@@ -32,6 +33,14 @@ DEFAULT_SEARCH_STORAGE = os.environ.get("TFMLOPS_SEARCH_STORAGE") or "journal:" 
 # 1 slot (make run / the compose init create it): the rollout operators run in it by default, so the
 # rollouts of every DAG queue behind each other.
 ROLLOUT_POOL = "tf_serving_rollout"
+
+
+def default_args(retry_delay: timedelta) -> dict:
+    """What every DAG's tasks share: the owner, one retry, and the ``run_failed`` notification
+    once a task has failed for good (:mod:`tfmlops_airflow.notifications`; off unless configured)."""
+    from tfmlops_airflow.notifications import run_failed
+
+    return {"owner": "ml-platform", "retries": 1, "retry_delay": retry_delay, "on_failure_callback": [run_failed]}
 
 
 def model_name(description: str) -> Param:

@@ -27,17 +27,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from tfmlops_airflow.assets import SERVING_INTENT
+from tfmlops_airflow.config import option
 
 log = logging.getLogger(__name__)
 PATH = "/webhooks/mlflow"
 
 app = FastAPI(title="tfmlops webhooks", description="MLflow registry webhooks → the serving reconciler")
-
-
-def _option(key: str, fallback: str = "") -> str:
-    from airflow.configuration import conf
-
-    return conf.get("tfmlops", key, fallback=fallback) or fallback
 
 
 @lru_cache(maxsize=1)
@@ -49,12 +44,12 @@ def _verifier(secret: str, seen_dir: str, tolerance_s: float):
 
 def verifier():
     """The verifier of the configured secret; None when no secret is configured."""
-    secret = _option("mlflow_webhook_secret")
+    secret = option("mlflow_webhook_secret")
     if not secret:
         return None
     home = os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow"))
-    return _verifier(secret, _option("mlflow_webhook_seen_dir", os.path.join(home, "tfmlops-webhook-deliveries")),
-                     float(_option("mlflow_webhook_tolerance_s", "300")))
+    return _verifier(secret, option("mlflow_webhook_seen_dir", os.path.join(home, "tfmlops-webhook-deliveries")),
+                     float(option("mlflow_webhook_tolerance_s", "300")))
 
 
 def already_served(model: str, version) -> bool:
@@ -62,7 +57,7 @@ def already_served(model: str, version) -> bool:
     from tfmlops.steps.reconcile import served_version
     from tfmlops_airflow.hooks import MLflowHook
 
-    served = served_version(MLflowHook(_option("mlflow_conn_id", "mlflow_default")).tracking_uri, model)
+    served = served_version(MLflowHook(option("mlflow_conn_id", "mlflow_default")).tracking_uri, model)
     return served is not None and str(served) == str(version)
 
 

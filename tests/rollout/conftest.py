@@ -77,3 +77,13 @@ def fleet(tmp_path_factory, zoo):
         for proc, ep in started:
             ep.close()
             proc.terminate()
+
+
+@pytest.fixture(scope="package")
+def airflow(tmp_path_factory, airflow_db, mlflow_server, serving_server, notify_sinks):
+    """A whole Airflow shared by this package's Airflow end-to-end tests (``airflow_stack.py``)."""
+    from .airflow_stack import airflow_stack
+
+    with airflow_stack(tmp_path_factory.mktemp("airflow"), airflow_db, mlflow_server, serving_server,
+                       notify_sinks) as stack:
+        yield stack

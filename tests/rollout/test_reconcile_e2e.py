@@ -14,106 +14,20 @@ refused → a rollout's own alias move starts no run at all.
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
-import devservers
-
+from .airflow_stack import RECONCILED as MODEL
+from .airflow_stack import dag_ready, runs, wait_for
 from .models import X_SMOKE, register
 
 pytestmark = pytest.mark.e2e
 
-MODEL = "reconciled"
-USER = "admin"
-DAGS = ("tf_serving_reconcile.py", "tf_serving_rollout.py")
-ROOT = Path(__file__).resolve().parents[2]
 FOLLOW_S = 60  # the issue's bound: a moved alias is served within a minute
-
-
-def airflow_env(home, port: int, mlflow_server: str, serving_server: dict, webhook_secret: str) -> dict:
-    host, mlflow_port = mlflow_server.removeprefix("http://").split(":")
-    return {
-        "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor", "AIRFLOW__CORE__PARALLELISM": "2",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
-        "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-        "AIRFLOW__TFMLOPS__MLFLOW_WEBHOOK_SECRET": webhook_secret,
-        "TFMLOPS_RECONCILE_POLL_S": "5",
-        "TFMLOPS_RECONCILE_MODELS": MODEL,  # the session's registry holds other tests' models
-        "AIRFLOW_CONN_MLFLOW_DEFAULT": json.dumps({"conn_type": "http", "host": host, "port": int(mlflow_port)}),
-        "AIRFLOW_CONN_TF_SERVING_DEFAULT": json.dumps({
-            "conn_type": "http", "host": "127.0.0.1", "port": serving_server["rest_port"],
-            "extra": {"grpc_port": serving_server["grpc_port"], "models_root": str(serving_server["models_root"]),
-                      "model_config_file": str(serving_server["config_file"])}}),
-    }
-
-
-@pytest.fixture(scope="module")
-def airflow(tmp_path_factory, airflow_db, mlflow_server, serving_server):
-    """A whole Airflow on its own SQLite DB (a copy of the session's freshly migrated one), parsing
-    only the two serving DAGs."""
-    import shutil
-
-    home = tmp_path_factory.mktemp("reconcile-airflow")
-    shutil.copyfile(airflow_db / "airflow-migrated.db", home / "airflow.db")
-    (home / "dags").mkdir()
-    for name in DAGS:
-        (home / "dags" / name).symlink_to(ROOT / "dags" / name)
-    password = secrets.token_urlsafe(12)
-    (home / "passwords.json").write_text(json.dumps({USER: password}))
-    port, secret = devservers.free_port(), secrets.token_urlsafe(24)
-    env = airflow_env(home, port, mlflow_server, serving_server, secret)
-    full_env = {**os.environ, **env}
-    airflow = str(devservers.BIN / "airflow")
-    subprocess.run([airflow, "pools", "set", "tf_serving_rollout", "1", "rollouts"], env=full_env, check=True,
-                   capture_output=True, timeout=600)
-    services = {"airflow-api-server": ["api-server", "--host", "127.0.0.1", "--port", str(port)],
-                "airflow-scheduler": ["scheduler", "--skip-serve-logs"],
-                "airflow-dag-processor": ["dag-processor"],
-                "airflow-triggerer": ["triggerer", "--skip-serve-logs"]}
-    for name, args in services.items():
-        devservers.start(name, [airflow, *args], home, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        devservers.wait_http(f"{url}/api/v2/monitor/health", 180, "airflow-api-server", home)
-        session = requests.Session()
-        token = session.post(f"{url}/auth/token", json={"username": USER, "password": password}, timeout=30)
-        token.raise_for_status()
-        session.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
-        yield {"url": url, "api": session, "home": home, "secret": secret,
-               "webhook": f"{url}/tfmlops/webhooks/mlflow"}
-    finally:
-        for name in reversed(services):
-            devservers.stop(name, home)
-
-
-def wait_for(what: str, check, timeout_s: float, airflow, poll_s: float = 1.0):
-    """``devservers.wait_for``, failing with the tails of the triggerer's and scheduler's logs."""
-    try:
-        return devservers.wait_for(check, timeout_s, what, poll_s)
-    except TimeoutError as exc:
-        logs = "".join(f"\n--- {n} ---\n{devservers.log_tail(n, airflow['home'], 40)}"
-                       for n in ("airflow-triggerer", "airflow-scheduler"))
-        raise AssertionError(f"{exc}{logs}") from None
-
-
-def runs(airflow, dag_id: str) -> list[dict]:
-    answer = airflow["api"].get(f"{airflow['url']}/api/v2/dags/{dag_id}/dagRuns", params={"limit": 100}, timeout=30)
-    return answer.json().get("dag_runs", []) if answer.status_code == 200 else []
 
 
 def settled(airflow) -> bool:
@@ -135,11 +49,6 @@ def intent_events(airflow) -> list[dict]:
     return [e for e in answer.json()["asset_events"] if e.get("name", e.get("uri")) == "tfmlops_serving_intent"]
 
 
-def dag_ready(airflow, dag_id: str) -> bool:
-    answer = airflow["api"].get(f"{airflow['url']}/api/v2/dags/{dag_id}", timeout=30)
-    return answer.status_code == 200 and not answer.json()["is_paused"]
-
-
 def signed(secret: str, body: bytes, delivery_id: str | None = None, timestamp: int | None = None) -> dict:
     from tfmlops.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 
@@ -148,7 +57,7 @@ def signed(secret: str, body: bytes, delivery_id: str | None = None, timestamp: 
             SIGNATURE_HEADER: signature(secret, delivery_id, timestamp, body)}
 
 
-def test_champion_moved_in_the_registry_is_served(airflow, zoo, mlflow_server, serving_server):
+def test_champion_moved_in_the_registry_is_served(airflow, zoo, mlflow_server, serving_server, notify_sinks):
     from mlflow import MlflowClient
 
     from tfmlops import registry
@@ -207,6 +116,10 @@ def test_champion_moved_in_the_registry_is_served(airflow, zoo, mlflow_server, s
     assert entry["run"].startswith("tf_serving_rollout/"), entry
     assert registry.served_version(mlflow_server, MODEL) == 1
     assert len(runs(airflow, "tf_serving_rollout")) == 1
+    # people hear of it: the rollout's promotion notification, with the reason and the run
+    mail = wait_for("the promotion mail", lambda: [m for m in notify_sinks.mails()
+                                                   if m[0] == f"[tfmlops] {MODEL} version 1: promoted"], 30, airflow)
+    assert "reconcile: champion moved in the registry" in mail[0][1] and entry["run"].split("/")[1] in mail[0][1]
     print(f"champion 2 -> 1 served in {followed_s:.1f}s")
     # both wake-ups reported the move: the webhook (receiver) and the registry poll (trigger)
     sources = {e["extra"].get("source") or e["extra"].get("payload", {}).get("source") for e in intent_events(airflow)}

@@ -8,26 +8,17 @@ Nothing heavy is imported at module level.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Sequence
 
 from airflow.sdk.exceptions import AirflowFailException
 
 from tfmlops_airflow.hooks import PrometheusHook, TFServingHook
+from tfmlops_airflow.notifications import notify
 from tfmlops_airflow.operators.base import TFMLOpsBaseOperator, checked_partitions_root, optional
-
-alert_log = logging.getLogger("tfmlops.alerts")
 
 
 class ServingHealthBreached(AirflowFailException):
     """Latency or error rate of a served version is over its threshold; the message has the numbers."""
-
-
-def alert_on_failure(context) -> None:
-    """``on_failure_callback``: one ERROR line per failed monitoring task (hook a notifier here)."""
-    ti = context.get("ti") or context.get("task_instance")
-    alert_log.error("ALERT %s.%s failed: %s", getattr(ti, "dag_id", "?"), getattr(ti, "task_id", "?"),
-                    context.get("exception"))
 
 
 def _thresholds(**values):
@@ -48,7 +39,7 @@ class MonitorOperator(TFMLOpsBaseOperator):
         super().__init__(**kwargs)
         self.model_name = model_name
 
-    def _retrain_decision(self, conn_id: str, check) -> dict[str, Any]:
+    def _retrain_decision(self, context, conn_id: str, check) -> dict[str, Any]:
         """``check(endpoint)`` of a step that returns ``retrain`` and ``reason``; a missing champion
         or version (``LookupError``) fails the task with the step's message."""
         hook = TFServingHook(conn_id)
@@ -60,6 +51,8 @@ class MonitorOperator(TFMLOpsBaseOperator):
             hook.close()
         if result["retrain"]:
             self.log.warning("retrain needed: %s", result["reason"])
+            notify(context, "drift_alarm", model=self.model_name, version=result.get("version"),
+                   reason=result["reason"], check=type(self).__name__)
         return result
 
 
@@ -164,7 +157,7 @@ class ModelQualityDriftOperator(MonitorOperator):
         root = checked_partitions_root(self.root)
         thresholds = _thresholds(min_accuracy=self.min_accuracy, max_input_psi=self.max_input_psi,
                                  max_prediction_psi=self.max_prediction_psi)
-        return self._retrain_decision(self.tf_serving_conn_id, lambda endpoint: check_quality_drift(
+        return self._retrain_decision(context, self.tf_serving_conn_id, lambda endpoint: check_quality_drift(
             self.tracking_uri, str(self.model_name), endpoint, root, str(self.dataset), thresholds,
             newest=int(self.newest), reference_rows=int(self.reference_rows), s3_client=self.s3_client_for(root)))
 
@@ -202,7 +195,7 @@ class LiveDriftOperator(MonitorOperator):
         from tfmlops.steps.monitor import check_live_drift
 
         thresholds = _thresholds(max_input_psi=self.max_input_psi, max_prediction_psi=self.max_prediction_psi)
-        return self._retrain_decision(self.tf_serving_conn_id, lambda endpoint: check_live_drift(
+        return self._retrain_decision(context, self.tf_serving_conn_id, lambda endpoint: check_live_drift(
             self.tracking_uri, str(self.model_name), endpoint, str(self.log_prefix), thresholds,
             window_s=float(self.window_s), min_rows=int(self.min_rows), reference_rows=int(self.reference_rows)))
 

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from tfmlops_airflow.assets import CHAMPION
+from tfmlops_airflow.notifications import notify
 from tfmlops_airflow.operators.base import MODEL_FIELDS, ModelDataOperator, TFMLOpsBaseOperator, lineage, optional
 
 
@@ -150,6 +151,7 @@ class ModelGateOperator(ModelDataOperator):
         except ModelModuleError as exc:  # e.g. a gate metric the task has not
             raise AirflowFailException(str(exc)) from exc
         if not decision["passed"]:
+            notify(context, "gate_rejected", model=self.model_name, reason=decision["reason"], mlflow_run=self.run_id)
             raise AirflowSkipException(f"gate rejected the candidate: {decision['reason']}")
         return decision
 

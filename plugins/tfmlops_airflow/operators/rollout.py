@@ -14,6 +14,7 @@ from typing import Any, Sequence
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from tfmlops_airflow.assets import CHAMPION
+from tfmlops_airflow.notifications import notify
 from tfmlops_airflow.operators.base import TFMLOpsBaseOperator, number_or_none, optional
 from tfmlops_airflow.params import ROLLOUT_POOL
 
@@ -234,9 +235,18 @@ class ServingRolloutOperator(ServingVersionOperator):
         return self._through_router(shadow_release_registered, mirror_sink=True,
                                     window_s=float(self.shadow_window_s), thresholds=thresholds)
 
-    def _announce(self, context, version) -> None:
+    def _announce(self, context, result) -> None:
+        """A promotion: the champion's asset event, and the ``promotion`` notification."""
         if CHAMPION in self.outlets:
-            context["outlet_events"][CHAMPION].extra = {"model_name": self.model_name, "version": version}
+            context["outlet_events"][CHAMPION].extra = {"model_name": self.model_name, "version": result["version"]}
+        notify(context, "promotion", model=self.model_name, version=result["version"], reason=self.audit["reason"],
+               strategy=self.strategy, endpoints=", ".join(map(str, result.get("endpoints") or ())) or None)
+
+    def _rolled_back(self, context, exc: Exception, version, reason: str) -> Exception:
+        """``exc``, once the ``rollback`` notification is sent (the failure sends no second one)."""
+        notify(context, "rollback", model=self.model_name, version=version, reason=reason, strategy=self.strategy)
+        exc.tfmlops_notified = True
+        return exc
 
     def _router_release(self, context) -> dict[str, Any]:
         """gray, ab or shadow: a rollback (gray) or hold (shadow), or a challenger that broke (ab),
@@ -246,13 +256,15 @@ class ServingRolloutOperator(ServingVersionOperator):
         if self.strategy == "ab":
             what += f" A/B {result['decision']}: {result['reason']}"
             if result["challenger_failed"]:
-                raise ServingRolloutFailed(what)
+                raise self._rolled_back(context, ServingRolloutFailed(what), result["version"], result["reason"])
             if result["outcome"] != "promoted":
-                raise ABTestNotWon(what)
+                raise self._rolled_back(context, ABTestNotWon(what), result["version"],
+                                        f"A/B {result['decision']}: {result['reason']}")
         elif result["outcome"] != "promoted":
-            raise ServingRolloutFailed(f"{what} {'rolled back' if self.strategy == 'gray' else 'held'} "
-                                       f"({self.strategy}): {result['reason']}")
-        self._announce(context, result["version"])
+            raise self._rolled_back(context, ServingRolloutFailed(
+                f"{what} {'rolled back' if self.strategy == 'gray' else 'held'} ({self.strategy}): {result['reason']}"),
+                result["version"], result["reason"])
+        self._announce(context, result)
         return {k: result[k] for k in ("model", "version", "strategy", "outcome", "endpoints",
                                        *ROUTER_DETAILS[self.strategy], "aliases", "seconds")}
 
@@ -280,8 +292,9 @@ class ServingRolloutOperator(ServingVersionOperator):
             for ep in endpoints:
                 ep.close()
         if result["outcome"] != "promoted":
-            raise ServingRolloutFailed(f"{self.model_name} version {result['version']} rolled back on "
-                                       f"{result['rolled_back']}: {result['reason']}")
-        self._announce(context, result["version"])
+            raise self._rolled_back(context, ServingRolloutFailed(
+                f"{self.model_name} version {result['version']} rolled back on {result['rolled_back']}: "
+                f"{result['reason']}"), result["version"], result["reason"])
+        self._announce(context, result)
         return {k: result[k] for k in ("model", "version", "strategy", "outcome", "endpoints", "old_versions",
                                        "checks", "published", "retired", "aliases", "seconds")}
