@@ -163,6 +163,36 @@ def test_good_version_is_promoted_step_by_step_with_no_failed_request(stack, zoo
     assert stack["router"].share_pct == 0.0
 
 
+def test_a_release_awaiting_approval_holds_its_share_then_is_promoted_or_rolled_back(stack, zoo):
+    """``hold_for_approval``: the steps under 100 %, then the candidate keeps the last share and the
+    stable group its version (nothing promoted) until ``conclude_gray``: rejected → share 0 %,
+    canary group back; approved → both groups serve it. Users see no failed request throughout."""
+    from tfmlops.deploy.progressive import conclude_gray
+    from tfmlops.deploy.rollout import Candidate
+
+    groups = {g: [s.endpoint] for g, s in stack["groups"].items()}
+    before = served(stack)
+    with pytest.raises(ValueError, match="holds the candidate at a step under 100"):
+        _release(stack, zoo, "v2", 7, steps=(100,), hold_for_approval=True)
+    with _users(stack, zoo, ["v1", "v2", "v3"]) as users:
+        held = _release(stack, zoo, "v2", 7, steps=(25, 100), hold_for_approval=True)
+        assert held.outcome == "awaiting_approval" and held.held_share_pct == 25.0, held.to_dict()
+        assert [s["share_pct"] for s in held.steps] == [25.0] and held.canary_old == list(before["canary"])
+        assert stack["router"].share_pct == 25.0 and served(stack) == {"stable": before["stable"], "canary": (7,)}
+        rejected = conclude_gray(Candidate(MODEL, 7, zoo.path["v2"], zoo.smoke["v2"]), stack["router"], groups,
+                                 approved=False, canary_old=held.canary_old, reason="rejected by alice: too early")
+        assert rejected.outcome == "rolled_back" and rejected.reason == "rejected by alice: too early"
+        assert stack["router"].share_pct == 0.0 and served(stack) == before
+
+        held = _release(stack, zoo, "v3", 8, steps=(25, 100), hold_for_approval=True)
+        assert held.outcome == "awaiting_approval", held.to_dict()
+        approved = conclude_gray(Candidate(MODEL, 8, zoo.path["v3"], zoo.smoke["v3"]), stack["router"], groups,
+                                 approved=True, canary_old=held.canary_old)
+    assert approved.outcome == "promoted", approved.to_dict()
+    assert stack["router"].share_pct == 0.0 and served(stack) == {"stable": (8,), "canary": (8,)}
+    assert users.failures == [] and users.ok > 50, (users.failures[:5], users.ok)
+
+
 def test_a_crashed_canary_replica_is_rolled_back_without_failed_requests(stack, zoo):
     outputs = {5: zoo.out["v2"], 6: zoo.out["v3"]}
     canary, router = stack["groups"]["canary"], stack["router"]

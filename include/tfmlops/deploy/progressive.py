@@ -23,6 +23,13 @@ the replicas' own metrics.
 4. every step passed → N is rolled onto the stable group (``replace``), then the share goes back
    to 0 % (both groups serve N; the canary group is ready for the next release).
 
+With ``hold_for_approval`` the release stops before step 4: it runs the steps under 100 %, and
+a candidate that passed them keeps the last one's share (``awaiting_approval``; the result
+names the canary group's old versions) until :func:`conclude_gray` promotes it (step 4, a
+person approved) or rolls it back (share 0 %, canary group restored: rejected, timed out or
+withdrawn). Nothing is ever half-promoted: the stable group serves the old version until the
+promotion.
+
 Every decision and number is kept in :class:`GrayResult` (``steps``: share, the two groups'
 numbers, the verdict, time) for the caller to record (MLflow, task log).
 
@@ -50,6 +57,7 @@ from .router import CANARY, STABLE, Router
 log = logging.getLogger("tfmlops.rollout")
 
 DEFAULT_STEPS = (5.0, 25.0, 50.0, 100.0)
+AWAITING_APPROVAL = "awaiting_approval"
 
 
 @dataclass
@@ -86,6 +94,8 @@ class GrayResult:
     seconds: float = 0.0
     canary_rollout: dict = field(default_factory=dict)
     stable_rollout: dict = field(default_factory=dict)
+    held_share_pct: float | None = None  # awaiting approval: the share the candidate keeps meanwhile
+    canary_old: list = field(default_factory=list)  # the canary group's versions before (what a rollback restores)
 
     @property
     def ok(self) -> bool:
@@ -306,12 +316,16 @@ class RouterRelease:
 
 class GrayRelease(RouterRelease):
     def __init__(self, candidate: Candidate, router: Router, groups: dict[str, list[Endpoint]],
-                 steps=DEFAULT_STEPS, **kwargs):
+                 steps=DEFAULT_STEPS, hold_for_approval: bool = False, **kwargs):
         steps = [float(s) for s in steps]
         if not steps or any(not 0 < s <= 100 for s in steps) or steps != sorted(steps) or steps[-1] != 100:
             raise ValueError(f"gray steps must be increasing shares in (0, 100] ending at 100, got {steps}")
+        if hold_for_approval and len(steps) < 2:
+            raise ValueError("a gray release awaiting approval holds the candidate at a step under 100 %: "
+                             f"give one before 100, got {steps}")
         super().__init__(candidate, router, groups, **kwargs)
-        self.steps = steps
+        self.steps = steps[:-1] if hold_for_approval else steps
+        self.hold_for_approval = hold_for_approval
 
     def run(self) -> GrayResult:
         t0 = time.monotonic()
@@ -333,22 +347,51 @@ class GrayRelease(RouterRelease):
                         f"predictions {step['predictions']['status']} (TVD {step['predictions'].get('tvd')})"
                         f"{' BREACH ' + '; '.join(step['breaches']) if step['breaches'] else ''}")
             if step["breaches"]:
-                self.router.set_share(0)
-                res.outcome, res.reason = ROLLED_BACK, f"at {share:g} %: " + "; ".join(step["breaches"])
-                self._event(f"gray release of {model} version {n} rolled back ({res.reason}); share 0 %")
-                self._restore_canary(old, res)
+                self.rollback(res, old, f"at {share:g} %: " + "; ".join(step["breaches"]))
                 break
         else:
-            stable = self._rollout(STABLE, self.cand)
-            res.stable_rollout = stable.to_dict()
-            self.router.set_share(0)
-            if not stable.ok:
-                res.outcome, res.reason = ROLLED_BACK, f"stable group: {stable.reason}"
-                self._restore_canary(old, res)
+            if self.hold_for_approval:
+                res.outcome, res.held_share_pct, res.canary_old = AWAITING_APPROVAL, self.steps[-1], old
+                self._event(f"gray release of {model} version {n} holds {self.steps[-1]:g} % awaiting approval")
+            else:
+                self.promote(res, old)
         res.seconds = round(time.monotonic() - t0, 3)
         return res
+
+    def promote(self, res: GrayResult, old: list[int]) -> None:
+        """Step 4: the candidate onto the stable group, share back to 0 % (a failure: rolled back)."""
+        stable = self._rollout(STABLE, self.cand)
+        res.stable_rollout = stable.to_dict()
+        self.router.set_share(0)
+        if not stable.ok:
+            res.outcome, res.reason = ROLLED_BACK, f"stable group: {stable.reason}"
+            self._restore_canary(old, res)
+
+    def rollback(self, res: GrayResult, old: list[int], reason: str) -> None:
+        """Share 0 % at once, then the canary group back to ``old``."""
+        self.router.set_share(0)
+        res.outcome, res.reason = ROLLED_BACK, reason
+        self._event(f"gray release of {self.cand.model} version {self.cand.version} rolled back ({reason}); share 0 %")
+        self._restore_canary(old, res)
 
 
 def gray_release(candidate: Candidate, router: Router, groups: dict[str, list[Endpoint]], **kwargs) -> GrayResult:
     """See the module docstring; never raises for a breach (the result says ``rolled_back``)."""
     return GrayRelease(candidate, router, groups, **kwargs).run()
+
+
+def conclude_gray(candidate: Candidate, router: Router, groups: dict[str, list[Endpoint]], approved: bool,
+                  canary_old: list[int], reason: str = "", **kwargs) -> GrayResult:
+    """The end of a release that awaited approval (``hold_for_approval``): ``approved`` → the
+    candidate onto the stable group and share 0 % (``promoted``); otherwise share 0 % and the
+    canary group back to ``canary_old`` (``rolled_back`` with ``reason``). ``kwargs``: as
+    :class:`RouterRelease` (timeout, S3 client, events)."""
+    t0 = time.monotonic()
+    release = GrayRelease(candidate, router, groups, steps=DEFAULT_STEPS, **kwargs)
+    res = GrayResult(candidate.model, candidate.version, PROMOTED)
+    if approved:
+        release.promote(res, list(canary_old))
+    else:
+        release.rollback(res, list(canary_old), reason)
+    res.seconds = round(time.monotonic() - t0, 3)
+    return res

@@ -17,13 +17,14 @@ from tfmlops import registry
 from tfmlops.deploy.abtest import ABSettings
 from tfmlops.deploy.checks import CanaryChecks
 from tfmlops.deploy.endpoint import Endpoint
-from tfmlops.deploy.progressive import GrayThresholds
+from tfmlops.deploy.progressive import AWAITING_APPROVAL, GrayThresholds
 from tfmlops.deploy.rollout import PROMOTED, Candidate, Rollout, RolloutBusy
 from tfmlops.deploy.shadow import ShadowThresholds
 from tfmlops.steps.retrain import download_serving_artifact, resolve
 
-__all__ = ["PROMOTED", "ABSettings", "CanaryChecks", "Endpoint", "GrayThresholds", "RolloutBusy", "ShadowThresholds",
-           "ab_test_registered", "fleet_endpoints", "gray_release_registered", "load_canary_holdout",
+__all__ = ["AWAITING_APPROVAL", "PROMOTED", "ABSettings", "CanaryChecks", "Endpoint", "GrayThresholds", "RolloutBusy",
+           "ShadowThresholds", "ab_test_registered", "conclude_gray_registered", "fleet_endpoints",
+           "gray_release_registered", "load_canary_holdout",
            "publish_registered", "rollout_registered", "shadow_release_registered"]
 
 
@@ -149,19 +150,22 @@ def _gray_chart(result: dict, path: Path) -> Path:
 def gray_release_registered(tracking_uri: str, model_name: str, version_or_alias, router, groups: dict,
                             steps=(5, 25, 50, 100), window_s: float = 60.0, thresholds: GrayThresholds | None = None,
                             timeout_s: float = 180.0, s3_client=None, on_event=None,
-                            log_prefixes: dict | None = None, audit: dict | None = None) -> dict:
+                            log_prefixes: dict | None = None, audit: dict | None = None,
+                            hold_for_approval: bool = False) -> dict:
     """Gray release of a registered version through the router (:mod:`tfmlops.deploy.progressive`),
     recorded in MLflow: aliases and ``serving.*`` tags as any rollout, each step's share and the two
     groups' numbers as ``gray.*`` metrics of the version's run and a chart of share vs error rate
     and p99 (``serving/gray_v<N>.png``). ``log_prefixes``: the groups' request logs (default: the
-    endpoints' own; the router mirror's per group)."""
+    endpoints' own; the router mirror's per group). With ``hold_for_approval`` a candidate that
+    passed the steps under 100 % holds the last one's share (``awaiting_approval``: nothing is
+    recorded as served, no alias moves) until :func:`conclude_gray_registered`."""
     from tfmlops.deploy.progressive import gray_release
 
     with tempfile.TemporaryDirectory() as tmp:
         cand = fetch_challenger(tracking_uri, model_name, version_or_alias, tmp)
         res = gray_release(cand, router, groups, steps=steps, window_s=window_s, thresholds=thresholds,
                            timeout_s=timeout_s, s3_client=s3_client, on_event=on_event,
-                           log_prefixes=log_prefixes).to_dict()
+                           log_prefixes=log_prefixes, hold_for_approval=hold_for_approval).to_dict()
         result = _router_result(res, "gray", groups)
         run_id = registry.get_version(tracking_uri, model_name, cand.version).run_id
         for i, step in enumerate(res["steps"]):
@@ -175,7 +179,37 @@ def gray_release_registered(tracking_uri: str, model_name: str, version_or_alias
             charts.mkdir()
             _gray_chart(res, charts / f"gray_v{cand.version}.png")
             registry.log_files(tracking_uri, run_id, charts, "serving")
+    if res["outcome"] == AWAITING_APPROVAL:
+        registry.set_version_tags(tracking_uri, model_name, cand.version, {
+            "serving.outcome": AWAITING_APPROVAL, "serving.strategy": "gray",
+            "serving.reason": f"holds {res['held_share_pct']:g} % of the traffic awaiting approval"})
+        return {**result, "endpoints": [], "rolled_back": []}
     result["aliases"] = registry.record_rollout(tracking_uri, model_name, cand.version, result, audit)
+    return result
+
+
+def conclude_gray_registered(tracking_uri: str, model_name: str, version: int, router, groups: dict,
+                             decision: dict, canary_old: list[int], timeout_s: float = 180.0, s3_client=None,
+                             on_event=None, audit: dict | None = None) -> dict:
+    """The end of a gray release that awaited approval: ``decision`` (``approved``: bool,
+    ``decision``: approved / rejected / timed out / withdrawn, ``by``, ``note``, ``at``) is kept on
+    the version (tag ``serving.approval``; the reviewer's note), then the candidate is promoted
+    (approved) or rolled back — the reason names the decision, who took it and the note — and
+    recorded as any rollout (:func:`registry.record_rollout`)."""
+    from tfmlops.deploy.progressive import conclude_gray
+
+    version = int(version)
+    registry.set_version_tags(tracking_uri, model_name, version,
+                              {"serving.approval": json.dumps(decision, default=str)[:4000]})
+    reason = f"{decision.get('decision', 'rejected')}" + (f" by {decision['by']}" if decision.get("by") else "")
+    if decision.get("note"):
+        reason += f": {decision['note']}"
+    with tempfile.TemporaryDirectory() as tmp:
+        cand = fetch_candidate(tracking_uri, model_name, version, tmp)
+        res = conclude_gray(cand, router, groups, bool(decision.get("approved")), canary_old, reason,
+                            timeout_s=timeout_s, s3_client=s3_client, on_event=on_event).to_dict()
+    result = _router_result(res, "gray", groups)
+    result["aliases"] = registry.record_rollout(tracking_uri, model_name, version, result, audit)
     return result
 
 
