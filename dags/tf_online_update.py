@@ -9,8 +9,8 @@ from airflow.sdk import DAG, Param, PartitionedAssetTimetable
 from tfmlops_airflow import params
 from tfmlops_airflow.notifications import deadline_alert
 from tfmlops_airflow.assets import NEW_PARTITIONS
+from tfmlops_airflow.chains import serving_release
 from tfmlops_airflow.operators.online import IngestPartitionsOperator, OnlineUpdateOperator
-from tfmlops_airflow.operators.rollout import ServingRolloutOperator
 
 DOC = """
 ### Online update of the champion on new data partitions
@@ -101,7 +101,5 @@ with DAG(
         min_improvement="{{ params.min_improvement }}", tolerance="{{ params.tolerance }}",
         holdout_uri="{{ params.holdout_uri }}", holdout_rows="{{ params.holdout_rows }}",
         root=ingest.output["root"], dataset="{{ params.dataset }}")
-    rollout = ServingRolloutOperator(
-        task_id="rollout", task_display_name="Roll out (canary), set champion",
-        version=update.output["version"], announce_champion=True, **params.rollout_arguments())
+    rollout, _ = serving_release(update.output["version"], "Roll out (canary), set champion", announce_champion=True)
     ingest >> update >> rollout

@@ -7,11 +7,9 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG
 
 from tfmlops_airflow import params
+from tfmlops_airflow.chains import serving_release
 from tfmlops_airflow.operators.retrain import ResolveModelVersionOperator
-from tfmlops_airflow.operators.rollout import (
-    PublishServingVersionOperator,
-    ServingRolloutOperator,
-)
+from tfmlops_airflow.operators.rollout import PublishServingVersionOperator
 
 DOC = """
 ### Rolling version update of a TensorFlow Serving model
@@ -101,7 +99,6 @@ with DAG(
     publish = PublishServingVersionOperator(task_id="publish", task_display_name="Publish SavedModel",
                                             model_name="{{ params.model_name }}", targets="{{ params.targets }}",
                                             version=resolve.output["version"])
-    roll = ServingRolloutOperator(task_id="rollout", task_display_name="Roll out, promote or roll back",
-                                  version=resolve.output["version"], **params.rollout_arguments(),
-                                  reason="{{ dag_run.conf.get('reason') or 'rollout' }}")
+    roll, _ = serving_release(resolve.output["version"], "Roll out, promote or roll back",
+                              reason="{{ dag_run.conf.get('reason') or 'rollout' }}")
     resolve >> publish >> roll

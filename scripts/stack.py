@@ -234,7 +234,8 @@ def up() -> None:
     if not any(devservers.running_pid(name, RUN) for name in AIRFLOW_SERVICES):
         print("  airflow db migrate, pools ...")
         for step in (["db", "migrate"],
-                     ["pools", "set", "tf_serving_rollout", "1", "Serializes TF Serving rollouts of a model"]):
+                     ["pools", "set", "--include-deferred", "tf_serving_rollout", "1",
+                      "Serializes TF Serving rollouts of a model (an approval waiting holds it)"]):
             devservers.subprocess.run([airflow, *step], env={**os.environ, **env}, check=True,
                                       stdout=devservers.subprocess.DEVNULL)
     _start("airflow-api-server", [airflow, "api-server", "--host", "127.0.0.1", "--port", str(PORTS["airflow"])], env)

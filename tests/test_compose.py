@@ -331,7 +331,7 @@ def test_rollout_pool_is_created_by_the_init_job(services):
     script = init["entrypoint"][-1]
     assert script.startswith("/opt/tfmlops/docker/")
     text = (ROOT / "docker" / PurePosixPath(script).relative_to("/opt/tfmlops/docker")).read_text()
-    assert re.search(rf"airflow pools set {ROLLOUT_POOL} 1 ", text)
+    assert re.search(rf"airflow pools set --include-deferred {ROLLOUT_POOL} 1 ", text)  # an approval holds it
     assert "airflow db migrate" in text
     assert "COPY --chown=airflow:0 docker /opt/tfmlops/docker" in DOCKERFILE.read_text()
 

@@ -117,7 +117,10 @@ def test_offline_retrain_contract():
     dag = parse(ROOT / "dags" / "tf_offline_retrain.py")["dags"]["tf_offline_retrain"]
     assert dag["max_active_runs"] == 1
     assert set(dag["retries"]) == {"validate_data", "train", "evaluate", "gate", "export", "register", "rollout",
-                                  "model_card", "watcher"}
+                                  "approve", "conclude", "model_card", "watcher"}
+    tasks = dag["tasks"]  # the release: rollout → approval (asked only when held) → promote or roll back
+    assert "rollout" in tasks["approve"]["upstream"] and "approve" in tasks["conclude"]["upstream"]
+    assert "conclude" in tasks["model_card"]["upstream"]
     params = dag["params"]
     assert {"model_name", "dataset_uri", "epochs", "batch_size", "learning_rate", "sample_fraction"} <= set(params)
     for numeric in ("epochs", "batch_size", "learning_rate", "sample_fraction"):

@@ -18,7 +18,7 @@ PY
 chmod 600 "$passwords"
 /entrypoint airflow version
 /entrypoint airflow db migrate
-/entrypoint airflow pools set tf_serving_rollout 1 "Serializes TF Serving rollouts of a model"
+/entrypoint airflow pools set --include-deferred tf_serving_rollout 1 "Serializes TF Serving rollouts of a model (an approval waiting holds it)"
 /entrypoint python - <<'PY' || echo "MLflow webhook not registered: tf_serving_reconcile's registry poll still reconciles"
 import os
 from tfmlops.registry import ensure_webhook

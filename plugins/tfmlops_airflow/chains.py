@@ -1,8 +1,10 @@
 """Task chains that several DAGs share, declared once (like ``guard.add_run_guard``).
 
-:func:`train_to_serving` is the second half of ``tf_offline_retrain`` — train → evaluate → gate →
-export → register → rollout → model card — which ``tf_hparam_search`` runs on its best
-configuration. Call it inside a ``with DAG(...)`` block whose params include
+:func:`serving_release` is how every DAG that deploys a version does it: the rollout, then the
+approval (asked only when the form's ``approval`` made the rollout hold the version) and the
+promotion or rollback that follows it. :func:`train_to_serving` is the second half of
+``tf_offline_retrain`` — train → evaluate → gate → export → register → release → model card —
+which ``tf_hparam_search`` runs on its best configuration. Call it inside a ``with DAG(...)`` block whose params include
 :func:`tfmlops_airflow.params.rollout` and ``model_name`` and the gate fields of
 :func:`tfmlops_airflow.params.model`.
 """
@@ -18,7 +20,26 @@ from tfmlops_airflow.operators.retrain import (
     RegisterModelOperator,
     TrainModelOperator,
 )
-from tfmlops_airflow.operators.rollout import ServingRolloutOperator
+from tfmlops_airflow.operators.approval import ServingApprovalOperator
+from tfmlops_airflow.operators.rollout import ConcludeRolloutOperator, ServingRolloutOperator
+
+
+def serving_release(version, display_name: str, announce_champion: bool = False, **overrides):
+    """``rollout >> approve >> conclude`` for ``version`` (an XCom or a template) with the form's
+    :func:`tfmlops_airflow.params.rollout` fields; ``overrides``: more rollout arguments (e.g.
+    ``reason``). Returns ``(rollout, conclude)``, the first and the last task."""
+    arguments = {**params.rollout_arguments(), **overrides}
+    rollout = ServingRolloutOperator(task_id="rollout", task_display_name=display_name, version=version,
+                                     announce_champion=announce_champion, **arguments)
+    approve = ServingApprovalOperator(task_id="approve", task_display_name="Approve the promotion",
+                                      model_name="{{ params.model_name }}", version=version, rollout=rollout.output,
+                                      approvers="{{ params.approvers }}",
+                                      response_timeout_h="{{ params.approval_timeout_h }}")
+    conclude = ConcludeRolloutOperator(task_id="conclude", task_display_name="Promote or roll back as decided",
+                                       version=version, rollout=rollout.output, decision=approve.output,
+                                       announce_champion=announce_champion, **arguments)
+    rollout >> approve >> conclude
+    return rollout, conclude
 
 
 def train_to_serving(model: dict, lineage_tags: dict | None = None, train_name: str = "Train") -> dict:
@@ -43,12 +64,12 @@ def train_to_serving(model: dict, lineage_tags: dict | None = None, train_name: 
         run_id=train.output["run_id"], model_uri=train.output["model_uri"], metrics=evaluate.output,
         dataset_fingerprint=train.output["dataset_fingerprint"], model_spec=model["model_spec"],
         lineage_tags=lineage_tags)
-    rollout = ServingRolloutOperator(
-        task_id="rollout", task_display_name="Roll out to TF Serving, set champion",
-        version=register.output["version"], announce_champion=True, **params.rollout_arguments())
+    rollout, released = serving_release(register.output["version"], "Roll out to TF Serving, set champion",
+                                        announce_champion=True)
     card = ModelCardOperator(
         task_id="model_card", task_display_name="Model card", model_name="{{ params.model_name }}",
         version=register.output["version"])
-    gate >> export >> register >> rollout >> card
+    gate >> export >> register >> rollout
+    released >> card
     return {"train": train, "evaluate": evaluate, "gate": gate, "export": export, "register": register,
             "rollout": rollout, "model_card": card}

@@ -205,17 +205,24 @@ def _airflow_link(dag_id: str | None, run_id: str | None) -> dict[str, str]:
     return {"Airflow run": f"{base}/dags/{dag_id}/runs/{run_id}" if run_id else f"{base}/dags/{dag_id}"}
 
 
-def _mlflow_link(model: str | None, version) -> dict[str, str]:
-    if not model:
-        return {}
+def mlflow_ui_url(mlflow_conn_id: str = "mlflow_default") -> str | None:
+    """The MLflow UI as people reach it: ``[tfmlops] mlflow_ui_url``, else the connection's URI
+    (None without one)."""
     base = option("mlflow_ui_url")
-    if not base:
-        try:
-            from tfmlops_airflow.hooks import MLflowHook
+    if base:
+        return base
+    try:
+        from tfmlops_airflow.hooks import MLflowHook
 
-            base = MLflowHook().tracking_uri
-        except Exception:  # noqa: BLE001 - no MLflow connection: no link
-            return {}
+        return MLflowHook(mlflow_conn_id).tracking_uri
+    except Exception:  # noqa: BLE001 - no MLflow connection: no link
+        return None
+
+
+def _mlflow_link(model: str | None, version) -> dict[str, str]:
+    base = mlflow_ui_url() if model else None
+    if not base:
+        return {}
     path = f"/#/models/{model}" + (f"/versions/{version}" if version is not None else "")
     return {"MLflow model": base.rstrip("/") + path}
 

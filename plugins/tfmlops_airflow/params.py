@@ -203,6 +203,18 @@ def rollout(strategy: str = "replace", targets_description: str | None = None) -
         "shadow_min_compared": Param(50, type="integer", minimum=1, maximum=1000000,
                                      title="Shadow: min compared requests",
                                      description="Fewer compared requests in the window: hold (nothing to judge)."),
+        "approval": Param("none", type="string", enum=["none", "before_promote"], title="Approval",
+                          description="before_promote (gray): a candidate that passed the steps under 100 % "
+                                      "holds the last one's share until a person approves it in Airflow "
+                                      "(Required actions); Reject, no answer in time, or champion moved in the "
+                                      "registry meanwhile: rolled back. none: promoted by itself."),
+        "approval_timeout_h": Param(24, type="number", exclusiveMinimum=0, maximum=720,
+                                    title="Approval timeout (h)",
+                                    description="Hours to wait for an answer; then the default, Reject."),
+        "approvers": Param([], type="array", items={"type": "string", "minLength": 1}, maxItems=100,
+                           title="Approvers",
+                           description="Airflow user ids who may answer the approval; empty: whoever the auth "
+                                       "manager lets answer this DAG's required actions."),
         "keep": Param(2, type="integer", minimum=1, maximum=50, title="Versions to keep",
                       description="Version directories kept in the base path (referenced ones are always kept)."),
         "targets": targets(targets_description) if targets_description else targets(),
@@ -226,4 +238,4 @@ def rollout_arguments() -> dict[str, str]:
             "ab_labels_uri": "{{ params.ab_labels_uri }}", "ab_labels_wait_s": "{{ params.ab_labels_wait_s }}",
             "shadow_window_s": "{{ params.shadow_window_s }}",
             "shadow_min_agreement": "{{ params.shadow_min_agreement }}",
-            "shadow_min_compared": "{{ params.shadow_min_compared }}"}
+            "shadow_min_compared": "{{ params.shadow_min_compared }}", "approval": "{{ params.approval }}"}

@@ -65,8 +65,8 @@ def airflow_stack(home: Path, airflow_db: Path, mlflow_server: str, serving_serv
     port, secret = devservers.free_port(), secrets.token_urlsafe(24)
     env = {**airflow_env(home, port, mlflow_server, serving_server, secret), **notify_sinks.airflow_env(NOTIFY_SECRET)}
     airflow = str(devservers.BIN / "airflow")
-    subprocess.run([airflow, "pools", "set", "tf_serving_rollout", "1", "rollouts"], env={**os.environ, **env},
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run([airflow, "pools", "set", "--include-deferred", "tf_serving_rollout", "1", "rollouts"],
+                   env={**os.environ, **env}, check=True, capture_output=True, timeout=600)
     services = {"airflow-api-server": ["api-server", "--host", "127.0.0.1", "--port", str(port)],
                 "airflow-scheduler": ["scheduler", "--skip-serve-logs"],
                 "airflow-dag-processor": ["dag-processor"],

@@ -27,7 +27,7 @@ class Group:
     """One replica: a tf-serving-local process on its own models root and config file, logging
     every request (the entry's ``logging_config`` is the one ``Endpoint.request_log_prefix`` gives)."""
 
-    def __init__(self, root, name: str, group: str, zoo, initial: str = "v1"):
+    def __init__(self, root, name: str, group: str, zoo, initial: str = "v1", model: str = MODEL):
         from tfmlops.deploy.endpoint import Endpoint
         from tfmlops.deploy.publish import publish_version
 
@@ -35,10 +35,10 @@ class Group:
         models_root = os.path.join(self.root, "models")
         self.config_file = os.path.join(self.root, "models.config")
         self.log_dir = os.path.join(self.root, "logs")
-        self.log_prefix = f"{self.log_dir}/{MODEL}/requests"
-        publish_version(zoo.path[initial], models_root, MODEL, 1)
+        self.models_root, self.log_prefix = models_root, f"{self.log_dir}/{model}/requests"
+        publish_version(zoo.path[initial], models_root, model, 1)
         with open(self.config_file, "w") as fh:
-            fh.write(f'model_config_list {{ config {{ name: "{MODEL}" base_path: "{models_root}/{MODEL}" '
+            fh.write(f'model_config_list {{ config {{ name: "{model}" base_path: "{models_root}/{model}" '
                      'model_platform: "tensorflow" logging_config { log_collector_config { filename_prefix: '
                      f'"{self.log_prefix}" }} sampling_config {{ sampling_rate: 1.0 }} }} }} }}\n')
         monitoring = os.path.join(self.root, "monitoring.config")
@@ -58,13 +58,14 @@ class Group:
 
 
 @contextlib.contextmanager
-def router_stack(root, zoo, initial: str = "v1"):
+def router_stack(root, zoo, initial: str = "v1", model: str = MODEL):
     """``{"groups": {group: Group}, "router": Router, "config": RouterConfig}``; every replica
-    starts on ``zoo``'s ``initial`` model as version 1."""
+    starts on ``zoo``'s ``initial`` model as version 1 of ``model``."""
     from devservers import free_port
     from tfmlops.deploy.router import Router, RouterConfig
 
-    groups = [Group(root, "stable-0", "stable", zoo, initial), Group(root, "canary-0", "canary", zoo, initial)]
+    groups = [Group(root, name, group, zoo, initial, model)
+              for name, group in (("stable-0", "stable"), ("canary-0", "canary"))]
     router_proc = None
     try:
         for g in groups:
@@ -91,8 +92,8 @@ def router_stack(root, zoo, initial: str = "v1"):
             g.proc.terminate()
 
 
-def served(stack) -> dict:
+def served(stack, model: str = MODEL) -> dict:
     """The versions each group serves."""
     from tfmlops.deploy.status import serving_versions
 
-    return {g: tuple(serving_versions(s.endpoint.client, MODEL)) for g, s in stack["groups"].items()}
+    return {g: tuple(serving_versions(s.endpoint.client, model)) for g, s in stack["groups"].items()}

@@ -24,7 +24,7 @@ from tfmlops.steps.retrain import download_serving_artifact, resolve
 
 __all__ = ["AWAITING_APPROVAL", "PROMOTED", "ABSettings", "CanaryChecks", "Endpoint", "GrayThresholds", "RolloutBusy",
            "ShadowThresholds", "ab_test_registered", "conclude_gray_registered", "fleet_endpoints",
-           "gray_release_registered", "load_canary_holdout",
+           "approval_request", "gray_release_registered", "load_canary_holdout",
            "publish_registered", "rollout_registered", "shadow_release_registered"]
 
 
@@ -276,3 +276,41 @@ def shadow_release_registered(tracking_uri: str, model_name: str, version_or_ali
         _log_report(tracking_uri, run_id, tmp, "shadow", cand.version, res, metrics, allow_nan=False)
     result["aliases"] = registry.record_rollout(tracking_uri, model_name, cand.version, result, audit)
     return result
+
+
+def approval_request(tracking_uri: str, model_name: str, version: int, held: dict, mlflow_ui: str | None = None,
+                     links: dict[str, str] | None = None) -> dict:
+    """What a person sees before approving a held release (``held``: the rollout's
+    ``awaiting_approval`` result): ``subject``, a Markdown ``body`` with the candidate's gate
+    figures (its run's test metrics), each gray step's live numbers so far (share, the two groups'
+    requests, error rate, p99, the predicted-class check), links to its model card and MLflow
+    version (under ``mlflow_ui``, the MLflow UI's address) and ``links``; and ``champion``, the
+    version the registry names now (the approval is withdrawn once that changes)."""
+    mv = registry.get_version(tracking_uri, model_name, version)
+    metrics = registry.client(tracking_uri).get_run(mv.run_id).data.metrics if mv.run_id else {}
+    gate = {k: v for k, v in sorted(metrics.items()) if k.startswith("test_")}
+    champion = registry.alias_version(tracking_uri, model_name, registry.CHAMPION)
+    lines = [f"**{model_name} version {version}** holds **{held['held_share_pct']:g} %** of the live traffic "
+             f"(gray) and passed every step so far. Approve: it takes all traffic and becomes `champion`. "
+             f"Reject, or no answer in time: it is rolled back (the note goes on the version).", "",
+             f"Champion now: version {champion.version if champion is not None else 'none'}.", "",
+             "| gate figure | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4g} |" for k, v in list(gate.items())[:12]] or ["| (none recorded) | |"]
+    lines += ["", "| share | canary requests | canary errors | canary p99 ms | stable p99 ms | predictions |",
+              "|---|---|---|---|---|---|"]
+    def num(value, spec: str) -> str:
+        return format(value, spec) if isinstance(value, (int, float)) and value == value else "–"
+
+    for step in held.get("steps", []):
+        canary, stable, pred = step.get("canary", {}), step.get("stable", {}), step.get("predictions", {})
+        lines.append(f"| {step['share_pct']:g} % | {num(canary.get('requests'), '.0f')} "
+                     f"| {num(canary.get('error_rate'), '.3g')} | {num(canary.get('p99_ms'), '.1f')} "
+                     f"| {num(stable.get('p99_ms'), '.1f')} | {pred.get('status', '–')} "
+                     f"(TVD {num(pred.get('tvd'), '.3f')}) |")
+    if mlflow_ui:
+        base = mlflow_ui.rstrip("/")
+        links = {"Model card": f"{base}/get-artifact?path=model_card/model_card.html&run_uuid={mv.run_id}",
+                 "MLflow version": f"{base}/#/models/{model_name}/versions/{version}", **(links or {})}
+    lines += ["", *(f"- [{name}]({url})" for name, url in (links or {}).items())]
+    return {"subject": f"Promote {model_name} version {version} to all traffic?", "body": "\n".join(lines),
+            "champion": int(champion.version) if champion is not None else None}

@@ -21,6 +21,8 @@ from tfmlops_airflow.params import ROLLOUT_POOL
 
 # the strategies that go through the traffic router, and what their task returns besides the outcome
 ROUTER_DETAILS = {"gray": ("steps",), "ab": ("decision", "variants", "test"), "shadow": ("report",)}
+APPROVALS = ("none", "before_promote")
+AWAITING_APPROVAL = "awaiting_approval"  # tfmlops.deploy.progressive's (not imported at parse time)
 
 
 class ServingRolloutFailed(AirflowFailException):
@@ -116,6 +118,10 @@ class ServingRolloutOperator(ServingVersionOperator):
     :param shadow_min_compared: ``shadow``: fewer compared requests → hold. (templated)
     :param reason: why this rollout runs, for the model's audit trail (``rollout``; the reconciler
         passes ``reconcile: …`` for an alias moved in the registry). (templated)
+    :param approval: ``none``, or ``before_promote`` (``gray``): a candidate that passed the steps
+        under 100 % holds the last one's share and the task returns ``awaiting_approval``; a
+        :class:`~tfmlops_airflow.operators.approval.ServingApprovalOperator` asks a person and
+        :class:`ConcludeRolloutOperator` promotes or rolls back. (templated)
     """
 
     template_fields: Sequence[str] = (*ServingVersionOperator.template_fields, "strategy", "holdout_uri",
@@ -124,7 +130,8 @@ class ServingRolloutOperator(ServingVersionOperator):
                                       "router_conn_id", "gray_window_s", "max_error_rate_increase",
                                       "max_p99_increase_ms", "max_prediction_tvd", "ab_share_pct", "ab_window_s",
                                       "ab_alpha", "ab_min_samples", "ab_labels_uri", "ab_labels_wait_s",
-                                      "shadow_window_s", "shadow_min_agreement", "shadow_min_compared", "reason")
+                                      "shadow_window_s", "shadow_min_agreement", "shadow_min_compared", "reason",
+                                      "approval")
 
     def __init__(self, *, strategy: str = "replace", holdout_uri: str | None = None,
                  min_accuracy: float | str | None = None, max_rmse: float | str | None = None,
@@ -137,7 +144,7 @@ class ServingRolloutOperator(ServingVersionOperator):
                  ab_min_samples: int | str = 200, ab_labels_uri: str | None = None,
                  ab_labels_wait_s: float | str = 0, shadow_window_s: float | str = 60,
                  shadow_min_agreement: float | str = 0.99, shadow_min_compared: int | str = 50,
-                 reason: str = "rollout", **kwargs):
+                 reason: str = "rollout", approval: str = "none", **kwargs):
         if announce_champion:
             kwargs.setdefault("outlets", [CHAMPION])
         super().__init__(**kwargs)
@@ -164,6 +171,7 @@ class ServingRolloutOperator(ServingVersionOperator):
         self.shadow_min_agreement = shadow_min_agreement
         self.shadow_min_compared = shadow_min_compared
         self.reason = reason
+        self.approval = approval
         self.audit: dict = {}
 
     def _settings(self, make, **kwargs):
@@ -212,7 +220,8 @@ class ServingRolloutOperator(ServingVersionOperator):
         if isinstance(steps, str):
             steps = [s for s in steps.replace("[", " ").replace("]", " ").replace(",", " ").split() if s]
         return self._through_router(gray_release_registered, mirror_logs=True, steps=[float(s) for s in steps],
-                                    window_s=float(self.gray_window_s), thresholds=self._gray_thresholds())
+                                    window_s=float(self.gray_window_s), thresholds=self._gray_thresholds(),
+                                    hold_for_approval=self.approval == "before_promote")
 
     def _ab(self) -> dict[str, Any]:
         from tfmlops.steps.rollout import ABSettings, ab_test_registered
@@ -253,6 +262,10 @@ class ServingRolloutOperator(ServingVersionOperator):
         fails the task; an A/B test not won skips it; a promotion announces the champion."""
         result = {"gray": self._gray, "ab": self._ab, "shadow": self._shadow}[self.strategy]()
         what = f"{self.model_name} version {result['version']}"
+        if result["outcome"] == AWAITING_APPROVAL:  # the approval task asks; the conclude task finishes
+            self.log.info("%s holds %s %% of the traffic awaiting approval", what, result["held_share_pct"])
+            return {k: result[k] for k in ("model", "version", "strategy", "outcome", "held_share_pct",
+                                           "canary_old", "steps", "seconds")}
         if self.strategy == "ab":
             what += f" A/B {result['decision']}: {result['reason']}"
             if result["challenger_failed"]:
@@ -274,6 +287,12 @@ class ServingRolloutOperator(ServingVersionOperator):
         # the model's audit trail names the run that changed what is served, and why
         self.audit = {"reason": str(optional(self.reason) or "rollout"),
                       "run": f"{context['ti'].dag_id}/{context['run_id']}"}
+        self.approval = str(optional(self.approval) or "none")
+        if self.approval not in APPROVALS:
+            raise AirflowFailException(f"approval must be one of {', '.join(APPROVALS)}, got {self.approval!r}")
+        if self.approval != "none" and self.strategy != "gray":
+            raise AirflowFailException(f"approval {self.approval} is implemented for the gray strategy; "
+                                       f"{self.strategy} rollouts run without one (approval none)")
         if self.strategy in ROUTER_DETAILS:
             return self._router_release(context)
 
@@ -298,3 +317,49 @@ class ServingRolloutOperator(ServingVersionOperator):
         self._announce(context, result)
         return {k: result[k] for k in ("model", "version", "strategy", "outcome", "endpoints", "old_versions",
                                        "checks", "published", "retired", "aliases", "seconds")}
+
+
+class ConcludeRolloutOperator(ServingRolloutOperator):
+    """End a release that awaited approval, as the person decided: ``approved`` → the candidate
+    takes all traffic (onto the router's stable group) and becomes ``champion``, with the
+    ``promotion`` notification; ``rejected``, ``timed out`` or ``withdrawn`` → rolled back (share
+    0 %, the canary group back on what it served), the reason naming the decision, who took it and
+    the note, with the ``rollback`` notification. Either way the decision is kept on the version
+    (``serving.approval``) and the model's audit trail. A rejection is an outcome, not a failure:
+    the task succeeds; a promotion that fails (the stable group) is rolled back and fails it.
+    Skipped when nothing awaited approval (the approval task skipped).
+
+    :param rollout: the rollout task's ``awaiting_approval`` result. (templated)
+    :param decision: the approval task's result. (templated)
+    Other parameters: :class:`ServingRolloutOperator`'s (the router, timeout, reason).
+    """
+
+    template_fields: Sequence[str] = (*ServingRolloutOperator.template_fields, "rollout", "decision")
+
+    def __init__(self, *, rollout: dict | str, decision: dict | str, **kwargs):
+        super().__init__(**kwargs)
+        self.rollout = rollout
+        self.decision = decision
+
+    def execute(self, context) -> dict[str, Any]:
+        from tfmlops.steps.rollout import conclude_gray_registered
+
+        held, decision = dict(self.rollout or {}), dict(self.decision or {})
+        if held.get("outcome") != AWAITING_APPROVAL or not decision:
+            raise AirflowSkipException("nothing awaited approval")
+        self.audit = {"reason": f"{optional(self.reason) or 'rollout'}, {decision.get('decision')}"
+                                + (f" by {decision['by']}" if decision.get("by") else ""),
+                      "run": f"{context['ti'].dag_id}/{context['run_id']}"}
+        result = self._through_router(conclude_gray_registered, decision=decision,
+                                      canary_old=[int(v) for v in held.get("canary_old") or []])
+        if result["outcome"] == "promoted":
+            self._announce(context, result)
+        elif decision.get("approved"):
+            raise self._rolled_back(context, ServingRolloutFailed(
+                f"{self.model_name} version {result['version']} approved, then rolled back: {result['reason']}"),
+                result["version"], result["reason"])
+        else:
+            notify(context, "rollback", model=self.model_name, version=result["version"], reason=result["reason"],
+                   strategy=self.strategy)
+        return {k: result.get(k) for k in ("model", "version", "strategy", "outcome", "reason", "endpoints",
+                                           "aliases", "seconds")} | {"decision": decision}

@@ -1,0 +1,198 @@
+"""People in the loop, end to end: a gray rollout with ``approval=before_promote`` through a real
+Airflow (tests/rollout/airflow_stack.py: API server, scheduler, DAG processor, triggerer), the
+session's real MLflow, and a real HAProxy router in front of two tf-serving-local replica groups
+with users' traffic flowing through it the whole time.
+
+One story, in order: version 2's gray release holds 25 % and stops at the approval step (its page
+shows the gate figures and the live numbers) → a person approves it in the real Airflow UI
+(headless Chromium) with a note → it takes all traffic and becomes champion; version 3 → rejected
+through the REST API → rolled back, the note on the version; version 3 again with a short timeout
+→ nobody answers → rolled back; version 3 once more → champion moved in MLflow meanwhile → the
+approval is withdrawn → rolled back. Users never get a failed request."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .airflow_stack import USER, runs, wait_for
+from .load import UserClients
+from .models import register
+from .router_stack import needs_haproxy, router_stack, served
+
+pytestmark = [pytest.mark.e2e, needs_haproxy]
+
+MODEL = "gated"
+DAG_ID = "tf_serving_rollout"
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "var" / "test-output" / "approval"
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory, zoo, airflow, mlflow_server):
+    """The router stack serving ``gated`` version 1 (= registered version 1, champion), versions 2
+    and 3 registered, the router and its groups as Airflow connections, users sending requests."""
+    from tfmlops import registry
+
+    with router_stack(tmp_path_factory.mktemp("gated"), zoo, model=MODEL) as stack:
+        assert [register(mlflow_server, zoo, name, MODEL) for name in ("v1", "v2", "v3")] == [1, 2, 3]
+        registry.set_alias(mlflow_server, MODEL, registry.CHAMPION, 1)
+        registry.log_metrics(mlflow_server, registry.get_version(mlflow_server, MODEL, 2).run_id,
+                             {"test_accuracy": 0.987, "test_loss": 0.042})
+        api, url = airflow["api"], airflow["url"]
+        for g in stack["groups"].values():  # connection id = the replica's server name in the router
+            ep = g.endpoint
+            api.post(f"{url}/api/v2/connections", timeout=30, json={
+                "connection_id": g.name, "conn_type": "http", "host": "127.0.0.1", "port": ep.rest_port,
+                "extra": json.dumps({"grpc_port": ep.grpc_port, "models_root": g.models_root,
+                                     "model_config_file": g.config_file, "request_log_prefix": g.log_dir,
+                                     "request_log_sampling_rate": 1.0})}).raise_for_status()
+        config = stack["config"]
+        api.post(f"{url}/api/v2/connections", timeout=30, json={
+            "connection_id": "gated_router", "conn_type": "generic", "host": "127.0.0.1", "port": config.rest_port,
+            "extra": json.dumps({"grpc_port": config.grpc_port, "admin_socket": config.admin_socket,
+                                 **{group: [g.name] for group, g in stack["groups"].items()}})}).raise_for_status()
+        from . import models
+
+        allowed = {n: models.predict(zoo.path[n], zoo.holdout_x) for n in ("v1", "v2", "v3")}
+        with UserClients("127.0.0.1", config.rest_port, config.grpc_port, MODEL, zoo.holdout_x, allowed) as users:
+            yield {"stack": stack, "users": users}
+        assert users.failures == [] and users.ok > 100, (users.failures[:5], users.ok)
+
+
+def share(stack) -> float:
+    """The canary group's share of the requests, in %, as the router's weights say now (set by the
+    tasks' own Router objects)."""
+    from tfmlops.deploy.router import REST_BACKEND
+
+    weights = {server: int(row["weight"]) for (backend, server), row in stack["router"].stats().items()
+               if backend == REST_BACKEND}
+    canary = weights[stack["groups"]["canary"].name]
+    return round(100.0 * canary / sum(weights.values()), 1) if sum(weights.values()) else 0.0
+
+
+def release(airflow, version: int, **conf) -> str:
+    """Trigger tf_serving_rollout: a gray release of ``version`` that awaits approval; the run id."""
+    answer = airflow["api"].post(f"{airflow['url']}/api/v2/dags/{DAG_ID}/dagRuns", timeout=30, json={
+        "logical_date": None, "conf": {
+            "model_name": MODEL, "version": str(version), "strategy": "gray", "router": "gated_router",
+            "targets": ["stable-0", "canary-0"], "gray_steps": [25, 100], "gray_window_s": 3,
+            "gray_max_p99_increase_ms": 2000, "approval": "before_promote", **conf}})
+    answer.raise_for_status()
+    return answer.json()["dag_run_id"]
+
+
+def hitl(airflow, run_id: str) -> str:
+    return f"{airflow['url']}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails"
+
+
+def awaiting(airflow, run_id: str) -> dict:
+    """The pending approval, once the run waits on it."""
+    def pending():
+        failed = [r for r in runs(airflow, DAG_ID) if r["dag_run_id"] == run_id and r["state"] == "failed"]
+        assert not failed, finished(airflow, run_id)
+        ti = airflow["api"].get(f"{airflow['url']}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/approve",
+                                timeout=30)
+        # deferred, and its wait picked up by the triggerer: the task's process has ended (an answer
+        # within the moment between the two races the process's exit in Airflow and costs a retry)
+        if ti.status_code != 200 or ti.json()["state"] != "deferred" or not ti.json().get("triggerer_job"):
+            return None
+        detail = airflow["api"].get(hitl(airflow, run_id), timeout=30)
+        return detail.status_code == 200 and detail.json()
+    return wait_for(f"{run_id} awaiting approval", pending, 240, airflow)
+
+
+def finished(airflow, run_id: str) -> dict:
+    run = wait_for(f"{run_id} finished", lambda: [r for r in runs(airflow, DAG_ID) if r["dag_run_id"] == run_id
+                                                 and r["state"] in ("success", "failed")], 240, airflow)[0]
+    tis = airflow["api"].get(f"{airflow['url']}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances",
+                             timeout=30).json()["task_instances"]
+    return {"state": run["state"], "tasks": {t["task_id"]: t["state"] for t in tis}}
+
+
+def answer_in_browser(airflow, page: str, option: str, note: str) -> dict:
+    node, chromium = shutil.which("node"), shutil.which("chromium") or os.environ.get("CHROMIUM_PATH")
+    if not node or not chromium or not (ROOT / "web" / "node_modules" / "playwright-core").is_dir():
+        pytest.skip("needs node, Debian's chromium and web/node_modules (npm ci --prefix web)")
+    OUT.mkdir(parents=True, exist_ok=True)
+    result_file = OUT / "result.json"
+    subprocess.run([node, str(ROOT / "web" / "scripts" / "approval_check.mjs"), "--airflow", airflow["url"],
+                    "--user", USER, "--password", airflow["password"], "--page", page, "--option", option,
+                    "--note", note, "--out", str(OUT), "--result", str(result_file), "--chromium", chromium],
+                   check=True, timeout=240, capture_output=True)
+    return json.loads(result_file.read_text())
+
+
+def test_a_gray_release_waits_for_a_person_who_approves_rejects_or_lets_it_time_out(
+        airflow, gated, mlflow_server, notify_sinks):
+    from tfmlops import registry
+
+    stack = gated["stack"]
+    version_tags = lambda v: registry.get_version(mlflow_server, MODEL, v).tags  # noqa: E731
+
+    # 1. version 2 passes 25 % and holds it: nothing promoted while the approval waits
+    run = release(airflow, 2)
+    detail = awaiting(airflow, run)
+    assert detail["subject"] == f"Promote {MODEL} version 2 to all traffic?" and detail["options"] == [
+        "Approve", "Reject"] and detail["defaults"] == ["Reject"], detail
+    assert "holds **25 %**" in detail["body"] and "| test_accuracy | 0.987 |" in detail["body"], detail["body"]
+    assert "| 25 % |" in detail["body"] and "Model card" in detail["body"], detail["body"]
+    assert share(stack) == 25.0 and served(stack, MODEL) == {"stable": (1,), "canary": (2,)}
+    assert registry.alias_version(mlflow_server, MODEL, registry.CHAMPION).version == "1"
+    asked = wait_for("the approval_requested mail", lambda: [m for m in notify_sinks.mails() if m[0] == (
+        f"[tfmlops] {MODEL} version 2: approval requested") and run in m[1]], 30, airflow)
+    page = f"{airflow['url']}/dags/{DAG_ID}/runs/{run}/tasks/approve/required_actions?map_index=-1"
+    assert page in asked[0][1]
+
+    # ... a person approves it in the Airflow UI, with a note
+    ui = answer_in_browser(airflow, page, "Approve", "canary numbers look fine")
+    assert ui.get("clicked") and ui["enabled"] and not ui["enabled_after"], ui
+    assert "Response received" in ui["after"] and f"from {USER}" in ui["after"], ui["after"]
+    assert "Promote gated version 2 to all traffic?" in ui["text"] and "test_accuracy" in ui["text"], ui["text"]
+    outcome = finished(airflow, run)
+    assert outcome["state"] == "success" and outcome["tasks"]["conclude"] == "success", outcome
+    assert served(stack, MODEL) == {"stable": (2,), "canary": (2,)} and share(stack) == 0.0
+    assert registry.alias_version(mlflow_server, MODEL, registry.CHAMPION).version == "2"
+    decision = json.loads(version_tags(2)["serving.approval"])
+    assert (decision["decision"], decision["by"], decision["note"]) == ("approved", USER, "canary numbers look fine")
+    assert registry.audit_trail(mlflow_server, MODEL)[-1]["reason"] == f"rollout, approved by {USER}"
+
+    # 2. version 3, rejected through the REST API: rolled back, the note on the version
+    run = release(airflow, 3)
+    awaiting(airflow, run)
+    answer = airflow["api"].patch(hitl(airflow, run), timeout=30,
+                                  json={"chosen_options": ["Reject"], "params_input": {"note": "not before Monday"}})
+    answer.raise_for_status()
+    outcome = finished(airflow, run)
+    assert outcome["state"] == "success" and outcome["tasks"]["conclude"] == "success", outcome
+    assert served(stack, MODEL) == {"stable": (2,), "canary": (2,)} and share(stack) == 0.0
+    assert version_tags(3)["serving.outcome"] == "rolled_back"
+    assert version_tags(3)["serving.reason"] == f"rejected by {USER}: not before Monday"
+    assert registry.alias_version(mlflow_server, MODEL, registry.CHAMPION).version == "2"
+    wait_for("the rollback mail", lambda: [m for m in notify_sinks.mails() if m[0] == (
+        f"[tfmlops] {MODEL} version 3: rolled back") and "not before Monday" in m[1]], 30, airflow)
+
+    # 3. nobody answers within the timeout (0.002 h = 7 s): the default, Reject — rolled back
+    run = release(airflow, 3, approval_timeout_h=0.002)
+    outcome = finished(airflow, run)
+    assert outcome["tasks"]["conclude"] == "success", outcome
+    assert served(stack, MODEL) == {"stable": (2,), "canary": (2,)}
+    assert json.loads(version_tags(3)["serving.approval"])["decision"] == "timed out"
+
+    # 4. champion moved in the registry while the approval waits: withdrawn, rolled back
+    run = release(airflow, 3)
+    awaiting(airflow, run)
+    registry.set_alias(mlflow_server, MODEL, registry.CHAMPION, 1)
+    outcome = finished(airflow, run)
+    assert outcome["tasks"]["conclude"] == "success", outcome
+    decision = json.loads(version_tags(3)["serving.approval"])
+    assert decision["decision"] == "withdrawn" and decision["note"] == "champion moved to version 1 in the registry"
+    assert version_tags(3)["serving.reason"] == "withdrawn: champion moved to version 1 in the registry"
+    answered = airflow["api"].get(hitl(airflow, run), timeout=30).json()
+    assert answered["response_received"] and answered["chosen_options"] == ["Reject"], answered
+    assert served(stack, MODEL) == {"stable": (2,), "canary": (2,)} and share(stack) == 0.0
