@@ -110,6 +110,7 @@ def airflow_env() -> dict[str, str]:
         "AIRFLOW__TFMLOPS__MLFLOW_WEBHOOK_SECRET": webhook_secret(),
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(PORTS["airflow"]),
+        "AIRFLOW__API__BASE_URL": AIRFLOW_URL,  # links in approvals and notifications
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         "AIRFLOW_CONN_MLFLOW_DEFAULT": json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": PORTS["mlflow"]}),
