@@ -61,6 +61,13 @@ it is bad. Run it from **Trigger ▸ with config**; daily it reconciles serving 
    On success: `champion`→*N* (the old one becomes `previous`), `serving.*` tags, and version
    directories beyond **keep** are retired once nothing references them.
 
+4. **approve** — only with **Approval** `before_promote` (gray): the release holds its last step
+   under 100 % and a person answers on this task's *Required Action* tab (gate figures, live
+   numbers, links; Approve / Reject and a note), within **Approval timeout (h)** (no answer:
+   Reject); `champion` moved in MLflow meanwhile withdraws it. Skipped otherwise.
+5. **conclude** — acts on the answer: promote (all traffic, `champion`) or roll back (share 0 %,
+   canary group restored), the decision and note on the version. Skipped without an approval.
+
 With `replace`/`canary`, clients should address the `stable` label (unversioned requests go to
 the highest loaded version); with `gray`, `ab` and `shadow`, clients use the router's address.
 Rollouts never interleave: each locks every endpoint's config file for its whole run, and the

@@ -41,6 +41,11 @@ def settled(airflow) -> bool:
                for r in runs(airflow, d))
 
 
+def rollouts(airflow) -> list[dict]:
+    """This test's model's tf_serving_rollout runs (the package's Airflow also runs other models')."""
+    return [r for r in runs(airflow, "tf_serving_rollout") if (r.get("conf") or {}).get("model_name") == MODEL]
+
+
 def intent_events(airflow) -> list[dict]:
     """The events of the reconciler's asset, oldest first."""
     answer = airflow["api"].get(f"{airflow['url']}/api/v2/assets/events", timeout=30,
@@ -101,7 +106,7 @@ def test_champion_moved_in_the_registry_is_served(airflow, zoo, mlflow_server, s
     # the reconciler's first (daily) run finds serving as the registry wants it: no rollout
     wait_for("the first reconcile run", lambda: any(r["state"] == "success"
                                                     for r in runs(airflow, "tf_serving_reconcile")), 180, airflow)
-    assert runs(airflow, "tf_serving_rollout") == []
+    assert rollouts(airflow) == []
 
     # 1. a person moves champion back to version 1 in the registry (webhook + poll)
     mlf.set_registered_model_alias(MODEL, "champion", "1")
@@ -115,7 +120,7 @@ def test_champion_moved_in_the_registry_is_served(airflow, zoo, mlflow_server, s
     assert entry["reason"].startswith("reconcile: champion moved in the registry"), entry
     assert entry["run"].startswith("tf_serving_rollout/"), entry
     assert registry.served_version(mlflow_server, MODEL) == 1
-    assert len(runs(airflow, "tf_serving_rollout")) == 1
+    assert len(rollouts(airflow)) == 1
     # people hear of it: the rollout's promotion notification, with the reason and the run
     mail = wait_for("the promotion mail", lambda: [m for m in notify_sinks.mails()
                                                    if m[0] == f"[tfmlops] {MODEL} version 1: promoted"], 30, airflow)
@@ -129,7 +134,7 @@ def test_champion_moved_in_the_registry_is_served(airflow, zoo, mlflow_server, s
     mlf.delete_webhook(webhook_id)
     time.sleep(2)  # MLflow caches its webhook list for MLFLOW_WEBHOOK_CACHE_TTL (1 s in the tests)
     events = len(intent_events(airflow))
-    rollouts = len(runs(airflow, "tf_serving_rollout"))
+    before = len(rollouts(airflow))
     mlf.set_registered_model_alias(MODEL, "champion", "2")
     moved = time.monotonic()
     wait_for("version 2 answering, by polling", lambda: answers_from(2), FOLLOW_S, airflow, poll_s=0.5)
@@ -137,7 +142,7 @@ def test_champion_moved_in_the_registry_is_served(airflow, zoo, mlflow_server, s
     wait_for("the audit entry", lambda: registry.audit_trail(mlflow_server, MODEL)[-1]["to"] == 2, FOLLOW_S, airflow)
     # one rollout, woken by the poll alone (the webhook and the poll of step 1 may have made two
     # reconcile runs, a second after the first: it found nothing to do)
-    assert len(runs(airflow, "tf_serving_rollout")) == rollouts + 1
+    assert len(rollouts(airflow)) == before + 1
     assert [e["extra"]["payload"]["source"] for e in intent_events(airflow)[events:]] == ["registry poll"]
 
     # 3. forged, altered and replayed deliveries are refused; a genuine one for another alias is ignored

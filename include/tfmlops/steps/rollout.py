@@ -24,7 +24,7 @@ from tfmlops.steps.retrain import download_serving_artifact, resolve
 
 __all__ = ["AWAITING_APPROVAL", "PROMOTED", "ABSettings", "CanaryChecks", "Endpoint", "GrayThresholds", "RolloutBusy",
            "ShadowThresholds", "ab_test_registered", "conclude_gray_registered", "fleet_endpoints",
-           "approval_request", "gray_release_registered", "load_canary_holdout",
+           "approval_request", "champion_version", "gray_release_registered", "load_canary_holdout",
            "publish_registered", "rollout_registered", "shadow_release_registered"]
 
 
@@ -289,7 +289,7 @@ def approval_request(tracking_uri: str, model_name: str, version: int, held: dic
     mv = registry.get_version(tracking_uri, model_name, version)
     metrics = registry.client(tracking_uri).get_run(mv.run_id).data.metrics if mv.run_id else {}
     gate = {k: v for k, v in sorted(metrics.items()) if k.startswith("test_")}
-    champion = registry.alias_version(tracking_uri, model_name, registry.CHAMPION)
+    champion = registry.alias_version(tracking_uri, model_name, registry.CHAMPION)  # the approval's reference
     lines = [f"**{model_name} version {version}** holds **{held['held_share_pct']:g} %** of the live traffic "
              f"(gray) and passed every step so far. Approve: it takes all traffic and becomes `champion`. "
              f"Reject, or no answer in time: it is rolled back (the note goes on the version).", "",
@@ -314,3 +314,9 @@ def approval_request(tracking_uri: str, model_name: str, version: int, held: dic
     lines += ["", *(f"- [{name}]({url})" for name, url in (links or {}).items())]
     return {"subject": f"Promote {model_name} version {version} to all traffic?", "body": "\n".join(lines),
             "champion": int(champion.version) if champion is not None else None}
+
+
+def champion_version(tracking_uri: str, model_name: str) -> int | None:
+    """The version ``champion`` names now (None: no such alias)."""
+    found = registry.alias_version(tracking_uri, model_name, registry.CHAMPION)
+    return None if found is None else int(found.version)

@@ -41,12 +41,10 @@ class ServingApprovalTrigger(HITLTrigger):
                  "mlflow_conn_id": self.mlflow_conn_id})
 
     def _champion_now(self) -> int | None:
-        from tfmlops import registry
+        from tfmlops.steps.rollout import champion_version
         from tfmlops_airflow.hooks import MLflowHook
 
-        found = registry.alias_version(MLflowHook(self.mlflow_conn_id).tracking_uri, self.model_name,
-                                       registry.CHAMPION)
-        return None if found is None else int(found.version)
+        return champion_version(MLflowHook(self.mlflow_conn_id).tracking_uri, self.model_name)
 
     async def _withdrawn(self) -> TriggerEvent | None:
         """The withdrawal event once ``champion`` moved; None while it has not (or the registry
