@@ -58,6 +58,11 @@ class Sinks:
     def posts(self) -> list[tuple[dict, bytes, dict]]:
         return [(headers, body, json.loads(body)) for headers, body in list(self._posts)]
 
+    def clear(self) -> None:
+        """Forget what arrived so far."""
+        self.mailbox.messages.clear()
+        self._posts.clear()
+
     def airflow_env(self, webhook_secret: str, to: str = "ml-team@example.test") -> dict[str, str]:
         """The connections and ``[tfmlops]`` settings that send every event here."""
         return {

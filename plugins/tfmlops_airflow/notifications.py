@@ -150,7 +150,9 @@ class WebhookNotifier(BaseNotifier):
     def notify(self, context) -> None:
         import requests
 
-        url, body, headers = self._request(self.get_connection(self.http_conn_id))
+        from airflow.sdk import BaseHook
+
+        url, body, headers = self._request(BaseHook.get_connection(self.http_conn_id))
         requests.post(url, data=body, headers=headers, timeout=TIMEOUT_S).raise_for_status()
 
     async def async_notify(self, context) -> None:
@@ -162,12 +164,6 @@ class WebhookNotifier(BaseNotifier):
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as session:
             async with session.post(url, data=body, headers=headers) as answer:
                 answer.raise_for_status()
-
-    @staticmethod
-    def get_connection(conn_id: str):
-        from airflow.sdk import BaseHook
-
-        return BaseHook.get_connection(conn_id)
 
 
 def wanted(event: str) -> bool:
@@ -309,9 +305,12 @@ async def deadline_missed(context: dict | None = None, **kwargs) -> str:
 def deadline_alert(env: str, default_minutes: float) -> DeadlineAlert:
     """A ``DeadlineAlert``: a run not finished ``$env`` minutes (``default_minutes`` when unset)
     after it was queued sends ``deadline_missed`` (read when the DAG is parsed)."""
-    minutes = float(os.environ.get(env) or default_minutes)
-    if minutes <= 0:
-        raise ValueError(f"{env} must be a positive number of minutes, got {minutes}")
+    try:
+        minutes = float(os.environ.get(env) or default_minutes)
+    except ValueError:
+        minutes = -1.0
+    if not minutes > 0:
+        raise ValueError(f"{env} must be a positive number of minutes, got {os.environ.get(env)!r}")
     interval = timedelta(minutes=minutes)
     return DeadlineAlert(reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=interval,
                          callback=AsyncCallback(deadline_missed, kwargs={"interval": str(interval)}))

@@ -26,8 +26,7 @@ def channels(monkeypatch, notify_sinks):
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.test")
     monkeypatch.setenv("AIRFLOW__TFMLOPS__MLFLOW_UI_URL", "https://mlflow.example.test")
-    notify_sinks.mailbox.messages.clear()
-    notify_sinks._posts.clear()
+    notify_sinks.clear()
     return notify_sinks
 
 
@@ -117,9 +116,10 @@ def test_deadline_alert_reads_its_minutes_and_refuses_nonsense(monkeypatch):
     alert = deadline_alert("TFMLOPS_X_DEADLINE_MIN", default_minutes=120)
     assert alert.interval == timedelta(seconds=30)
     assert alert.callback.path == "tfmlops_airflow.notifications.deadline_missed"
-    monkeypatch.setenv("TFMLOPS_X_DEADLINE_MIN", "-1")
-    with pytest.raises(ValueError, match="TFMLOPS_X_DEADLINE_MIN must be a positive number"):
-        deadline_alert("TFMLOPS_X_DEADLINE_MIN", default_minutes=120)
+    for bad in ("-1", "two hours"):
+        monkeypatch.setenv("TFMLOPS_X_DEADLINE_MIN", bad)
+        with pytest.raises(ValueError, match=f"must be a positive number of minutes, got '{bad}'"):
+            deadline_alert("TFMLOPS_X_DEADLINE_MIN", default_minutes=120)
 
 
 def test_run_failed_sends_once_per_run(channels):
