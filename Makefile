@@ -83,11 +83,17 @@ docker-purge:  ## docker-down and remove var/docker and var/docker-isolated (ima
 lint: venv  ## ruff (configured in pyproject.toml)
 	$(BIN)/ruff check .
 
+# Two pytest-xdist workers: most of the suite waits on servers, subprocesses and the disk, so two
+# streams keep both cores busy. Tests that share fixtures run in one worker (groups and order in
+# tests/conftest.py); TEST_WORKERS=0 runs everything in one process, in file order.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
+
 test: venv system-deps lint  ## the whole suite (what CI runs); ends with the slowest tests and time per folder
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-quick: venv system-deps lint  ## the suite without the end-to-end runs and the Docker engine's tests (-m "not e2e and not stack")
-	$(BIN)/python -m pytest -m "not e2e and not stack" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m "not e2e and not stack" $(PYTEST_ARGS)
 
 bench: venv
 	$(BIN)/python benchmarks/bench_dag_parse.py

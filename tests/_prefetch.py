@@ -10,6 +10,10 @@ meanwhile — waits for it and returns its report: the phases' times and which e
 (they are stopped by whoever would have stopped them had they started them). A failed prefetch
 only costs its time: the stack test builds what is missing itself and fails with the real error.
 ``TFMLOPS_PREFETCH_STACK=0`` turns it off.
+
+With pytest-xdist (``make test`` runs two workers) the prefetch is started once, by the controller
+(``start`` from ``pytest_xdist_node_collection_finished``), and the worker that runs the stack tests
+waits on it through ``STATE`` (its pid and which engines answered before), a file both can read.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "var" / "test-output"
 REPORT = OUT / "prod-stack-images.json"
 LOG = OUT / "prod-stack-images.log"
+STATE = OUT / "prod-stack-images.state.json"
 
 _state: dict = {"proc": None, "report": None, "waited_s": None, "running_before": {}}
 
@@ -55,17 +60,51 @@ def start(nodeids: list[str]) -> bool:
                                            "--report", str(REPORT)], cwd=ROOT, stdin=subprocess.DEVNULL,
                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     _state["started_at"] = time.monotonic()
+    STATE.write_text(json.dumps({"pid": _state["proc"].pid, "running_before": _state["running_before"]}))
     return True
+
+
+def _shared() -> dict:
+    """In a process that did not start the prefetch (an xdist worker): what the starter recorded."""
+    try:
+        state = json.loads(STATE.read_text())
+    except (OSError, ValueError):
+        return {}
+    state["running_before"] = {k == "true": v for k, v in state["running_before"].items()}  # JSON keys are text
+    return state
+
+
+def _running(pid: int) -> bool:
+    """Whether the prefetch ``pid`` still runs (a zombie, ended but not yet reaped by its parent, does
+    not; nor does another process that got the number since)."""
+    try:
+        proc = Path(f"/proc/{pid}")
+        return (b"prod_stack.py" in (proc / "cmdline").read_bytes()
+                and (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z")
+    except (OSError, IndexError):
+        return False
+
+
+def forget() -> None:
+    """At a test session's start (the controller's, under xdist): a state left by an interrupted
+    session is not this session's prefetch."""
+    STATE.unlink(missing_ok=True)
 
 
 def wait() -> dict:
     """The prefetch's report once it has ended (``{}`` when none ran or it failed)."""
     proc = _state["proc"]
-    if proc is None:
+    shared = _shared() if proc is None else {}
+    if proc is None and not shared:
         return {}
     if _state["report"] is None:
         t0 = time.monotonic()
-        rc = proc.wait()
+        if proc is not None:
+            rc = proc.wait()
+        else:  # started by the xdist controller: its exit status is not ours to read
+            while _running(shared["pid"]):
+                time.sleep(2)
+            rc = None
         _state["waited_s"] = round(time.monotonic() - t0, 1)
         try:
             _state["report"] = {**json.loads(REPORT.read_text()), "rc": rc, "waited_s": _state["waited_s"]}
@@ -76,7 +115,10 @@ def wait() -> dict:
 
 def started(isolated: bool) -> bool:
     """Whether the prefetch started this engine (it did not answer before): its user stops it."""
-    return _state["proc"] is not None and not _state["running_before"].get(isolated, True)
+    if _state["proc"] is not None:
+        return not _state["running_before"].get(isolated, True)
+    shared = _shared()
+    return bool(shared) and not shared["running_before"].get(isolated, True)
 
 
 def stop() -> None:
@@ -95,3 +137,4 @@ def stop() -> None:
     for isolated in (True, False):
         if started(isolated) and de._answers(de.engine_dir(isolated=isolated)):
             de.down(de.engine_dir(isolated=isolated))
+    STATE.unlink(missing_ok=True)

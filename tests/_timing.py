@@ -46,9 +46,16 @@ class TimingPlugin:
         self.config = config
         self.started = time.monotonic()
         self.durations: dict[str, float] = defaultdict(float)
+        self.workers: dict[str, float] = defaultdict(float)  # xdist worker -> its tests' time
 
     def pytest_runtest_logreport(self, report):
-        self.durations[report.nodeid] += report.duration
+        node = getattr(report, "node", None)  # set by xdist's controller on its workers' reports
+        if node is not None:
+            self.workers[node.gateway.id] += report.duration
+        # under xdist's --dist loadgroup a node id ends with "@<group>" (tests/conftest.py)
+        nodeid = report.nodeid.rsplit("@", 1)[0] if report.nodeid.rfind("@") > report.nodeid.rfind("]") \
+            else report.nodeid
+        self.durations[nodeid] += report.duration
 
     @pytest.hookimpl(trylast=True)  # after pytest's --durations list
     def pytest_terminal_summary(self, terminalreporter, exitstatus):
@@ -63,11 +70,16 @@ class TimingPlugin:
         out = self.config.rootpath / "var" / "test-output" / "test-times.json"
         terminalreporter.write_line(f"{'total':<{width}}{data['total_s']:>9.1f} s  ({data['tests']} tests); "
                                     f"wall {wall:.1f} s; details in {out.relative_to(self.config.rootpath)}")
+        if self.workers:
+            terminalreporter.write_line("busy per worker: " + ", ".join(
+                f"{w} {s:.1f} s" for w, s in sorted(self.workers.items())))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"args": list(self.config.invocation_params.args),
                                    "markexpr": self.config.option.markexpr, "exitstatus": int(exitstatus),
-                                   "wall_s": round(wall, 1), **data}, indent=1))
+                                   "wall_s": round(wall, 1),
+                                   "workers": {w: round(s, 1) for w, s in self.workers.items()}, **data}, indent=1))
 
 
 def pytest_configure(config):
-    config.pluginmanager.register(TimingPlugin(config), "tfmlops-test-times")
+    if not hasattr(config, "workerinput"):  # an xdist worker's reports reach the controller, which sums them
+        config.pluginmanager.register(TimingPlugin(config), "tfmlops-test-times")

@@ -211,24 +211,80 @@ def docker_engine():
             de.down(engine.dir)
 
 
-def pytest_collection_finish(session):
-    """The production stack's images start building in the background when its test is selected."""
-    if not session.config.option.collectonly and _prefetch.start([item.nodeid for item in session.items]):
+def _is_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _distributed(config) -> bool:
+    """Whether this run spreads its tests over pytest-xdist workers (``make test``: ``-n 2``)."""
+    if _is_worker(config):  # xdist sets a worker's own "dist" to "no" and keeps "loadgroup"
+        return bool(getattr(config.option, "loadgroup", False))
+    return config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") != "no"
+
+
+def pytest_configure(config):
+    if not _is_worker(config):
+        _prefetch.forget()
+
+
+def _start_prefetch(config, nodeids: list[str]) -> None:
+    if not config.option.collectonly and _prefetch.start(nodeids):
         print("\n[tests] preparing the production stack's images in the background "
               f"({_prefetch.LOG.relative_to(ROOT)})", flush=True)
+
+
+def pytest_collection_finish(session):
+    """The production stack's images start building in the background when its test is selected
+    (by the xdist controller when the run is distributed)."""
+    if not _is_worker(session.config):
+        _start_prefetch(session.config, [item.nodeid for item in session.items])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    _start_prefetch(node.config, ids)  # once: _prefetch.start ignores a second call
 
 
 def pytest_sessionfinish(session, exitstatus):
     _prefetch.stop()
 
 
-@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+# Under xdist (``--dist loadgroup``) each group runs whole in one worker, so that the fixtures its
+# tests share are set up once: a test folder (its conftest's trained models, servers, Airflow), every
+# test of the project's Docker engine ("stack": one engine, one user), and each file directly in
+# tests/. The workers pull groups in this order, the longest of the measured run first (the stack
+# group after the others that take long: its images are prepared in the background meanwhile).
+LONGEST_FIRST = ("tests/rollout", "tests/byom", "tests/serving", "tests/optimize", "stack")
+
+
+def _group(item) -> str:
+    if item.get_closest_marker("stack"):
+        return "stack"
+    path = item.nodeid.split("::", 1)[0]
+    parts = path.split("/")
+    return "/".join(parts[:2]) if len(parts) > 2 else path
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker, and before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """Every test that needs the project's Docker engine (fixture ``docker_engine``, directly or
-    through another fixture) is marked ``stack``: ``-m "not stack"`` leaves them out."""
+    through another fixture) is marked ``stack``: ``-m "not stack"`` leaves them out. A distributed
+    run groups and orders the tests for its workers (above)."""
     for item in items:
         if "docker_engine" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.stack)
+    if not _distributed(config):
+        return
+    rank = {group: i for i, group in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_group(item), len(rank)))  # stable: the order within a group stays
+    if _is_worker(config):
+        # what xdist's loadgroup does for an ``xdist_group`` mark: the node id ends with "@<group>", the
+        # controller's work unit. xdist 3.8 writes ``item._nodeid``, which pytest 9.2 no longer reads
+        # (its node ids are ``NodeId`` values in ``item._id``), so the marks would group nothing.
+        from _pytest.nodeid import NodeId
+
+        for item in items:
+            item._id = NodeId.parse(f"{item.nodeid}@{_group(item)}")
 
 
 @pytest.fixture(scope="session")
