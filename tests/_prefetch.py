@@ -106,10 +106,11 @@ def wait() -> dict:
                 time.sleep(2)
             rc = None
         _state["waited_s"] = round(time.monotonic() - t0, 1)
+        ended = {"waited_s": _state["waited_s"], **({"rc": rc} if rc is not None else {})}
         try:
-            _state["report"] = {**json.loads(REPORT.read_text()), "rc": rc, "waited_s": _state["waited_s"]}
+            _state["report"] = {**json.loads(REPORT.read_text()), **ended}
         except (OSError, ValueError):
-            _state["report"] = {"rc": rc, "waited_s": _state["waited_s"]}
+            _state["report"] = ended
     return _state["report"]
 
 
