@@ -178,3 +178,73 @@ def test_default_loaders_and_data_checks_name_the_file_and_problem(tmp_path):
     with pytest.raises(DatasetError, match=r"train-0.tfrecord: cannot read tf.Example records for model module "
                                            r"'tfmlops_examples.diabetes' near record \d+"):
         model_data.load(diabetes, object(), str(corrupt))
+
+
+CUSTOM_LOOP = """
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+TASK = "multiclass"
+INPUTS = {"x": ("float32", [3])}
+LABEL = "y"
+CLASS_NAMES = ["a", "b", "c"]
+HPARAMS = {"epochs": 3, "batch_size": 16, "outcome": "history"}
+
+
+def build_model(hparams):
+    x = keras.Input(shape=(3,), name="x")
+    return keras.Model(x, keras.layers.Dense(3, activation="softmax")(x))
+
+
+def load_data(uri, split):
+    rng = np.random.default_rng({"train": 0, "validation": 1, "test": 2}[split])
+    x = rng.normal(size=(96, 3)).astype("float32")
+    return {"x": x}, np.argmax(x, axis=1)
+
+
+def train(model, train_ds, val_ds, hparams, callbacks):
+    if hparams["outcome"] == "raise":
+        raise RuntimeError("the loop broke")
+    if hparams["outcome"] == "nothing":
+        return None
+    optimizer, loss_of = keras.optimizers.Adam(0.05), keras.losses.SparseCategoricalCrossentropy()
+    history = {"loss": [], "val_batches": []}
+    for epoch in range(hparams["epochs"]):
+        losses = []
+        for features, labels in train_ds:
+            with tf.GradientTape() as tape:
+                loss = loss_of(labels, model(features, training=True))
+            optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+            losses.append(float(loss))
+        history["loss"].append(sum(losses) / len(losses))
+        history["val_batches"].append(float(sum(1 for _ in val_ds)))
+        for callback in callbacks:
+            callback.on_epoch_end(epoch, {"loss": history["loss"][-1]})
+    return history
+"""
+
+
+def test_a_custom_training_loop_gets_batched_datasets_and_the_callbacks(package):
+    """``train(model, train_ds, val_ds, hparams, callbacks)``: the module's own loop on the batched
+    splits; the callbacks it calls log each epoch (``on_epoch``: MLflow, a search's pruner); what it
+    returns is the history. A loop that raises, or returns no history, is refused naming the module."""
+    from tfmlops import model_data, trainer
+
+    name = package("looped", CUSTOM_LOOP)
+    spec = modelspec.read_spec(name)
+    module = modelspec.import_module(name)
+    data, _ = model_data.load(spec, module, "custom")
+    epochs = []
+    model, history = trainer.train_model(spec, module, data, on_epoch=lambda epoch, logs: epochs.append(
+        (epoch, logs["loss"])))
+    assert [e for e, _ in epochs] == [1, 2, 3] and [loss for _, loss in epochs] == history["loss"], (epochs, history)
+    assert history["loss"][-1] < history["loss"][0], history  # it learned
+    assert history["val_batches"] == [6.0] * 3  # 96 validation rows in batches of 16
+    assert trainer.metrics(spec, model, data.test)["accuracy"] > 0.5
+    for outcome, message in (("raise", "train raised RuntimeError: the loop broke"),
+                             ("nothing", "train must return the per-epoch history")):
+        broken = modelspec.read_spec(name, {"outcome": outcome})
+        with pytest.raises(ModelModuleError, match=message) as err:
+            trainer.train_model(broken, module, data)
+        assert name in str(err.value)

@@ -85,8 +85,12 @@ def resolve(tracking_uri: str, model_name: str, version_or_alias: str | int) -> 
 
 def version_spec(found) -> tuple[modelspec.ModelSpec, object]:
     """The spec a registered version (an MLflow ``ModelVersion``) was trained with (its ``model.*``
-    tags; a version registered before specs is the default module's MNIST MLP) and its module."""
+    tags; a version registered before specs is the default module's MNIST MLP) and its module. A
+    module whose source changed since is said in the task's log (the DAG goes on with it)."""
     spec = modelspec.ModelSpec.from_tags(found.tags or {}) or modelspec.read_spec(modelspec.DEFAULT_MODULE)
+    changed = modelspec.module_source_changed(spec)
+    if changed:
+        log.warning("%s", changed)
     return spec, modelspec.import_module(spec.module)
 
 
