@@ -22,7 +22,12 @@ it is bad. Run it from **Trigger ▸ with config**; daily it reconciles serving 
 2. **publish** — the SavedModel becomes version *N* in every target's base path: local /
    shared volume via a temp directory + atomic rename; `s3://` with `saved_model.pb` uploaded
    last plus a completion marker. Re-running is a no-op (content hash); numbers are never reused.
-3. **rollout** — one endpoint at a time (capacity never drops below all-but-one):
+3. **approve_rollout** — only with **Approval** `before_rollout` (any strategy): a person answers
+   on this task's *Required Action* tab (gate figures, links; Approve / Reject and a note) before
+   anything is rolled out; rejected, no answer within **Approval timeout (h)**, or `champion`
+   moved meanwhile: the rollout and what follows are skipped, the decision kept on the version.
+   Skipped otherwise (it waits outside the rollout pool: nothing is held meanwhile).
+4. **rollout** — one endpoint at a time (capacity never drops below all-but-one):
    - `replace`: *N* is loaded next to the old version, checked (REST + gRPC predictions equal to
      the registered model's), then the policy goes to `latest` and the old version unloads;
    - `canary`: versions {old, *N*}, labels `stable`→old and `canary`→*N*; checks through the
@@ -61,11 +66,12 @@ it is bad. Run it from **Trigger ▸ with config**; daily it reconciles serving 
    On success: `champion`→*N* (the old one becomes `previous`), `serving.*` tags, and version
    directories beyond **keep** are retired once nothing references them.
 
-4. **approve** — only with **Approval** `before_promote` (gray): the release holds its last step
-   under 100 % and a person answers on this task's *Required Action* tab (gate figures, live
+5. **approve** — only with **Approval** `before_promote` (`gray`, `ab`, `shadow`): a release that
+   would promote holds instead (gray: its last step under 100 %; ab, shadow: *N* on the canary
+   group at 0 %) and a person answers on this task's *Required Action* tab (gate figures, live
    numbers, links; Approve / Reject and a note), within **Approval timeout (h)** (no answer:
    Reject); `champion` moved in MLflow meanwhile withdraws it. Skipped otherwise.
-5. **conclude** — acts on the answer: promote (all traffic, `champion`) or roll back (share 0 %,
+6. **conclude** — acts on the answer: promote (all traffic, `champion`) or roll back (share 0 %,
    canary group restored), the decision and note on the version. Skipped without an approval.
 
 With `replace`/`canary`, clients should address the `stable` label (unversioned requests go to

@@ -111,6 +111,8 @@ def airflow_env() -> dict[str, str]:
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(PORTS["airflow"]),
         "AIRFLOW__API__BASE_URL": AIRFLOW_URL,  # links in approvals and notifications
+        # one user (the simple auth manager's admin): the one who triggers a rollout may approve it
+        "AIRFLOW__TFMLOPS__ALLOW_SELF_APPROVAL": "True",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         "AIRFLOW_CONN_MLFLOW_DEFAULT": json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": PORTS["mlflow"]}),

@@ -295,6 +295,9 @@ def test_airflow_services_share_tf_keras_postgres_and_connections(services):
             env["AIRFLOW__CELERY__BROKER_URL"], name
         assert env["AIRFLOW__API_AUTH__JWT_SECRET"], f"{name}: components must share the JWT secret"
         assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
+        # users and roles: FAB (the simple auth manager is for development), no self-approval by default
+        assert env["AIRFLOW__CORE__AUTH_MANAGER"].endswith("fab_auth_manager.FabAuthManager"), name
+        assert env["AIRFLOW__TFMLOPS__ALLOW_SELF_APPROVAL"] == "false", name
         for conn_id in needed:
             assert f"AIRFLOW_CONN_{conn_id.upper()}" in env, f"{name}: no connection {conn_id}"
         assert services[name]["user"].startswith("0:") if name == "airflow-init" else \

@@ -116,9 +116,12 @@ def test_every_task_notifies_a_failure_and_long_runs_carry_a_deadline(parsed):
 def test_offline_retrain_contract():
     dag = parse(ROOT / "dags" / "tf_offline_retrain.py")["dags"]["tf_offline_retrain"]
     assert dag["max_active_runs"] == 1
-    assert set(dag["retries"]) == {"validate_data", "train", "evaluate", "gate", "export", "register", "rollout",
-                                  "approve", "conclude", "model_card", "watcher"}
-    tasks = dag["tasks"]  # the release: rollout → approval (asked only when held) → promote or roll back
+    assert set(dag["retries"]) == {"validate_data", "train", "evaluate", "gate", "export", "register",
+                                  "approve_rollout", "rollout", "approve", "conclude", "model_card", "watcher"}
+    # the release: approval before the rollout (asked only with approval=before_rollout) → rollout →
+    # approval (asked only when held) → promote or roll back
+    tasks = dag["tasks"]
+    assert {"register", "approve_rollout"} <= set(tasks["rollout"]["upstream"])
     assert "rollout" in tasks["approve"]["upstream"] and "approve" in tasks["conclude"]["upstream"]
     assert "conclude" in tasks["model_card"]["upstream"]
     params = dag["params"]

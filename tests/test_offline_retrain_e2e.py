@@ -43,7 +43,7 @@ def test_offline_retrain_then_rejected_candidate(airflow_db, airflow_connections
     run = load_dag().test(run_conf={"model_name": MODEL, "epochs": 3, "gate_threshold": 0.8, **SAMPLE})
     assert str(run.state) == "success", states(run)
     assert {t: s for t, s in states(run).items() if s != "success"} == {
-        "approve": "skipped", "conclude": "skipped", "watcher": "skipped"}
+        "approve_rollout": "skipped", "approve": "skipped", "conclude": "skipped", "watcher": "skipped"}
 
     mlf = MlflowClient(mlflow_server)
     champion = mlf.get_model_version_by_alias(MODEL, "champion")

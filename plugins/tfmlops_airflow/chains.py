@@ -25,20 +25,28 @@ from tfmlops_airflow.operators.rollout import ConcludeRolloutOperator, ServingRo
 
 
 def serving_release(version, display_name: str, announce_champion: bool = False, **overrides):
-    """``rollout >> approve >> conclude`` for ``version`` (an XCom or a template) with the form's
-    :func:`tfmlops_airflow.params.rollout` fields; ``overrides``: more rollout arguments (e.g.
-    ``reason``). Returns ``(rollout, conclude)``, the first and the last task."""
+    """``approve_rollout >> rollout >> approve >> conclude`` for ``version`` (an XCom or a template)
+    with the form's :func:`tfmlops_airflow.params.rollout` fields; ``overrides``: more rollout
+    arguments (e.g. ``reason``). The approvals are asked only as the form's ``approval`` says
+    (``before_rollout``: the first; ``before_promote``: the second, when the rollout holds). Returns
+    ``(rollout, conclude)``: the rollout task (wire its upstream to it) and the last task."""
     arguments = {**params.rollout_arguments(), **overrides}
+    person = {"model_name": "{{ params.model_name }}", "version": version, "approvers": "{{ params.approvers }}",
+              "response_timeout_h": "{{ params.approval_timeout_h }}"}
+    before = ServingApprovalOperator(task_id="approve_rollout", task_display_name="Approve the rollout",
+                                     stage="before_rollout", approval="{{ params.approval }}",
+                                     strategy="{{ params.strategy }}", **person)
+    # skipped approval (approval is not before_rollout): the rollout still runs on its other upstream;
+    # everything upstream skipped (a rejected gate): so is the rollout
     rollout = ServingRolloutOperator(task_id="rollout", task_display_name=display_name, version=version,
-                                     announce_champion=announce_champion, **arguments)
+                                     announce_champion=announce_champion, decision=before.output,
+                                     trigger_rule="none_failed_min_one_success", **arguments)
     approve = ServingApprovalOperator(task_id="approve", task_display_name="Approve the promotion",
-                                      model_name="{{ params.model_name }}", version=version, rollout=rollout.output,
-                                      approvers="{{ params.approvers }}",
-                                      response_timeout_h="{{ params.approval_timeout_h }}")
+                                      rollout=rollout.output, **person)
     conclude = ConcludeRolloutOperator(task_id="conclude", task_display_name="Promote or roll back as decided",
                                        version=version, rollout=rollout.output, decision=approve.output,
                                        announce_champion=announce_champion, **arguments)
-    rollout >> approve >> conclude
+    before >> rollout >> approve >> conclude
     return rollout, conclude
 
 

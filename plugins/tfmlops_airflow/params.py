@@ -203,11 +203,14 @@ def rollout(strategy: str = "replace", targets_description: str | None = None) -
         "shadow_min_compared": Param(50, type="integer", minimum=1, maximum=1000000,
                                      title="Shadow: min compared requests",
                                      description="Fewer compared requests in the window: hold (nothing to judge)."),
-        "approval": Param("none", type="string", enum=["none", "before_promote"], title="Approval",
-                          description="before_promote (gray): a candidate that passed the steps under 100 % "
-                                      "holds the last one's share until a person approves it in Airflow "
-                                      "(Required actions); Reject, no answer in time, or champion moved in the "
-                                      "registry meanwhile: rolled back. none: promoted by itself."),
+        "approval": Param("none", type="string", enum=["none", "before_promote", "before_rollout"],
+                          title="Approval",
+                          description="before_promote (gray, ab, shadow): a candidate that would be promoted "
+                                      "holds (gray: the last step's share under 100 %; ab, shadow: the canary "
+                                      "group at 0 %) until a person approves it in Airflow (Required actions); "
+                                      "Reject, no answer in time, or champion moved in the registry meanwhile: "
+                                      "rolled back. before_rollout (any strategy): a person approves before "
+                                      "anything is rolled out. none: no one is asked."),
         "approval_timeout_h": Param(24, type="number", exclusiveMinimum=0, maximum=720,
                                     title="Approval timeout (h)",
                                     description="Hours to wait for an answer; then the default, Reject."),

@@ -671,3 +671,62 @@ def test_reconcile_plans_a_rollout_per_model_that_differs_with_its_settings(monk
     (conf,) = confs
     assert (conf["model_name"], conf["version"], conf["strategy"], conf["gray_window_s"]) == ("grayed", "3", "gray", 30)
     assert conf["reason"] == "r" * 500 and conf["targets"] == ["tf_serving_canary"]
+
+
+def test_approval_settings_hold_router_releases_and_gate_other_rollouts(monkeypatch):
+    """``before_promote``: the router strategies hold (the step gets ``hold_for_approval``) and the
+    task returns the held result for the approval task; a canary refuses it (``before_rollout``
+    instead). ``before_rollout``: the rollout runs only on an approval; a rejection is kept on the
+    version and skips the task, with nothing rolled out."""
+    from tfmlops_airflow.operators.rollout import ServingRolloutOperator
+
+    _router_connections(monkeypatch, mirror_sink="http://sink:8650")
+    held = {"model": "m", "version": 5, "strategy": "shadow", "outcome": "awaiting_approval", "held_share_pct": 0.0,
+            "canary_old": [4], "report": {"agreement": 1.0}, "reason": "", "seconds": 2.0, "decision": "promote"}
+    op = ServingRolloutOperator(task_id="rollout", model_name="m", version="5", strategy="shadow",
+                                approval="before_promote")
+    with mock.patch("tfmlops.steps.rollout.shadow_release_registered", return_value=held) as step:
+        result = op.execute(context())
+    assert step.call_args.kwargs["hold_for_approval"] is True
+    assert result == {k: held[k] for k in ("model", "version", "strategy", "outcome", "held_share_pct", "canary_old",
+                                           "report", "reason", "seconds")}
+    canary = ServingRolloutOperator(task_id="rollout", model_name="m", version="5", strategy="canary",
+                                    approval="before_promote")
+    with pytest.raises(AirflowFailException, match="approved before it starts: approval before_rollout"):
+        canary.execute(context())
+
+    rejected = {"approved": False, "decision": "rejected", "by": "ana", "note": "freeze"}
+    gated = ServingRolloutOperator(task_id="rollout", model_name="m", version="5", strategy="replace",
+                                   approval="before_rollout", decision=rejected)
+    with mock.patch("tfmlops.steps.rollout.record_decision") as record, \
+            mock.patch("tfmlops.steps.rollout.rollout_registered") as rollout:
+        with pytest.raises(AirflowSkipException, match="not rolled out: rejected by ana: freeze"):
+            gated.execute(context())
+    record.assert_called_once_with(TRACKING, "m", 5, rejected)
+    rollout.assert_not_called()
+    gated.decision = None  # the approval before it never ran
+    with pytest.raises(AirflowFailException, match="no decision reached this task"):
+        gated.execute(context())
+
+
+def test_an_approval_by_whoever_triggered_the_run_is_asked_again(monkeypatch):
+    """Separation of duties: the triggering user's Approve re-asks the same question until the same
+    deadline; their Reject counts; with ``[tfmlops] allow_self_approval`` their Approve counts."""
+    from tfmlops_airflow.operators.approval import ServingApprovalOperator
+
+    op = ServingApprovalOperator(task_id="approve", model_name="m", version="5", rollout={})
+    question = {"subject": "Promote m version 5?", "body": "…", "champion": 4, "deadline": "2026-12-07T12:00:00+00:00",
+                "assigned_users": None}
+    ctx = context(dag_run=SimpleNamespace(triggering_user_name="otto"))
+    approve = {"chosen_options": ["Approve"], "params_input": {"note": "mine"}, "responded_by_user": {"name": "otto"}}
+    with mock.patch.object(ServingApprovalOperator, "_ask", return_value=None) as ask:
+        assert op.execute_complete(ctx, approve, question=question) is None
+        ask.assert_called_once_with(ctx, question)
+        reject = {**approve, "chosen_options": ["Reject"]}
+        assert op.execute_complete(ctx, reject, question=question)["decision"] == "rejected"
+        other = {**approve, "responded_by_user": {"name": "alma"}}
+        assert op.execute_complete(ctx, other, question=question) | {"at": None} == {
+            "approved": True, "decision": "approved", "by": "alma", "note": "mine", "at": None}
+        monkeypatch.setenv("AIRFLOW__TFMLOPS__ALLOW_SELF_APPROVAL", "True")
+        assert op.execute_complete(ctx, approve, question=question)["by"] == "otto"
+    assert ask.call_count == 1

@@ -7,8 +7,11 @@ what a user of the stack does, through its published ports only.
    onto both replicas; the task instances' hostnames say which Celery worker ran each task;
 3. the champion answers on both replicas over REST and gRPC; MLflow has the versions and aliases
    and its artifacts are in the S3 bucket;
-4. ``tf_serving_rollout`` with ``strategy=canary`` takes version 1 back onto both replicas, one at a
-   time, while clients send REST and gRPC requests to both: every request must succeed.
+4. people in the FAB auth manager's roles (created by the admin through FAB's REST API): a viewer
+   may not trigger; an operator triggers ``tf_serving_rollout`` with ``strategy=canary`` and
+   ``approval=before_rollout``; the operator's and the viewer's answers to the approval are refused,
+   an approver's is taken; the canary then takes version 1 back onto both replicas, one at a time,
+   while clients send REST and gRPC requests to both: every request must succeed.
 
 Every phase's time and what it saw go to the report; a failed check raises with the numbers.
 """
@@ -73,8 +76,29 @@ class Airflow(AirflowAPI):
                 return
             time.sleep(2)
 
+    def status(self, method: str, path: str, body: dict | None = None) -> int:
+        """The HTTP status of one call (what the auth manager allows is the point, not the answer)."""
+        return self.session.request(method, f"{self.url}/api/v2{path}", json=body, timeout=60).status_code
+
+    def trigger(self, dag_id: str, conf: dict) -> str:
+        return self.call("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})["dag_run_id"]
+
     def run(self, dag_id: str, conf: dict, timeout_s: float) -> dict:
-        run_id = self.call("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})["dag_run_id"]
+        return self.wait_run(dag_id, self.trigger(dag_id, conf), timeout_s)
+
+    def waiting_for_approval(self, dag_id: str, run_id: str, task: str, timeout_s: float = 300) -> dict:
+        """The approval task's question, once its wait is held by the triggerer."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ti = self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task}")
+            if ti["state"] == "deferred" and ti.get("triggerer_job"):
+                return self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task}/-1/hitlDetails")
+            if ti["state"] in ("success", "failed", "skipped", "upstream_failed"):
+                break
+            time.sleep(3)
+        raise AssertionError(f"{dag_id} run {run_id}: {task} did not wait for an answer: {ti}")
+
+    def wait_run(self, dag_id: str, run_id: str, timeout_s: float) -> dict:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             state = self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
@@ -171,6 +195,24 @@ def mlflow_and_s3(env: dict) -> dict:
             "saved_models": sum(k.endswith("saved_model.pb") for k in keys)}
 
 
+def roles_people(admin: Airflow) -> dict[str, Airflow]:
+    """A viewer, an operator and an approver (docker/airflow/roles.json), created by the admin
+    through FAB's REST API; their API sessions."""
+    import secrets
+
+    people = {}
+    for who, roles in {"viewer": ["Viewer"], "operator": ["Viewer", "ModelOperator"],
+                       "approver": ["Viewer", "ModelApprover"]}.items():
+        password = secrets.token_urlsafe(16)
+        answer = admin.session.post(f"{AIRFLOW}/auth/fab/v1/users", timeout=60, json={
+            "username": f"stack-{who}", "email": f"{who}@example.org", "first_name": who, "last_name": "Person",
+            "roles": [{"name": r} for r in roles], "password": password})
+        if answer.status_code not in (200, 201):
+            raise AssertionError(f"creating the {who}: {answer.status_code} {answer.text[:500]}")
+        people[who] = Airflow(AIRFLOW, f"stack-{who}", password)
+    return people
+
+
 def main(env_file: str, report_path: str) -> None:
     env = env_values(env_file)
     report: dict = {"times": {}}
@@ -210,11 +252,28 @@ def main(env_file: str, report_path: str) -> None:
     report["mlflow_after_v2"] = mlflow_and_s3(env)
 
     t0 = time.monotonic()
+    people = roles_people(api)
+    phase("people_in_roles", t0)
+
+    t0 = time.monotonic()
+    rollout = {"model_name": MODEL, "version": "1", "strategy": "canary", "targets": TARGETS,
+               "approval": "before_rollout", "approval_timeout_h": 1}
+    report["viewer_trigger_status"] = people["viewer"].status(
+        "POST", "/dags/tf_serving_rollout/dagRuns", {"logical_date": None, "conf": rollout})
+    run_id = people["operator"].trigger("tf_serving_rollout", rollout)
+    question = people["operator"].waiting_for_approval("tf_serving_rollout", run_id, "approve_rollout")
+    report["approval_subject"] = question["subject"]
+    answer_path = f"/dags/tf_serving_rollout/dagRuns/{run_id}/taskInstances/approve_rollout/-1/hitlDetails"
+    approve = {"chosen_options": ["Approve"], "params_input": {"note": "stack test"}}
+    report["answer_status"] = {who: people[who].status("PATCH", answer_path, approve)
+                               for who in ("viewer", "operator", "approver")}
+    phase("approval_by_role", t0)
+
+    t0 = time.monotonic()
     x = (np.random.default_rng(0).random((4, 784)) > 0.7).astype(np.float32)
     with Load(x) as load:
         time.sleep(3)
-        report["canary"] = api.run("tf_serving_rollout", {"model_name": MODEL, "version": "1", "strategy": "canary",
-                                                          "targets": TARGETS}, timeout_s=900)
+        report["canary"] = people["operator"].wait_run("tf_serving_rollout", run_id, timeout_s=900)
         time.sleep(3)
     report["load"] = {"ok": load.ok, "failed": len(load.failures), "failures": load.failures[:20]}
     phase("canary_v1_under_load", t0)

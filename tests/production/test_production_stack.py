@@ -88,6 +88,12 @@ def test_production_stack_end_to_end(docker_engine, tmp_path):
                  for t in report[run]["tasks"].values() if t["hostname"]}
         assert len(hosts) == 2 and hosts <= ids | worker_hosts, (hosts, ids, worker_hosts)
 
+        # people in roles (FAB auth manager): a viewer may not trigger, only an approver's answer counts
+        assert report["viewer_trigger_status"] == 403, report["viewer_trigger_status"]
+        assert report["approval_subject"] == "Roll stack_mnist version 1 out (canary)?", report["approval_subject"]
+        assert report["answer_status"] == {"viewer": 403, "operator": 403, "approver": 200}, report["answer_status"]
+        assert report["canary"]["tasks"]["approve_rollout"]["state"] == "success", report["canary"]["tasks"]
+
         # both replicas serve the champion; the canary rollout lost no request
         assert report["load"]["failed"] == 0 and report["load"]["ok"] > 50, report["load"]
         assert report["mlflow_after_v2"]["aliases"]["champion"] == "2"

@@ -19,7 +19,8 @@ import requests
 
 import devservers
 
-USER = "admin"
+USER = "admin"  # triggers the runs
+APPROVER = "alice"  # answers approvals: the person who triggered a run may not approve it
 ROOT = Path(__file__).resolve().parents[2]
 DAGS = [ROOT / "dags" / "tf_serving_reconcile.py", ROOT / "dags" / "tf_serving_rollout.py",
         *sorted((Path(__file__).parent / "dags").glob("*.py"))]
@@ -34,7 +35,7 @@ def airflow_env(home: Path, port: int, mlflow_server: str, serving_server: dict,
         "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor", "AIRFLOW__CORE__PARALLELISM": "2",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin,{APPROVER}:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
@@ -60,8 +61,8 @@ def airflow_stack(home: Path, airflow_db: Path, mlflow_server: str, serving_serv
     (home / "dags").mkdir()
     for dag_file in DAGS:
         (home / "dags" / dag_file.name).symlink_to(dag_file)
-    password = secrets.token_urlsafe(12)
-    (home / "passwords.json").write_text(json.dumps({USER: password}))
+    passwords = {USER: secrets.token_urlsafe(12), APPROVER: secrets.token_urlsafe(12)}
+    (home / "passwords.json").write_text(json.dumps(passwords))
     port, secret = devservers.free_port(), secrets.token_urlsafe(24)
     env = {**airflow_env(home, port, mlflow_server, serving_server, secret), **notify_sinks.airflow_env(NOTIFY_SECRET)}
     airflow = str(devservers.BIN / "airflow")
@@ -76,15 +77,21 @@ def airflow_stack(home: Path, airflow_db: Path, mlflow_server: str, serving_serv
     url = f"http://127.0.0.1:{port}"
     try:
         devservers.wait_http(f"{url}/api/v2/monitor/health", 180, "airflow-api-server", home)
-        session = requests.Session()
-        token = session.post(f"{url}/auth/token", json={"username": USER, "password": password}, timeout=30)
-        token.raise_for_status()
-        session.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
-        yield {"url": url, "api": session, "home": home, "secret": secret, "password": password,
-               "webhook": f"{url}/tfmlops/webhooks/mlflow"}
+        yield {"url": url, "api": api_session(url, USER, passwords[USER]), "home": home, "secret": secret,
+               "password": passwords[USER], "approver": api_session(url, APPROVER, passwords[APPROVER]),
+               "approver_password": passwords[APPROVER], "webhook": f"{url}/tfmlops/webhooks/mlflow"}
     finally:
         for name in reversed(services):
             devservers.stop(name, home)
+
+
+def api_session(url: str, user: str, password: str) -> requests.Session:
+    """A REST session of ``user`` (the simple auth manager's token)."""
+    session = requests.Session()
+    token = session.post(f"{url}/auth/token", json={"username": user, "password": password}, timeout=30)
+    token.raise_for_status()
+    session.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+    return session
 
 
 def wait_for(what: str, check, timeout_s: float, airflow, poll_s: float = 1.0):

@@ -48,7 +48,7 @@ def stack(tmp_path_factory, zoo, mlflow_server):
         yield {**s, "mlflow": mlflow_server}
 
 
-def _ab(stack, version: int, labels_dir):
+def _ab(stack, version: int, labels_dir, **kwargs):
     from tfmlops.deploy.abtest import ABSettings
     from tfmlops.deploy.progressive import GrayThresholds
     from tfmlops.steps.rollout import ab_test_registered
@@ -56,7 +56,7 @@ def _ab(stack, version: int, labels_dir):
     groups = {g: [s.endpoint] for g, s in stack["groups"].items()}
     res = ab_test_registered(stack["mlflow"], MODEL, str(version), stack["router"], groups, labels=str(labels_dir),
                              settings=ABSettings(share_pct=50, min_samples=200), window_s=5.0,
-                             thresholds=GrayThresholds(min_requests=5))
+                             thresholds=GrayThresholds(min_requests=5), **kwargs)
     return SimpleNamespace(**res)
 
 
@@ -99,8 +99,30 @@ def _check_report(res, zoo, names):
 
 
 def test_a_clearly_better_challenger_wins_and_is_promoted(stack, zoo, tmp_path):
+    """First awaiting approval (the win holds: share 0 %, the challenger kept on the canary group,
+    nothing recorded as served) and rejected — the canary group back on the champion; then without
+    approval: promoted."""
+    from mlflow import MlflowClient
+
+    from tfmlops.steps.rollout import conclude_registered
+
     (tmp_path / "labels").mkdir()
     with _users(stack, zoo, ["bad", "v2"], tmp_path / "labels" / "users.jsonl") as users:
+        held = _ab(stack, 2, tmp_path / "labels", hold_for_approval=True)
+        assert (held.decision, held.outcome, held.held_share_pct) == ("promote", "awaiting_approval", 0.0), vars(held)
+        assert served(stack) == {"stable": (1,), "canary": (2,)} and stack["router"].share_pct == 0.0
+        tags = MlflowClient(stack["mlflow"]).get_model_version(MODEL, "2").tags
+        assert (tags["serving.outcome"], tags["serving.strategy"]) == ("awaiting_approval", "ab"), tags
+        groups = {g: [s.endpoint] for g, s in stack["groups"].items()}
+        rejected = conclude_registered(stack["mlflow"], MODEL, 2, stack["router"], groups, strategy="ab",
+                                       decision={"approved": False, "decision": "rejected", "by": "carol",
+                                                 "note": "wait for the weekly review"}, canary_old=held.canary_old)
+        assert rejected["outcome"] == "rolled_back" and rejected["strategy"] == "ab", rejected
+        assert served(stack) == {"stable": (1,), "canary": (1,)}
+        tags = MlflowClient(stack["mlflow"]).get_model_version(MODEL, "2").tags
+        assert tags["serving.reason"] == "rejected by carol: wait for the weekly review", tags
+        assert dict(MlflowClient(stack["mlflow"]).get_registered_model(MODEL).aliases)["champion"] == "1"
+
         res = _ab(stack, 2, tmp_path / "labels")
     assert (res.decision, res.outcome) == ("promote", "promoted"), vars(res)
     _check_report(res, zoo, ("bad", "v2"))

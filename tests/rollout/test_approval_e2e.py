@@ -4,11 +4,14 @@ session's real MLflow, and a real HAProxy router in front of two tf-serving-loca
 with users' traffic flowing through it the whole time.
 
 One story, in order: version 2's gray release holds 25 % and stops at the approval step (its page
-shows the gate figures and the live numbers) → a person approves it in the real Airflow UI
+shows the gate figures and the live numbers) → the person who triggered it approves it: not
+accepted (separation of duties), asked again → another person approves it in the real Airflow UI
 (headless Chromium) with a note → it takes all traffic and becomes champion; version 3 → rejected
 through the REST API → rolled back, the note on the version; version 3 again with a short timeout
 → nobody answers → rolled back; version 3 once more → champion moved in MLflow meanwhile → the
-approval is withdrawn → rolled back. Users never get a failed request."""
+approval is withdrawn → rolled back. Then, with ``approval=before_rollout``, a replace rollout
+that a person rejects, then approves, before anything is rolled out. Users never get a failed
+request."""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from .airflow_stack import USER, runs, wait_for
+from .airflow_stack import APPROVER, USER, runs, wait_for
 from .load import UserClients
 from .models import register
 from .router_stack import needs_haproxy, router_stack, served
@@ -90,22 +93,22 @@ def release(airflow, version: int, **conf) -> str:
     return answer.json()["dag_run_id"]
 
 
-def hitl(airflow, run_id: str) -> str:
-    return f"{airflow['url']}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails"
+def hitl(airflow, run_id: str, task: str = "approve") -> str:
+    return f"{airflow['url']}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task}/-1/hitlDetails"
 
 
-def awaiting(airflow, run_id: str) -> dict:
-    """The pending approval, once the run waits on it."""
+def awaiting(airflow, run_id: str, task: str = "approve") -> dict:
+    """The pending approval (of the approval task ``task``), once the run waits on it."""
     def pending():
         failed = [r for r in runs(airflow, DAG_ID) if r["dag_run_id"] == run_id and r["state"] == "failed"]
         assert not failed, finished(airflow, run_id)
-        ti = airflow["api"].get(f"{airflow['url']}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/approve",
+        ti = airflow["api"].get(f"{airflow['url']}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task}",
                                 timeout=30)
         # deferred, and its wait picked up by the triggerer: the task's process has ended (an answer
         # within the moment between the two races the process's exit in Airflow and costs a retry)
         if ti.status_code != 200 or ti.json()["state"] != "deferred" or not ti.json().get("triggerer_job"):
             return None
-        detail = airflow["api"].get(hitl(airflow, run_id), timeout=30)
+        detail = airflow["api"].get(hitl(airflow, run_id, task), timeout=30)
         return detail.status_code == 200 and detail.json()
     return wait_for(f"{run_id} awaiting approval", pending, 240, airflow)
 
@@ -125,20 +128,27 @@ def answer_in_browser(airflow, page: str, option: str, note: str) -> dict:
     OUT.mkdir(parents=True, exist_ok=True)
     result_file = OUT / "result.json"
     subprocess.run([node, str(ROOT / "web" / "scripts" / "approval_check.mjs"), "--airflow", airflow["url"],
-                    "--user", USER, "--password", airflow["password"], "--page", page, "--option", option,
+                    "--user", APPROVER, "--password", airflow["approver_password"], "--page", page,
+                    "--option", option,
                     "--note", note, "--out", str(OUT), "--result", str(result_file), "--chromium", chromium],
                    check=True, timeout=240, capture_output=True)
     return json.loads(result_file.read_text())
 
 
-def test_a_gray_release_waits_for_a_person_who_approves_rejects_or_lets_it_time_out(
+def version_tags(mlflow_server, version: int) -> dict:
+    from tfmlops import registry
+
+    return registry.get_version(mlflow_server, MODEL, version).tags
+
+
+# The story's steps are tests of their own (each under the per-test timeout on a busy machine), in order.
+def test_1_a_gray_release_holds_until_someone_other_than_its_trigger_approves_it(
         airflow, gated, mlflow_server, notify_sinks):
     from tfmlops import registry
 
     stack = gated["stack"]
-    version_tags = lambda v: registry.get_version(mlflow_server, MODEL, v).tags  # noqa: E731
 
-    # 1. version 2 passes 25 % and holds it: nothing promoted while the approval waits
+    # version 2 passes 25 % and holds it: nothing promoted while the approval waits
     run = release(airflow, 2)
     detail = awaiting(airflow, run)
     assert detail["subject"] == f"Promote {MODEL} version 2 to all traffic?" and detail["options"] == [
@@ -152,20 +162,35 @@ def test_a_gray_release_waits_for_a_person_who_approves_rejects_or_lets_it_time_
     page = f"{airflow['url']}/dags/{DAG_ID}/runs/{run}/tasks/approve/required_actions?map_index=-1"
     assert page in asked[0][1]
 
-    # ... a person approves it in the Airflow UI, with a note
+    # ... the person who triggered it approves it: not accepted, the same question asked again
+    airflow["api"].patch(hitl(airflow, run), timeout=30, json={"chosen_options": ["Approve"],
+                                                               "params_input": {}}).raise_for_status()
+    wait_for("the self-approval refused and the question asked again", lambda: (
+        (d := airflow["api"].get(hitl(airflow, run), timeout=30).json()).get("response_received") is False
+        and "Promote" in (d.get("subject") or "")), 120, airflow)
+    awaiting(airflow, run)
+    assert share(stack) == 25.0 and served(stack, MODEL) == {"stable": (1,), "canary": (2,)}
+
+    # ... another person approves it in the Airflow UI, with a note
     ui = answer_in_browser(airflow, page, "Approve", "canary numbers look fine")
     assert ui.get("clicked") and ui["enabled"] and not ui["enabled_after"], ui
-    assert "Response received" in ui["after"] and f"from {USER}" in ui["after"], ui["after"]
+    assert "Response received" in ui["after"] and f"from {APPROVER}" in ui["after"], ui["after"]
     assert "Promote gated version 2 to all traffic?" in ui["text"] and "test_accuracy" in ui["text"], ui["text"]
     outcome = finished(airflow, run)
     assert outcome["state"] == "success" and outcome["tasks"]["conclude"] == "success", outcome
     assert served(stack, MODEL) == {"stable": (2,), "canary": (2,)} and share(stack) == 0.0
     assert registry.alias_version(mlflow_server, MODEL, registry.CHAMPION).version == "2"
-    decision = json.loads(version_tags(2)["serving.approval"])
-    assert (decision["decision"], decision["by"], decision["note"]) == ("approved", USER, "canary numbers look fine")
-    assert registry.audit_trail(mlflow_server, MODEL)[-1]["reason"] == f"rollout, approved by {USER}"
+    decision = json.loads(version_tags(mlflow_server, 2)["serving.approval"])
+    assert (decision["decision"], decision["by"], decision["note"]) == ("approved", APPROVER,
+                                                                        "canary numbers look fine")
+    assert registry.audit_trail(mlflow_server, MODEL)[-1]["reason"] == f"rollout, approved by {APPROVER}"
 
-    # 2. version 3, rejected through the REST API: rolled back, the note on the version
+
+
+def test_2_a_rejection_rolls_back_with_the_note_on_the_version(airflow, gated, mlflow_server, notify_sinks):
+    from tfmlops import registry
+
+    stack = gated["stack"]
     run = release(airflow, 3)
     awaiting(airflow, run)
     answer = airflow["api"].patch(hitl(airflow, run), timeout=30,
@@ -174,28 +199,69 @@ def test_a_gray_release_waits_for_a_person_who_approves_rejects_or_lets_it_time_
     outcome = finished(airflow, run)
     assert outcome["state"] == "success" and outcome["tasks"]["conclude"] == "success", outcome
     assert served(stack, MODEL) == {"stable": (2,), "canary": (2,)} and share(stack) == 0.0
-    assert version_tags(3)["serving.outcome"] == "rolled_back"
-    assert version_tags(3)["serving.reason"] == f"rejected by {USER}: not before Monday"
+    assert version_tags(mlflow_server, 3)["serving.outcome"] == "rolled_back"
+    assert version_tags(mlflow_server, 3)["serving.reason"] == f"rejected by {USER}: not before Monday"
     assert registry.alias_version(mlflow_server, MODEL, registry.CHAMPION).version == "2"
     wait_for("the rollback mail", lambda: [m for m in notify_sinks.mails() if m[0] == (
         f"[tfmlops] {MODEL} version 3: rolled back") and "not before Monday" in m[1]], 30, airflow)
 
-    # 3. nobody answers within the timeout (0.002 h = 7 s): the default, Reject — rolled back
+
+
+def test_3_no_answer_in_time_rolls_back(airflow, gated, mlflow_server):
+    """Nobody answers within the timeout (0.002 h = 7 s): the default, Reject."""
+    stack = gated["stack"]
     run = release(airflow, 3, approval_timeout_h=0.002)
     outcome = finished(airflow, run)
     assert outcome["tasks"]["conclude"] == "success", outcome
     assert served(stack, MODEL) == {"stable": (2,), "canary": (2,)}
-    assert json.loads(version_tags(3)["serving.approval"])["decision"] == "timed out"
+    assert json.loads(version_tags(mlflow_server, 3)["serving.approval"])["decision"] == "timed out"
 
-    # 4. champion moved in the registry while the approval waits: withdrawn, rolled back
+
+def test_4_champion_moved_in_the_registry_withdraws_the_approval(airflow, gated, mlflow_server):
+    from tfmlops import registry
+
+    stack = gated["stack"]
     run = release(airflow, 3)
     awaiting(airflow, run)
     registry.set_alias(mlflow_server, MODEL, registry.CHAMPION, 1)
     outcome = finished(airflow, run)
     assert outcome["tasks"]["conclude"] == "success", outcome
-    decision = json.loads(version_tags(3)["serving.approval"])
+    decision = json.loads(version_tags(mlflow_server, 3)["serving.approval"])
     assert decision["decision"] == "withdrawn" and decision["note"] == "champion moved to version 1 in the registry"
-    assert version_tags(3)["serving.reason"] == "withdrawn: champion moved to version 1 in the registry"
+    assert version_tags(mlflow_server, 3)["serving.reason"] == "withdrawn: champion moved to version 1 in the registry"
     answered = airflow["api"].get(hitl(airflow, run), timeout=30).json()
     assert answered["response_received"] and answered["chosen_options"] == ["Reject"], answered
     assert served(stack, MODEL) == {"stable": (2,), "canary": (2,)} and share(stack) == 0.0
+
+
+def test_5_a_replace_rollout_is_approved_before_anything_is_rolled_out(airflow, gated, mlflow_server):
+    """``approval=before_rollout``: the run asks on ``approve_rollout`` before the rollout task;
+    rejected → nothing rolled out (the rollout and what follows skipped, the decision on the
+    version); approved → the replace rollout runs and version 3 becomes champion."""
+    from tfmlops import registry
+
+    stack = gated["stack"]
+    before = served(stack, MODEL)
+    conf = {"strategy": "replace", "approval": "before_rollout"}
+    run = release(airflow, 3, **conf)
+    detail = awaiting(airflow, run, "approve_rollout")
+    assert detail["subject"] == f"Roll {MODEL} version 3 out (replace)?", detail
+    assert "nothing of it is served yet" in detail["body"], detail["body"]
+    answer = airflow["api"].patch(hitl(airflow, run, "approve_rollout"), timeout=30,
+                                  json={"chosen_options": ["Reject"], "params_input": {"note": "freeze week"}})
+    answer.raise_for_status()
+    outcome = finished(airflow, run)
+    assert outcome["state"] == "success" and outcome["tasks"]["approve_rollout"] == "success", outcome
+    assert {outcome["tasks"][t] for t in ("rollout", "approve", "conclude")} == {"skipped"}, outcome
+    assert served(stack, MODEL) == before
+    decision = json.loads(registry.get_version(mlflow_server, MODEL, 3).tags["serving.approval"])
+    assert (decision["decision"], decision["note"]) == ("rejected", "freeze week"), decision
+
+    run = release(airflow, 3, **conf)
+    awaiting(airflow, run, "approve_rollout")
+    airflow["approver"].patch(hitl(airflow, run, "approve_rollout"), timeout=30,
+                              json={"chosen_options": ["Approve"], "params_input": {}}).raise_for_status()
+    outcome = finished(airflow, run)
+    assert outcome["state"] == "success" and outcome["tasks"]["rollout"] == "success", outcome
+    assert served(stack, MODEL) == {"stable": (3,), "canary": (3,)}
+    assert registry.alias_version(mlflow_server, MODEL, registry.CHAMPION).version == "3"

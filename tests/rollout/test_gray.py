@@ -165,9 +165,9 @@ def test_good_version_is_promoted_step_by_step_with_no_failed_request(stack, zoo
 
 def test_a_release_awaiting_approval_holds_its_share_then_is_promoted_or_rolled_back(stack, zoo):
     """``hold_for_approval``: the steps under 100 %, then the candidate keeps the last share and the
-    stable group its version (nothing promoted) until ``conclude_gray``: rejected → share 0 %,
+    stable group its version (nothing promoted) until ``conclude_held``: rejected → share 0 %,
     canary group back; approved → both groups serve it. Users see no failed request throughout."""
-    from tfmlops.deploy.progressive import conclude_gray
+    from tfmlops.deploy.progressive import conclude_held
     from tfmlops.deploy.rollout import Candidate
 
     groups = {g: [s.endpoint] for g, s in stack["groups"].items()}
@@ -179,14 +179,14 @@ def test_a_release_awaiting_approval_holds_its_share_then_is_promoted_or_rolled_
         assert held.outcome == "awaiting_approval" and held.held_share_pct == 25.0, held.to_dict()
         assert [s["share_pct"] for s in held.steps] == [25.0] and held.canary_old == list(before["canary"])
         assert stack["router"].share_pct == 25.0 and served(stack) == {"stable": before["stable"], "canary": (7,)}
-        rejected = conclude_gray(Candidate(MODEL, 7, zoo.path["v2"], zoo.smoke["v2"]), stack["router"], groups,
+        rejected = conclude_held(Candidate(MODEL, 7, zoo.path["v2"], zoo.smoke["v2"]), stack["router"], groups,
                                  approved=False, canary_old=held.canary_old, reason="rejected by alice: too early")
         assert rejected.outcome == "rolled_back" and rejected.reason == "rejected by alice: too early"
         assert stack["router"].share_pct == 0.0 and served(stack) == before
 
         held = _release(stack, zoo, "v3", 8, steps=(25, 100), hold_for_approval=True)
         assert held.outcome == "awaiting_approval", held.to_dict()
-        approved = conclude_gray(Candidate(MODEL, 8, zoo.path["v3"], zoo.smoke["v3"]), stack["router"], groups,
+        approved = conclude_held(Candidate(MODEL, 8, zoo.path["v3"], zoo.smoke["v3"]), stack["router"], groups,
                                  approved=True, canary_old=held.canary_old)
     assert approved.outcome == "promoted", approved.to_dict()
     assert stack["router"].share_pct == 0.0 and served(stack) == {"stable": (8,), "canary": (8,)}

@@ -100,12 +100,13 @@ def test_rollout_dag_replace_canary_rerun_and_rollback(dag, zoo, airflow_db, air
 
 
 def test_rollout_dag_contract(airflow_db, dag):
-    """Two rollouts never interleave: one active run, every task in the 1-slot rollout pool (an
-    approval waiting holds it too: the pool counts deferred tasks)."""
+    """Two rollouts never interleave: one active run, every task that touches the targets in the
+    1-slot rollout pool (an approval of a held release holds it too: the pool counts deferred
+    tasks); the approval before a rollout holds nothing and waits in the default pool."""
     assert dag.max_active_runs == 1
-    assert {t.task_id: t.pool for t in dag.tasks} == {t: "tf_serving_rollout" for t in ("resolve", "publish",
-                                                                                         "rollout", "approve",
-                                                                                         "conclude")}
+    assert {t.task_id: t.pool for t in dag.tasks} == {
+        **{t: "tf_serving_rollout" for t in ("resolve", "publish", "rollout", "approve", "conclude")},
+        "approve_rollout": "default_pool"}
     assert {"model_name", "version", "strategy", "canary_holdout_uri", "canary_min_accuracy", "latency_budget_ms",
             "keep", "targets", "router", "gray_steps", "gray_window_s", "gray_max_error_rate_increase",
             "gray_max_p99_increase_ms", "gray_max_prediction_tvd", "ab_share_pct", "ab_window_s", "ab_alpha",

@@ -181,3 +181,36 @@ def test_the_rollout_dag_runs_a_shadow_release(shadow_stack, zoo, mlflow_server,
     tags = MlflowClient(mlflow_server).get_model_version(MODEL, "6").tags
     assert (tags["serving.strategy"], tags["serving.outcome"]) == ("shadow", "promoted"), tags
     assert MlflowClient(mlflow_server).get_model_version_by_alias(MODEL, "champion").version == "6"
+
+
+def test_a_shadow_release_awaiting_approval_keeps_the_challenger_aside_until_rejected(shadow_stack, zoo, mlflow_server):
+    """``hold_for_approval`` (what ``approval=before_promote`` asks of the operator): a challenger
+    that would be promoted (registered version 7, v8's weights: v1's top-1) waits on the canary
+    group at 0 % with nothing recorded as served; a rejection (:func:`conclude_registered`, as the
+    conclude task runs it) puts the canary group back on the champion, the decision on the version."""
+    from mlflow import MlflowClient
+
+    from tfmlops.deploy.status import serving_versions
+    from tfmlops.steps.rollout import ShadowThresholds, conclude_registered, shadow_release_registered
+
+    from .models import register
+
+    assert register(mlflow_server, zoo, "v8", model=MODEL) == 7  # after the DAG test's version 6, the champion
+    groups = {g: [s.endpoint] for g, s in shadow_stack["groups"].items()}
+    now = lambda: {g: tuple(serving_versions(s.endpoint.client, MODEL)) for g, s in shadow_stack["groups"].items()}  # noqa: E731
+    with ms.RecordingClients(shadow_stack["config"], "shadow-held", threads=1) as clients:
+        held = shadow_release_registered(mlflow_server, MODEL, "7", shadow_stack["router"], groups,
+                                         shadow_stack["sink"].url, window_s=4.0,
+                                         thresholds=ShadowThresholds(min_compared=20), hold_for_approval=True)
+        assert (held["decision"], held["outcome"], held["held_share_pct"]) == ("promote", "awaiting_approval", 0.0)
+        assert now() == {"stable": (6,), "canary": (7,)} and held["canary_old"] == [6], held
+        mlf = MlflowClient(mlflow_server)
+        assert mlf.get_model_version(MODEL, "7").tags["serving.outcome"] == "awaiting_approval"
+        rejected = conclude_registered(mlflow_server, MODEL, 7, shadow_stack["router"], groups, strategy="shadow",
+                                       decision={"approved": False, "decision": "timed out"},
+                                       canary_old=held["canary_old"])
+    assert rejected["outcome"] == "rolled_back" and rejected["reason"] == "timed out", rejected
+    assert now() == {"stable": (6,), "canary": (6,)} and clients.failures == [], clients.failures[:5]
+    tags = mlf.get_model_version(MODEL, "7").tags
+    assert (tags["serving.outcome"], tags["serving.strategy"]) == ("rolled_back", "shadow"), tags
+    assert mlf.get_model_version_by_alias(MODEL, "champion").version == "6"

@@ -21,7 +21,9 @@ and the ``canary`` group (both behind the router):
    better; ``promote`` when the challenger is significantly better (``p < alpha``, at least
    ``min_samples`` labeled rows per variant); else ``inconclusive``. Only ``promote`` rolls N onto
    the stable group; otherwise the canary group goes back to the champion's version (the gray
-   release's restore) — the champion stays.
+   release's restore) — the champion stays. With ``hold_for_approval`` a ``promote`` waits for a
+   person instead (``awaiting_approval``, share 0 %, N kept on the canary group) and ends through
+   :func:`.progressive.conclude_held`.
 
 Every number is in :class:`ABResult` (``variants``, ``test``, ``window``) for the caller to record.
 """
@@ -76,6 +78,8 @@ class ABResult:
     seconds: float = 0.0
     canary_rollout: dict = field(default_factory=dict)
     stable_rollout: dict = field(default_factory=dict)
+    held_share_pct: float | None = None  # awaiting approval (hold_for_approval): 0, the challenger on the canary group
+    canary_old: list = field(default_factory=list)  # the canary group's versions before (what a rollback restores)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -259,6 +263,10 @@ class ABTest(RouterRelease):
         res.variants = {"champion": {"group": STABLE, "versions": old, **step.get(STABLE, {}), **acc[STABLE]},
                         "challenger": {"group": CANARY, "versions": [n], **step.get(CANARY, {}), **acc[CANARY]}}
         self._event(f"A/B {model} v{n} vs {old} at {self.settings.share_pct:g} %: {res.decision} ({res.reason})")
+        if res.decision == PROMOTE and self.hold_for_approval:
+            self.hold(res, old)
+            res.seconds = round(time.monotonic() - t0, 3)
+            return res
         if res.decision == PROMOTE:
             stable = self._rollout(STABLE, self.cand)
             res.stable_rollout = stable.to_dict()

@@ -25,17 +25,18 @@ the replicas' own metrics.
 
 With ``hold_for_approval`` the release stops before step 4: it runs the steps under 100 %, and
 a candidate that passed them keeps the last one's share (``awaiting_approval``; the result
-names the canary group's old versions) until :func:`conclude_gray` promotes it (step 4, a
+names the canary group's old versions) until :func:`conclude_held` promotes it (step 4, a
 person approved) or rolls it back (share 0 %, canary group restored: rejected, timed out or
 withdrawn). Nothing is ever half-promoted: the stable group serves the old version until the
-promotion.
+promotion. The A/B test and the shadow release hold the same way where they would promote (at
+share 0 %: the challenger stays loaded on the canary group), and end through the same function.
 
 Every decision and number is kept in :class:`GrayResult` (``steps``: share, the two groups'
 numbers, the verdict, time) for the caller to record (MLflow, task log).
 
 :class:`RouterRelease` is what every release through the router does (the canary group's
 rollout and restore, a watched window at a share, the groups' logged predictions); the gray
-release is one, the A/B test (:mod:`.abtest`) the other.
+release is one, the A/B test (:mod:`.abtest`) and the shadow release (:mod:`.shadow`) the others.
 """
 
 from __future__ import annotations
@@ -148,7 +149,8 @@ class RouterRelease:
     def __init__(self, candidate: Candidate, router: Router, groups: dict[str, list[Endpoint]],
                  window_s: float = 30.0, thresholds: GrayThresholds | None = None, poll_s: float = 0.5,
                  timeout_s: float = 120.0, s3_client=None, on_event: Callable[[str], None] | None = None,
-                 log_prefixes: dict[str, list[str]] | None = None, output: str | None = None):
+                 log_prefixes: dict[str, list[str]] | None = None, output: str | None = None,
+                 hold_for_approval: bool = False):
         if not groups.get(STABLE) or not groups.get(CANARY):
             raise ValueError("a release through the router needs a stable and a canary replica group")
         if not window_s > 0 or not poll_s > 0:
@@ -159,6 +161,7 @@ class RouterRelease:
         self.timeout_s, self.s3_client, self.on_event = timeout_s, s3_client, on_event
         self.log_prefixes = default_log_prefixes(groups, candidate.model) if log_prefixes is None else log_prefixes
         self.output = output
+        self.hold_for_approval = hold_for_approval
         self._canary_names = {r.name for r in router.replicas if r.group == CANARY}
         self._baseline: dict | None = None  # the stable group's numbers of the last window it had traffic
         self._baseline_classes: dict | None = None  # and its predicted classes
@@ -314,6 +317,32 @@ class RouterRelease:
         self._event(f"{ep.name}: canary group back on {old}")
 
 
+    def promote(self, res, old: list[int]) -> None:
+        """The candidate onto the stable group, share back to 0 % (a failure: rolled back); ``res``:
+        the release's result (``outcome``, ``reason``, ``stable_rollout``)."""
+        stable = self._rollout(STABLE, self.cand)
+        res.stable_rollout = stable.to_dict()
+        self.router.set_share(0)
+        if not stable.ok:
+            res.outcome, res.reason = ROLLED_BACK, f"stable group: {stable.reason}"
+            self._restore_canary(old, res)
+
+    def rollback(self, res, old: list[int], reason: str) -> None:
+        """Share 0 % at once, then the canary group back to ``old``."""
+        self.router.set_share(0)
+        res.outcome, res.reason = ROLLED_BACK, reason
+        self._event(f"release of {self.cand.model} version {self.cand.version} rolled back ({reason}); share 0 %")
+        self._restore_canary(old, res)
+
+
+    def hold(self, res, old: list[int]) -> None:
+        """A candidate that would be promoted waits for a person: it keeps the canary group and the
+        router's share now (``awaiting_approval``; ``canary_old``: what a rollback restores)."""
+        res.outcome, res.held_share_pct, res.canary_old = AWAITING_APPROVAL, self.router.share_pct, list(old)
+        self._event(f"{self.cand.model} version {self.cand.version} holds {res.held_share_pct:g} % of the traffic "
+                    "awaiting approval")
+
+
 class GrayRelease(RouterRelease):
     def __init__(self, candidate: Candidate, router: Router, groups: dict[str, list[Endpoint]],
                  steps=DEFAULT_STEPS, hold_for_approval: bool = False, **kwargs):
@@ -323,9 +352,8 @@ class GrayRelease(RouterRelease):
         if hold_for_approval and len(steps) < 2:
             raise ValueError("a gray release awaiting approval holds the candidate at a step under 100 %: "
                              f"give one before 100, got {steps}")
-        super().__init__(candidate, router, groups, **kwargs)
+        super().__init__(candidate, router, groups, hold_for_approval=hold_for_approval, **kwargs)
         self.steps = steps[:-1] if hold_for_approval else steps
-        self.hold_for_approval = hold_for_approval
 
     def run(self) -> GrayResult:
         t0 = time.monotonic()
@@ -351,43 +379,26 @@ class GrayRelease(RouterRelease):
                 break
         else:
             if self.hold_for_approval:
-                res.outcome, res.held_share_pct, res.canary_old = AWAITING_APPROVAL, self.steps[-1], old
-                self._event(f"gray release of {model} version {n} holds {self.steps[-1]:g} % awaiting approval")
+                self.hold(res, old)
             else:
                 self.promote(res, old)
         res.seconds = round(time.monotonic() - t0, 3)
         return res
-
-    def promote(self, res: GrayResult, old: list[int]) -> None:
-        """Step 4: the candidate onto the stable group, share back to 0 % (a failure: rolled back)."""
-        stable = self._rollout(STABLE, self.cand)
-        res.stable_rollout = stable.to_dict()
-        self.router.set_share(0)
-        if not stable.ok:
-            res.outcome, res.reason = ROLLED_BACK, f"stable group: {stable.reason}"
-            self._restore_canary(old, res)
-
-    def rollback(self, res: GrayResult, old: list[int], reason: str) -> None:
-        """Share 0 % at once, then the canary group back to ``old``."""
-        self.router.set_share(0)
-        res.outcome, res.reason = ROLLED_BACK, reason
-        self._event(f"gray release of {self.cand.model} version {self.cand.version} rolled back ({reason}); share 0 %")
-        self._restore_canary(old, res)
-
 
 def gray_release(candidate: Candidate, router: Router, groups: dict[str, list[Endpoint]], **kwargs) -> GrayResult:
     """See the module docstring; never raises for a breach (the result says ``rolled_back``)."""
     return GrayRelease(candidate, router, groups, **kwargs).run()
 
 
-def conclude_gray(candidate: Candidate, router: Router, groups: dict[str, list[Endpoint]], approved: bool,
+def conclude_held(candidate: Candidate, router: Router, groups: dict[str, list[Endpoint]], approved: bool,
                   canary_old: list[int], reason: str = "", **kwargs) -> GrayResult:
-    """The end of a release that awaited approval (``hold_for_approval``): ``approved`` → the
-    candidate onto the stable group and share 0 % (``promoted``); otherwise share 0 % and the
-    canary group back to ``canary_old`` (``rolled_back`` with ``reason``). ``kwargs``: as
-    :class:`RouterRelease` (timeout, S3 client, events)."""
+    """The end of a release that awaited approval (``hold_for_approval`` of a gray release, an A/B
+    test or a shadow release): ``approved`` → the candidate onto the stable group and share 0 %
+    (``promoted``); otherwise share 0 % and the canary group back to ``canary_old``
+    (``rolled_back`` with ``reason``). ``kwargs``: as :class:`RouterRelease` (timeout, S3 client,
+    events)."""
     t0 = time.monotonic()
-    release = GrayRelease(candidate, router, groups, steps=DEFAULT_STEPS, **kwargs)
+    release = RouterRelease(candidate, router, groups, **kwargs)
     res = GrayResult(candidate.model, candidate.version, PROMOTED)
     if approved:
         release.promote(res, list(canary_old))

@@ -28,7 +28,9 @@ no client ever sees its answers; a report decides ``promote`` or ``hold``.
 5. ``promote`` when at least ``min_compared`` requests were compared, agreement ≥
    ``min_agreement``, max |diff| ≤ ``max_abs_diff`` (when set) and no metric breach; else ``hold``
    with the reasons. ``apply`` (default): promote → N rolled onto the stable group (the share stays
-   0 %); hold → the canary group back on the version(s) it served before.
+   0 %); hold → the canary group back on the version(s) it served before. With
+   ``hold_for_approval`` a promote waits for a person instead (``awaiting_approval``: N stays on
+   the canary group at 0 %) and ends through :func:`.progressive.conclude_held`.
 
 Every number is kept in :class:`ShadowResult` (JSON-safe) for the caller to record.
 No Airflow import.
@@ -84,6 +86,8 @@ class ShadowResult:
     seconds: float = 0.0
     canary_rollout: dict = field(default_factory=dict)
     stable_rollout: dict = field(default_factory=dict)
+    held_share_pct: float | None = None  # awaiting approval (hold_for_approval): 0, the challenger on the canary group
+    canary_old: list = field(default_factory=list)  # the canary group's versions before (what a rollback restores)
 
     @property
     def ok(self) -> bool:
@@ -313,13 +317,14 @@ class ShadowRelease(RouterRelease):
                  window_s: float = 60.0, thresholds: ShadowThresholds | None = None, poll_s: float = 0.25,
                  replay_threads: int = 2, max_pending: int = 200, replay_fraction: float = 1.0,
                  apply: bool = True, timeout_s: float = 120.0, s3_client=None,
-                 on_event: Callable[[str], None] | None = None):
+                 on_event: Callable[[str], None] | None = None, hold_for_approval: bool = False):
         self.shadow = thresholds or ShadowThresholds()
         super().__init__(candidate, router, groups, window_s=window_s, poll_s=poll_s,
                          thresholds=GrayThresholds(max_error_rate_increase=self.shadow.max_error_rate_increase,
                                                    max_p99_increase_ms=self.shadow.max_p99_increase_ms,
                                                    min_requests=self.shadow.min_compared),
-                         timeout_s=timeout_s, s3_client=s3_client, on_event=on_event)
+                         timeout_s=timeout_s, s3_client=s3_client, on_event=on_event,
+                         hold_for_approval=hold_for_approval)
         if not 0 < replay_fraction <= 1:
             raise ValueError(f"replay_fraction must be in (0, 1], got {replay_fraction}")
         self.sink_url, self.replay_threads, self.max_pending = sink_url, replay_threads, max_pending
@@ -420,15 +425,11 @@ class ShadowRelease(RouterRelease):
                     f"max |diff| {report.get('max_abs_diff')}){': ' + res.reason if reasons else ''}")
         if not self.apply:
             res.outcome = ""
+        elif res.decision == PROMOTE and self.hold_for_approval:
+            self.hold(res, old)
         elif res.decision == PROMOTE:
-            stable = self._rollout(STABLE, self.cand)
-            res.stable_rollout = stable.to_dict()
-            self.router.set_share(0)
-            if stable.ok:
-                res.outcome = PROMOTED
-            else:
-                res.outcome, res.reason = ROLLED_BACK, f"stable group: {stable.reason}"
-                self._restore_canary(old, res)
+            res.outcome = PROMOTED
+            self.promote(res, old)
         else:
             self._restore_canary(old, res)
         res.seconds = round(time.monotonic() - t0, 3)

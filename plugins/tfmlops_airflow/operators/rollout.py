@@ -21,7 +21,7 @@ from tfmlops_airflow.params import ROLLOUT_POOL
 
 # the strategies that go through the traffic router, and what their task returns besides the outcome
 ROUTER_DETAILS = {"gray": ("steps",), "ab": ("decision", "variants", "test"), "shadow": ("report",)}
-APPROVALS = ("none", "before_promote")
+APPROVALS = ("none", "before_promote", "before_rollout")
 AWAITING_APPROVAL = "awaiting_approval"  # tfmlops.deploy.progressive's (not imported at parse time)
 
 
@@ -118,10 +118,14 @@ class ServingRolloutOperator(ServingVersionOperator):
     :param shadow_min_compared: ``shadow``: fewer compared requests → hold. (templated)
     :param reason: why this rollout runs, for the model's audit trail (``rollout``; the reconciler
         passes ``reconcile: …`` for an alias moved in the registry). (templated)
-    :param approval: ``none``, or ``before_promote`` (``gray``): a candidate that passed the steps
-        under 100 % holds the last one's share and the task returns ``awaiting_approval``; a
+    :param approval: ``none``; ``before_promote`` (``gray``, ``ab``, ``shadow``): a candidate that
+        would be promoted holds (gray: the last step's share under 100 %; ab, shadow: the canary
+        group at 0 %) and the task returns ``awaiting_approval``; a
         :class:`~tfmlops_airflow.operators.approval.ServingApprovalOperator` asks a person and
-        :class:`ConcludeRolloutOperator` promotes or rolls back. (templated)
+        :class:`ConcludeRolloutOperator` promotes or rolls back; or ``before_rollout`` (any
+        strategy): the rollout runs only when ``decision`` approves it. (templated)
+    :param decision: ``before_rollout``: the approval task's result before this one (approved →
+        rolled out; rejected, timed out or withdrawn → kept on the version, the task skipped). (templated)
     """
 
     template_fields: Sequence[str] = (*ServingVersionOperator.template_fields, "strategy", "holdout_uri",
@@ -131,7 +135,7 @@ class ServingRolloutOperator(ServingVersionOperator):
                                       "max_p99_increase_ms", "max_prediction_tvd", "ab_share_pct", "ab_window_s",
                                       "ab_alpha", "ab_min_samples", "ab_labels_uri", "ab_labels_wait_s",
                                       "shadow_window_s", "shadow_min_agreement", "shadow_min_compared", "reason",
-                                      "approval")
+                                      "approval", "decision")
 
     def __init__(self, *, strategy: str = "replace", holdout_uri: str | None = None,
                  min_accuracy: float | str | None = None, max_rmse: float | str | None = None,
@@ -144,7 +148,7 @@ class ServingRolloutOperator(ServingVersionOperator):
                  ab_min_samples: int | str = 200, ab_labels_uri: str | None = None,
                  ab_labels_wait_s: float | str = 0, shadow_window_s: float | str = 60,
                  shadow_min_agreement: float | str = 0.99, shadow_min_compared: int | str = 50,
-                 reason: str = "rollout", approval: str = "none", **kwargs):
+                 reason: str = "rollout", approval: str = "none", decision: dict | str | None = None, **kwargs):
         if announce_champion:
             kwargs.setdefault("outlets", [CHAMPION])
         super().__init__(**kwargs)
@@ -172,6 +176,7 @@ class ServingRolloutOperator(ServingVersionOperator):
         self.shadow_min_compared = shadow_min_compared
         self.reason = reason
         self.approval = approval
+        self.decision = decision
         self.audit: dict = {}
 
     def _settings(self, make, **kwargs):
@@ -221,7 +226,10 @@ class ServingRolloutOperator(ServingVersionOperator):
             steps = [s for s in steps.replace("[", " ").replace("]", " ").replace(",", " ").split() if s]
         return self._through_router(gray_release_registered, mirror_logs=True, steps=[float(s) for s in steps],
                                     window_s=float(self.gray_window_s), thresholds=self._gray_thresholds(),
-                                    hold_for_approval=self.approval == "before_promote")
+                                    hold_for_approval=self._holds())
+
+    def _holds(self) -> bool:
+        return self.approval == "before_promote"
 
     def _ab(self) -> dict[str, Any]:
         from tfmlops.steps.rollout import ABSettings, ab_test_registered
@@ -232,7 +240,8 @@ class ServingRolloutOperator(ServingVersionOperator):
         settings = self._settings(ABSettings, share_pct=float(self.ab_share_pct), alpha=float(self.ab_alpha),
                                   min_samples=int(self.ab_min_samples), labels_wait_s=float(self.ab_labels_wait_s))
         return self._through_router(ab_test_registered, mirror_logs=True, labels=str(labels), settings=settings,
-                                    window_s=float(self.ab_window_s), thresholds=self._gray_thresholds())
+                                    window_s=float(self.ab_window_s), thresholds=self._gray_thresholds(),
+                                    hold_for_approval=self._holds())
 
     def _shadow(self) -> dict[str, Any]:
         from tfmlops.steps.rollout import ShadowThresholds, shadow_release_registered
@@ -242,7 +251,8 @@ class ServingRolloutOperator(ServingVersionOperator):
                                     max_error_rate_increase=float(self.max_error_rate_increase),
                                     max_p99_increase_ms=float(self.max_p99_increase_ms))
         return self._through_router(shadow_release_registered, mirror_sink=True,
-                                    window_s=float(self.shadow_window_s), thresholds=thresholds)
+                                    window_s=float(self.shadow_window_s), thresholds=thresholds,
+                                    hold_for_approval=self._holds())
 
     def _announce(self, context, result) -> None:
         """A promotion: the champion's asset event, and the ``promotion`` notification."""
@@ -265,7 +275,7 @@ class ServingRolloutOperator(ServingVersionOperator):
         if result["outcome"] == AWAITING_APPROVAL:  # the approval task asks; the conclude task finishes
             self.log.info("%s holds %s %% of the traffic awaiting approval", what, result["held_share_pct"])
             return {k: result[k] for k in ("model", "version", "strategy", "outcome", "held_share_pct",
-                                           "canary_old", "steps", "seconds")}
+                                           "canary_old", *ROUTER_DETAILS[self.strategy], "reason", "seconds")}
         if self.strategy == "ab":
             what += f" A/B {result['decision']}: {result['reason']}"
             if result["challenger_failed"]:
@@ -281,6 +291,20 @@ class ServingRolloutOperator(ServingVersionOperator):
         return {k: result[k] for k in ("model", "version", "strategy", "outcome", "endpoints",
                                        *ROUTER_DETAILS[self.strategy], "aliases", "seconds")}
 
+    def _approved_before_rollout(self) -> None:
+        """``before_rollout``: go on only when the person approved; otherwise their decision goes on
+        the version and the task is skipped (nothing was touched)."""
+        from tfmlops.steps.rollout import decision_reason, record_decision
+
+        decision = dict(self.decision or {})
+        if not decision:
+            raise AirflowFailException("approval before_rollout: no decision reached this task (the approval "
+                                       "task before it must run first)")
+        if not decision.get("approved"):
+            record_decision(self.tracking_uri, str(self.model_name), int(self.version), decision)
+            raise AirflowSkipException(f"{self.model_name} version {self.version} not rolled out: "
+                                       f"{decision_reason(decision)}")
+
     def execute(self, context) -> dict[str, Any]:
         from tfmlops.steps.rollout import CanaryChecks, load_canary_holdout, rollout_registered
 
@@ -290,9 +314,12 @@ class ServingRolloutOperator(ServingVersionOperator):
         self.approval = str(optional(self.approval) or "none")
         if self.approval not in APPROVALS:
             raise AirflowFailException(f"approval must be one of {', '.join(APPROVALS)}, got {self.approval!r}")
-        if self.approval != "none" and self.strategy != "gray":
-            raise AirflowFailException(f"approval {self.approval} is implemented for the gray strategy; "
-                                       f"{self.strategy} rollouts run without one (approval none)")
+        if self.approval == "before_promote" and self.strategy not in ROUTER_DETAILS:
+            raise AirflowFailException(
+                f"approval before_promote holds a release through the router ({', '.join(ROUTER_DETAILS)}); "
+                f"a {self.strategy} rollout is approved before it starts: approval before_rollout")
+        if self.approval == "before_rollout":
+            self._approved_before_rollout()
         if self.strategy in ROUTER_DETAILS:
             return self._router_release(context)
 
@@ -334,15 +361,14 @@ class ConcludeRolloutOperator(ServingRolloutOperator):
     Other parameters: :class:`ServingRolloutOperator`'s (the router, timeout, reason).
     """
 
-    template_fields: Sequence[str] = (*ServingRolloutOperator.template_fields, "rollout", "decision")
+    template_fields: Sequence[str] = (*ServingRolloutOperator.template_fields, "rollout")
 
     def __init__(self, *, rollout: dict | str, decision: dict | str, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(decision=decision, **kwargs)
         self.rollout = rollout
-        self.decision = decision
 
     def execute(self, context) -> dict[str, Any]:
-        from tfmlops.steps.rollout import conclude_gray_registered
+        from tfmlops.steps.rollout import conclude_registered
 
         held, decision = dict(self.rollout or {}), dict(self.decision or {})
         if held.get("outcome") != AWAITING_APPROVAL or not decision:
@@ -350,7 +376,8 @@ class ConcludeRolloutOperator(ServingRolloutOperator):
         self.audit = {"reason": f"{optional(self.reason) or 'rollout'}, {decision.get('decision')}"
                                 + (f" by {decision['by']}" if decision.get("by") else ""),
                       "run": f"{context['ti'].dag_id}/{context['run_id']}"}
-        result = self._through_router(conclude_gray_registered, decision=decision,
+        self.strategy = held.get("strategy", self.strategy)  # what was held is what is concluded
+        result = self._through_router(conclude_registered, decision=decision, strategy=self.strategy,
                                       canary_old=[int(v) for v in held.get("canary_old") or []])
         if result["outcome"] == "promoted":
             self._announce(context, result)
