@@ -180,8 +180,8 @@ def test_offline_retrain_on_postgres(postgres, pg_mlflow, serving_server, tmp_pa
             assert cur.fetchall() == [("success",)]
             cur.execute("SELECT count(*) FROM task_instance WHERE run_id = %s AND state = 'success'",
                         (result["run_id"],))
-            # all but the skipped ones (the run guard; approve and conclude: no approval asked)
-            assert cur.fetchone()[0] == len(result["tasks"]) - 3
+            # all but the skipped ones (the run guard; approve_rollout, approve, conclude: no approval asked)
+            assert cur.fetchone()[0] == len(result["tasks"]) - 4
     # ... and so are the MLflow registered version, its champion alias and the run's metrics.
     with psycopg2.connect(host=postgres["host"], port=postgres["port"], user=postgres["user"], dbname="mlflow") as c:
         with c.cursor() as cur:

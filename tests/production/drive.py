@@ -195,6 +195,23 @@ def mlflow_and_s3(env: dict) -> dict:
             "saved_models": sum(k.endswith("saved_model.pb") for k in keys)}
 
 
+def answer_until_taken(approver: Airflow, run_id: str, answer_path: str, approve: dict, timeout_s: float = 300) -> int:
+    """Until the approval task has taken the answer: an answer that raced the deferring process's
+    exit in Airflow costs a retry, which asks again — answered again, as a person would."""
+    ti_path = f"/dags/tf_serving_rollout/dagRuns/{run_id}/taskInstances/approve_rollout"
+    answers, deadline = 1, time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = approver.call("GET", ti_path)["state"]
+        if state == "success":
+            return answers
+        if state == "deferred" and approver.call("GET", f"{ti_path}/-1/hitlDetails")["response_received"] is False:
+            time.sleep(5)
+            if approver.status("PATCH", answer_path, approve) == 200:
+                answers += 1
+        time.sleep(3)
+    raise AssertionError(f"the approval of {run_id} did not take the approver's answer: {state}")
+
+
 def roles_people(admin: Airflow) -> dict[str, Airflow]:
     """A viewer, an operator and an approver (docker/airflow/roles.json), created by the admin
     through FAB's REST API; their API sessions."""
@@ -267,6 +284,7 @@ def main(env_file: str, report_path: str) -> None:
     approve = {"chosen_options": ["Approve"], "params_input": {"note": "stack test"}}
     report["answer_status"] = {who: people[who].status("PATCH", answer_path, approve)
                                for who in ("viewer", "operator", "approver")}
+    report["answers_given"] = answer_until_taken(people["approver"], run_id, answer_path, approve)
     phase("approval_by_role", t0)
 
     t0 = time.monotonic()

@@ -97,16 +97,29 @@ def hitl(airflow, run_id: str, task: str = "approve") -> str:
     return f"{airflow['url']}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task}/-1/hitlDetails"
 
 
-def awaiting(airflow, run_id: str, task: str = "approve") -> dict:
-    """The pending approval (of the approval task ``task``), once the run waits on it."""
+def process_ended(airflow, run_id: str, task: str) -> int:
+    """How many times the scheduler has taken the end of a process of ``task`` in ``run_id`` (its
+    executor's "success" event, in the scheduler's log)."""
+    log = (airflow["home"] / "airflow-scheduler.log").read_text(errors="replace")
+    return log.count(f"Received executor event with state success for task instance TaskInstanceKey("
+                     f"dag_id='{DAG_ID}', task_id='{task}', run_id='{run_id}'")
+
+
+def awaiting(airflow, run_id: str, task: str = "approve", asked: int = 1) -> dict:
+    """The pending approval (of the approval task ``task``, asked for the ``asked``-th time), once
+    the run waits on it and Airflow is ready for an answer: deferred, its wait held by the
+    triggerer, and the process that deferred it seen ended by the scheduler — an answer before that
+    races the process's exit in Airflow (the executor's "success" for a task already re-queued by the
+    answer is taken as a failure and costs a retry, which asks again; a busy machine widens the
+    window to tens of seconds)."""
     def pending():
         failed = [r for r in runs(airflow, DAG_ID) if r["dag_run_id"] == run_id and r["state"] == "failed"]
         assert not failed, finished(airflow, run_id)
         ti = airflow["api"].get(f"{airflow['url']}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task}",
                                 timeout=30)
-        # deferred, and its wait picked up by the triggerer: the task's process has ended (an answer
-        # within the moment between the two races the process's exit in Airflow and costs a retry)
         if ti.status_code != 200 or ti.json()["state"] != "deferred" or not ti.json().get("triggerer_job"):
+            return None
+        if process_ended(airflow, run_id, task) < asked:
             return None
         detail = airflow["api"].get(hitl(airflow, run_id, task), timeout=30)
         return detail.status_code == 200 and detail.json()
@@ -168,7 +181,7 @@ def test_1_a_gray_release_holds_until_someone_other_than_its_trigger_approves_it
     wait_for("the self-approval refused and the question asked again", lambda: (
         (d := airflow["api"].get(hitl(airflow, run), timeout=30).json()).get("response_received") is False
         and "Promote" in (d.get("subject") or "")), 120, airflow)
-    awaiting(airflow, run)
+    awaiting(airflow, run, asked=2)
     assert share(stack) == 25.0 and served(stack, MODEL) == {"stable": (1,), "canary": (2,)}
 
     # ... another person approves it in the Airflow UI, with a note

@@ -144,9 +144,18 @@ def test_wrong_classes_are_rolled_back_by_the_prediction_distribution(stack, fau
     assert 0 < users.answered["v2_wrong"] <= 0.35 * users.ok, users.answered
 
 
+# The latency comparison is what test_bad_versions_are_rolled_back_by_themselves checks (+60 ms
+# against +25 ms allowed); the tests of promotion and of a crash allow more, since the p99 of a 5 %
+# share's few requests on a machine busy with the other test worker can pass +25 ms by itself.
+NOT_ABOUT_LATENCY = {"max_error_rate_increase": 0.01, "max_p99_increase_ms": 500.0, "min_requests": 5,
+                     "min_predictions": 20}
+
+
 def test_good_version_is_promoted_step_by_step_with_no_failed_request(stack, zoo):
+    from tfmlops.deploy.progressive import GrayThresholds
+
     with _users(stack, zoo, ["v1", "v2"]) as users:
-        res = _release(stack, zoo, "v2", 5)
+        res = _release(stack, zoo, "v2", 5, thresholds=GrayThresholds(**NOT_ABOUT_LATENCY))
     assert res.outcome == "promoted", res.to_dict()
     json.dumps(res.to_dict(), allow_nan=False)  # what Airflow stores as the task's XCom
     assert [s["share_pct"] for s in res.steps] == [5, 25, 50, 100]
@@ -194,6 +203,8 @@ def test_a_release_awaiting_approval_holds_its_share_then_is_promoted_or_rolled_
 
 
 def test_a_crashed_canary_replica_is_rolled_back_without_failed_requests(stack, zoo):
+    from tfmlops.deploy.progressive import GrayThresholds
+
     outputs = {5: zoo.out["v2"], 6: zoo.out["v3"]}
     canary, router = stack["groups"]["canary"], stack["router"]
 
@@ -206,7 +217,8 @@ def test_a_crashed_canary_replica_is_rolled_back_without_failed_requests(stack, 
     killer = threading.Thread(target=kill_when_it_takes_traffic, daemon=True)
     with Clients(stack["config"], outputs) as clients:
         killer.start()
-        res = _release(stack, zoo, "v3", 6, window_s=5.0, timeout_s=20)
+        res = _release(stack, zoo, "v3", 6, window_s=5.0, timeout_s=20,
+                       thresholds=GrayThresholds(**NOT_ABOUT_LATENCY))
     killer.join(5)
     assert res.outcome == "rolled_back" and "down" in res.reason and res.reason.startswith("at 25 %"), res.reason
     assert stack["router"].share_pct == 0.0
