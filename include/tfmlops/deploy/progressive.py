@@ -316,7 +316,6 @@ class RouterRelease:
         wait_unloaded(ep.client, model, [n], self.timeout_s)
         self._event(f"{ep.name}: canary group back on {old}")
 
-
     def promote(self, res, old: list[int]) -> None:
         """The candidate onto the stable group, share back to 0 % (a failure: rolled back); ``res``:
         the release's result (``outcome``, ``reason``, ``stable_rollout``)."""
@@ -333,7 +332,6 @@ class RouterRelease:
         res.outcome, res.reason = ROLLED_BACK, reason
         self._event(f"release of {self.cand.model} version {self.cand.version} rolled back ({reason}); share 0 %")
         self._restore_canary(old, res)
-
 
     def hold(self, res, old: list[int]) -> None:
         """A candidate that would be promoted waits for a person: it keeps the canary group and the
@@ -384,6 +382,7 @@ class GrayRelease(RouterRelease):
                 self.promote(res, old)
         res.seconds = round(time.monotonic() - t0, 3)
         return res
+
 
 def gray_release(candidate: Candidate, router: Router, groups: dict[str, list[Endpoint]], **kwargs) -> GrayResult:
     """See the module docstring; never raises for a breach (the result says ``rolled_back``)."""
