@@ -25,15 +25,16 @@ Every 15 minutes, or from **Trigger ▸ with config**:
   `max_error_rate` **fails the task with the numbers** (an alert through the failure callback; no
   retry, the next run checks again).
 - **quality & drift** — the newest labeled partitions (`<root>/<dataset>/incoming/`) sent through
-  the served `champion`: accuracy, precision, recall, F1 (macro and per class), confusion matrix;
-  PSI of input statistics (intensity, ink, centre of mass, second moments) and of the predicted
-  classes against the version's training reference (`monitoring/reference.json` on its MLflow
+  the served `champion`, measured by its task: accuracy, precision, recall, F1 (macro and per
+  class), confusion matrix; AUC; RMSE/MAE/R². PSI of each input's statistics and of the served
+  outputs against the version's training reference (`monitoring/reference.json` on its MLflow
   run; computed from a sample of its training data the first time).
 - **live drift** — the same PSI on what users really sent: the model server's sampled request
   logs (`log_prefix`, the `filename_prefix` of the model's `logging_config`) of the last
   `live_window_s`, against the same reference; under `live_min_rows` logged rows, no verdict.
-- **retrain** — when accuracy is under `min_accuracy` or a PSI (new data or live traffic) over
-  its threshold, `tf_offline_retrain` is triggered with `conf.reason` naming the breach.
+- **retrain** — when the gate metric misses `gate_threshold` (empty: the model module's `GATE`,
+  e.g. MNIST's accuracy 0.9, a regressor's RMSE) or a PSI (new data or live traffic) is over its
+  threshold, `tf_offline_retrain` is triggered with `conf.reason` naming the breach.
 
 Everything goes to one MLflow run per model (experiment `<model>-monitoring`, step = time),
 with trend charts (`charts/monitoring_trends.png`) and the last confusion matrix.
@@ -61,8 +62,11 @@ PARAMS = {
     **params.partitions(),
     "newest": Param(1, type="integer", minimum=1, maximum=100, title="Newest partitions",
                     description="How many of the newest partitions the quality and drift checks use."),
-    "min_accuracy": Param(0.85, type="number", minimum=0, maximum=1, title="Min accuracy",
-                          description="Quality: accuracy under this triggers a retrain."),
+    **params.gate(gate_metric="Quality: the metric the served champion is judged by on the newest partitions "
+                              "(accuracy or f1_macro, auc or accuracy, rmse, mae or r2 by task); empty: its model "
+                              "module's GATE.",
+                  gate_threshold="Quality: the gate metric under this (over it for rmse/mae) triggers a retrain; "
+                                 "empty: the module's GATE threshold."),
     "max_input_psi": Param(0.25, type="number", exclusiveMinimum=0, maximum=100, title="Max input PSI",
                            description="Drift: PSI of any input statistic above this triggers a retrain."),
     "max_prediction_psi": Param(0.25, type="number", exclusiveMinimum=0, maximum=100, title="Max prediction PSI",
@@ -100,7 +104,8 @@ with DAG(
     quality = ModelQualityDriftOperator(
         task_id="quality_drift", task_display_name="Quality and drift on new data",
         model_name="{{ params.model_name }}", root="{{ params.root }}", dataset="{{ params.dataset }}",
-        newest="{{ params.newest }}", min_accuracy="{{ params.min_accuracy }}",
+        newest="{{ params.newest }}", gate_metric="{{ params.gate_metric }}",
+        gate_threshold="{{ params.gate_threshold }}",
         max_input_psi="{{ params.max_input_psi }}", max_prediction_psi="{{ params.max_prediction_psi }}",
         reference_rows="{{ params.reference_rows }}")
 

@@ -21,7 +21,8 @@ event's `root` says where it is), or from **Trigger ▸ with config**:
 
 Works for the champion's own model module: a partition is any dataset its loader reads
 (`data.parquet` with the named columns, the label and a `split` column; the MNIST example's
-`data.npz`), and the gate compares the task's metric (accuracy, AUC or RMSE).
+`data.npz`), and the gate compares its model module's `GATE` metric (accuracy, AUC or RMSE by
+task; `gate_metric` picks another of the task's) with its `GATE` tolerance unless `tolerance` is set.
 
 1. **ingest** — the run's partition (from the UI: the ones named, or every new partition under
    `<root>/<dataset>/incoming/`) is read by the champion's model module and validated with the
@@ -61,11 +62,11 @@ PARAMS = {
     "batch_size": Param(64, type="integer", minimum=8, maximum=4096, title="Batch size",
                         description="Fine-tuning batch size."),
     "min_improvement": Param(0.0, type="number", minimum=0, title="Minimum improvement",
-                             description="Gate: gain on the new data the candidate must exceed, in the task "
+                             description="Gate: gain on the new data the candidate must exceed, in the gate "
                                          "metric's unit (accuracy, AUC; RMSE: a decrease)."),
-    "tolerance": Param(0.01, type="number", minimum=0, title="Holdout tolerance",
-                       description="Gate: how much worse than the champion the candidate may be on the holdout, in "
-                                   "the task metric's unit (accuracy, AUC, RMSE)."),
+    **params.gate(gate_metric="",
+                  tolerance="Gate: how much worse than the champion the candidate may be on the holdout, in the "
+                            "gate metric's unit; empty: the model module's GATE tolerance."),
     "holdout_uri": Param(None, type=["null", "string"], maxLength=1000, title="Holdout",
                          description="Empty: the test split of the champion's dataset ('mnist': its first 5000 "
                                      "test rows, never in a simulated partition); else a dataset the champion's "
@@ -99,6 +100,7 @@ with DAG(
         replay_fraction="{{ params.replay_fraction }}", learning_rate="{{ params.learning_rate }}",
         epochs="{{ params.epochs }}", batch_size="{{ params.batch_size }}",
         min_improvement="{{ params.min_improvement }}", tolerance="{{ params.tolerance }}",
+        gate_metric="{{ params.gate_metric }}",
         holdout_uri="{{ params.holdout_uri }}", holdout_rows="{{ params.holdout_rows }}",
         root=ingest.output["root"], dataset="{{ params.dataset }}")
     rollout, _ = serving_release(update.output["version"], "Roll out (canary), set champion", announce_champion=True)

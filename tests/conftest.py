@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 
+import base64
 import json
 import os
 import subprocess
@@ -27,6 +28,9 @@ os.environ.update({
     "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}",
+    # one key for this process and the airflow commands it starts: without it each generates its
+    # own, and what one encrypts in the DB (an asset watcher's trigger kwargs) the other cannot read
+    "AIRFLOW__CORE__FERNET_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
     # the tests' partitions live in pytest's temporary folders
     "AIRFLOW__TFMLOPS__ALLOWED_PARTITIONS_ROOTS": tempfile.gettempdir(),
 })

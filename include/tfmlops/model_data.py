@@ -15,7 +15,8 @@ a relative path is looked up under the data folder, ``TFMLOPS_DATA_DIR``, defaul
   feature spec the module's ``INPUTS`` and ``LABEL`` give.
 
 A missing validation split is carved from train: its last ``validation_split`` share (as Keras'
-``fit(validation_split=...)`` does). The test split is used only by evaluation and the gate.
+``fit(validation_split=...)`` does; not a seeded random carve, which would change the MNIST
+example's numbers: a deviation in the README). The test split is used only by evaluation and the gate.
 
 The whole split is loaded into memory (NumPy); streaming larger-than-memory datasets is a later
 issue. No TensorFlow import except in the TFRecord loader and for a ``tf.data`` result.
@@ -27,6 +28,7 @@ import fnmatch
 import hashlib
 import io
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,7 +119,7 @@ def load(spec: ModelSpec, module, uri: str, sample_fraction: float = 1.0, seed: 
         split = raw.get(name)
         if split is None:
             continue
-        split = _validate_split(spec, uri, name, split)
+        split = validate_split(spec, uri, name, split)
         if sample_fraction < 1:
             n = len(split)
             split = split.take(np.sort(rng.choice(n, size=max(1, int(round(n * sample_fraction))), replace=False)))
@@ -280,28 +282,26 @@ def _column(table, name: str, declared, uri: str) -> np.ndarray:
     return array.reshape((len(rows), *shape))
 
 
-def _tfrecord_files(uri: str, split: str, s3_client) -> list[str]:
-    """Local paths of the split's TFRecord files (S3 objects are fetched to a temporary folder)."""
+def _tfrecord_files(uri: str, split: str, s3_client, tmp: Path) -> list[tuple[str, str]]:
+    """The split's TFRecord files as (local path, name in messages); S3 objects are fetched into ``tmp``."""
     if "{split}" in uri:
         pattern = uri.replace("{split}", split)
     elif any(uri.endswith(s) for s in TFRECORD_SUFFIXES):
-        return [uri] if split == "train" else []
+        return [(uri, uri)] if split == "train" else []
     else:
         pattern = uri.rstrip("/") + f"/{split}*"
     if pattern.startswith("s3://"):
         from tfmlops.storage import list_s3_keys, split_s3_uri
-        import tempfile
 
         bucket, key_pattern = split_s3_uri(pattern)
         prefix = key_pattern.split("*")[0].split("?")[0]
         keys = [k for k in list_s3_keys(s3_client, bucket, prefix)
                 if fnmatch.fnmatch(k, key_pattern) or fnmatch.fnmatch(k, key_pattern + "/*")]
-        tmp = Path(tempfile.mkdtemp(prefix="tfmlops-tfrecords-"))
         paths = []
-        for i, key in enumerate(sorted(keys)):
-            path = tmp / f"{i:05d}.tfrecord"
+        for key in sorted(keys):
+            path = tmp / f"{split}-{len(paths):05d}{'.gz' if key.endswith('.gz') else ''}"
             path.write_bytes(read_bytes(f"s3://{bucket}/{key}", s3_client=s3_client))
-            paths.append(str(path))
+            paths.append((str(path), f"s3://{bucket}/{key}"))
         return paths
     import glob
 
@@ -312,7 +312,7 @@ def _tfrecord_files(uri: str, split: str, s3_client) -> list[str]:
             files.extend(sorted(str(p) for p in Path(path).iterdir() if p.is_file()))
         else:
             files.append(path)
-    return files
+    return [(f, f) for f in files]
 
 
 def _load_tfrecords(spec: ModelSpec, uri: str, s3_client) -> dict[str, Split | None]:
@@ -324,33 +324,36 @@ def _load_tfrecords(spec: ModelSpec, uri: str, s3_client) -> dict[str, Split | N
     features[spec.label] = tf.io.FixedLenFeature([], label_dtype)
     out: dict[str, Split | None] = {}
     for split in SPLITS:
-        files = _tfrecord_files(uri, split, s3_client)
-        if not files:
-            out[split] = None
-            continue
-        compression = "GZIP" if files[0].endswith(".gz") else None
-        columns: dict[str, list] = {k: [] for k in features}
-        for path in files:
-            ds = tf.data.TFRecordDataset(path, compression_type=compression).batch(1024)
-            offset = 0
-            try:
-                for batch in ds:
-                    parsed = tf.io.parse_example(batch, features)
-                    for k in columns:
-                        columns[k].append(parsed[k].numpy())
-                    offset += int(batch.shape[0])
-            except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as exc:
-                message = exc.message.splitlines()[0] if exc.message else type(exc).__name__
-                raise DatasetError(f"{path}: cannot read tf.Example records for model module {spec.module!r} near "
-                                   f"record {offset}: {message}") from exc
-        arrays = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in columns.items()}
-        labels = arrays.pop(spec.label)
-        out[split] = Split(arrays, labels)
+        with tempfile.TemporaryDirectory(prefix="tfmlops-tfrecords-") as tmp:
+            out[split] = _read_tfrecords(tf, spec, features, _tfrecord_files(uri, split, s3_client, Path(tmp)))
     return out
 
 
+def _read_tfrecords(tf, spec: ModelSpec, features: dict, files: list[tuple[str, str]]) -> Split | None:
+    if not files:
+        return None
+    compression = "GZIP" if files[0][0].endswith(".gz") else None
+    columns: dict[str, list] = {k: [] for k in features}
+    for path, name in files:
+        ds = tf.data.TFRecordDataset(path, compression_type=compression).batch(1024)
+        offset = 0
+        try:
+            for batch in ds:
+                parsed = tf.io.parse_example(batch, features)
+                for k in columns:
+                    columns[k].append(parsed[k].numpy())
+                offset += int(batch.shape[0])
+        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as exc:
+            message = exc.message.splitlines()[0] if exc.message else type(exc).__name__
+            raise DatasetError(f"{name}: cannot read tf.Example records for model module {spec.module!r} near "
+                               f"record {offset}: {message}") from exc
+    arrays = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in columns.items()}
+    labels = arrays.pop(spec.label)
+    return Split(arrays, labels)
+
+
 # ------------------------------------------------------------------ validation
-def _validate_split(spec: ModelSpec, uri: str, name: str, split: Split) -> Split:
+def validate_split(spec: ModelSpec, uri: str, name: str, split: Split) -> Split:
     where = f"{uri}: {name} split"
     if len(split.labels) == 0:
         raise DatasetError(f"{where} is empty")

@@ -316,6 +316,13 @@ def module_source_changed(spec: ModelSpec) -> str | None:
     return None
 
 
+def module_changed_tags(spec: ModelSpec) -> dict[str, str]:
+    """The tag a later DAG's MLflow run gets when it works from a version whose module's source
+    changed since it was trained (``model.module_changed``: the message with both hashes); else none."""
+    changed = module_source_changed(spec)
+    return {"model.module_changed": changed} if changed else {}
+
+
 def build_model(spec: ModelSpec, module: ModuleType, sample: dict | None = None, function: str = "build_model"):
     """``module.build_model(hparams[, sample])`` (or another builder of the contract:
     ``build_student``, ``build_teacher``), then :func:`check_model`."""

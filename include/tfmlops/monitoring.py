@@ -29,7 +29,8 @@ PSI_EPS = 1e-4
 
 @dataclass
 class Thresholds:
-    min_accuracy: float = 0.85
+    gate_metric: str | None = None  # quality: None = the model module's GATE metric
+    gate_threshold: float | None = None  # quality: None = the module's GATE threshold
     max_input_psi: float = 0.25
     max_prediction_psi: float = 0.25
     max_p99_ms: float = 500.0

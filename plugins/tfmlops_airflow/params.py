@@ -92,6 +92,15 @@ def model() -> dict[str, Param]:
                             description="Training batch size; empty: the module's HPARAMS."),
         "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=10, title="Learning rate",
                                description="Optimizer learning rate; empty: the module's HPARAMS."),
+        **gate(),
+    }
+
+
+def gate(**descriptions: str) -> dict[str, Param]:
+    """The task-aware gate fields, empty meaning the model module's ``GATE`` (a DAG file cannot
+    import the module at parse time): all three, or those named, each with the description given
+    ("" keeps the training gate's)."""
+    fields = {
         "gate_metric": Param(None, type=["null", "string"], maxLength=20, title="Gate metric",
                              description="accuracy or f1_macro (multiclass), auc or accuracy (binary), rmse, mae or "
                                          "r2 (regression); empty: the module's GATE (default: accuracy / auc / "
@@ -103,6 +112,10 @@ def model() -> dict[str, Param]:
                            description="How much worse than the champion (same test data) the candidate may be, in "
                                        "the metric's unit; empty: the module's GATE."),
     }
+    for name, text in descriptions.items():
+        if text:
+            fields[name].description = text
+    return {k: v for k, v in fields.items() if not descriptions or k in descriptions}
 
 
 def hyperparameters(params) -> dict:

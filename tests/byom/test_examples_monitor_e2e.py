@@ -124,7 +124,8 @@ def test_online_update_reads_partitions_by_module_and_gates_by_the_task_metric(n
     assert result["gate"]["reason"].startswith(f"{metric} on ") or f"holdout {metric}" in result["gate"]["reason"]
     sign = 1 if metric == "auc" else -1
     improved = sign * (m[f"new_{metric}"] - m[f"champion_new_{metric}"]) > 0
-    held = sign * (m[f"champion_holdout_{metric}"] - m[f"holdout_{metric}"]) <= 0.01
+    assert result["gate"]["tolerance"] == spec.gate["tolerance"]  # the module's GATE, in the metric's unit
+    held = sign * (m[f"champion_holdout_{metric}"] - m[f"holdout_{metric}"]) <= spec.gate["tolerance"]
     assert (result["status"] == "registered") == (improved and held), result
     mlf = MlflowClient(mlflow_server)
     run = mlf.get_run(result["run_id"])

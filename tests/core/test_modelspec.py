@@ -136,10 +136,11 @@ def test_the_spec_round_trips_through_registry_tags_and_gates_resolve_by_task():
 def test_a_changed_module_source_is_reported_with_both_hashes(package):
     name = package("drift", module())
     spec = modelspec.read_spec(name)
-    assert modelspec.module_source_changed(spec) is None
+    assert modelspec.module_source_changed(spec) is None and modelspec.module_changed_tags(spec) == {}
     package("drift", module() + "\n# edited\n")
     changed = modelspec.module_source_changed(spec)
     assert changed and spec.source_sha256 in changed and "changed since this version was trained" in changed
+    assert modelspec.module_changed_tags(spec) == {"model.module_changed": changed}  # on a later DAG's run
 
 
 def test_default_loaders_and_data_checks_name_the_file_and_problem(tmp_path):

@@ -12,7 +12,7 @@ from .conftest import MODEL, load_dag, states
 
 pytestmark = pytest.mark.e2e
 
-CONF = {"model_name": MODEL, "requests": 10, "max_p99_ms": 5000, "max_error_rate": 0.0, "min_accuracy": 0.7}
+CONF = {"model_name": MODEL, "requests": 10, "max_p99_ms": 5000, "max_error_rate": 0.0, "gate_threshold": 0.7}
 
 
 def users_send(serving_server, images) -> None:

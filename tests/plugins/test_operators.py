@@ -505,7 +505,8 @@ def test_online_update_outcomes():
     from tfmlops_airflow.operators.online import OnlineUpdateOperator
 
     op = OnlineUpdateOperator(task_id="task", model_name="m", root="/parts", dataset="ds", partition_ids=["p1"],
-                              epochs="3", learning_rate="0.0003", holdout_rows="500")
+                              epochs="3", learning_rate="0.0003", holdout_rows="500", tolerance="None",
+                              gate_metric="mae")
     outcomes = [({"status": "noop", "partitions": ["p1"]}, AirflowSkipException, "already consumed"),
                 ({"status": "rejected", "gate": {"reason": "gain +0.0000"}}, AirflowSkipException, "gain"),
                 (OnlineUpdateError("no champion to update"), AirflowFailException, "no champion")]
@@ -516,6 +517,7 @@ def test_online_update_outcomes():
     args, kwargs = step.call_args.args, step.call_args.kwargs
     assert args[:5] == (TRACKING, "m", "/parts", "ds", ["p1"]) and kwargs["tags"] == LINEAGE
     assert (args[5].epochs, args[5].learning_rate, args[5].holdout_rows) == (3, 0.0003, 500)
+    assert (args[5].tolerance, args[5].gate_metric) == (None, "mae")  # empty: the module's GATE
     with mock.patch("tfmlops.steps.online.update", return_value={"status": "registered", "version": 5}):
         assert op.execute(context())["version"] == 5
 
@@ -571,12 +573,18 @@ def test_quality_drift_returns_the_retrain_decision():
     from tfmlops_airflow.operators.monitor import ModelQualityDriftOperator
 
     op = ModelQualityDriftOperator(task_id="q", model_name="m", root="/parts", dataset="ds", newest="2",
-                                   min_accuracy="0.8", max_input_psi="0.3", max_prediction_psi="0.3")
+                                   gate_metric="f1_macro", gate_threshold="0.8", max_input_psi="0.3",
+                                   max_prediction_psi="0.3")
     decision = {"retrain": True, "reason": "input drift"}
     with mock.patch("tfmlops.steps.monitor.check_quality_drift", return_value=decision) as step:
         assert op.execute(context()) == decision
     assert step.call_args.args[2].name == "tf_serving_default" and step.call_args.kwargs["newest"] == 2
-    assert step.call_args.args[5].min_accuracy == 0.8
+    assert (step.call_args.args[5].gate_metric, step.call_args.args[5].gate_threshold) == ("f1_macro", 0.8)
+    empty = ModelQualityDriftOperator(task_id="q", model_name="m", root="/parts", gate_metric="None",
+                                      gate_threshold="None")
+    with mock.patch("tfmlops.steps.monitor.check_quality_drift", return_value=decision) as step:
+        empty.execute(context())
+    assert (step.call_args.args[5].gate_metric, step.call_args.args[5].gate_threshold) == (None, None)
     with mock.patch("tfmlops.steps.monitor.check_quality_drift", side_effect=LookupError("not AVAILABLE")):
         with pytest.raises(AirflowFailException, match="not AVAILABLE"):
             op.execute(context())

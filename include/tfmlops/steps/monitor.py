@@ -131,15 +131,12 @@ def ensure_reference(tracking_uri: str, model_name: str, version: int, client, r
 
 
 def quality_breach(spec: ModelSpec, q: dict, thresholds: Thresholds) -> str | None:
-    """The quality verdict: accuracy against ``thresholds.min_accuracy`` for a multiclass model (the
-    form's field), else the model's own gate metric against its gate threshold (its ``GATE``)."""
-    if spec.task == "multiclass":
-        metric, threshold, higher = "accuracy", thresholds.min_accuracy, True
-    else:
-        gate = modelspec.resolve_gate(spec)
-        metric, threshold, higher = gate["metric"], gate.get("threshold"), gate["higher_is_better"]
-        if threshold is None:
-            return None
+    """The quality verdict: the gate metric against the gate threshold, each the form's where set,
+    else the model module's ``GATE`` (no threshold: no verdict)."""
+    gate = modelspec.resolve_gate(spec, thresholds.gate_metric, thresholds.gate_threshold)
+    metric, threshold, higher = gate["metric"], gate.get("threshold"), gate["higher_is_better"]
+    if threshold is None:
+        return None
     value = q.get(metric)
     if value is None or not np.isfinite(value):
         return f"{metric} could not be measured on {q['rows']} rows"
@@ -254,7 +251,9 @@ def check_quality_drift(tracking_uri: str, model_name: str, endpoint, root: str,
                                            "reports/last_quality_drift.json")
     registry.set_tags(tracking_uri, run_id, {"last_partitions": ",".join(partitions), "last_breaches":
                                              "; ".join(breaches)[:4000] or "none",
-                                             "last_drift_moved_most": moved_most(d, 5)[:4000]})
+                                             "last_drift_moved_most": moved_most(d, 5)[:4000],
+                                             "last_module_changed": modelspec.module_changed_tags(spec).get(
+                                                 "model.module_changed", "no")})
     charts = log_trend_charts(tracking_uri, run_id)
     reason = (f"{model_name} version {version} on partitions {list(partitions)}: " + "; ".join(breaches)) \
         if breaches else ""

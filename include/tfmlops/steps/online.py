@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from tfmlops import data, evaluation, model_data, partitions
+from tfmlops import data, evaluation, model_data, modelspec, partitions
 from tfmlops.model_data import ModelData, Split
 from tfmlops.partitions import list_partitions, read_ledger, write_ledger
 from tfmlops.steps.retrain import SMOKE_ROWS, WARMUP_ROWS, export_model, register, version_spec
@@ -29,10 +29,6 @@ from tfmlops.steps.retrain import SMOKE_ROWS, WARMUP_ROWS, export_model, registe
 __all__ = ["OnlineConfig", "OnlineUpdateError", "fixed_holdout", "improvement_gate", "ingest", "update"]
 
 log = logging.getLogger(__name__)
-
-# the task's metric the update gate compares (tfmlops.evaluation.task_metrics), higher is better?
-GATE_METRIC = {"multiclass": ("accuracy", True), "binary": ("auc", True), "regression": ("rmse", False)}
-
 
 class OnlineUpdateError(RuntimeError):
     """The update cannot run (no champion, no usable partition); the message says why."""
@@ -44,8 +40,9 @@ class OnlineConfig:
     learning_rate: float = 1e-4
     epochs: int = 2
     batch_size: int = 64
-    min_improvement: float = 0.0  # gain on the new data the candidate must exceed, in the task metric's unit
-    tolerance: float = 0.01  # how much worse than the champion the candidate may be on the holdout, idem
+    min_improvement: float = 0.0  # gain on the new data the candidate must exceed, in the gate metric's unit
+    tolerance: float | None = None  # how much worse than the champion it may be on the holdout; None: the GATE's
+    gate_metric: str | None = None  # the metric compared (one of the task's); None: the model module's GATE
     holdout_uri: str | None = None  # None: the champion's dataset's test split ("mnist": its holdout rows)
     holdout_rows: int = 2000
     seed: int = 0
@@ -161,6 +158,8 @@ def update(tracking_uri: str, model_name: str, root: str, dataset: str, partitio
     champion = _champion(tracking_uri, model_name)
     parent = int(champion.version)
     spec, module = version_spec(champion)  # the update is the champion's model: it keeps its spec
+    gate = modelspec.resolve_gate(spec, config.gate_metric, tolerance=config.tolerance)
+    metric, higher, tolerance = gate["metric"], gate["higher_is_better"], gate["tolerance"]
     base_uri = registry.client(tracking_uri).get_run(champion.run_id).data.tags.get("dataset_uri", "mnist")
 
     def load(uri: str) -> ModelData:
@@ -185,9 +184,8 @@ def update(tracking_uri: str, model_name: str, root: str, dataset: str, partitio
                         callbacks=[trainer.EpochLogger(config.epochs)]).history
     history = {k: [float(v) for v in values] for k, values in history.items()}
     after = {"new": _metrics(spec, model, new_test), "holdout": _metrics(spec, model, holdout)}
-    metric, higher = GATE_METRIC[spec.task]
     decision = improvement_gate(after["new"][metric], before["new"][metric], after["holdout"][metric],
-                                before["holdout"][metric], config.min_improvement, config.tolerance, metric, higher)
+                                before["holdout"][metric], config.min_improvement, tolerance, metric, higher)
     log.info("online update gate: %s", decision.reason)
 
     metrics = {f"{which}_{k}": v for which in ("new", "holdout") for k, v in after[which].items()}
@@ -196,19 +194,22 @@ def update(tracking_uri: str, model_name: str, root: str, dataset: str, partitio
                "online.dataset": dataset, "online.partitions_root": str(root), "dataset_uri": base_uri,
                "dataset_fingerprint": ModelData(dataset, fit, fit.head(0), new_test).fingerprint()}
     run_id = registry.start_run(tracking_uri, model_name, f"online-{fresh[-1]}",
-                                {**lineage, **spec.to_tags(), "gate": "passed" if decision.passed else "rejected",
-                                 "gate_reason": decision.reason, "gate.metric": metric})
+                                {**lineage, **spec.to_tags(), **modelspec.module_changed_tags(spec),
+                                 "gate": "passed" if decision.passed else "rejected",
+                                 "gate_reason": decision.reason, "gate.metric": metric,
+                                 "gate.tolerance": str(tolerance)})
     registry.log_params(tracking_uri, run_id, {**{f"online.{k}": v for k, v in config.to_dict().items()},
                                                "data.new_rows": len(new_train), "data.replay_rows": replay_rows,
                                                "data.replay_sources": replay_sources})
     registry.log_history(tracking_uri, run_id, history)
     registry.log_metrics(tracking_uri, run_id, metrics)
     result = {"status": "rejected", "version": None, "parent_version": parent, "partitions": fresh,
-              "run_id": run_id, "gate": decision.to_dict(), "metrics": metrics, "replay_rows": replay_rows}
+              "run_id": run_id, "gate": {**decision.to_dict(), "metric": metric, "tolerance": tolerance},
+              "metrics": metrics, "replay_rows": replay_rows}
     if decision.passed:
         smoke = new_test.head(SMOKE_ROWS).features
         model_uri = registry.log_keras_model(tracking_uri, run_id, model, smoke)
-        export_model(tracking_uri, run_id, model, smoke, new_train.head(WARMUP_ROWS).features, spec)
+        export_model(tracking_uri, run_id, model, smoke, new_test.head(WARMUP_ROWS).features, spec)
         registered = register(tracking_uri, model_name, run_id, model_uri,
                               {**after["holdout"], f"new_{metric}": after["new"][metric]}, lineage, spec.to_dict())
         result.update(status="registered", version=registered["version"])

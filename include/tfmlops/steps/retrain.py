@@ -234,11 +234,11 @@ def gate_against_champion(tracking_uri: str, model_name: str, run_id: str, candi
 
 def export(tracking_uri: str, run_id: str, model_uri: str, spec: DataSpec) -> dict:
     """Export the run's model as the serving SavedModel with the signatures its spec gives (smoke
-    batch from the test split, warmup requests from training rows)."""
+    batch and warmup requests from the module's test split)."""
     model_spec = spec.spec()
     loaded, _, _ = spec.load_model_data(model_spec)
     return export_model(tracking_uri, run_id, registry.load_keras_model(tracking_uri, model_uri),
-                        loaded.test.head(SMOKE_ROWS).features, loaded.train.head(WARMUP_ROWS).features, model_spec)
+                        loaded.test.head(SMOKE_ROWS).features, loaded.test.head(WARMUP_ROWS).features, model_spec)
 
 
 def export_model(tracking_uri: str, run_id: str, model, smoke_inputs, warmup_inputs,

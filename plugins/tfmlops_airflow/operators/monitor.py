@@ -126,26 +126,30 @@ class ModelQualityDriftOperator(MonitorOperator):
         (:func:`~tfmlops_airflow.operators.base.allowed_partitions_roots`). (templated)
     :param dataset: dataset name, the folder under the root. (templated)
     :param newest: how many of the newest partitions to use. (templated)
-    :param min_accuracy: a multiclass model's accuracy under this asks for a retrain; a binary or
-        regression model is held to its own gate metric and threshold (the module's ``GATE``). (templated)
+    :param gate_metric: the metric the champion is judged by (one its task has); empty: its model
+        module's ``GATE`` metric. (templated)
+    :param gate_threshold: the metric under this (over it for rmse/mae) asks for a retrain; empty: the
+        module's ``GATE`` threshold (none: no quality verdict). (templated)
     :param max_input_psi: PSI of any input statistic above this asks for a retrain. (templated)
     :param max_prediction_psi: PSI of the served outputs' distribution above this asks for a retrain. (templated)
     :param reference_rows: training rows sampled when a version's drift profile is first built. (templated)
     :param tf_serving_conn_id: the TF Serving connection whose champion is evaluated.
     """
 
-    template_fields: Sequence[str] = (*MonitorOperator.template_fields, "root", "dataset", "newest", "min_accuracy",
-                                      "max_input_psi", "max_prediction_psi", "reference_rows")
+    template_fields: Sequence[str] = (*MonitorOperator.template_fields, "root", "dataset", "newest", "gate_metric",
+                                      "gate_threshold", "max_input_psi", "max_prediction_psi", "reference_rows")
 
     def __init__(self, *, root: str, dataset: str = "mnist_stream", newest: int | str = 1,
-                 min_accuracy: float | str = 0.85, max_input_psi: float | str = 0.25,
+                 gate_metric: str | None = None, gate_threshold: float | str | None = None,
+                 max_input_psi: float | str = 0.25,
                  max_prediction_psi: float | str = 0.25, reference_rows: int | str = 2000,
                  tf_serving_conn_id: str = "tf_serving_default", **kwargs):
         super().__init__(**kwargs)
         self.root = root
         self.dataset = dataset
         self.newest = newest
-        self.min_accuracy = min_accuracy
+        self.gate_metric = gate_metric
+        self.gate_threshold = gate_threshold
         self.max_input_psi = max_input_psi
         self.max_prediction_psi = max_prediction_psi
         self.reference_rows = reference_rows
@@ -155,8 +159,9 @@ class ModelQualityDriftOperator(MonitorOperator):
         from tfmlops.steps.monitor import check_quality_drift
 
         root = checked_partitions_root(self.root)
-        thresholds = _thresholds(min_accuracy=self.min_accuracy, max_input_psi=self.max_input_psi,
+        thresholds = _thresholds(gate_threshold=self.gate_threshold, max_input_psi=self.max_input_psi,
                                  max_prediction_psi=self.max_prediction_psi)
+        thresholds.gate_metric = optional(self.gate_metric)
         return self._retrain_decision(context, self.tf_serving_conn_id, lambda endpoint: check_quality_drift(
             self.tracking_uri, str(self.model_name), endpoint, root, str(self.dataset), thresholds,
             newest=int(self.newest), reference_rows=int(self.reference_rows), s3_client=self.s3_client_for(root)))

@@ -13,7 +13,8 @@ from typing import Any, Sequence
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from tfmlops_airflow.assets import NEW_PARTITIONS, partition_key, split_partition_key
-from tfmlops_airflow.operators.base import PartitionsOperator, checked_partitions_root, id_list, lineage, optional
+from tfmlops_airflow.operators.base import (PartitionsOperator, checked_partitions_root, id_list, lineage,
+                                             number_or_none, optional)
 
 
 class SimulatePartitionOperator(PartitionsOperator):
@@ -166,9 +167,12 @@ class OnlineUpdateOperator(PartitionsOperator):
     :param learning_rate: Adam learning rate of the fine-tuning. (templated)
     :param epochs: fine-tuning epochs. (templated)
     :param batch_size: fine-tuning batch size. (templated)
-    :param min_improvement: gain on the new data the candidate must exceed, in the task metric's unit
-        (accuracy, AUC, RMSE). (templated)
-    :param tolerance: how much worse than the champion the candidate may be on the holdout, idem. (templated)
+    :param min_improvement: gain on the new data the candidate must exceed, in the gate metric's unit
+        (accuracy, AUC: an increase; RMSE: a decrease). (templated)
+    :param tolerance: how much worse than the champion the candidate may be on the holdout, idem; empty:
+        the model module's ``GATE`` tolerance. (templated)
+    :param gate_metric: the metric compared (one the model's task has); empty: the module's ``GATE``
+        metric. (templated)
     :param holdout_uri: unset = the test split of the champion's dataset (``mnist``: its first test rows,
         never in a simulated partition), else a dataset the model module reads. (templated)
     :param holdout_rows: holdout rows evaluated by the gate. (templated)
@@ -176,12 +180,14 @@ class OnlineUpdateOperator(PartitionsOperator):
 
     template_fields: Sequence[str] = (*PartitionsOperator.template_fields, "model_name", "partition_ids",
                                       "replay_fraction", "learning_rate", "epochs", "batch_size",
-                                      "min_improvement", "tolerance", "holdout_uri", "holdout_rows")
+                                      "min_improvement", "tolerance", "gate_metric", "holdout_uri",
+                                      "holdout_rows")
 
     def __init__(self, *, model_name: str, partition_ids: list[str] | str, replay_fraction: float | str = 0.5,
                  learning_rate: float | str = 1e-4, epochs: int | str = 2, batch_size: int | str = 64,
-                 min_improvement: float | str = 0.0, tolerance: float | str = 0.01, holdout_uri: str | None = None,
-                 holdout_rows: int | str = 2000, **kwargs):
+                 min_improvement: float | str = 0.0, tolerance: float | str | None = None,
+                 gate_metric: str | None = None, holdout_uri: str | None = None, holdout_rows: int | str = 2000,
+                 **kwargs):
         super().__init__(**kwargs)
         self.model_name = model_name
         self.partition_ids = partition_ids
@@ -191,6 +197,7 @@ class OnlineUpdateOperator(PartitionsOperator):
         self.batch_size = batch_size
         self.min_improvement = min_improvement
         self.tolerance = tolerance
+        self.gate_metric = gate_metric
         self.holdout_uri = holdout_uri
         self.holdout_rows = holdout_rows
 
@@ -199,8 +206,9 @@ class OnlineUpdateOperator(PartitionsOperator):
 
         config = OnlineConfig(replay_fraction=float(self.replay_fraction), learning_rate=float(self.learning_rate),
                               epochs=int(self.epochs), batch_size=int(self.batch_size),
-                              min_improvement=float(self.min_improvement), tolerance=float(self.tolerance),
-                              holdout_uri=optional(self.holdout_uri), holdout_rows=int(self.holdout_rows))
+                              min_improvement=float(self.min_improvement), tolerance=number_or_none(self.tolerance),
+                              gate_metric=optional(self.gate_metric), holdout_uri=optional(self.holdout_uri),
+                              holdout_rows=int(self.holdout_rows))
         try:
             result = update(self.tracking_uri, str(self.model_name), checked_partitions_root(self.root),
                             str(self.dataset), id_list(self.partition_ids), config, tags=lineage(context),
