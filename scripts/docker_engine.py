@@ -34,7 +34,14 @@ why it cannot, and the tests that need it skip with that reason.
   named by ``docker/compose.stand-ins.yaml`` (scripts/prod_stack.py runs the stack with it).
 
 Each image carries a label with a hash of its inputs; an image whose label matches is reused,
-so a second run builds nothing.
+so a second run builds nothing. A stand-in that installs Python packages with the lock as
+constraints hashes only the lock's pins of the packages its last build installed (``pip list`` in
+the built image, recorded beside the image archives as ``<tag>.packages.json``; the image is then
+re-labelled): a new or changed pin rebuilds exactly the images that install that package.
+
+- **A rebuild starts from the earlier build** (``--cache-from``): the engine's image of the tag,
+  else its archive of other inputs loaded from the image cache, so a changed source file rebuilds
+  the layers from its ``COPY`` on and reuses the package installs before it.
 
 - **Image archives outside the clone** (``scripts/image_cache.py``): the engine's images live in
   ``<dir>/data``, which a fresh clone or ``down --purge`` loses. Every image built here (the base
@@ -54,6 +61,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
+import json
 import os
 import platform
 import re
@@ -388,12 +397,28 @@ def ensure_base_image(client, tag: str = BASE_IMAGE, suite: str = "bookworm") ->
     return tag
 
 
+LOCK = "requirements-lock.txt"
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _lock_pins() -> dict[str, str]:
+    """{canonical name: the lock's line} of every pin in requirements-lock.txt."""
+    pins = {}
+    for line in (ROOT / LOCK).read_text().splitlines():
+        name, sep, _ = line.split("#")[0].strip().partition("==")
+        if sep:
+            pins[_canonical(name.split("[")[0])] = line.strip()
+    return pins
+
+
 def _lock_pin(package: str) -> str:
-    for line in (ROOT / "requirements-lock.txt").read_text().splitlines():
-        name, sep, version = line.strip().partition("==")
-        if sep and name.lower() == package:
-            return version
-    raise EngineUnavailable(f"{package} is not pinned in requirements-lock.txt")
+    line = _lock_pins().get(_canonical(package))
+    if line is None:
+        raise EngineUnavailable(f"{package} is not pinned in {LOCK}")
+    return line.partition("==")[2].strip()
 
 
 def serving_image_tag() -> str:
@@ -406,7 +431,8 @@ class StandIn:
 
     tag: str
     dockerfile: str  # relative to the repository root; its folder's files are in the build context
-    extra: tuple[str, ...] = ("requirements-lock.txt",)  # more context files (repository-relative)
+    extra: tuple[str, ...] = (LOCK,)  # more context files (repository-relative)
+    python: str | None = None  # the interpreter of the environment it installs with the lock as constraints
 
     def files(self) -> list[str]:
         folder = ROOT / self.dockerfile.rsplit("/", 1)[0]
@@ -418,15 +444,18 @@ class StandIn:
 # what docker/compose.stand-ins.yaml names (a test checks the two agree); tf-serving-local first:
 # the fleet tests need it alone
 STAND_INS = {
-    "tf-serving-local": StandIn(serving_image_tag(), SERVING_DOCKERFILE, ("requirements-lock.txt",) + tuple(
+    "tf-serving-local": StandIn(serving_image_tag(), SERVING_DOCKERFILE, (LOCK,) + tuple(
         str(p.relative_to(ROOT)) for p in [ROOT / "include/tfmlops/__init__.py",
-                                            *sorted((ROOT / "include/tfmlops/serving").rglob("*.py"))])),
-    "airflow": StandIn("local/airflow:3.3.2-python3.11", "docker/stand-ins/airflow/Dockerfile"),
+                                            *sorted((ROOT / "include/tfmlops/serving").rglob("*.py"))]),
+                                "/opt/tf-serving-local/bin/python"),
+    "airflow": StandIn("local/airflow:3.3.2-python3.11", "docker/stand-ins/airflow/Dockerfile",
+                       python="/home/airflow/.local/bin/python"),
     "node": StandIn("local/node:20.19.5-bookworm-slim", "docker/stand-ins/node/Dockerfile", ()),
     "postgres": StandIn("local/postgres:15-bookworm", "docker/stand-ins/postgres/Dockerfile", ()),
     "redis": StandIn("local/redis:7.0-bookworm", "docker/stand-ins/redis/Dockerfile", ()),
-    "s3": StandIn("local/s3:moto-5.2.5", "docker/stand-ins/s3/Dockerfile"),
-    "mlflow": StandIn("local/mlflow:v3.17.2", "docker/stand-ins/mlflow/Dockerfile"),
+    "s3": StandIn("local/s3:moto-5.2.5", "docker/stand-ins/s3/Dockerfile", python="/opt/s3/venv/bin/python"),
+    "mlflow": StandIn("local/mlflow:v3.17.2", "docker/stand-ins/mlflow/Dockerfile",
+                      python="/opt/mlflow/venv/bin/python"),
     "haproxy": StandIn("local/haproxy:2.6-bookworm", "docker/stand-ins/haproxy/Dockerfile", ()),
     "prometheus": StandIn("local/prometheus:2.42-bookworm", "docker/stand-ins/prometheus/Dockerfile", ()),
 }
@@ -438,15 +467,17 @@ def _serving_context_files() -> list[str]:
 
 
 def build_image(client, tag: str, dockerfile: str, inputs: str, *, context: Path | None = None,
-                files: list[str] | None = None, buildargs: dict | None = None) -> str:
+                files: list[str] | None = None, buildargs: dict | None = None, finish=None) -> str:
     """``tag`` built with ``--network host`` (the only network a build has on this engine) and labelled
     with ``inputs``; skipped when an image with that label exists. The context is ``context`` (a
     folder, its .dockerignore applied) or only ``files`` (repository-relative) copied at their paths.
     A missing image is loaded from the image cache when it holds one of these inputs, and saved there
-    once built."""
+    once built. ``finish(inputs)``, run after the build, may re-label the image: it returns the
+    inputs the image is archived under."""
     if _reusable(client, tag, inputs):
         return tag
     t0 = time.monotonic()
+    cache_from = _earlier_build(client, tag)
     with tempfile.TemporaryDirectory(prefix="context-", dir=engine_dir()) as ctx:
         if context is None:
             for f in files or []:  # only what the Dockerfile copies, at the paths it names
@@ -454,31 +485,112 @@ def build_image(client, tag: str, dockerfile: str, inputs: str, *, context: Path
                 shutil.copy2(ROOT / f, Path(ctx) / f)
         log(f"building {tag} from {dockerfile} (a few minutes when it installs Python packages)")
         out = client.api.build(path=str(context or ctx), dockerfile=dockerfile, tag=tag, network_mode="host",
-                               rm=True, forcerm=True, decode=True, buildargs=buildargs or {},
+                               rm=True, forcerm=True, decode=True, buildargs=buildargs or {}, cache_from=cache_from,
                                labels={INPUTS_LABEL: inputs, ic.BUILT_LABEL: ic.built_label()})
         tail: list[str] = []
+        reused = 0
         for chunk in out:
             if "error" in chunk:
                 raise ImageBuildError(f"building {tag} failed: {chunk['error'].strip()}\n" + "".join(tail[-20:]))
             text = chunk.get("stream", "")
             if text:
                 tail.append(text)
+                reused += "Using cache" in text
                 if text.startswith("Step "):
                     log(text.strip())
     if _image_label(client, tag) != inputs:
         raise ImageBuildError(f"the build did not produce {tag} with label {INPUTS_LABEL}={inputs}")
     client.images.prune(filters={"dangling": True})  # the image this one replaced (the engine holds only ours)
-    log(f"{tag} built in {time.monotonic() - t0:.0f}s")
+    if finish is not None:
+        inputs = finish(inputs)
+    log(f"{tag} built in {time.monotonic() - t0:.0f}s ({reused} steps from its earlier build)")
     _archive(client, tag, inputs)
     return tag
 
 
+def _earlier_build(client, tag: str) -> list[str]:
+    """``--cache-from`` for a build of ``tag``: its earlier build (in the engine, else loaded from the
+    image cache), whose layers are reused up to the first step whose inputs changed — a code change
+    rebuilds the layers from its ``COPY`` on, not the package installs before it. A fresh clone's
+    engine has no intermediate images, so without it every rebuild starts from scratch."""
+    if ic.image_state(client, tag) is None:
+        cache = ic.ImageCache.from_env(log)
+        if cache is None or not cache.load_earlier(client, tag):
+            return []
+    return [tag]
+
+
+def _packages_record(tag: str) -> Path:
+    """Where the names of the packages ``tag``'s last build installed are kept: beside the image
+    cache's archives (shared by the user's clones), else in the engine's folder."""
+    folder = ic.cache_dir() or engine_dir()
+    return folder / f"{ic.sanitize(tag)}.packages.json"
+
+
+def stand_in_inputs(client, name: str, base: str = BASE_IMAGE, packages: list[str] | None = None) -> str:
+    """The inputs hash of a stand-in: the base's id, its context files, and of the lock only the
+    pins of the packages it installs (``packages``, default: those its last build installed, from
+    :func:`_packages_record`; none known yet: the whole lock). So a new or changed pin rebuilds the
+    images that install that package and no other."""
+    spec = STAND_INS[name]
+    parts = [("base", client.images.get(base).id.encode())]
+    for f in spec.files():
+        if f == LOCK and spec.python:
+            if packages is None:
+                record = _packages_record(spec.tag)
+                packages = json.loads(record.read_text()) if record.is_file() else None
+            if packages is not None:
+                pins = _lock_pins()
+                parts.append((f, "\n".join(pins[p] for p in sorted({_canonical(x) for x in packages})
+                                            if p in pins).encode()))
+                continue
+        parts.append((f, (ROOT / f).read_bytes()))
+    return _digest(parts)
+
+
+def installed_packages(client, tag: str, python: str) -> list[str]:
+    """The names of the packages installed in ``tag``'s environment (``pip list`` in a container
+    without network)."""
+    out = client.containers.run(tag, entrypoint=[python, "-m", "pip", "list", "--format=freeze",
+                                                 "--disable-pip-version-check"], user="0", network_mode="none",
+                                remove=True, stdout=True, stderr=False)
+    names = sorted({_canonical(line.split("==")[0]) for line in out.decode().splitlines() if "==" in line})
+    if not names:
+        raise ImageBuildError(f"no packages listed by {python} -m pip list in {tag}")
+    return names
+
+
 def ensure_stand_in(client, name: str, base: str = BASE_IMAGE) -> str:
-    """A stand-in image (``STAND_INS``), rebuilt only when its inputs (base, context files) changed."""
+    """A stand-in image (``STAND_INS``), rebuilt only when its inputs (base, context files, the lock's
+    pins of what it installs) changed. After a build, the packages it installed are recorded and
+    the image labelled with the inputs computed from them (what the next look computes)."""
     spec = STAND_INS[name]
     files = spec.files()
-    inputs = _digest([("base", client.images.get(base).id.encode())] + [(f, (ROOT / f).read_bytes()) for f in files])
-    return build_image(client, spec.tag, spec.dockerfile, inputs, files=files, buildargs={"BASE_IMAGE": base})
+
+    def pins_of_what_it_installed(inputs: str) -> str:
+        packages = installed_packages(client, spec.tag, spec.python)
+        final = stand_in_inputs(client, name, base, packages)
+        record = _packages_record(spec.tag)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(packages))
+        if final != inputs:  # a label is fixed at build time: a one-line build on top re-labels it
+            relabel(client, spec.tag, final)
+        return final
+
+    return build_image(client, spec.tag, spec.dockerfile, stand_in_inputs(client, name, base), files=files,
+                       buildargs={"BASE_IMAGE": base}, finish=pins_of_what_it_installed if spec.python else None)
+
+
+def relabel(client, tag: str, inputs: str) -> None:
+    """``tag`` labelled with ``inputs`` (a metadata-only build ``FROM`` it, same time of build)."""
+    built = (ic.image_state(client, tag) or ({}, ""))[0].get(ic.BUILT_LABEL, ic.built_label())
+    dockerfile = io.BytesIO(f"FROM {tag}\n".encode())
+    for _ in client.api.build(fileobj=dockerfile, tag=tag, rm=True, forcerm=True, decode=True,
+                              labels={INPUTS_LABEL: inputs, ic.BUILT_LABEL: built}):
+        pass
+    if _image_label(client, tag) != inputs:
+        raise ImageBuildError(f"re-labelling {tag} with {INPUTS_LABEL}={inputs} failed")
+    client.images.prune(filters={"dangling": True})
 
 
 def ensure_serving_image(client, base: str = BASE_IMAGE) -> str:

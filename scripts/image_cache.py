@@ -198,6 +198,26 @@ class ImageCache:
         self.log(f"{tag} loaded from {path} in {time.monotonic() - t0:.0f}s")
         return True
 
+    def load_earlier(self, client, tag: str) -> bool:
+        """The tag's archive of other inputs (the newest), loaded as a build cache only: ``docker
+        build --cache-from`` reuses its layers up to the first step whose inputs changed. False when
+        there is none or it does not load (nothing to reuse: the build starts from scratch)."""
+        import docker
+
+        pattern = re.compile(rf"^{re.escape(sanitize(tag))}-[0-9a-f]{{{HASH_LEN}}}\.tar$")
+        earlier = sorted((e for e in self.entries() if pattern.match(e.name)), key=lambda e: e.mtime)
+        if not earlier:
+            return False
+        path, t0 = self.folder / earlier[-1].name, time.monotonic()
+        try:
+            with open(path, "rb") as f:
+                client.images.load(f)
+        except (OSError, docker.errors.DockerException) as exc:
+            self.log(f"image archive {path} does not load ({exc}); building {tag} without its layers")
+            return False
+        self.log(f"{tag}: earlier build loaded from {path} in {time.monotonic() - t0:.0f}s as the build's cache")
+        return image_state(client, tag) is not None
+
     def _reject(self, path: Path, why: str) -> bool:
         self.log(f"image archive {path} {why}: deleted, building instead")
         path.unlink(missing_ok=True)

@@ -241,3 +241,59 @@ def test_images_from_the_base_follow_its_id(monkeypatch):
         client.add(de.BASE_IMAGE, "aaaaaaaaaaaaaaaa", image_id=base_id)
         de.ensure_stand_in(client, "redis")
     assert seen[0] != seen[1] == seen[2]
+
+
+def test_a_rebuild_starts_from_the_tags_earlier_build(tmp_path, monkeypatch):
+    """A build whose inputs changed gets the tag's earlier build as ``--cache-from``: the engine's own
+    image, else the cache's archive of other inputs (the newest) loaded; nothing when neither exists."""
+    monkeypatch.setenv(ic.CACHE_ENV, str(tmp_path / "images"))
+    assert de._earlier_build(FakeClient(), "local/x:1") == []  # nothing anywhere: from scratch
+    older, newer = FakeClient(), FakeClient()
+    older.add("local/x:1", "aaaaaaaaaaaaaaaa", NOW, image_id="sha256:old")
+    newer.add("local/x:1", "bbbbbbbbbbbbbbbb", NOW, image_id="sha256:new")
+    c = ic.ImageCache.from_env(log=lambda msg: None)
+    c.save(older, "local/x:1", "aaaaaaaaaaaaaaaa")
+    os.utime(c.path("local/x:1", "aaaaaaaaaaaaaaaa"), (1, 1))
+    (tmp_path / "images" / ic.archive_name("local/x:1", "bbbbbbbbbbbbbbbb")).write_bytes(
+        b"".join(newer.images.get("local/x:1").save(8, named="local/x:1")))  # as a second clone would leave it
+    c.save(older, "local/other:1", "cccccccccccccccc")  # another tag's archive is never a cache for it
+    fresh = FakeClient()
+    assert de._earlier_build(fresh, "local/x:1") == ["local/x:1"]
+    assert fresh.images.get("local/x:1").id == "sha256:new" and fresh.images.loads == 1
+    assert de._earlier_build(fresh, "local/x:1") == ["local/x:1"] and fresh.images.loads == 1  # in the engine
+    (tmp_path / "images" / ic.archive_name("local/x:1", "bbbbbbbbbbbbbbbb")).write_bytes(b"not an image")
+    os.utime(c.path("local/x:1", "aaaaaaaaaaaaaaaa"), (1, 1))
+    assert de._earlier_build(FakeClient(), "local/x:1") == []  # a broken archive: a build from scratch
+    monkeypatch.setenv(ic.CACHE_ENV, "off")
+    assert de._earlier_build(FakeClient(), "local/x:1") == []
+
+
+def test_a_stand_in_is_keyed_on_the_lock_pins_of_what_it_installs(tmp_path, monkeypatch):
+    """Of requirements-lock.txt, a stand-in's inputs hash only the pins of the packages its last build
+    installed (recorded after the build, the image re-labelled): a changed pin of a package it does
+    not install rebuilds nothing; before any record, the whole lock counts."""
+    monkeypatch.setenv(ic.CACHE_ENV, str(tmp_path / "images"))
+    client = FakeClient()
+    client.add(de.BASE_IMAGE, "aaaaaaaaaaaaaaaa", image_id="sha256:base")
+    spec = de.STAND_INS["s3"]
+    whole = de.stand_in_inputs(client, "s3")
+    assert whole == de._digest([("base", b"sha256:base")] + [(f, (de.ROOT / f).read_bytes()) for f in spec.files()])
+    installed = ["moto", "Boto3", "botocore"]  # as pip lists them: names canonicalized
+    keyed = de.stand_in_inputs(client, "s3", packages=installed)
+    assert keyed != whole
+    pins = de._lock_pins()
+    with monkeypatch.context() as m:
+        m.setattr(de, "_lock_pins", lambda: {**pins, "tensorflow": "tensorflow==0.0.1"})
+        assert de.stand_in_inputs(client, "s3", packages=installed) == keyed  # not installed there
+        m.setattr(de, "_lock_pins", lambda: {**pins, "boto3": "boto3==0.0.1"})
+        assert de.stand_in_inputs(client, "s3", packages=installed) != keyed
+
+    relabelled = []
+    monkeypatch.setattr(de, "installed_packages", lambda c, tag, python: sorted(installed))
+    monkeypatch.setattr(de, "relabel", lambda c, tag, inputs: relabelled.append((tag, inputs)))
+    monkeypatch.setattr(de, "build_image", lambda c, tag, dockerfile, inputs, finish=None, **kw: finish(inputs))
+    assert de.ensure_stand_in(client, "s3") == keyed  # built with the whole lock, archived as keyed
+    assert relabelled == [(spec.tag, keyed)]
+    assert json.loads(de._packages_record(spec.tag).read_text()) == sorted(installed)
+    assert de.stand_in_inputs(client, "s3") == keyed  # what the next look computes, from the record
+    assert de.STAND_INS["redis"].python is None  # installs nothing from the lock: no record, no pip list
