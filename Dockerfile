@@ -39,14 +39,15 @@ RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" \
         -r /opt/tfmlops/requirements.txt -c /opt/tfmlops/requirements-lock.txt \
  && pip install --no-cache-dir --no-deps -r /opt/tfmlops/requirements-nodeps.txt
 
-# 3. The project package (tfmlops from include/, and the tf-serving-local script).
+# 3. TF.js runtime for the web/ checks (exact versions from web/package-lock.json), before any
+#    source: a code change rebuilds from its COPY on, these installs come from the build cache.
+COPY --chown=airflow:0 web/package.json web/package-lock.json /opt/tfmlops/web/
+RUN npm ci --prefix /opt/tfmlops/web --omit=dev --no-audit --no-fund && npm cache clean --force
+
+# 4. The project package (tfmlops from include/, and the tf-serving-local script), the web checks.
 COPY --chown=airflow:0 pyproject.toml /opt/tfmlops/src/
 COPY --chown=airflow:0 include /opt/tfmlops/src/include
 RUN pip install --no-cache-dir --no-deps /opt/tfmlops/src
-
-# 4. TF.js runtime for the web/ checks (exact versions from web/package-lock.json).
-COPY --chown=airflow:0 web/package.json web/package-lock.json /opt/tfmlops/web/
-RUN npm ci --prefix /opt/tfmlops/web --omit=dev --no-audit --no-fund && npm cache clean --force
 COPY --chown=airflow:0 web/scripts /opt/tfmlops/web/scripts
 COPY --chown=airflow:0 web/static /opt/tfmlops/web/static
 

@@ -139,8 +139,7 @@ def log_keras_model(tracking_uri: str, run_id: str, model, input_example) -> str
     Explicit ``pip_requirements`` skip MLflow's requirement inference, which imports TensorFlow in
     a subprocess (~20 s instead of ~0.3 s). No ``input_example`` (a README deviation): MLflow checks
     one by loading the model back through ``mlflow.tensorflow``'s pyfunc loader in this process —
-    the loader :func:`load_keras_model` avoids — and doing so changed later numerics in the same
-    process (the int8 agreement of the optimize tests moved under its threshold)."""
+    the loader :func:`load_keras_model` avoids —, 1–2 s per model."""
     import importlib.metadata as md
 
     import mlflow.tensorflow
