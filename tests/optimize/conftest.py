@@ -18,10 +18,17 @@ def small():
 
 @pytest.fixture(scope="session")
 def float_model(small):
+    """The seed MLP trained (seeded) on all 60 000 MNIST training rows: a model whose int8 and QAT
+    int8 TFLite keep its predicted classes as the format checks require (trained on ``small``'s
+    1 800 rows, ~89 % accurate, their agreement sat at the 99 % threshold: 98.4–99.6 % by run)."""
+    import tf_keras as keras
+
     from tfmlops.models import ModelConfig, TrainConfig, build_model, train
 
+    keras.utils.set_random_seed(0)
+    full = data.load_validated("mnist", 784, 10)[0]
     model = build_model(ModelConfig(n_features=784, num_classes=10))
-    train(model, small.x_train, small.y_train, TrainConfig(epochs=10, batch_size=64))
+    train(model, full.x_train, full.y_train, TrainConfig(epochs=3, batch_size=128))
     return model
 
 
