@@ -80,11 +80,6 @@ class Layout:
                 "splits": {s: [asdict(x) for x in shards] for s, shards in self.splits.items()}}
 
 
-def is_sharded(uri: str) -> bool:
-    """A URI this module reads: a folder (ends with ``/`` on S3) or a ``{split}`` pattern."""
-    return "{split}" in uri or uri.endswith("/") or (not uri.startswith("s3://") and os.path.isdir(uri))
-
-
 def _format_of(name: str) -> str | None:
     lower = name.lower()
     return "tfrecord" if lower.endswith(TFRECORD) else "parquet" if lower.endswith(PARQUET) else None
