@@ -318,38 +318,17 @@ def _tfrecord_files(uri: str, split: str, s3_client, tmp: Path) -> list[tuple[st
 def _load_tfrecords(spec: ModelSpec, uri: str, s3_client) -> dict[str, Split | None]:
     import tensorflow as tf
 
-    features = {name: tf.io.FixedLenFeature(shape, tf.string if dtype == "string" else getattr(tf, dtype))
-                for name, (dtype, shape) in spec.inputs.items()}
-    label_dtype = tf.float32 if spec.task == "regression" else tf.int64
-    features[spec.label] = tf.io.FixedLenFeature([], label_dtype)
+    from tfmlops.shards import tfrecord_batches
+
     out: dict[str, Split | None] = {}
     for split in SPLITS:
         with tempfile.TemporaryDirectory(prefix="tfmlops-tfrecords-") as tmp:
-            out[split] = _read_tfrecords(tf, spec, features, _tfrecord_files(uri, split, s3_client, Path(tmp)))
+            files = _tfrecord_files(uri, split, s3_client, Path(tmp))
+            batches = [(f, y) for path, name in files for _, f, y in tfrecord_batches(tf, spec, path, name)]
+        out[split] = None if not files else Split(
+            {k: np.concatenate([f[k] for f, _ in batches]) if batches else np.zeros((0,)) for k in spec.inputs},
+            np.concatenate([y for _, y in batches]) if batches else np.zeros((0,)))
     return out
-
-
-def _read_tfrecords(tf, spec: ModelSpec, features: dict, files: list[tuple[str, str]]) -> Split | None:
-    if not files:
-        return None
-    compression = "GZIP" if files[0][0].endswith(".gz") else None
-    columns: dict[str, list] = {k: [] for k in features}
-    for path, name in files:
-        ds = tf.data.TFRecordDataset(path, compression_type=compression).batch(1024)
-        offset = 0
-        try:
-            for batch in ds:
-                parsed = tf.io.parse_example(batch, features)
-                for k in columns:
-                    columns[k].append(parsed[k].numpy())
-                offset += int(batch.shape[0])
-        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as exc:
-            message = exc.message.splitlines()[0] if exc.message else type(exc).__name__
-            raise DatasetError(f"{name}: cannot read tf.Example records for model module {spec.module!r} near "
-                               f"record {offset}: {message}") from exc
-    arrays = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in columns.items()}
-    labels = arrays.pop(spec.label)
-    return Split(arrays, labels)
 
 
 # ------------------------------------------------------------------ validation

@@ -214,7 +214,7 @@ def _parquet_batches(spec: ModelSpec, path: str, name: str, split: str | None, m
         offset += n
 
 
-def _tfrecord_batches(tf, spec: ModelSpec, path: str, name: str, batch: int = SCAN_BATCH):
+def tfrecord_batches(tf, spec: ModelSpec, path: str, name: str, batch: int = SCAN_BATCH):
     """(offset, features, labels) NumPy batches of a TFRecord shard, parsed with the module's spec;
     a corrupt or wrong-schema record is named by shard and record offset."""
     features_spec = _feature_spec(tf, spec)
@@ -228,7 +228,7 @@ def _tfrecord_batches(tf, spec: ModelSpec, path: str, name: str, batch: int = SC
             offset += int(serialized.shape[0])
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as exc:
         message = exc.message.splitlines()[0] if exc.message else type(exc).__name__
-        raise DatasetError(f"{name}: cannot read tf.Example records for model module {spec.module!r} at or after "
+        raise DatasetError(f"{name}: cannot read tf.Example records for model module {spec.module!r} near "
                            f"record {offset}: {message}") from exc
 
 
@@ -242,7 +242,7 @@ def shard_batches(spec: ModelSpec, layout: Layout, split: str, s3_client=None,
         import tensorflow as tf
     for shard in shards:
         with _Fetched(shard, s3_client) as path:
-            batches = (_tfrecord_batches(tf, spec, path, shard.uri) if tf is not None else
+            batches = (tfrecord_batches(tf, spec, path, shard.uri) if tf is not None else
                        _parquet_batches(spec, path, shard.uri, split if layout.split_column else None,
                                         max_row_group_bytes))
             for offset, features, labels in batches:
