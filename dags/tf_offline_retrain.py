@@ -85,6 +85,7 @@ with DAG(
         task_id="validate_data", task_display_name="Validate model module and data",
         model_module="{{ params.model_module }}", hyperparameters="{{ hyperparameters(params) }}", **data)
     # what validate read from the module, as plain data: every later task works from it
-    tasks = train_to_serving({"model_spec": validate.output["model_spec"], **data})
+    tasks = train_to_serving({"model_spec": validate.output["model_spec"], **data},
+                             dataset_profile=validate.output["profile"])
     validate >> tasks["train"]
     add_run_guard(dag)  # last: it watches every task above

@@ -10,37 +10,47 @@ a relative path is looked up under the data folder, ``TFMLOPS_DATA_DIR``, defaul
 - ``.parquet`` — one column per input (fixed-shape inputs as list columns), the ``LABEL`` column and
   a ``split`` column (``train``/``validation``/``test``); a module with one input may instead
   have one numeric column per value and a ``label`` column (the project's flat format);
-- TFRecord files of ``tf.Example`` — a pattern with ``{split}`` (``s3://b/d/{split}-*.tfrecord``),
-  or a folder holding ``<split>-*.tfrecord`` files or ``<split>/`` folders; parsed with the
-  feature spec the module's ``INPUTS`` and ``LABEL`` give.
+- shards (:mod:`tfmlops.shards`): TFRecord files of ``tf.Example`` (parsed with the feature spec
+  the module's ``INPUTS`` and ``LABEL`` give) or Parquet files — a pattern with ``{split}``
+  (``s3://b/d/{split}-*.tfrecord``), or a folder holding ``<split>/`` folders or ``<split>-*`` files
+  (Parquet shards may instead carry a ``split`` column).
 
 A missing validation split is carved from train: its last ``validation_split`` share (as Keras'
 ``fit(validation_split=...)`` does; not a seeded random carve, which would change the MNIST
 example's numbers: a deviation in the README). The test split is used only by evaluation and the gate.
 
-The whole split is loaded into memory (NumPy); streaming larger-than-memory datasets is a later
-issue. No TensorFlow import except in the TFRecord loader and for a ``tf.data`` result.
+**Streamed datasets.** A sharded layout (:mod:`tfmlops.shards`: a folder or ``{split}`` pattern of
+TFRecord or Parquet shards) of at least ``TFMLOPS_STREAM_MIN_MB`` (default 256 MiB) is not loaded:
+:func:`load` gives :class:`StreamedSplit` s that read it with ``tf.data`` a few shards at a time
+(training), batch by batch (predictions, profiles) or its first rows (smoke/warmup). Smaller ones
+load into memory (NumPy), the faster path for data that fits, with the exact carve and sampling
+above. Streamed, the validation split is carved and a ``sample_fraction`` taken **by shard** (the
+last ``validation_split`` share of the train shards; a seeded share of each split's shards), the
+test/train overlap is not checked (it would hold a hash per row), and the fingerprint is the
+shards' manifest (URI, size, ETag or modification time).
+
+No TensorFlow import except in the TFRecord loader and for a ``tf.data`` result.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import dataclasses
 import hashlib
 import io
+import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tfmlops import data as builtin
+from tfmlops import shards
 from tfmlops.data import DatasetError
 from tfmlops.modelspec import ModelModuleError, ModelSpec
 from tfmlops.storage import read_bytes
 
 SPLITS = ("train", "validation", "test")
-TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrecord.gz")
 MAX_ROWS = 5_000_000  # a split larger than this is refused (memory), until datasets stream
 
 
@@ -86,6 +96,121 @@ class ModelData:
         return digest.hexdigest()
 
 
+@dataclass
+class StreamedSplit:
+    """A split read from its shards, never whole: :meth:`dataset` (``tf.data``, for training),
+    :meth:`batches` (validated NumPy batches in manifest order), :meth:`head` (its first rows)."""
+
+    spec: ModelSpec
+    layout: shards.Layout  # this split's shards under the name ``name``
+    name: str
+    s3_client: object = None
+
+    def batches(self):
+        """(where, validated batch) in manifest order: memory of one batch."""
+        for shard, offset, features, labels in shards.shard_batches(self.spec, self.layout, self.name, self.s3_client):
+            if len(labels):
+                where = f"{shard.uri} (records {offset}..{offset + len(labels) - 1})"
+                yield where, validate_split(self.spec, where, self.name, Split(features, labels))
+
+    def head(self, n: int) -> Split:
+        got, rows = [], 0
+        for _, batch in self.batches():
+            got.append(batch.head(n - rows))
+            rows += len(got[-1])
+            if rows >= n:
+                break
+        if not got:
+            raise DatasetError(f"{self.layout.source}: the {self.name} split is empty")
+        return Split({k: np.concatenate([b.features[k] for b in got]) for k in got[0].features},
+                     np.concatenate([b.labels for b in got]))
+
+    def dataset(self, batch_size: int, seed: int | None = None):
+        """Batched ``(features, labels)``; shuffled (shards and a 10 000-row buffer) when ``seed`` is given."""
+        return shards.dataset(self.spec, self.layout, self.name, batch_size=batch_size,
+                              shuffle_buffer=0 if seed is None else 10_000, seed=seed or 0, s3_client=self.s3_client)
+
+    def _in_memory(self, *_):
+        raise DatasetError(f"{self.layout.source}: the {self.name} split streams from its shards (a dataset of "
+                           f"{stream_min_bytes() >> 20} MiB or more); this step reads splits in memory and does not "
+                           "stream yet: use a smaller dataset or sample_fraction")
+
+    # what only a split in memory has: a step that would load the split whole says so
+    features = labels = property(_in_memory)
+    __len__ = take = _in_memory
+
+
+@dataclass
+class StreamedData:
+    """A sharded dataset's splits, streamed (see the module's doc)."""
+
+    source: str
+    train: StreamedSplit
+    validation: StreamedSplit
+    test: StreamedSplit
+    validation_carved: bool
+    manifest: dict
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()
+
+
+def stream_min_bytes() -> int:
+    return int(float(os.environ.get("TFMLOPS_STREAM_MIN_MB", "256")) * 2**20)
+
+
+def _sharded_layout(uri: str, s3_client) -> shards.Layout | None:
+    """The dataset's shard layout when it is a sharded one large enough to stream, else None."""
+    if uri == "mnist" or uri.split("?")[0].lower().endswith((".npz", ".parquet")):
+        return None
+    if "{split}" not in uri and not _is_dir(uri, s3_client):
+        return None
+    try:
+        layout = shards.discover(uri, s3_client)
+    except DatasetError:
+        return None  # the in-memory loaders say what is wrong with it
+    size = sum(x.size for x in {x.uri: x for found in layout.splits.values() for x in found}.values())
+    return layout if size >= stream_min_bytes() else None
+
+
+def _load_streamed(spec: ModelSpec, layout: shards.Layout, sample_fraction: float, seed: int,
+                   s3_client) -> tuple[StreamedData, dict]:
+    uri = layout.source
+    rng = np.random.default_rng(seed)
+    chosen = {}
+    for name, found in layout.splits.items():
+        if sample_fraction < 1 and not layout.split_column:
+            keep = max(1, int(round(len(found) * sample_fraction)))
+            found = [found[i] for i in sorted(rng.choice(len(found), size=keep, replace=False))]
+        chosen[name] = found
+    carved = "validation" not in chosen
+    if carved:
+        train = chosen["train"]
+        share = float(spec.hparams.get("validation_split", 0.1))
+        n_val = max(1, int(round(len(train) * share))) if share > 0 else 0
+        if n_val == 0 or len(train) - n_val < 1:
+            raise DatasetError(f"{uri}: {len(train)} train shard(s) and no validation shards: a streamed dataset's "
+                               "validation split is carved by shard (the last validation_split share of the train "
+                               "shards); add validation/ shards or write the train split in more shards")
+        chosen["train"], chosen["validation"] = train[:-n_val], train[-n_val:]
+    if sample_fraction < 1 and layout.split_column:
+        raise DatasetError(f"{uri}: sample_fraction < 1 is taken by shard when a dataset streams, and this one's "
+                           "splits are a 'split' column in every shard: use sample_fraction 1")
+    split = {name: StreamedSplit(spec, shards.Layout(uri, layout.format, {name: found}, layout.split_column), name,
+                                 s3_client) for name, found in chosen.items()}
+    manifest = {"source": uri, "format": layout.format, "split_column": layout.split_column,
+                "validation_carved": carved, "sample_fraction": sample_fraction, "seed": seed,
+                "splits": {name: [dataclasses.asdict(x) for x in found] for name, found in sorted(chosen.items())}}
+    data = StreamedData(uri, split["train"], split["validation"], split["test"], carved, manifest)
+    report = {"source": uri, "module": spec.module, "streamed": True, "format": layout.format,
+              "validation_carved": carved, "inputs": sorted(spec.inputs), "fingerprint": data.fingerprint(),
+              "shards": {name: len(found) for name, found in chosen.items()},
+              "bytes": {name: sum(x.size for x in found) for name, found in chosen.items()},
+              # rows are known once the splits are read: validate_data's scan counts them
+              "train_rows": None, "validation_rows": None, "test_rows": None}
+    return data, report
+
+
 def _concat(a: Split, b: Split) -> Split:
     return Split({k: np.concatenate([a.features[k], b.features[k]]) for k in a.features},
                  np.concatenate([a.labels, b.labels]))
@@ -112,6 +237,9 @@ def load(spec: ModelSpec, module, uri: str, sample_fraction: float = 1.0, seed: 
     if not 0 < sample_fraction <= 1:
         raise DatasetError(f"{uri}: sample fraction must be in (0, 1], got {sample_fraction}")
     uri = resolve_uri(str(uri))
+    layout = None if hasattr(module, "load_data") else _sharded_layout(uri, s3_client)
+    if layout is not None:
+        return _load_streamed(spec, layout, sample_fraction, seed, s3_client)
     raw = _load_raw(spec, module, uri, s3_client)
     rng = np.random.default_rng(seed)
     splits = {}
@@ -173,11 +301,11 @@ def _load_raw(spec: ModelSpec, module, uri: str, s3_client) -> dict[str, Split |
         return _single_input(spec, uri, builtin.load_dataset(uri, s3_client=s3_client))
     if uri.split("?")[0].lower().endswith(".parquet"):
         return _load_parquet(spec, uri, s3_client)
-    if "{split}" in uri or any(uri.endswith(s) for s in TFRECORD_SUFFIXES) or _is_dir(uri, s3_client):
-        return _load_tfrecords(spec, uri, s3_client)
+    if "{split}" in uri or _is_dir(uri, s3_client):
+        return _load_shards(spec, uri, s3_client)
     raise DatasetError(f"{uri}: unsupported dataset for model module {spec.module!r}: use 'mnist', a .npz or "
-                       ".parquet file, TFRecord files (a pattern with {split} or a folder), or give the module a "
-                       "load_data(uri, split)")
+                       ".parquet file, TFRecord or Parquet shards (a pattern with {split} or a folder), or give the "
+                       "module a load_data(uri, split)")
 
 
 def _is_dir(uri: str, s3_client) -> bool:
@@ -282,52 +410,22 @@ def _column(table, name: str, declared, uri: str) -> np.ndarray:
     return array.reshape((len(rows), *shape))
 
 
-def _tfrecord_files(uri: str, split: str, s3_client, tmp: Path) -> list[tuple[str, str]]:
-    """The split's TFRecord files as (local path, name in messages); S3 objects are fetched into ``tmp``."""
-    if "{split}" in uri:
-        pattern = uri.replace("{split}", split)
-    elif any(uri.endswith(s) for s in TFRECORD_SUFFIXES):
-        return [(uri, uri)] if split == "train" else []
-    else:
-        pattern = uri.rstrip("/") + f"/{split}*"
-    if pattern.startswith("s3://"):
-        from tfmlops.storage import list_s3_keys, split_s3_uri
-
-        bucket, key_pattern = split_s3_uri(pattern)
-        prefix = key_pattern.split("*")[0].split("?")[0]
-        keys = [k for k in list_s3_keys(s3_client, bucket, prefix)
-                if fnmatch.fnmatch(k, key_pattern) or fnmatch.fnmatch(k, key_pattern + "/*")]
-        paths = []
-        for key in sorted(keys):
-            path = tmp / f"{split}-{len(paths):05d}{'.gz' if key.endswith('.gz') else ''}"
-            path.write_bytes(read_bytes(f"s3://{bucket}/{key}", s3_client=s3_client))
-            paths.append((str(path), f"s3://{bucket}/{key}"))
-        return paths
-    import glob
-
-    found = sorted(glob.glob(pattern))
-    files = []
-    for path in found:
-        if os.path.isdir(path):
-            files.extend(sorted(str(p) for p in Path(path).iterdir() if p.is_file()))
-        else:
-            files.append(path)
-    return [(f, f) for f in files]
-
-
-def _load_tfrecords(spec: ModelSpec, uri: str, s3_client) -> dict[str, Split | None]:
-    import tensorflow as tf
-
-    from tfmlops.shards import tfrecord_batches
-
+def _load_shards(spec: ModelSpec, uri: str, s3_client) -> dict[str, Split | None]:
+    """A sharded layout (:func:`tfmlops.shards.discover`) small enough to stream no further: read whole."""
+    layout = shards.discover(uri, s3_client)
     out: dict[str, Split | None] = {}
     for split in SPLITS:
-        with tempfile.TemporaryDirectory(prefix="tfmlops-tfrecords-") as tmp:
-            files = _tfrecord_files(uri, split, s3_client, Path(tmp))
-            batches = [(f, y) for path, name in files for _, f, y in tfrecord_batches(tf, spec, path, name)]
-        out[split] = None if not files else Split(
-            {k: np.concatenate([f[k] for f, _ in batches]) if batches else np.zeros((0,)) for k in spec.inputs},
-            np.concatenate([y for _, y in batches]) if batches else np.zeros((0,)))
+        if split not in layout.splits:
+            out[split] = None
+            continue
+        got, rows = [], 0
+        for _, _, features, labels in shards.shard_batches(spec, layout, split, s3_client):
+            got.append((features, labels))
+            rows += len(labels)
+            if rows > MAX_ROWS:
+                raise DatasetError(f"{uri}: the {split} split has more than {MAX_ROWS} rows (loaded in memory)")
+        out[split] = None if not rows else Split(
+            {k: np.concatenate([f[k] for f, _ in got]) for k in spec.inputs}, np.concatenate([y for _, y in got]))
     return out
 
 
@@ -430,6 +528,31 @@ def from_dataset(dataset: builtin.Dataset, input_name: str) -> ModelData:
                      Split({input_name: dataset.x_test}, dataset.y_test))
 
 
-def sample_features(split: Split, rows: int) -> dict[str, np.ndarray]:
+def sample_features(split: Split | StreamedSplit, rows: int) -> dict[str, np.ndarray]:
     """The first ``rows`` rows of ``split``'s features (``build_model``'s ``sample`` to adapt on)."""
-    return {k: v[:rows] for k, v in split.features.items()}
+    return split.head(rows).features
+
+
+def batches(split: Split | StreamedSplit, rows: int = shards.SCAN_BATCH):
+    """``split`` as (where, validated batch) pieces: a split in memory in slices of ``rows``."""
+    if isinstance(split, StreamedSplit):
+        yield from split.batches()
+        return
+    for start in range(0, len(split), rows):
+        yield f"rows {start}..", split.take(slice(start, start + rows))
+
+
+def profile(spec: ModelSpec, data: ModelData | StreamedData, seed: int = 0) -> dict:
+    """Every split's profile (:func:`tfmlops.shards.profile_split`) read once, batch by batch: the
+    dataset's statistics logged with the trained run, the baseline drift is measured against.
+    A streamed split that turns out empty is refused."""
+    rng = np.random.default_rng(seed)
+    out = {"source": data.source, "fingerprint": data.fingerprint(), "splits": {}}
+    for name in SPLITS:
+        split = getattr(data, name)
+        if isinstance(split, Split) and not len(split):
+            continue
+        out["splits"][name] = shards.profile_split(spec, (b for _, b in batches(split)), rng)
+        if not out["splits"][name]["rows"]:
+            raise DatasetError(f"{data.source}: the {name} split is empty")
+    return out

@@ -55,6 +55,11 @@ def log_history(tracking_uri: str, run_id: str, history: dict[str, list[float]],
         mlf.log_artifact(run_id, str(png), artifact_path="plots")
 
 
+def log_dict(tracking_uri: str, run_id: str, data: dict, artifact_file: str) -> None:
+    """``data`` as a JSON artifact of the run (e.g. ``data/profile.json``)."""
+    client(tracking_uri).log_dict(run_id, data, artifact_file)
+
+
 def log_files(tracking_uri: str, run_id: str, local_dir: str | Path, artifact_path: str) -> str:
     client(tracking_uri).log_artifacts(run_id, str(local_dir), artifact_path=artifact_path)
     return f"runs:/{run_id}/{artifact_path}"

@@ -378,14 +378,35 @@ class _Categorical:
                 "top": self.counts.most_common(20)}
 
 
+def profile_split(spec: ModelSpec, batches, rng: np.random.Generator, reservoir: int = 10_000,
+                  max_categories: int = 1_000) -> dict:
+    """One split's profile from its validated batches (:class:`tfmlops.model_data.Split` s), in one
+    pass: rows, per-input statistics (numeric: count, mean, std, min, max, quantiles from a
+    reservoir; strings: frequencies of the first ``max_categories`` values) and the label's (class
+    counts, or numeric). Memory: one batch plus the reservoirs and counters."""
+    stats = {k: (_Categorical(max_categories) if dtype == "string" else _Numeric(reservoir, rng))
+             for k, (dtype, _) in spec.inputs.items()}
+    label = _Numeric(reservoir, rng) if spec.task == "regression" else None
+    classes = np.zeros(spec.num_classes, dtype=np.int64) if spec.task != "regression" else None
+    rows = 0
+    for batch in batches:
+        for k, s in stats.items():
+            s.add(batch.features[k])
+        if label is not None:
+            label.add(batch.labels)
+        else:
+            classes += np.bincount(batch.labels, minlength=spec.num_classes)
+        rows += len(batch.labels)
+    return {"rows": rows, "features": {k: s.summary() for k, s in stats.items()},
+            "label": label.summary() if label is not None else {"kind": "classes", "counts": classes.tolist()}}
+
+
 def scan(spec: ModelSpec, layout: Layout, s3_client=None, reservoir: int = 10_000, max_categories: int = 1_000,
          seed: int = 0, max_row_group_bytes: int = DEFAULT_MAX_ROW_GROUP_BYTES) -> dict:
     """Every split read once, shard by shard: each batch checked with the in-memory data checks
     (:func:`tfmlops.model_data.validate_split`: names, dtypes, shapes, NaN/inf, labels) — an error
-    names the shard and the record offset —, empty splits refused, and a profile per split:
-    rows, per-input statistics (numeric: count, mean, std, min, max, quantiles from a reservoir;
-    strings: frequencies of the first ``max_categories`` values) and the label's (class counts, or
-    numeric). Memory: one batch plus the reservoirs and counters."""
+    names the shard and the record offset —, empty splits refused, and each split profiled
+    (:func:`profile_split`) with its shard count and bytes."""
     from tfmlops import model_data
 
     rng = np.random.default_rng(seed)
@@ -394,31 +415,22 @@ def scan(spec: ModelSpec, layout: Layout, s3_client=None, reservoir: int = 10_00
     for split in SPLITS:
         if split not in layout.splits:
             continue
-        stats = {k: (_Categorical(max_categories) if dtype == "string" else _Numeric(reservoir, rng))
-                 for k, (dtype, _) in spec.inputs.items()}
-        label = _Numeric(reservoir, rng) if spec.task == "regression" else None
-        classes = np.zeros(spec.num_classes, dtype=np.int64) if spec.task != "regression" else None
-        rows, shards = 0, set()
-        for shard, offset, features, labels in shard_batches(spec, layout, split, s3_client, max_row_group_bytes):
-            if not len(labels):
-                continue
-            where = f"{shard.uri} (records {offset}..{offset + len(labels) - 1})"
-            clean = model_data.validate_split(spec, where, split, model_data.Split(features, labels))
-            for k, s in stats.items():
-                s.add(clean.features[k])
-            if label is not None:
-                label.add(clean.labels)
-            else:
-                classes += np.bincount(clean.labels, minlength=spec.num_classes)
-            rows += len(labels)
-            shards.add(shard.uri)
-        if not rows:
+        read: set[str] = set()
+
+        def checked(split=split, read=read):
+            for shard, offset, features, labels in shard_batches(spec, layout, split, s3_client, max_row_group_bytes):
+                if len(labels):
+                    where = f"{shard.uri} (records {offset}..{offset + len(labels) - 1})"
+                    read.add(shard.uri)
+                    yield model_data.validate_split(spec, where, split, model_data.Split(features, labels))
+
+        found = profile_split(spec, checked(), rng, reservoir, max_categories)
+        if not found["rows"]:
             raise DatasetError(f"{layout.source}: the {split} split is empty ({len(layout.splits[split])} shards, "
                                "no rows)")
-        profile["splits"][split] = {
-            "rows": rows, "shards": len(shards), "bytes": sum(s.size for s in layout.splits[split]),
-            "features": {k: s.summary() for k, s in stats.items()},
-            "label": label.summary() if label is not None else {"kind": "classes", "counts": classes.tolist()}}
+        profile["splits"][split] = {"rows": found["rows"], "shards": len(read),
+                                    "bytes": sum(s.size for s in layout.splits[split]),
+                                    "features": found["features"], "label": found["label"]}
     return profile
 
 

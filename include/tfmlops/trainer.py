@@ -20,7 +20,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfmlops import evaluation
-from tfmlops.model_data import ModelData, Split, sample_features
+from tfmlops.model_data import ModelData, Split, StreamedData, StreamedSplit, batches, sample_features
 from tfmlops.modelspec import ModelModuleError, ModelSpec, build_model
 
 log = logging.getLogger(__name__)
@@ -77,16 +77,40 @@ def tf_dataset(spec: ModelSpec, model, split: Split, batch_size: int, shuffle_se
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def train_model(spec: ModelSpec, module, data: ModelData, on_epoch=None) -> tuple[object, dict[str, list[float]]]:
+def streamed_dataset(spec: ModelSpec, model, split: StreamedSplit, batch_size: int, shuffle_seed: int | None = None):
+    """A streamed split as :func:`tf_dataset` gives one in memory: features by name, labels shaped
+    for the model's loss."""
+    wide = spec.task != "multiclass" and len(model.outputs[0].shape) == 2
+
+    def shaped(features, labels):
+        if spec.task == "multiclass":
+            return features, labels
+        labels = tf.cast(labels, tf.float32)
+        return features, tf.reshape(labels, [-1, 1]) if wide else labels
+
+    return split.dataset(batch_size, shuffle_seed).map(shaped)
+
+
+def _datasets(spec: ModelSpec, model, data: ModelData | StreamedData, batch_size: int, seed: int):
+    if isinstance(data, StreamedData):
+        return (streamed_dataset(spec, model, data.train, batch_size, seed),
+                streamed_dataset(spec, model, data.validation, batch_size))
+    return (tf_dataset(spec, model, data.train, batch_size, shuffle_seed=seed),
+            tf_dataset(spec, model, data.validation, batch_size) if len(data.validation) else None)
+
+
+def train_model(spec: ModelSpec, module, data: ModelData | StreamedData,
+                on_epoch=None) -> tuple[object, dict[str, list[float]]]:
     """Build the module's model (adapting on a training sample when ``build_model`` takes one) and
-    train it; returns the model and the per-epoch history."""
+    train it — on arrays in memory, or on ``tf.data`` streams of a sharded dataset's shards; returns
+    the model and the per-epoch history."""
     hp = spec.hparams
     keras.utils.set_random_seed(int(hp["seed"]))
     model = build_model(spec, module, sample_features(data.train, int(hp["adapt_rows"])))
     callbacks = [EpochLogger(int(hp["epochs"]), on_epoch)]
+    streamed = isinstance(data, StreamedData)
     if hasattr(module, "train"):
-        train_ds = tf_dataset(spec, model, data.train, int(hp["batch_size"]), shuffle_seed=int(hp["seed"]))
-        val_ds = tf_dataset(spec, model, data.validation, int(hp["batch_size"])) if len(data.validation) else None
+        train_ds, val_ds = _datasets(spec, model, data, int(hp["batch_size"]), int(hp["seed"]))
         try:
             history = module.train(model, train_ds, val_ds, dict(hp), callbacks)
         except ModelModuleError:
@@ -99,13 +123,23 @@ def train_model(spec: ModelSpec, module, data: ModelData, on_epoch=None) -> tupl
     else:
         if getattr(model, "optimizer", None) is None:  # "compiled or not": a module's own compile is kept
             compile_by_task(model, spec.task, float(hp["learning_rate"]))
-        validation = None
-        if len(data.validation):
-            validation = (inputs_for(model, data.validation.features),
-                          labels_for(spec.task, model, data.validation.labels))
-        history = model.fit(inputs_for(model, data.train.features), labels_for(spec.task, model, data.train.labels),
-                            epochs=int(hp["epochs"]), batch_size=int(hp["batch_size"]), validation_data=validation,
-                            verbose=0, callbacks=callbacks).history
+        if streamed:
+            train_ds, val_ds = _datasets(spec, model, data, int(hp["batch_size"]), int(hp["seed"]))
+            def as_inputs(features, labels):  # in the model's input order (a Sequential model takes no dict)
+                values = inputs_for(model, features)
+                return (tuple(values) if isinstance(values, list) else values), labels
+
+            history = model.fit(train_ds.map(as_inputs), epochs=int(hp["epochs"]), verbose=0, callbacks=callbacks,
+                                validation_data=val_ds.map(as_inputs)).history
+        else:
+            validation = None
+            if len(data.validation):
+                validation = (inputs_for(model, data.validation.features),
+                              labels_for(spec.task, model, data.validation.labels))
+            history = model.fit(inputs_for(model, data.train.features),
+                                labels_for(spec.task, model, data.train.labels), epochs=int(hp["epochs"]),
+                                batch_size=int(hp["batch_size"]), validation_data=validation, verbose=0,
+                                callbacks=callbacks).history
     history = {str(k): [float(v) for v in values] for k, values in history.items()}
     bad = [k for k, values in history.items() if values and not math.isfinite(values[-1])]
     if bad:
@@ -121,6 +155,18 @@ def predict(spec: ModelSpec, model, features: dict[str, np.ndarray], batch_size:
     return out if spec.task == "multiclass" else out.reshape(len(out))
 
 
-def metrics(spec: ModelSpec, model, split: Split) -> dict:
+def labels_and_outputs(spec: ModelSpec, model, split: Split | StreamedSplit) -> tuple[np.ndarray, np.ndarray]:
+    """``split``'s labels and :func:`predict`'s outputs; a streamed split is predicted batch by batch
+    (memory: the labels and outputs, not the features)."""
+    if isinstance(split, Split):
+        return split.labels, predict(spec, model, split.features)
+    labels, outputs = [], []
+    for _, batch in batches(split):
+        labels.append(batch.labels)
+        outputs.append(predict(spec, model, batch.features))
+    return np.concatenate(labels), np.concatenate(outputs)
+
+
+def metrics(spec: ModelSpec, model, split: Split | StreamedSplit) -> dict:
     """The task's metrics of ``model`` on ``split`` (:func:`tfmlops.evaluation.task_metrics`)."""
-    return evaluation.task_metrics(spec.task, split.labels, predict(spec, model, split.features), spec.num_classes)
+    return evaluation.task_metrics(spec.task, *labels_and_outputs(spec, model, split), spec.num_classes)

@@ -50,13 +50,14 @@ def serving_release(version, display_name: str, announce_champion: bool = False,
     return rollout, conclude
 
 
-def train_to_serving(model: dict, lineage_tags: dict | None = None, train_name: str = "Train") -> dict:
+def train_to_serving(model: dict, lineage_tags: dict | None = None, train_name: str = "Train",
+                     dataset_profile=None) -> dict:
     """The tasks from training a model spec to its model card, wired. ``model``: ``model_spec`` (an
     XCom of the task that read or chose it) and the data fields (``dataset_uri``,
-    ``sample_fraction``); ``lineage_tags``: more lineage on the run and the version. Returns the
-    tasks by id."""
+    ``sample_fraction``); ``lineage_tags``: more lineage on the run and the version;
+    ``dataset_profile``: the validation task's profile, logged with the run. Returns the tasks by id."""
     train = TrainModelOperator(task_id="train", task_display_name=train_name, experiment="{{ params.model_name }}",
-                               lineage_tags=lineage_tags, **model)
+                               lineage_tags=lineage_tags, dataset_profile=dataset_profile, **model)
     evaluate = EvaluateModelOperator(
         task_id="evaluate", task_display_name="Evaluate", run_id=train.output["run_id"],
         model_uri=train.output["model_uri"], **model)

@@ -224,3 +224,75 @@ def test_the_benchmarks_synthetic_dataset_is_noisy_mnist_in_shards(tmp_path):
     assert 0.0 <= pixels["min"] and pixels["max"] <= 1.0 and 0.1 < pixels["mean"] < 0.25  # MNIST ink + noise
     features, _ = epoch(spec, layout, "train", shuffle_buffer=0)
     assert len({row.tobytes() for row in features["pixels"]}) == 600  # every copy differs (noise)
+
+
+def load_streamed(spec, root, monkeypatch, **kw):
+    """``model_data.load`` of the shards as a model module without a ``load_data`` of its own (the
+    platform's default loaders), streamed whatever the size."""
+    module = modelspec.import_module(spec.module)
+    if hasattr(module, "load_data"):
+        monkeypatch.delattr(module, "load_data")
+    monkeypatch.setenv("TFMLOPS_STREAM_MIN_MB", "0")
+    return model_data.load(spec, module, str(root), **kw)
+
+
+@pytest.mark.parametrize("name", list(EXAMPLES))
+def test_a_streamed_dataset_trains_and_evaluates_like_the_same_rows_in_memory(name, examples, tmp_path,
+                                                                             monkeypatch):
+    from tfmlops import trainer
+
+    spec, data = examples[name]
+    spec = modelspec.ModelSpec(**{**spec.__dict__, "hparams": {**spec.hparams, "epochs": 2}})
+    for split in ("train", "validation", "test"):
+        s = getattr(data, split)
+        shards.write_shards(spec, tmp_path, split, [(s.features, s.labels)], rows_per_shard=120)
+    streamed, report = load_streamed(spec, tmp_path, monkeypatch)
+    assert isinstance(streamed, model_data.StreamedData) and report["streamed"] and not report["validation_carved"]
+    assert report["shards"]["train"] == -(-len(data.train) // 120) and report["train_rows"] is None
+    model, history = trainer.train_model(spec, modelspec.import_module(spec.module), streamed)
+    assert len(history["loss"]) == 2 and any(k.startswith("val_") for k in history)
+    # the streamed test split (read batch by batch, in manifest order) is the rows in memory
+    labels, outputs = trainer.labels_and_outputs(spec, model, streamed.test)
+    want_labels, want_outputs = trainer.labels_and_outputs(spec, model, data.test)
+    np.testing.assert_array_equal(labels, want_labels)
+    np.testing.assert_allclose(outputs, want_outputs, rtol=1e-5, atol=1e-6)
+    head = streamed.test.head(5)
+    assert len(head) == 5 and all(len(v) == 5 for v in head.features.values())
+    profile = model_data.profile(spec, streamed)
+    assert {s: p["rows"] for s, p in profile["splits"].items()} == {
+        "train": len(data.train), "validation": len(data.validation), "test": len(data.test)}
+    with pytest.raises(DatasetError, match="streams from its shards"):
+        _ = streamed.test.features  # a step that would load it whole says so
+
+
+def test_streamed_carve_and_sample_go_by_shard_and_the_fingerprint_is_the_manifest(examples, tmp_path, monkeypatch):
+    spec, data = examples["churn"]
+    write(spec, data, tmp_path, "parquet", rows_per_shard=100)
+    n = len(shards.discover(str(tmp_path)).splits["train"])
+    streamed, report = load_streamed(spec, tmp_path, monkeypatch)
+    assert report["validation_carved"] and report["shards"]["validation"] == max(1, round(n * 0.1))
+    assert report["shards"]["train"] + report["shards"]["validation"] == n
+    assert [s.uri for s in streamed.validation.layout.splits["validation"]] == \
+        [s.uri for s in shards.discover(str(tmp_path)).splits["train"][-report["shards"]["validation"]:]]
+    sampled, sampled_report = load_streamed(spec, tmp_path, monkeypatch, sample_fraction=0.5, seed=3)
+    assert sampled_report["shards"]["test"] == max(1, round(len(shards.discover(str(tmp_path)).splits["test"]) * 0.5))
+    assert sampled.fingerprint() != streamed.fingerprint()
+    assert load_streamed(spec, tmp_path, monkeypatch)[0].fingerprint() == streamed.fingerprint()
+    one = tmp_path / "one"
+    write(spec, data, one, "parquet", rows_per_shard=100_000)
+    with pytest.raises(DatasetError, match="1 train shard.*add validation/ shards"):
+        load_streamed(spec, one, monkeypatch)
+    monkeypatch.setenv("TFMLOPS_STREAM_MIN_MB", "1000")  # small sharded data loads in memory, as before
+    in_memory, _ = model_data.load(spec, modelspec.import_module(spec.module), str(tmp_path))
+    assert isinstance(in_memory, model_data.ModelData) and len(in_memory.test) == len(data.test)
+
+
+def test_a_step_that_reads_splits_in_memory_refuses_a_streamed_one_clearly(examples, tmp_path, monkeypatch):
+    spec, data = examples["diabetes"]
+    for split in ("train", "validation", "test"):
+        s = getattr(data, split)
+        shards.write_shards(spec, tmp_path, split, [(s.features, s.labels)], rows_per_shard=50)
+    streamed, _ = load_streamed(spec, tmp_path, monkeypatch)
+    for read in (lambda s: s.labels, len, lambda s: s.take([0])):
+        with pytest.raises(DatasetError, match=r"the test split streams from its shards .* does not stream yet"):
+            read(streamed.test)

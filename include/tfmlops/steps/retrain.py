@@ -95,19 +95,30 @@ def version_spec(found) -> tuple[modelspec.ModelSpec, object]:
 
 
 def validate_data(spec: DataSpec) -> dict:
-    """Read the model module (the contract checked) and load and check its data. Returns the data
-    report and the ``model_spec`` every later task of the run takes."""
+    """Read the model module (the contract checked) and load and check its data — a streamed
+    dataset is read through once, every batch checked — and profile every split (the baseline the
+    training run logs). Returns the data report with its ``profile`` and the ``model_spec`` every
+    later task of the run takes."""
     model_spec = spec.spec()
     loaded, report, module = spec.load_model_data(model_spec)
     # the built model's side of the contract (inputs, output width, tf_keras) is checked here too,
     # so that a broken module fails the first task, not the training after it
     modelspec.build_model(model_spec, module, model_data.sample_features(loaded.train,
                                                                          int(model_spec.hparams["adapt_rows"])))
-    log.info("dataset %s is valid for %s (%s): %d train, %d validation%s, %d test rows, fingerprint %s", spec.uri,
+    profile = {**model_data.profile(model_spec, loaded, seed=spec.seed), "fingerprint": report["fingerprint"]}
+    if report.get("streamed"):
+        rows = {name: found["rows"] for name, found in profile["splits"].items()}
+        report.update({"train_rows": rows["train"] + (rows["validation"] if report["validation_carved"] else 0),
+                       "validation_rows": rows["validation"], "test_rows": rows["test"]})
+        if model_spec.task != "regression":
+            report["train_class_counts"] = [a + b for a, b in zip(profile["splits"]["train"]["label"]["counts"],
+                                                                  profile["splits"]["validation"]["label"]["counts"])]
+    log.info("dataset %s is valid for %s (%s): %d train, %d validation%s, %d test rows%s, fingerprint %s", spec.uri,
              model_spec.module, model_spec.task, report["train_rows"], report["validation_rows"],
              " (carved from train)" if report["validation_carved"] else "", report["test_rows"],
+             f" (streamed from {sum(report['shards'].values())} shards)" if report.get("streamed") else "",
              report["fingerprint"][:12])
-    return {**report, "model_spec": model_spec.to_dict()}
+    return {**report, "profile": profile, "model_spec": model_spec.to_dict()}
 
 
 def _with_overrides(spec: modelspec.ModelSpec, *configs) -> modelspec.ModelSpec:
@@ -126,10 +137,11 @@ def _with_overrides(spec: modelspec.ModelSpec, *configs) -> modelspec.ModelSpec:
 
 
 def train(tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str], spec: DataSpec,
-          model_config: dict | None = None, train_config: dict | None = None) -> dict:
+          model_config: dict | None = None, train_config: dict | None = None, profile: dict | None = None) -> dict:
     """Train the model module's model on its train split (validation split for the per-epoch
-    ``val_*`` figures); log params, the spec (tags), per-epoch metrics as they come, curves and the
-    model to a new MLflow run. ``model_config`` / ``train_config`` override hyperparameters."""
+    ``val_*`` figures); log params, the spec (tags), per-epoch metrics as they come, curves, the
+    model and the dataset's ``profile`` (from :func:`validate_data`; with a streamed dataset's
+    manifest) to a new MLflow run. ``model_config`` / ``train_config`` override hyperparameters."""
     from tfmlops import trainer
 
     model_spec = _with_overrides(spec.spec(), model_config, train_config)
@@ -140,9 +152,11 @@ def train(tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str
     registry.log_params(tracking_uri, run_id, {
         **{f"hparams.{k}": v for k, v in model_spec.hparams.items()},
         "model.module": model_spec.module, "model.task": model_spec.task,
-        "data.uri": spec.uri, "data.sample_fraction": spec.sample_fraction,
-        "data.train_rows": len(loaded.train), "data.validation_rows": len(loaded.validation),
-        "data.test_rows": len(loaded.test)})
+        "data.uri": spec.uri, "data.sample_fraction": spec.sample_fraction, **_row_params(loaded, profile)})
+    if profile:
+        registry.log_dict(tracking_uri, run_id, profile, "data/profile.json")
+    if isinstance(loaded, model_data.StreamedData):
+        registry.log_dict(tracking_uri, run_id, loaded.manifest, "data/manifest.json")
     def on_epoch(epoch: int, logs: dict) -> None:  # MLflow's curves grow while the task runs
         registry.log_metrics(tracking_uri, run_id, logs, step=epoch)
 
@@ -153,6 +167,15 @@ def train(tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str
     log.info("trained run %s: %s; model at %s", run_id, final, model_uri)
     return {"run_id": run_id, "model_uri": model_uri, "dataset_fingerprint": report["fingerprint"],
             "final_epoch": final, "model_spec": model_spec.to_dict()}
+
+
+def _row_params(loaded, profile: dict | None) -> dict:
+    """The splits' row counts (a streamed dataset's from its profile; its shard counts either way)."""
+    if isinstance(loaded, model_data.StreamedData):
+        rows = {name: found["rows"] for name, found in (profile or {}).get("splits", {}).items()}
+        return {**{f"data.{name}_rows": n for name, n in rows.items()},
+                **{f"data.{name}_shards": len(getattr(loaded, name).layout.splits[name]) for name in model_data.SPLITS}}
+    return {f"data.{name}_rows": len(getattr(loaded, name)) for name in model_data.SPLITS}
 
 
 def _scalars(metrics: dict) -> dict:
@@ -168,11 +191,11 @@ def evaluate(tracking_uri: str, run_id: str, model_uri: str, spec: DataSpec) -> 
     model_spec = spec.spec()
     loaded, _, _ = spec.load_model_data(model_spec)
     model = registry.load_keras_model(tracking_uri, model_uri)
-    outputs = trainer.predict(model_spec, model, loaded.test.features)
-    metrics = evaluation.task_metrics(model_spec.task, loaded.test.labels, outputs, model_spec.num_classes)
+    labels, outputs = trainer.labels_and_outputs(model_spec, model, loaded.test)
+    metrics = evaluation.task_metrics(model_spec.task, labels, outputs, model_spec.num_classes)
     scalars = _scalars(metrics)
     registry.log_metrics(tracking_uri, run_id, {f"test_{k}": v for k, v in scalars.items()})
-    registry.log_evaluation_plots(tracking_uri, run_id, model_spec.task, metrics, loaded.test.labels, outputs,
+    registry.log_evaluation_plots(tracking_uri, run_id, model_spec.task, metrics, labels, outputs,
                                   model_spec.class_names)
     log.info("evaluation of run %s (%s): %s", run_id, model_spec.task, scalars)
     return scalars

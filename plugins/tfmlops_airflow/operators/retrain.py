@@ -67,14 +67,18 @@ class TrainModelOperator(ModelDataOperator):
 
     :param experiment: MLflow experiment of the run. (templated)
     :param lineage_tags: more lineage for the run's tags, e.g. the search it comes from. (templated)
+    :param dataset_profile: the dataset's profile from the validation task, logged with the run as
+        ``data/profile.json`` (the baseline of drift). (templated)
     """
 
-    template_fields: Sequence[str] = (*MODEL_FIELDS, "experiment", "lineage_tags")
+    template_fields: Sequence[str] = (*MODEL_FIELDS, "experiment", "lineage_tags", "dataset_profile")
 
-    def __init__(self, *, experiment: str, lineage_tags: dict | None = None, **kwargs):
+    def __init__(self, *, experiment: str, lineage_tags: dict | None = None, dataset_profile: dict | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.experiment = experiment
         self.lineage_tags = lineage_tags
+        self.dataset_profile = dataset_profile
 
     def execute(self, context) -> dict[str, Any]:
         from tfmlops.steps.retrain import ModelModuleError, train
@@ -82,7 +86,7 @@ class TrainModelOperator(ModelDataOperator):
         tags = {**lineage(context), **{k: str(v) for k, v in (optional(self.lineage_tags) or {}).items()}}
         try:
             return train(self.tracking_uri, self.experiment, run_name=f"{context['run_id']}", tags=tags,
-                         spec=self.data_spec())
+                         spec=self.data_spec(), profile=optional(self.dataset_profile))
         except ModelModuleError as exc:  # the module's code or hyperparameters: a retry gives the same
             raise AirflowFailException(str(exc)) from exc
 

@@ -1,0 +1,134 @@
+"""tf_offline_retrain on a sharded dataset three times larger than the memory it may use: the run
+(``dag.test()`` in a child process: every task of the run in that one process) is put in a cgroup
+with a memory limit, and its peak RSS (``VmHWM``) must stay under that limit while it streams the
+shards through validation, training, evaluation and the gate, registers and serves the model.
+
+The dataset is MNIST rows written once (a few shards) with the train shards
+repeated as hard links until the train split is 3× the limit: every byte is read and parsed
+(one epoch), only the disk is spared. Linux ignores ``RLIMIT_RSS`` and ``RLIMIT_AS`` breaks
+TensorFlow's allocator, hence the cgroup (v1 ``memory`` controller, as root); without one the run
+is still checked against the bound by its ``VmHWM``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+BOUND = int(os.environ.get("TFMLOPS_TEST_MEMORY_BOUND_MB", "1280")) << 20
+MODEL = "e2e_streamed"
+CGROUP_V1 = Path("/sys/fs/cgroup/memory")
+
+pytestmark = pytest.mark.e2e
+
+RUN = """
+import json, resource, sys
+from airflow.dag_processing.dagbag import DagBag
+dag = DagBag(dag_folder=sys.argv[1]).get_dag("tf_offline_retrain")
+dag.deadline = None  # dag.test() cannot run a DeadlineAlert (tests/conftest.py)
+run = dag.test(run_conf=json.loads(sys.argv[2]))
+print("RESULT " + json.dumps({"state": str(run.state), "vmhwm": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                              * 1024, "tasks": {ti.task_id: str(ti.state) for ti in run.get_task_instances()}}))
+"""
+
+
+@pytest.fixture(scope="module")
+def big_dataset(tmp_path_factory) -> tuple[Path, int]:
+    """MNIST shards (20 000 train rows in 2 shards, 5 000 validation, 5 000 test), the train
+    shards hard-linked until the train split is at least 3× the bound; returns (folder, train rows)."""
+    from tfmlops import modelspec, shards
+    from tfmlops.data import load_mnist
+
+    folder = tmp_path_factory.mktemp("streamed") / "noisy-mnist"
+    spec = modelspec.read_spec(modelspec.DEFAULT_MODULE)
+    mnist = load_mnist()
+    x_train = mnist.x_train[:25_000].reshape(-1, 784).astype(np.float32) / 255.0
+    x_test = mnist.x_test[:5_000].reshape(-1, 784).astype(np.float32) / 255.0
+    name = next(iter(spec.inputs))
+    for split, x, y in [("train", x_train[:20_000], mnist.y_train[:20_000]),
+                        ("validation", x_train[20_000:], mnist.y_train[20_000:25_000]),
+                        ("test", x_test, mnist.y_test[:5_000])]:
+        shards.write_shards(spec, folder, split, [({name: x}, y)], rows_per_shard=10_000)
+    written = sorted((folder / "train").iterdir())
+    size = sum(p.stat().st_size for p in written)
+    copies = -(-3 * BOUND // size)
+    for i in range(1, copies):
+        for path in written:
+            os.link(path, path.with_name(f"copy{i:03d}-{path.name}"))
+    return folder, 20_000 * copies
+
+
+@pytest.fixture
+def memory_cgroup():
+    """A v1 memory cgroup limited to the bound (None where this machine gives none)."""
+    if not (CGROUP_V1 / "cgroup.procs").exists() or not os.access(CGROUP_V1, os.W_OK):
+        yield None
+        return
+    group = CGROUP_V1 / f"tfmlops-test-{uuid.uuid4().hex[:8]}"
+    group.mkdir()
+    (group / "memory.limit_in_bytes").write_text(str(BOUND))
+    try:
+        yield group
+    finally:
+        for pid in (group / "cgroup.procs").read_text().split():  # nothing should be left; never leak a group
+            (CGROUP_V1 / "cgroup.procs").write_text(pid)
+        group.rmdir()
+
+
+def test_a_dataset_three_times_the_memory_bound_trains_gates_registers_and_serves(
+        airflow_db, airflow_connections, mlflow_server, serving_server, big_dataset, memory_cgroup):
+    from mlflow import MlflowClient
+
+    folder, train_rows = big_dataset
+    dataset_bytes = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert dataset_bytes >= 3 * BOUND
+    conf = {"model_name": MODEL, "dataset_uri": str(folder), "epochs": 1, "batch_size": 256,
+            "gate_threshold": 0.85}
+    env = {**os.environ, "TFMLOPS_STREAM_MIN_MB": "64", "PYTHONPATH": os.pathsep.join(
+        [str(ROOT / "include"), str(ROOT / "plugins"), str(ROOT / "dags"), os.environ.get("PYTHONPATH", "")])}
+    procs = None if memory_cgroup is None else str(memory_cgroup / "cgroup.procs")
+    done = subprocess.run(
+        [sys.executable, "-c", RUN, str(ROOT / "dags" / "tf_offline_retrain.py"), json.dumps(conf)],
+        env=env, capture_output=True, text=True, timeout=900,
+        preexec_fn=None if procs is None else lambda: Path(procs).write_text(str(os.getpid())))
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, (done.returncode, done.stdout[-3000:], done.stderr[-6000:])
+    result = json.loads(lines[-1].removeprefix("RESULT "))
+    assert result["state"] == "success", result["tasks"]
+    # every task ran in that one process: its high-water mark bounds each task's
+    print(f"peak RSS {result['vmhwm'] >> 20} MiB, bound {BOUND >> 20} MiB, dataset {dataset_bytes >> 20} MiB")
+    assert result["vmhwm"] < BOUND, f"peak RSS {result['vmhwm'] >> 20} MiB over the {BOUND >> 20} MiB bound"
+    if memory_cgroup is not None:
+        assert (memory_cgroup / "memory.oom_control").read_text().count("under_oom 0") == 1
+
+    mlf = MlflowClient(mlflow_server)
+    champion = mlf.get_model_version_by_alias(MODEL, "champion")
+    run = mlf.get_run(champion.run_id)
+    assert int(run.data.params["data.train_rows"]) == train_rows  # every row of every shard, read once
+    assert run.data.params["data.train_shards"] == str(len(list((folder / "train").iterdir())))
+    assert run.data.metrics["test_accuracy"] >= 0.85
+    profile = mlf.download_artifacts(champion.run_id, "data/profile.json")
+    profile = json.loads(Path(profile).read_text())
+    assert profile["splits"]["train"]["rows"] == train_rows
+    assert sum(profile["splits"]["test"]["label"]["counts"]) == 5_000
+    manifest = json.loads(Path(mlf.download_artifacts(champion.run_id, "data/manifest.json")).read_text())
+    # lineage: the fingerprint is the manifest's (shard URI, size, modification time), not the rows'
+    fingerprint = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    assert champion.tags["dataset_fingerprint"] == fingerprint
+    assert {s["uri"] for s in manifest["splits"]["test"]} == {str(p) for p in (folder / "test").iterdir()}
+
+    status = requests.get(f"http://127.0.0.1:{serving_server['rest_port']}/v1/models/{MODEL}", timeout=10).json()
+    assert status["model_version_status"][0]["state"] == "AVAILABLE"
+    row = np.zeros(784, dtype=np.float32).tolist()
+    got = requests.post(f"http://127.0.0.1:{serving_server['rest_port']}/v1/models/{MODEL}:predict",
+                        json={"instances": [row]}, timeout=10).json()
+    assert len(got["predictions"][0]) == 10
