@@ -96,7 +96,7 @@ if args["source"] == "numpy":
     def fit():
         model.fit(x, y, batch_size=args["batch"], epochs=1, verbose=0, shuffle=True)
 else:
-    ds = trainer.streamed_dataset(spec, model, data.train, args["batch"], seed=0)
+    ds = trainer.streamed_dataset(spec, model, data.train, args["batch"], shuffle_seed=0)
     ds = ds.map(lambda f, y: (trainer.inputs_for(model, f), y))
     rows = sum(len(y) for _, y in data.train.batches())
     def fit():

@@ -109,5 +109,6 @@ with DAG(
     # the best configuration, trained and served as tf_offline_retrain does, the search in its lineage
     train_to_serving({"model_spec": finish.output["model_spec"], **data}, train_name="Train the best configuration",
                      lineage_tags={"search.parent_run_id": finish.output["parent_run_id"],
-                                   "search.best_trial": finish.output["best_trial"]})
+                                   "search.best_trial": finish.output["best_trial"]},
+                     dataset_profile=validate.output["profile"])
     add_run_guard(dag)  # last: it watches every task above

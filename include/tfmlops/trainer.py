@@ -148,10 +148,15 @@ def train_model(spec: ModelSpec, module, data: ModelData | StreamedData,
     return model, history
 
 
-def predict(spec: ModelSpec, model, features: dict[str, np.ndarray], batch_size: int = 1024) -> np.ndarray:
+def predict(spec: ModelSpec, model, features: dict[str, np.ndarray], batch_size: int = 1024,
+            one_batch: bool = False) -> np.ndarray:
     """By task: class probabilities [B, C] (multiclass), the positive class's probability [B]
-    (binary), the value [B] (regression)."""
-    out = np.asarray(model.predict(inputs_for(model, features), batch_size=batch_size, verbose=0), dtype=np.float32)
+    (binary), the value [B] (regression). ``one_batch``: ``features`` is one batch, predicted with
+    ``predict_on_batch`` (called batch after batch, ``predict`` would build a new data pipeline each
+    time and its memory grows with the number of calls)."""
+    x = inputs_for(model, features)
+    out = model.predict_on_batch(x) if one_batch else model.predict(x, batch_size=batch_size, verbose=0)
+    out = np.asarray(out, dtype=np.float32)
     return out if spec.task == "multiclass" else out.reshape(len(out))
 
 
@@ -163,7 +168,7 @@ def labels_and_outputs(spec: ModelSpec, model, split: Split | StreamedSplit) -> 
     labels, outputs = [], []
     for _, batch in batches(split):
         labels.append(batch.labels)
-        outputs.append(predict(spec, model, batch.features))
+        outputs.append(predict(spec, model, batch.features, one_batch=True))
     return np.concatenate(labels), np.concatenate(outputs)
 
 
