@@ -105,6 +105,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_router.py
 	$(BIN)/python benchmarks/bench_rollout.py
 	$(BIN)/python benchmarks/bench_search.py
+	$(BIN)/python benchmarks/bench_data_scale.py
 
 lock: venv  ## refresh the full resolved pin set after changing requirements*.txt
 	$(BIN)/uv pip freeze --python $(BIN)/python --exclude-editable > requirements-lock.txt

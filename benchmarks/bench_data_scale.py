@@ -205,6 +205,7 @@ def plot(result: dict, path: Path) -> None:
     for i, value in enumerate(sources.values()):
         ratio = value / sources["numpy"]
         right.text(i, value, f"{value:,.0f}/s\n{ratio:.2f}×", ha="center", va="bottom", fontsize=9)
+    right.set_ylim(0, max(sources.values()) * 1.2)
     right.set_ylabel("training examples / s (one epoch, batch %d)" % BATCH)
     right.set_title("MNIST MLP: NumPy in memory vs streamed shards")
     fig.tight_layout()

@@ -533,6 +533,31 @@ def sample_features(split: Split | StreamedSplit, rows: int) -> dict[str, np.nda
     return split.head(rows).features
 
 
+def sample(split: Split | StreamedSplit, rows: int, seed: int = 0) -> Split:
+    """A seeded sample of ``rows`` rows without replacement (all of them when the split has fewer),
+    in the split's order. A streamed split is read once through a reservoir (Algorithm R, batch by
+    batch): memory of ``rows`` rows and one batch."""
+    rng = np.random.default_rng(seed)
+    if isinstance(split, Split):
+        return split.take(np.sort(rng.choice(len(split), size=min(rows, len(split)), replace=False)))
+    kept: list[tuple[int, Split]] = []  # (row number, the row)
+    seen = 0
+    for _, batch in split.batches():
+        n = len(batch)
+        fill = max(0, min(rows - len(kept), n))
+        kept += [(seen + i, batch.take(slice(i, i + 1))) for i in range(fill)]
+        if fill < n:  # row number r replaces a kept row with probability rows / (r + 1)
+            slots = rng.integers(0, np.arange(seen + fill, seen + n) + 1)
+            for i in np.flatnonzero(slots < rows) + fill:
+                kept[slots[i - fill]] = (seen + i, batch.take(slice(i, i + 1)))
+        seen += n
+    if not kept:
+        raise DatasetError(f"{split.layout.source}: the {split.name} split is empty")
+    kept.sort(key=lambda item: item[0])
+    return Split({k: np.concatenate([r.features[k] for _, r in kept]) for k in kept[0][1].features},
+                 np.concatenate([r.labels for _, r in kept]))
+
+
 def batches(split: Split | StreamedSplit, rows: int = shards.SCAN_BATCH):
     """``split`` as (where, validated batch) pieces: a split in memory in slices of ``rows``."""
     if isinstance(split, StreamedSplit):

@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import tempfile
+import weakref
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -156,6 +157,49 @@ class _Fetched:
             Path(self.tmp).unlink(missing_ok=True)
 
 
+class _Fetcher:
+    """S3 shards fetched into temporary files for TF's own reader; what a reader left (an error, an
+    iterator dropped half-way) is deleted when the dataset is."""
+
+    def __init__(self, s3_client):
+        self.s3_client, self.left = s3_client, set()
+        weakref.finalize(self, _unlink_all, self.left)
+
+    def fetch(self, uri) -> bytes:
+        uri = uri.numpy().decode()
+        bucket, key = split_s3_uri(uri)
+        fd, path = tempfile.mkstemp(prefix="tfmlops-shard-", suffix=".gz" if key.endswith(".gz") else "")
+        self.left.add(path)
+        with os.fdopen(fd, "wb") as f:
+            self.s3_client.download_fileobj(bucket, key, f)
+        return path.encode()
+
+    def done(self, path) -> bytes:
+        path = path.numpy().decode()
+        Path(path).unlink(missing_ok=True)
+        self.left.discard(path)
+        return b""
+
+
+def _unlink_all(paths: set) -> None:
+    for path in list(paths):
+        Path(path).unlink(missing_ok=True)
+
+
+def _fetched_records(tf, fetcher: _Fetcher, compression):
+    """A shard URI → its records, read from a fetched copy that is deleted once the last record is
+    read (an empty element, filtered out, runs the deletion after the shard's records)."""
+    def read(uri):
+        path = tf.py_function(fetcher.fetch, [uri], tf.string)
+        path.set_shape([])
+        cleanup = tf.data.Dataset.from_tensors(path).map(
+            lambda p: tf.ensure_shape(tf.py_function(fetcher.done, [p], tf.string), []))  # records are scalars
+        return tf.data.TFRecordDataset(path, compression_type=compression).concatenate(
+            cleanup.filter(lambda _: False))
+
+    return read
+
+
 def _feature_spec(tf, spec: ModelSpec) -> dict:
     features = {name: tf.io.FixedLenFeature(shape, tf.string if dtype == "string" else getattr(tf, dtype))
                 for name, (dtype, shape) in spec.inputs.items()}
@@ -254,8 +298,10 @@ def dataset(spec: ModelSpec, layout: Layout, split: str, *, batch_size: int, shu
             max_row_group_bytes: int = DEFAULT_MAX_ROW_GROUP_BYTES):
     """``split`` as a batched ``tf.data.Dataset`` of ``(features, labels)``: shard order shuffled per
     epoch (seeded; ``shuffle_buffer=0``: nothing shuffled, the same order every time), ``cycle_length`` shards
-    interleaved, rows shuffled within ``shuffle_buffer``, parsed in parallel, prefetched. Local
-    TFRecord shards go through TF's own reader; Parquet and S3 shards through a per-shard generator."""
+    interleaved, rows shuffled within ``shuffle_buffer``, parsed in parallel, prefetched. TFRecord
+    shards go through TF's own reader (S3 ones once fetched into a temporary file, deleted as soon
+    as the shard is read: ``cycle_length`` shards of local disk); Parquet shards through a per-shard
+    generator of row groups."""
     import tensorflow as tf
 
     shards = layout.splits.get(split, [])
@@ -266,10 +312,11 @@ def dataset(spec: ModelSpec, layout: Layout, split: str, *, batch_size: int, shu
     if shuffle:
         uris = uris.shuffle(len(shards), seed=seed, reshuffle_each_iteration=True)
     cycle = max(1, min(cycle_length, len(shards)))
-    if layout.format == "tfrecord" and not layout.source.startswith("s3://"):
+    if layout.format == "tfrecord":
         compression = "GZIP" if shards[0].uri.endswith(".gz") else None
-        records = uris.interleave(lambda p: tf.data.TFRecordDataset(p, compression_type=compression),
-                                  cycle_length=cycle, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        read = (lambda p: tf.data.TFRecordDataset(p, compression_type=compression)) if not \
+            layout.source.startswith("s3://") else _fetched_records(tf, _Fetcher(s3_client), compression)
+        records = uris.interleave(read, cycle_length=cycle, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if shuffle:
             records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         if repeat:

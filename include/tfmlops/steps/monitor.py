@@ -121,12 +121,12 @@ def ensure_reference(tracking_uri: str, model_name: str, version: int, client, r
     spec, module = version_spec(found)
     uri = mlf.get_run(found.run_id).data.tags.get("dataset_uri", "mnist")
     train = model_data.load(spec, module, uri, s3_client=s3_client, max_overlap_fraction=1.0)[0].train
-    pick = np.sort(np.random.default_rng(0).choice(len(train), size=min(rows, len(train)), replace=False))
-    features = train.take(pick).features
+    features = model_data.sample(train, rows, seed=0).features  # a streamed split: through a reservoir
     outputs = served_outputs(client, model_name, spec, features, version=int(found.version))
     reference = {**drift.build_profile(spec, features, outputs, module, source=uri), "version": int(found.version)}
     mlf.log_dict(found.run_id, reference, REFERENCE_ARTIFACT)
-    log.info("stored the drift profile of %s version %s (%d rows of %s)", model_name, found.version, len(pick), uri)
+    log.info("stored the drift profile of %s version %s (%d rows of %s)", model_name, found.version,
+             len(next(iter(features.values()))), uri)
     return reference
 
 
