@@ -41,7 +41,7 @@ BATCH = 256
 
 # one step of tf_offline_retrain in this process; prints its result and the process's VmHWM
 STEP = r"""
-import json, resource, sys, time
+import json, sys, time
 args = json.loads(sys.argv[1])
 from tfmlops.steps import retrain
 state = args["state"]
@@ -67,7 +67,8 @@ else:
     from tfmlops import registry
     registry.set_alias(tracking, args["model"], registry.CHAMPION, out["version"])
 out["seconds"] = time.perf_counter() - t0
-out["vmhwm"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM, not ru_maxrss: Linux carries the forking process's peak across exec
+out["vmhwm"] = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) * 1024
 print("RESULT " + json.dumps(out))
 """
 
