@@ -159,18 +159,15 @@ def stream_min_bytes() -> int:
     return int(float(os.environ.get("TFMLOPS_STREAM_MIN_MB", "256")) * 2**20)
 
 
-def _sharded_layout(uri: str, s3_client) -> shards.Layout | None:
-    """The dataset's shard layout when it is a sharded one large enough to stream, else None."""
+def _names_shards(uri: str, s3_client) -> bool:
+    """Whether ``uri`` names a sharded layout (a ``{split}`` pattern or a folder) for the default loaders."""
     if uri == "mnist" or uri.split("?")[0].lower().endswith((".npz", ".parquet")):
-        return None
-    if "{split}" not in uri and not _is_dir(uri, s3_client):
-        return None
-    try:
-        layout = shards.discover(uri, s3_client)
-    except DatasetError:
-        return None  # the in-memory loaders say what is wrong with it
-    size = sum(x.size for x in {x.uri: x for found in layout.splits.values() for x in found}.values())
-    return layout if size >= stream_min_bytes() else None
+        return False
+    return "{split}" in uri or _is_dir(uri, s3_client)
+
+
+def _bytes(layout: shards.Layout) -> int:
+    return sum(x.size for x in {x.uri: x for found in layout.splits.values() for x in found}.values())
 
 
 def _load_streamed(spec: ModelSpec, layout: shards.Layout, sample_fraction: float, seed: int,
@@ -237,10 +234,11 @@ def load(spec: ModelSpec, module, uri: str, sample_fraction: float = 1.0, seed: 
     if not 0 < sample_fraction <= 1:
         raise DatasetError(f"{uri}: sample fraction must be in (0, 1], got {sample_fraction}")
     uri = resolve_uri(str(uri))
-    layout = None if hasattr(module, "load_data") else _sharded_layout(uri, s3_client)
-    if layout is not None:
+    layout = None if hasattr(module, "load_data") or not _names_shards(uri, s3_client) else \
+        shards.discover(uri, s3_client)
+    if layout is not None and _bytes(layout) >= stream_min_bytes():
         return _load_streamed(spec, layout, sample_fraction, seed, s3_client)
-    raw = _load_raw(spec, module, uri, s3_client)
+    raw = _load_shards(spec, layout, s3_client) if layout is not None else _load_raw(spec, module, uri, s3_client)
     rng = np.random.default_rng(seed)
     splits = {}
     for name in SPLITS:
@@ -301,8 +299,6 @@ def _load_raw(spec: ModelSpec, module, uri: str, s3_client) -> dict[str, Split |
         return _single_input(spec, uri, builtin.load_dataset(uri, s3_client=s3_client))
     if uri.split("?")[0].lower().endswith(".parquet"):
         return _load_parquet(spec, uri, s3_client)
-    if "{split}" in uri or _is_dir(uri, s3_client):
-        return _load_shards(spec, uri, s3_client)
     raise DatasetError(f"{uri}: unsupported dataset for model module {spec.module!r}: use 'mnist', a .npz or "
                        ".parquet file, TFRecord or Parquet shards (a pattern with {split} or a folder), or give the "
                        "module a load_data(uri, split)")
@@ -410,9 +406,9 @@ def _column(table, name: str, declared, uri: str) -> np.ndarray:
     return array.reshape((len(rows), *shape))
 
 
-def _load_shards(spec: ModelSpec, uri: str, s3_client) -> dict[str, Split | None]:
-    """A sharded layout (:func:`tfmlops.shards.discover`) small enough to stream no further: read whole."""
-    layout = shards.discover(uri, s3_client)
+def _load_shards(spec: ModelSpec, layout: shards.Layout, s3_client) -> dict[str, Split | None]:
+    """A sharded layout (:func:`tfmlops.shards.discover`) small enough not to stream: read whole."""
+    uri = layout.source
     out: dict[str, Split | None] = {}
     for split in SPLITS:
         if split not in layout.splits:
