@@ -5,19 +5,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, Param, XComArg
+from airflow.sdk import DAG, Param
 
 from tfmlops_airflow import params
 from tfmlops_airflow.notifications import deadline_alert
-from tfmlops_airflow.chains import train_to_serving
+from tfmlops_airflow.chains import hparam_search, train_to_serving
 from tfmlops_airflow.guard import add_run_guard
 from tfmlops_airflow.operators.retrain import ValidateDatasetOperator
-from tfmlops_airflow.operators.search import (
-    SEARCH_KEY,
-    FinishSearchOperator,
-    PrepareSearchOperator,
-    SearchWorkerOperator,
-)
 
 DOC = """
 ### Hyperparameter search of your model module, spread over the Airflow workers
@@ -93,22 +87,11 @@ with DAG(
     validate = ValidateDatasetOperator(
         task_id="validate_data", task_display_name="Validate model module and data",
         model_module="{{ params.model_module }}", hyperparameters="{{ hyperparameters(params) }}", **data)
-    prepare = PrepareSearchOperator(
-        task_id="prepare", task_display_name="Prepare the study", model_name="{{ params.model_name }}",
-        model_spec=validate.output["model_spec"], search_space="{{ params.search_space }}",
-        n_trials="{{ params.n_trials }}", parallelism="{{ params.parallelism }}",
-        time_budget_s="{{ params.time_budget_s }}", storage="{{ params.storage }}", pruner="{{ params.pruner }}",
-        seed="{{ params.seed }}", gate_metric="{{ params.gate_metric }}", **data)
-    search = XComArg(prepare, key=SEARCH_KEY)
-    workers = SearchWorkerOperator.partial(
-        task_id="search_worker", task_display_name="Search worker", search=search,
-        model_spec=validate.output["model_spec"], **data).expand(worker=prepare.output)
-    finish = FinishSearchOperator(task_id="finish", task_display_name="Best trial and plots", search=search)
-
-    workers >> finish
+    finish = hparam_search(
+        validate.output["model_spec"], data, search_space="{{ params.search_space }}", n_trials="{{ params.n_trials }}",
+        parallelism="{{ params.parallelism }}", time_budget_s="{{ params.time_budget_s }}",
+        storage="{{ params.storage }}", pruner="{{ params.pruner }}", seed="{{ params.seed }}")
     # the best configuration, trained and served as tf_offline_retrain does, the search in its lineage
-    train_to_serving({"model_spec": finish.output["model_spec"], **data}, train_name="Train the best configuration",
-                     lineage_tags={"search.parent_run_id": finish.output["parent_run_id"],
-                                   "search.best_trial": finish.output["best_trial"]},
+    train_to_serving(finish, data, train_name="Train the best configuration",
                      dataset_profile=validate.output["profile"])
     add_run_guard(dag)  # last: it watches every task above

@@ -116,15 +116,22 @@ def test_every_task_notifies_a_failure_and_long_runs_carry_a_deadline(parsed):
 def test_offline_retrain_contract():
     dag = parse(ROOT / "dags" / "tf_offline_retrain.py")["dags"]["tf_offline_retrain"]
     assert dag["max_active_runs"] == 1
-    assert set(dag["retries"]) == {"validate_data", "train", "evaluate", "gate", "export", "register",
-                                  "approve_rollout", "rollout", "approve", "conclude", "model_card", "watcher"}
+    assert set(dag["retries"]) == {"validate_data", "prepare", "search_worker", "finish", "train", "evaluate", "gate",
+                                  "export", "register", "approve_rollout", "rollout", "approve", "conclude",
+                                  "model_card", "watcher"}
     # the release: approval before the rollout (asked only with approval=before_rollout) → rollout →
     # approval (asked only when held) → promote or roll back
     tasks = dag["tasks"]
     assert {"register", "approve_rollout"} <= set(tasks["rollout"]["upstream"])
     assert "rollout" in tasks["approve"]["upstream"] and "approve" in tasks["conclude"]["upstream"]
     assert "conclude" in tasks["model_card"]["upstream"]
+    # the optional search (issue 26), the same tasks as tf_hparam_search's: by default (0 trials) the
+    # workers skip and finish (none_failed) passes the module's spec on to train
+    assert tasks["prepare"]["upstream"] == ["validate_data"] and "prepare" in tasks["search_worker"]["upstream"]
+    assert {"search_worker", "prepare"} <= set(tasks["finish"]["upstream"]) and "finish" in tasks["train"]["upstream"]
+    assert tasks["finish"]["trigger_rule"] == "none_failed"
     params = dag["params"]
+    assert params["search_trials"]["default"] == 0 and params["search_trials"]["minimum"] == 0
     assert {"model_name", "dataset_uri", "epochs", "batch_size", "learning_rate", "sample_fraction"} <= set(params)
     for numeric in ("epochs", "batch_size", "learning_rate", "sample_fraction"):
         assert {"minimum", "exclusiveMinimum"} & set(params[numeric]) and "maximum" in params[numeric], numeric

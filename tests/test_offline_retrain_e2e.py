@@ -42,8 +42,10 @@ def test_offline_retrain_then_rejected_candidate(airflow_db, airflow_connections
     # 1. A first run trains, passes the gate (no champion yet) and is served as version 1.
     run = load_dag().test(run_conf={"model_name": MODEL, "epochs": 3, "gate_threshold": 0.8, **SAMPLE})
     assert str(run.state) == "success", states(run)
+    # no search asked (search_trials 0): its workers skip, finish passes the module's spec on
     assert {t: s for t, s in states(run).items() if s != "success"} == {
-        "approve_rollout": "skipped", "approve": "skipped", "conclude": "skipped", "watcher": "skipped"}
+        "search_worker": "skipped", "approve_rollout": "skipped", "approve": "skipped", "conclude": "skipped",
+        "watcher": "skipped"}
 
     mlf = MlflowClient(mlflow_server)
     champion = mlf.get_model_version_by_alias(MODEL, "champion")
@@ -51,6 +53,7 @@ def test_offline_retrain_then_rejected_candidate(airflow_db, airflow_connections
     assert mlf.get_model_version_by_alias(MODEL, "challenger").version == "1"
     assert champion.tags["airflow.dag_id"] == "tf_offline_retrain" and champion.tags["airflow.run_id"] == run.run_id
     assert len(champion.tags["dataset_fingerprint"]) == 64
+    assert not {"search.parent_run_id", "search.best_trial"} & set(champion.tags)
     metrics = mlf.get_run(champion.run_id).data.metrics
     assert metrics["test_accuracy"] >= 0.8 and {"test_f1_macro", "test_precision_macro", "loss"} <= set(metrics)
     assert len(mlf.get_metric_history(champion.run_id, "val_accuracy")) == 3

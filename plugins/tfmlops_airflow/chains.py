@@ -2,14 +2,17 @@
 
 :func:`serving_release` is how every DAG that deploys a version does it: the rollout, then the
 approval (asked only when the form's ``approval`` made the rollout hold the version) and the
-promotion or rollback that follows it. :func:`train_to_serving` is the second half of
-``tf_offline_retrain`` — train → evaluate → gate → export → register → release → model card —
-which ``tf_hparam_search`` runs on its best configuration. Call it inside a ``with DAG(...)`` block whose params include
+promotion or rollback that follows it. :func:`hparam_search` is the Optuna search that
+``tf_hparam_search`` runs (and ``tf_offline_retrain`` when its form asks for trials) and
+:func:`train_to_serving` what both do with its result — train → evaluate → gate → export →
+register → release → model card. Call them inside a ``with DAG(...)`` block whose params include
 :func:`tfmlops_airflow.params.rollout` and ``model_name`` and the gate fields of
 :func:`tfmlops_airflow.params.model`.
 """
 
 from __future__ import annotations
+
+from airflow.sdk import XComArg
 
 from tfmlops_airflow import params
 from tfmlops_airflow.operators.card import ModelCardOperator
@@ -22,6 +25,12 @@ from tfmlops_airflow.operators.retrain import (
 )
 from tfmlops_airflow.operators.approval import ServingApprovalOperator
 from tfmlops_airflow.operators.rollout import ConcludeRolloutOperator, ServingRolloutOperator
+from tfmlops_airflow.operators.search import (
+    SEARCH_KEY,
+    FinishSearchOperator,
+    PrepareSearchOperator,
+    SearchWorkerOperator,
+)
 
 
 def serving_release(version, display_name: str, announce_champion: bool = False, **overrides):
@@ -50,12 +59,34 @@ def serving_release(version, display_name: str, announce_champion: bool = False,
     return rollout, conclude
 
 
-def train_to_serving(model: dict, lineage_tags: dict | None = None, train_name: str = "Train",
-                     dataset_profile=None) -> dict:
-    """The tasks from training a model spec to its model card, wired. ``model``: ``model_spec`` (an
-    XCom of the task that read or chose it) and the data fields (``dataset_uri``,
-    ``sample_fraction``); ``lineage_tags``: more lineage on the run and the version;
-    ``dataset_profile``: the validation task's profile, logged with the run. Returns the tasks by id."""
+def hparam_search(model_spec, data: dict, prepare_name: str = "Prepare the study", **settings):
+    """``prepare >> search_worker × parallelism >> finish`` on ``model_spec`` (the validation task's
+    XCom) and the data fields; ``settings``: :class:`PrepareSearchOperator`'s (``n_trials`` 0: no
+    search, the workers skip and ``finish`` passes ``model_spec`` on). Returns the finish task: its
+    ``model_spec`` (the best configuration), ``parent_run_id`` and ``best_trial`` feed
+    :func:`train_to_serving`."""
+    prepare = PrepareSearchOperator(task_id="prepare", task_display_name=prepare_name,
+                                    model_name="{{ params.model_name }}", model_spec=model_spec,
+                                    gate_metric="{{ params.gate_metric }}", **settings, **data)
+    search = XComArg(prepare, key=SEARCH_KEY)
+    # mapped over prepare's worker indices: parallelism is a form field, not fixed at parse time
+    workers = SearchWorkerOperator.partial(task_id="search_worker", task_display_name="Search worker", search=search,
+                                           model_spec=model_spec, **data).expand(worker=prepare.output)
+    finish = FinishSearchOperator(task_id="finish", task_display_name="Best trial and plots", search=search,
+                                  model_spec=model_spec)
+    workers >> finish
+    return finish
+
+
+def train_to_serving(search, data: dict, train_name: str = "Train", dataset_profile=None) -> dict:
+    """The tasks from training a model spec to its model card, wired. ``search``: the finish task of
+    :func:`hparam_search` (its ``model_spec`` is trained, its parent run and best trial, when there
+    was a search, go on the run and the version as lineage); ``data``: the data fields
+    (``dataset_uri``, ``sample_fraction``); ``dataset_profile``: the validation task's profile,
+    logged with the run. Returns the tasks by id."""
+    model = {"model_spec": search.output["model_spec"], **data}
+    lineage_tags = {"search.parent_run_id": search.output["parent_run_id"],
+                    "search.best_trial": search.output["best_trial"]}
     train = TrainModelOperator(task_id="train", task_display_name=train_name, experiment="{{ params.model_name }}",
                                lineage_tags=lineage_tags, dataset_profile=dataset_profile, **model)
     evaluate = EvaluateModelOperator(

@@ -83,6 +83,15 @@ def test_train_passes_the_model_spec_and_lineage():
     with mock.patch("tfmlops.steps.retrain.train", side_effect=ModelModuleError("m: training diverged")):
         with pytest.raises(AirflowFailException, match="training diverged"):
             op.execute(context())
+    # a search's lineage goes on the run; a retrain without a search passes None, left out
+    op.lineage_tags = {"search.parent_run_id": "p1", "search.best_trial": 3}
+    with mock.patch("tfmlops.steps.retrain.train", return_value={"run_id": "r"}) as step:
+        op.execute(context())
+    assert step.call_args.kwargs["tags"] == {**LINEAGE, "search.parent_run_id": "p1", "search.best_trial": "3"}
+    op.lineage_tags = {"search.parent_run_id": None, "search.best_trial": None}
+    with mock.patch("tfmlops.steps.retrain.train", return_value={"run_id": "r"}) as step:
+        op.execute(context())
+    assert step.call_args.kwargs["tags"] == LINEAGE
 
 
 def test_validate_reads_the_module_and_hyperparameters():
@@ -650,6 +659,28 @@ def test_search_worker_passes_its_index_and_try_number_and_finish_fails_without_
     with mock.patch("tfmlops.steps.search.finish", side_effect=SearchError("no trial completed out of 2")):
         with pytest.raises(AirflowFailException, match="no trial completed"):
             finish.execute(context())
+
+
+def test_no_search_asked_prepares_nothing_and_finish_passes_the_spec_on():
+    """tf_offline_retrain's default (0 trials): no study and no run; the mapped workers get no index
+    (they skip) and finish returns the module's spec with no search lineage."""
+    from tfmlops_airflow.operators.search import SEARCH_KEY, FinishSearchOperator, PrepareSearchOperator
+
+    op = PrepareSearchOperator(task_id="prepare", model_name="m", model_spec={"module": "x"}, search_space="",
+                               n_trials="0", parallelism="2", time_budget_s="600", storage="journal:/s.log",
+                               dataset_uri="mnist")
+    ctx = context()
+    ctx["ti"].xcom_push = mock.MagicMock()
+    with mock.patch("tfmlops.steps.search.prepare") as step:
+        assert op.execute(ctx) == []
+    step.assert_not_called()
+    ctx["ti"].xcom_push.assert_called_once_with(key=SEARCH_KEY, value={})
+    finish = FinishSearchOperator(task_id="finish", search={}, model_spec={"module": "x", "hparams": {"a": 1}})
+    assert finish.trigger_rule == "none_failed"
+    with mock.patch("tfmlops.steps.search.finish") as step:
+        assert finish.execute(context()) == {"model_spec": {"module": "x", "hparams": {"a": 1}},
+                                             "parent_run_id": None, "best_trial": None}
+    step.assert_not_called()
 
 
 # ------------------------------------------------------------------------------------ reconcile

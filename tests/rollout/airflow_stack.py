@@ -1,9 +1,9 @@
 """A whole Airflow for the end-to-end tests of the serving DAGs and of what people see: API
 server (with the project plugin's webhook receiver), scheduler, DAG processor and triggerer,
 LocalExecutor, on a SQLite DB of its own (a copy of the session's freshly migrated one), parsing
-the two serving DAGs and the test DAGs of ``tests/rollout/dags``; wired to the session's MLflow and
-TF Serving-compatible server, its notifications sent to the session's SMTP server and webhook
-receiver. Started once for the package (``airflow`` fixture in conftest.py)."""
+the two serving DAGs, ``tf_hparam_search`` and the test DAGs of ``tests/rollout/dags``; wired to
+the session's MLflow and TF Serving-compatible server, its notifications sent to the session's SMTP
+server and webhook receiver. Started once for the package (``airflow`` fixture in conftest.py)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ USER = "admin"  # triggers the runs
 APPROVER = "alice"  # answers approvals: the person who triggered a run may not approve it
 ROOT = Path(__file__).resolve().parents[2]
 DAGS = [ROOT / "dags" / "tf_serving_reconcile.py", ROOT / "dags" / "tf_serving_rollout.py",
-        *sorted((Path(__file__).parent / "dags").glob("*.py"))]
+        ROOT / "dags" / "tf_hparam_search.py", *sorted((Path(__file__).parent / "dags").glob("*.py"))]
 RECONCILED = "reconciled"  # the reconciler's model (the session's registry holds other tests' models)
 NOTIFY_SECRET = "e2e-chat-secret"
 PROBE_DEADLINE_S = 3  # tests/rollout/dags/tfmlops_notify_probe.py: a deadline that passes
@@ -107,6 +107,14 @@ def wait_for(what: str, check, timeout_s: float, airflow, poll_s: float = 1.0):
 def runs(airflow, dag_id: str) -> list[dict]:
     answer = airflow["api"].get(f"{airflow['url']}/api/v2/dags/{dag_id}/dagRuns", params={"limit": 100}, timeout=30)
     return answer.json().get("dag_runs", []) if answer.status_code == 200 else []
+
+
+def unpause(airflow, dag_id: str) -> None:
+    """Unpause ``dag_id`` once the DAG processor has parsed it (a DAG is created paused)."""
+    def unpaused() -> bool:
+        answer = airflow["api"].patch(f"{airflow['url']}/api/v2/dags/{dag_id}", json={"is_paused": False}, timeout=30)
+        return answer.status_code == 200 and not answer.json()["is_paused"]
+    wait_for(f"{dag_id} parsed and unpaused", unpaused, 180, airflow, poll_s=2)
 
 
 def dag_ready(airflow, dag_id: str) -> bool:

@@ -46,6 +46,12 @@ def lineage(context) -> dict[str, str]:
     return {"airflow.dag_id": ti.dag_id, "airflow.run_id": context["run_id"], "airflow.task_id": ti.task_id}
 
 
+def extra_tags(tags) -> dict[str, str]:
+    """More lineage tags (e.g. the search a version comes from) as strings, the unset ones left out
+    (a retrain without a search passes ``search.parent_run_id`` None)."""
+    return {k: str(v) for k, v in (optional(tags) or {}).items() if v not in UNSET}
+
+
 class TFMLOpsBaseOperator(BaseOperator):
     """Shared pieces of every step operator: ``mlflow_conn_id`` / ``aws_conn_id`` and their hooks,
     serving endpoints from targets, and a JSON result whose keys are also XComs

@@ -13,7 +13,14 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from tfmlops_airflow.assets import CHAMPION
 from tfmlops_airflow.notifications import notify
-from tfmlops_airflow.operators.base import MODEL_FIELDS, ModelDataOperator, TFMLOpsBaseOperator, lineage, optional
+from tfmlops_airflow.operators.base import (
+    MODEL_FIELDS,
+    ModelDataOperator,
+    TFMLOpsBaseOperator,
+    extra_tags,
+    lineage,
+    optional,
+)
 
 
 class ResolveModelVersionOperator(TFMLOpsBaseOperator):
@@ -83,7 +90,7 @@ class TrainModelOperator(ModelDataOperator):
     def execute(self, context) -> dict[str, Any]:
         from tfmlops.steps.retrain import ModelModuleError, train
 
-        tags = {**lineage(context), **{k: str(v) for k, v in (optional(self.lineage_tags) or {}).items()}}
+        tags = {**lineage(context), **extra_tags(self.lineage_tags)}
         try:
             return train(self.tracking_uri, self.experiment, run_name=f"{context['run_id']}", tags=tags,
                          spec=self.data_spec(), profile=optional(self.dataset_profile))
@@ -201,7 +208,7 @@ class RegisterModelOperator(TFMLOpsBaseOperator):
     def execute(self, context) -> dict[str, Any]:
         from tfmlops.steps.retrain import register
 
-        extra = {k: str(v) for k, v in (optional(self.lineage_tags) or {}).items()}
+        extra = extra_tags(self.lineage_tags)
         return register(self.tracking_uri, self.model_name, self.run_id, self.model_uri, dict(self.metrics),
                         {**lineage(context), "dataset_fingerprint": self.dataset_fingerprint, **extra},
                         model_spec=optional(self.model_spec))

@@ -23,10 +23,13 @@ class PrepareSearchOperator(ModelDataOperator):
     create the Optuna study in ``storage`` and the search's parent MLflow run. Returns the worker
     indices ``[0, …, parallelism - 1]`` (what the worker task is mapped over: Airflow maps only over
     a task's return value) and pushes the search (study, storage, parent run…) as XCom ``search``.
+    ``n_trials`` 0 (``tf_offline_retrain``'s default) asks for no search: no study, no run, no worker
+    (the mapped task skips) and XCom ``search`` ``{}`` (Airflow reads a None XCom as missing), on
+    which :class:`FinishSearchOperator` passes the spec on.
 
     :param model_name: registered model name (= the MLflow experiment of the runs). (templated)
     :param search_space: JSON object of ranges and choices; empty = the module's ``SEARCH_SPACE``. (templated)
-    :param n_trials: trials of the whole search. (templated)
+    :param n_trials: trials of the whole search; 0: no search. (templated)
     :param parallelism: worker tasks pulling trials at once. (templated)
     :param time_budget_s: no trial starts after this many seconds from now. (templated)
     :param storage: ``journal:/abs/path.log`` or an RDB URL (never Airflow's database). (templated)
@@ -54,6 +57,10 @@ class PrepareSearchOperator(ModelDataOperator):
         self.gate_metric = gate_metric
 
     def execute(self, context) -> list[int]:
+        if int(self.n_trials) == 0:
+            self.log.info("no search asked (0 trials): the module's hyperparameters are trained as they are")
+            context["ti"].xcom_push(key=SEARCH_KEY, value={})
+            return []
         from tfmlops.steps.search import ModelModuleError, SearchError, prepare
 
         try:
@@ -94,18 +101,24 @@ class SearchWorkerOperator(ModelDataOperator):
 class FinishSearchOperator(TFMLOpsBaseOperator):
     """The search's result: counts, best trial and Optuna's plots on the parent run; returns the best
     configuration as ``model_spec`` (for the train task) and the parent run (lineage). Fails, naming
-    the trials' errors, when no trial completed.
+    the trials' errors, when no trial completed. No search (``search`` empty): returns ``model_spec``
+    as it is, with no search run.
 
-    :param search: what the prepare task returned. (templated)
+    :param search: what the prepare task pushed. (templated)
+    :param model_spec: the spec the search started from, returned unchanged when there was no search. (templated)
     """
 
-    template_fields: Sequence[str] = ("search",)
+    template_fields: Sequence[str] = ("search", "model_spec")
 
-    def __init__(self, *, search: dict | str, **kwargs):
+    def __init__(self, *, search: dict | str | None, model_spec: dict | str | None = None, **kwargs):
+        kwargs.setdefault("trigger_rule", "none_failed")  # runs when the workers skipped (no search)
         super().__init__(**kwargs)
         self.search = search
+        self.model_spec = model_spec
 
     def execute(self, context) -> dict[str, Any]:
+        if not optional(self.search):
+            return {"model_spec": self.model_spec, "parent_run_id": None, "best_trial": None}
         from tfmlops.steps.search import SearchError, finish
 
         try:
