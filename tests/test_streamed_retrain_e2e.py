@@ -7,7 +7,8 @@ The dataset is MNIST rows written once (a few shards) with the train shards
 repeated as hard links until the train split is 3× the limit: every byte is read and parsed
 (one epoch), only the disk is spared. Linux ignores ``RLIMIT_RSS`` and ``RLIMIT_AS`` breaks
 TensorFlow's allocator, hence the cgroup (v1 ``memory`` controller, as root); without one the run
-is still checked against the bound by its ``VmHWM``."""
+is still checked against the bound by its ``VmHWM``. The same run from ``s3://`` shards (the
+session's S3 endpoint, a smaller set: it keeps objects in memory) streams under the same bound."""
 
 from __future__ import annotations
 
@@ -44,9 +45,8 @@ print("RESULT " + json.dumps({"state": str(run.state), "vmhwm": vmhwm,
 
 
 @pytest.fixture(scope="module")
-def big_dataset(tmp_path_factory) -> tuple[Path, int]:
-    """MNIST shards (20 000 train rows in 2 shards, 5 000 validation, 5 000 test), the train
-    shards hard-linked until the train split is at least 3× the bound; returns (folder, train rows)."""
+def mnist_shards(tmp_path_factory) -> Path:
+    """MNIST shards written once: 20 000 train rows in 2 shards, 5 000 validation, 5 000 test."""
     from tfmlops import modelspec, shards
     from tfmlops.data import load_mnist
 
@@ -60,13 +60,20 @@ def big_dataset(tmp_path_factory) -> tuple[Path, int]:
                         ("validation", x_train[20_000:], mnist.y_train[20_000:25_000]),
                         ("test", x_test, mnist.y_test[:5_000])]:
         shards.write_shards(spec, folder, split, [({name: x}, y)], rows_per_shard=10_000)
-    written = sorted((folder / "train").iterdir())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def big_dataset(mnist_shards) -> tuple[Path, int]:
+    """The train shards hard-linked until the train split is at least 3× the bound; returns
+    (folder, train rows)."""
+    written = sorted((mnist_shards / "train").iterdir())
     size = sum(p.stat().st_size for p in written)
     copies = -(-3 * BOUND // size)
     for i in range(1, copies):
         for path in written:
             os.link(path, path.with_name(f"copy{i:03d}-{path.name}"))
-    return folder, 20_000 * copies
+    return mnist_shards, 20_000 * copies
 
 
 @pytest.fixture
@@ -86,16 +93,10 @@ def memory_cgroup():
         group.rmdir()
 
 
-def test_a_dataset_three_times_the_memory_bound_trains_gates_registers_and_serves(
-        airflow_db, airflow_connections, mlflow_server, serving_server, big_dataset, memory_cgroup):
-    from mlflow import MlflowClient
-
-    folder, train_rows = big_dataset
-    dataset_bytes = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    assert dataset_bytes >= 3 * BOUND
-    conf = {"model_name": MODEL, "dataset_uri": str(folder), "epochs": 1, "batch_size": 256,
-            "gate_threshold": 0.85}
-    env = {**os.environ, "TFMLOPS_STREAM_MIN_MB": "64", "PYTHONPATH": os.pathsep.join(
+def run_retrain(conf: dict, memory_cgroup, **env: str) -> dict:
+    """``tf_offline_retrain`` with ``conf`` in a child process (in ``memory_cgroup`` when there is
+    one), streaming from 64 MiB of shards on: its state, task states and peak RSS."""
+    env = {**os.environ, "TFMLOPS_STREAM_MIN_MB": "64", **env, "PYTHONPATH": os.pathsep.join(
         [str(ROOT / "include"), str(ROOT / "plugins"), str(ROOT / "dags"), os.environ.get("PYTHONPATH", "")])}
     procs = None if memory_cgroup is None else str(memory_cgroup / "cgroup.procs")
     done = subprocess.run(
@@ -105,12 +106,37 @@ def test_a_dataset_three_times_the_memory_bound_trains_gates_registers_and_serve
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert done.returncode == 0 and lines, (done.returncode, done.stdout[-3000:], done.stderr[-6000:])
     result = json.loads(lines[-1].removeprefix("RESULT "))
-    assert result["state"] == "success", result["tasks"]
+    if result["state"] != "success":
+        failed = {t: st for t, st in result["tasks"].items() if st in ("failed", "upstream_failed")}
+        errors = [line for line in (done.stdout + done.stderr).splitlines() if "Error" in line or "failed" in line]
+        pytest.fail(f"the run ended {result['state']}: {failed}\n" + "\n".join(errors[-30:]))
     # every task ran in that one process: its high-water mark bounds each task's
-    print(f"peak RSS {result['vmhwm'] >> 20} MiB, bound {BOUND >> 20} MiB, dataset {dataset_bytes >> 20} MiB")
+    print(f"peak RSS {result['vmhwm'] >> 20} MiB, bound {BOUND >> 20} MiB")
     assert result["vmhwm"] < BOUND, f"peak RSS {result['vmhwm'] >> 20} MiB over the {BOUND >> 20} MiB bound"
     if memory_cgroup is not None:
         assert (memory_cgroup / "memory.oom_control").read_text().count("under_oom 0") == 1
+    return result
+
+
+def served(serving_server, model: str) -> None:
+    status = requests.get(f"http://127.0.0.1:{serving_server['rest_port']}/v1/models/{model}", timeout=10).json()
+    assert status["model_version_status"][0]["state"] == "AVAILABLE"
+    row = np.zeros(784, dtype=np.float32).tolist()
+    got = requests.post(f"http://127.0.0.1:{serving_server['rest_port']}/v1/models/{model}:predict",
+                        json={"instances": [row]}, timeout=10).json()
+    assert len(got["predictions"][0]) == 10
+
+
+def test_a_dataset_three_times_the_memory_bound_trains_gates_registers_and_serves(
+        airflow_db, airflow_connections, mlflow_server, serving_server, big_dataset, memory_cgroup):
+    from mlflow import MlflowClient
+
+    folder, train_rows = big_dataset
+    dataset_bytes = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert dataset_bytes >= 3 * BOUND
+    run_retrain({"model_name": MODEL, "dataset_uri": str(folder), "epochs": 1, "batch_size": 256,
+                 "gate_threshold": 0.85}, memory_cgroup)
+    print(f"dataset {dataset_bytes >> 20} MiB")
 
     mlf = MlflowClient(mlflow_server)
     champion = mlf.get_model_version_by_alias(MODEL, "champion")
@@ -127,10 +153,40 @@ def test_a_dataset_three_times_the_memory_bound_trains_gates_registers_and_serve
     fingerprint = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
     assert champion.tags["dataset_fingerprint"] == fingerprint
     assert {s["uri"] for s in manifest["splits"]["test"]} == {str(p) for p in (folder / "test").iterdir()}
+    served(serving_server, MODEL)
 
-    status = requests.get(f"http://127.0.0.1:{serving_server['rest_port']}/v1/models/{MODEL}", timeout=10).json()
-    assert status["model_version_status"][0]["state"] == "AVAILABLE"
-    row = np.zeros(784, dtype=np.float32).tolist()
-    got = requests.post(f"http://127.0.0.1:{serving_server['rest_port']}/v1/models/{MODEL}:predict",
-                        json={"instances": [row]}, timeout=10).json()
-    assert len(got["predictions"][0]) == 10
+
+def test_s3_shards_stream_through_the_retrain(airflow_db, airflow_connections, mlflow_server, serving_server,
+                                              s3_endpoint, mnist_shards, memory_cgroup):
+    """The same run from ``s3://`` shards through the ``aws_default`` connection, on a smaller set
+    (the test S3 endpoint keeps its objects in memory): 60 000 train rows in 6 objects, over the
+    streaming threshold, read through the S3 API under the same memory bound."""
+    from mlflow import MlflowClient
+
+    s3 = s3_endpoint["client"]()
+    s3.create_bucket(Bucket="streamed")
+    uploaded = {}
+    for path in sorted(mnist_shards.rglob("*")):
+        if path.is_file() and not path.name.startswith("copy"):  # the written shards, not big_dataset's links
+            split = path.parent.name
+            for i in range(3 if split == "train" else 1):
+                key = f"noisy-mnist/{split}/{i}-{path.name}"
+                s3.upload_file(str(path), "streamed", key)
+                uploaded.setdefault(split, []).append(f"s3://streamed/{key}")
+    assert len(uploaded["train"]) == 6
+    aws = json.dumps({"conn_type": "aws", "login": "testing", "password": "testing",
+                      "extra": {"endpoint_url": s3_endpoint["endpoint_url"], "region_name": "us-east-1"}})
+    run_retrain({"model_name": f"{MODEL}_s3", "dataset_uri": "s3://streamed/noisy-mnist", "epochs": 1,
+                 "batch_size": 256, "gate_threshold": 0.85}, memory_cgroup, AIRFLOW_CONN_AWS_DEFAULT=aws,
+                AWS_EC2_METADATA_DISABLED="true")
+
+    mlf = MlflowClient(mlflow_server)
+    champion = mlf.get_model_version_by_alias(f"{MODEL}_s3", "champion")
+    run = mlf.get_run(champion.run_id)
+    assert int(run.data.params["data.train_rows"]) == 60_000 and run.data.params["data.train_shards"] == "6"
+    assert run.data.metrics["test_accuracy"] >= 0.85
+    manifest = json.loads(Path(mlf.download_artifacts(champion.run_id, "data/manifest.json")).read_text())
+    assert {split: sorted(s["uri"] for s in found) for split, found in manifest["splits"].items()} == {
+        split: sorted(uris) for split, uris in uploaded.items()}
+    assert all(s["version"] for found in manifest["splits"].values() for s in found), manifest  # ETags
+    served(serving_server, f"{MODEL}_s3")

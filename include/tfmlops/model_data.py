@@ -84,7 +84,7 @@ class ModelData:
         digest = hashlib.sha256()
         splits = [self.train, self.test] if self.validation_carved else [self.train, self.validation, self.test]
         if self.validation_carved:
-            splits[0] = _concat(self.train, self.validation)
+            splits[0] = concatenate([self.train, self.validation])
         for split in splits:
             for array in [*(split.features[k] for k in sorted(split.features)), split.labels]:
                 digest.update(str(array.shape).encode())
@@ -122,8 +122,7 @@ class StreamedSplit:
                 break
         if not got:
             raise DatasetError(f"{self.layout.source}: the {self.name} split is empty")
-        return Split({k: np.concatenate([b.features[k] for b in got]) for k in got[0].features},
-                     np.concatenate([b.labels for b in got]))
+        return concatenate(got)
 
     def dataset(self, batch_size: int, seed: int | None = None):
         """Batched ``(features, labels)``; shuffled (shards and a 10 000-row buffer) when ``seed`` is given."""
@@ -208,9 +207,11 @@ def _load_streamed(spec: ModelSpec, layout: shards.Layout, sample_fraction: floa
     return data, report
 
 
-def _concat(a: Split, b: Split) -> Split:
-    return Split({k: np.concatenate([a.features[k], b.features[k]]) for k in a.features},
-                 np.concatenate([a.labels, b.labels]))
+def concatenate(splits: list[Split]) -> Split:
+    """The rows of ``splits`` (in memory) one after the other; empty ones left out (all empty: the first)."""
+    full = [s for s in splits if len(s)] or splits[:1]
+    return Split({k: np.concatenate([s.features[k] for s in full]) for k in full[0].features},
+                 np.concatenate([s.labels for s in full]))
 
 
 def data_dir() -> Path:
@@ -271,7 +272,7 @@ def load(spec: ModelSpec, module, uri: str, sample_fraction: float = 1.0, seed: 
         "validation_carved": carved, "test_rows": len(result.test), "inputs": sorted(spec.inputs),
         "test_overlap_rows": overlap, "fingerprint": result.fingerprint()}
     if spec.task != "regression":
-        report["train_class_counts"] = np.bincount(_concat(result.train, result.validation).labels,
+        report["train_class_counts"] = np.bincount(concatenate([result.train, result.validation]).labels,
                                                    minlength=spec.num_classes).tolist()
     else:
         labels = result.train.labels
@@ -305,8 +306,15 @@ def _load_raw(spec: ModelSpec, module, uri: str, s3_client) -> dict[str, Split |
 
 
 def _is_dir(uri: str, s3_client) -> bool:
+    """A local folder, or an S3 prefix that is a "folder": written with its trailing ``/``, or with
+    objects under ``<uri>/`` (one listing call)."""
     if uri.startswith("s3://"):
-        return uri.endswith("/")
+        if uri.endswith("/"):
+            return True
+        from tfmlops.storage import s3, split_s3_uri
+
+        bucket, key = split_s3_uri(uri)
+        return bool(s3(s3_client).list_objects_v2(Bucket=bucket, Prefix=f"{key}/", MaxKeys=1).get("KeyCount"))
     return os.path.isdir(uri)
 
 
@@ -416,12 +424,11 @@ def _load_shards(spec: ModelSpec, layout: shards.Layout, s3_client) -> dict[str,
             continue
         got, rows = [], 0
         for _, _, features, labels in shards.shard_batches(spec, layout, split, s3_client):
-            got.append((features, labels))
+            got.append(Split(features, labels))
             rows += len(labels)
             if rows > MAX_ROWS:
                 raise DatasetError(f"{uri}: the {split} split has more than {MAX_ROWS} rows (loaded in memory)")
-        out[split] = None if not rows else Split(
-            {k: np.concatenate([f[k] for f, _ in got]) for k in spec.inputs}, np.concatenate([y for _, y in got]))
+        out[split] = concatenate(got) if rows else None
     return out
 
 
@@ -529,16 +536,20 @@ def sample_features(split: Split | StreamedSplit, rows: int) -> dict[str, np.nda
     return split.head(rows).features
 
 
-def sample(split: Split | StreamedSplit, rows: int, seed: int = 0) -> Split:
-    """A seeded sample of ``rows`` rows without replacement (all of them when the split has fewer),
-    in the split's order. A streamed split is read once through a reservoir (Algorithm R, batch by
-    batch): memory of ``rows`` rows and one batch."""
+def sample(split: Split | StreamedSplit | list, rows: int, seed: int = 0) -> Split:
+    """A seeded sample of ``rows`` rows without replacement (all of them when there are fewer), in
+    reading order, from one split or from several read one after the other (``[split, …]``: one
+    sample of their union). Splits in memory are sampled directly; as soon as one of them streams,
+    every one is read once through a reservoir (Algorithm R, batch by batch): memory of ``rows``
+    rows and one batch."""
     rng = np.random.default_rng(seed)
-    if isinstance(split, Split):
-        return split.take(np.sort(rng.choice(len(split), size=min(rows, len(split)), replace=False)))
+    splits = split if isinstance(split, list) else [split]
+    if all(isinstance(s, Split) for s in splits):
+        whole = splits[0] if len(splits) == 1 else concatenate(splits)
+        return whole.take(np.sort(rng.choice(len(whole), size=min(rows, len(whole)), replace=False)))
     kept: list[tuple[int, Split]] = []  # (row number, the row)
     seen = 0
-    for _, batch in split.batches():
+    for _, batch in (piece for s in splits for piece in batches(s)):
         n = len(batch)
         fill = max(0, min(rows - len(kept), n))
         kept += [(seen + i, batch.take(slice(i, i + 1))) for i in range(fill)]
@@ -548,10 +559,11 @@ def sample(split: Split | StreamedSplit, rows: int, seed: int = 0) -> Split:
                 kept[slots[i - fill]] = (seen + i, batch.take(slice(i, i + 1)))
         seen += n
     if not kept:
-        raise DatasetError(f"{split.layout.source}: the {split.name} split is empty")
+        names = " and ".join(f"the {s.name} split of {s.layout.source}" if isinstance(s, StreamedSplit)
+                             else "rows in memory" for s in splits)
+        raise DatasetError(f"nothing to sample: {names} {'is' if len(splits) == 1 else 'are'} empty")
     kept.sort(key=lambda item: item[0])
-    return Split({k: np.concatenate([r.features[k] for _, r in kept]) for k in kept[0][1].features},
-                 np.concatenate([r.labels for _, r in kept]))
+    return concatenate([r for _, r in kept])
 
 
 def batches(split: Split | StreamedSplit, rows: int = shards.SCAN_BATCH):

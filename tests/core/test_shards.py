@@ -321,3 +321,32 @@ def test_a_seeded_sample_of_a_streamed_split_is_a_uniform_reservoir(examples, tm
         counts += np.isin(data.train.features["monthly_charges"], picked)
     half = len(data.train) // 2
     assert 0.8 < counts[:half].sum() / counts[half:].sum() < 1.25
+
+
+def test_the_online_replay_samples_a_streamed_history_and_partitions_in_memory_as_one(examples, tmp_path,
+                                                                                        monkeypatch):
+    """tf_online_update's replay when the champion's training set streams: one seeded sample of the
+    union of the streamed train split and the partitions consumed before (in memory), drawn by the
+    reservoir — the streamed split's rows are never all in memory (its ``features`` refuse)."""
+    from tfmlops.steps.online import OnlineConfig, _with_replay
+
+    spec, data = examples["churn"]
+    for split in ("train", "validation", "test"):
+        s = getattr(data, split)
+        shards.write_shards(spec, tmp_path, split, [(s.features, s.labels)], fmt="parquet", rows_per_shard=60)
+    streamed, _ = load_streamed(spec, tmp_path, monkeypatch)
+    new, earlier = data.test, data.validation  # the new partition's rows; a partition consumed before
+    history = lambda: ([streamed.train, earlier], ["base", "p1"])  # noqa: E731
+    fit, replay_rows, sources = _with_replay(new, history, OnlineConfig(replay_fraction=0.5, seed=1))
+    assert replay_rows == len(new) and len(fit) == 2 * len(new) and sources == ["base", "p1"]
+    got = rows(fit.features, fit.labels, spec)
+    from collections import Counter
+
+    left = Counter(got) - Counter(rows(new.features, new.labels, spec))  # every new row is in, once
+    assert sum(left.values()) == replay_rows
+    from_train = left & Counter(rows(data.train.features, data.train.labels, spec))
+    from_earlier = left & Counter(rows(earlier.features, earlier.labels, spec))
+    assert sum(from_train.values()) + sum(from_earlier.values()) >= replay_rows
+    assert from_train and from_earlier  # one sample of the union: both sources are drawn from
+    again, _, _ = _with_replay(new, history, OnlineConfig(replay_fraction=0.5, seed=1))
+    np.testing.assert_array_equal(again.labels, fit.labels)

@@ -1,7 +1,8 @@
 """The production stack for real (issue 14): docker-compose.yaml with docker/compose.stand-ins.yaml
 on the project's own Docker engines (scripts/prod_stack.py), two Celery workers, every service
 healthy, the retraining and rollout DAGs run through Airflow's REST API on the workers against
-PostgreSQL, MLflow (PostgreSQL + S3 artifacts) and both TF Serving replicas, a canary rollout
+PostgreSQL, MLflow (PostgreSQL + S3 artifacts) and both TF Serving replicas (version 2 after an
+Optuna search whose worker tasks run on both workers, its study in PostgreSQL), a canary rollout
 under client load with no failed request, and ``compose down -v`` leaving nothing behind.
 
 The client side (tests/production/drive.py) runs inside the stack's network namespace. Each phase's
@@ -88,6 +89,19 @@ def test_production_stack_end_to_end(docker_engine, tmp_path):
                  for t in report[run]["tasks"].values() if t["hostname"]}
         assert len(hosts) == 2 and hosts <= ids | worker_hosts, (hosts, ids, worker_hosts)
 
+        # version 2's search (issue 26): its mapped worker tasks ran on both Celery workers and pulled
+        # trials of one shared study there; the best trial is the served version's configuration
+        workers = {k: t for k, t in report["retrain_2"]["tasks"].items() if k.startswith("search_worker[")}
+        assert len(workers) == 4 and all(t["state"] == "success" for t in workers.values()), workers
+        assert {t["hostname"] for t in workers.values()} == hosts, (workers, hosts)
+        search = report["search"]
+        trials = search["trials"]
+        assert 6 <= len(trials) <= 6 + 3, search  # n_trials; workers starting at once may each add one
+        assert all(t["state"] in ("complete", "pruned", "failed") for t in trials), search
+        assert any(t["state"] == "complete" for t in trials), search
+        assert len({workers[f"search_worker[{t['worker']}]"]["hostname"] for t in trials}) == 2, (search, workers)
+        assert search["parent_run_id"] and search["best_trial"] is not None, search
+
         # people in roles (FAB auth manager): a viewer may not trigger, only an approver's answer counts
         assert report["viewer_trigger_status"] == 403, report["viewer_trigger_status"]
         assert report["approval_subject"] == "Roll stack_mnist version 1 out (canary)?", report["approval_subject"]
@@ -110,6 +124,9 @@ def test_production_stack_end_to_end(docker_engine, tmp_path):
         assert int(sql("airflow", "airflow", "select count(*) from dag_run where dag_id = 'tf_offline_retrain' "
                                              "and state = 'success'")) == 2
         assert int(sql("mlflow", "airflow", "select count(*) from model_versions where name = 'stack_mnist'")) == 2
+        # the search's study is in its own database, not Airflow's
+        assert int(sql("optuna", "airflow", "select count(*) from trials")) == len(trials)
+        assert sql("airflow", "airflow", "select to_regclass('public.studies') is null") == "t"
     finally:
         t0 = time.monotonic()
         ps.down()

@@ -101,9 +101,7 @@ def all_rows(spec: ModelSpec, module, uris, s3_client=None) -> model_data.Split:
     for uri in uris:
         loaded, _ = model_data.load(spec, module, uri, s3_client=s3_client, max_overlap_fraction=1.0)
         splits += [loaded.train, loaded.validation, loaded.test]
-    splits = [s for s in splits if len(s)]
-    return model_data.Split({k: np.concatenate([s.features[k] for s in splits]) for k in spec.inputs},
-                            np.concatenate([s.labels for s in splits]))
+    return model_data.concatenate(splits)
 
 
 def ensure_reference(tracking_uri: str, model_name: str, version: int, client, rows: int = 2000,

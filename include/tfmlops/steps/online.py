@@ -71,12 +71,6 @@ def ingest(root: str, dataset: str, partition_ids: list[str] | None = None, trac
     return partitions.ingest(root, dataset, partition_ids, s3_client=s3_client, validate=validate)
 
 
-def _joined(splits: list[Split], inputs) -> Split:
-    splits = [s for s in splits if len(s)]
-    return Split({k: np.concatenate([s.features[k] for s in splits]) for k in inputs},
-                 np.concatenate([s.labels for s in splits]))
-
-
 def fixed_holdout(spec, module, uri: str, rows: int, s3_client=None) -> Split:
     """The update gate's fixed holdout: ``mnist`` = the first MNIST test rows
     (:data:`tfmlops.data.MNIST_HOLDOUT_ROWS`, never in a simulated partition), else the test split
@@ -108,20 +102,20 @@ def improvement_gate(new: float, champion_new: float, holdout: float, champion_h
                                          f"holdout {champion_holdout:.4f} → {holdout:.4f} (tolerance {tolerance:.4f})")
 
 
-def _with_replay(new: Split, earlier, config: OnlineConfig, inputs) -> tuple[Split, int, list]:
+def _with_replay(new: Split, earlier, config: OnlineConfig) -> tuple[Split, int, list]:
     """The fine-tuning rows: the new rows plus a sample of earlier rows making up ``replay_fraction``
-    of the whole, shuffled. ``earlier()`` gives the earlier splits (loaded only when needed) and
-    their sources. Returns (rows, replay row count, replay sources)."""
-    rng = np.random.default_rng(config.seed)
+    of the whole, shuffled. ``earlier()`` gives the earlier splits (loaded only when needed; a
+    sharded training set too large for memory streams) and their sources; the sample of their union
+    is drawn by :func:`tfmlops.model_data.sample` (a reservoir when one of them streams: memory of
+    the replay rows, never the whole history). Returns (rows, replay row count, replay sources)."""
     n_replay = int(round(len(new) * config.replay_fraction / max(1e-9, 1 - config.replay_fraction)))
     fit, replay_rows, sources = new, 0, []
     if n_replay > 0:
         splits, sources = earlier()
-        old = _joined(splits, inputs)
-        pick = rng.choice(len(old), size=min(n_replay, len(old)), replace=False)
-        fit = _joined([new, old.take(pick)], inputs)
-        replay_rows = len(pick)
-    return fit.take(rng.permutation(len(fit))), replay_rows, sources
+        replay = model_data.sample(splits, n_replay, config.seed)
+        fit = model_data.concatenate([new, replay])
+        replay_rows = len(replay)
+    return fit.take(np.random.default_rng(config.seed).permutation(len(fit))), replay_rows, sources
 
 
 def _metrics(spec, model, split: Split) -> dict:
@@ -166,13 +160,13 @@ def update(tracking_uri: str, model_name: str, root: str, dataset: str, partitio
         return model_data.load(spec, module, uri, s3_client=s3_client, max_overlap_fraction=1.0)[0]
 
     new = [load(available[pid]) for pid in fresh]
-    new_train = _joined([s for d in new for s in (d.train, d.validation)], spec.inputs)
-    new_test = _joined([d.test for d in new], spec.inputs)
+    new_train = model_data.concatenate([s for d in new for s in (d.train, d.validation)])
+    new_test = model_data.concatenate([d.test for d in new])
     # replay: earlier data = the champion's training dataset + partitions consumed before
     consumed = [pid for pid in ledger["partitions"] if pid in available]
     fit, replay_rows, replay_sources = _with_replay(
         new_train, lambda: ([load(base_uri).train, *(load(available[pid]).train for pid in consumed)],
-                            [base_uri, *consumed]), config, spec.inputs)
+                            [base_uri, *consumed]), config)
     holdout = fixed_holdout(spec, module, config.holdout_uri or base_uri, config.holdout_rows, s3_client)
 
     model = registry.load_keras_model(tracking_uri, f"models:/{model_name}/{parent}")
