@@ -38,6 +38,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,8 @@ from tfmlops import shards
 from tfmlops.data import DatasetError
 from tfmlops.modelspec import ModelModuleError, ModelSpec
 from tfmlops.storage import read_bytes
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 MAX_ROWS = 5_000_000  # a split larger than this is refused (memory), until datasets stream
@@ -152,6 +155,18 @@ class StreamedData:
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()
+
+
+def sampled(data: ModelData | StreamedData, rows: int, seed: int = 0) -> ModelData:
+    """``data`` itself when it is in memory; a streamed dataset as a seeded sample of at most ``rows``
+    rows per split (:func:`sample`: each split read once through a reservoir), for a step that needs
+    its rows in memory — fine-tuning on a sample, calibrating, scoring and checking formats on one —
+    with memory bounded by ``rows``, not by the dataset."""
+    if isinstance(data, ModelData):
+        return data
+    log.info("%s streams: a seeded sample of at most %d rows per split is read into memory", data.source, rows)
+    return ModelData(data.source, sample(data.train, rows, seed), sample(data.validation, rows, seed + 1),
+                     sample(data.test, rows, seed + 2), data.validation_carved)
 
 
 def stream_min_bytes() -> int:
@@ -547,16 +562,16 @@ def sample(split: Split | StreamedSplit | list, rows: int, seed: int = 0) -> Spl
     if all(isinstance(s, Split) for s in splits):
         whole = splits[0] if len(splits) == 1 else concatenate(splits)
         return whole.take(np.sort(rng.choice(len(whole), size=min(rows, len(whole)), replace=False)))
-    kept: list[tuple[int, Split]] = []  # (row number, the row)
+    kept: list[tuple[int, Split]] = []  # (row number, a copy of the row: a view would keep its whole batch)
     seen = 0
     for _, batch in (piece for s in splits for piece in batches(s)):
         n = len(batch)
         fill = max(0, min(rows - len(kept), n))
-        kept += [(seen + i, batch.take(slice(i, i + 1))) for i in range(fill)]
+        kept += [(seen + i, batch.take([i])) for i in range(fill)]
         if fill < n:  # row number r replaces a kept row with probability rows / (r + 1)
             slots = rng.integers(0, np.arange(seen + fill, seen + n) + 1)
             for i in np.flatnonzero(slots < rows) + fill:
-                kept[slots[i - fill]] = (seen + i, batch.take(slice(i, i + 1)))
+                kept[slots[i - fill]] = (seen + i, batch.take([i]))
         seen += n
     if not kept:
         names = " and ".join(f"the {s.name} split of {s.layout.source}" if isinstance(s, StreamedSplit)

@@ -350,3 +350,59 @@ def test_the_online_replay_samples_a_streamed_history_and_partitions_in_memory_a
     assert from_train and from_earlier  # one sample of the union: both sources are drawn from
     again, _, _ = _with_replay(new, history, OnlineConfig(replay_fraction=0.5, seed=1))
     np.testing.assert_array_equal(again.labels, fit.labels)
+
+
+def test_a_reservoir_sample_keeps_rows_not_the_batches_they_came_from(tmp_path, monkeypatch):
+    """The reservoir holds copies of its rows: a kept row that were a view would keep its whole
+    batch alive, and a sample of a few rows would cost the memory of every batch it drew from."""
+    import tracemalloc
+
+    spec = modelspec.read_spec(modelspec.DEFAULT_MODULE)
+    rng = np.random.default_rng(0)
+    x = rng.random((12_000, 784), dtype=np.float32)  # 36 MiB of train rows, in 12 shards
+    y = rng.integers(0, 10, 12_000)
+    name = next(iter(spec.inputs))
+    shards.write_shards(spec, tmp_path, "train", [({name: x}, y)], rows_per_shard=1_000)
+    shards.write_shards(spec, tmp_path, "test", [({name: x[:100]}, y[:100])], rows_per_shard=100)
+    del x
+    streamed, _ = load_streamed(spec, tmp_path, monkeypatch)
+    tracemalloc.start()
+    try:
+        got = model_data.sample(streamed.train, 200, seed=1)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(got) == 200 and got.features[name].shape == (200, 784)
+    assert peak < 16 << 20, f"sampling 200 rows peaked at {peak >> 20} MiB of a 36 MiB split"
+    in_memory = model_data.sampled(streamed, 200, seed=1)  # what tf_optimize_export works on
+    assert isinstance(in_memory, model_data.ModelData) and len(in_memory.train) == 200
+    np.testing.assert_array_equal(in_memory.train.labels, got.labels)  # the same seeded sample every time
+    assert len(in_memory.test) == 100
+
+
+def test_tf_optimize_export_works_on_a_seeded_sample_of_a_streamed_dataset(examples, tmp_path, monkeypatch):
+    """A dataset that streams is not refused by tf_optimize_export: its steps get a seeded sample of
+    ``TFMLOPS_OPTIMIZE_SAMPLE_ROWS`` rows per split (the same one in every task), and an int8
+    variant is calibrated and scored on it."""
+    from tfmlops import optimize
+    from tfmlops.steps.optimize import model_problem
+    from tfmlops.steps.retrain import DataSpec
+
+    spec, data = examples["diabetes"]
+    for split in ("train", "validation", "test"):
+        s = getattr(data, split)
+        shards.write_shards(spec, tmp_path, split, [(s.features, s.labels)], rows_per_shard=50)
+    load_streamed(spec, tmp_path, monkeypatch)  # the module's own loader off, every size streamed
+    monkeypatch.setenv("TFMLOPS_OPTIMIZE_SAMPLE_ROWS", "60")
+    version = {"model_spec": spec.to_dict(), "dataset_uri": str(tmp_path)}
+    got_spec, module, loaded = model_problem(version, DataSpec(uri=""))
+    assert isinstance(loaded, model_data.ModelData) and got_spec.module == spec.module
+    assert len(loaded.train) == len(loaded.test) == 60 and len(data.test) > 60
+    again = model_problem(version, DataSpec(uri=""))[2]
+    np.testing.assert_array_equal(again.test.labels, loaded.test.labels)
+    model = modelspec.build_model(spec, module, loaded.train.features)
+    model.compile("adam", "mse")
+    _, result = optimize.optimize_one("int8", model, loaded, optimize.OptimizeConfig(max_rmse_increase=1e9),
+                                      spec=spec, module=module)
+    assert result["status"] == "passed", result
+    assert result["details"]["calibration_rows"] == 60

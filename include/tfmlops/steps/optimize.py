@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from pathlib import Path
 
@@ -49,11 +50,19 @@ class MobileBundleError(RuntimeError):
     """A mobile bundle run from its own files does not reproduce the registered model."""
 
 
+def sample_rows() -> int:
+    """Rows per split a streamed dataset is sampled to for ``tf_optimize_export``
+    (``TFMLOPS_OPTIMIZE_SAMPLE_ROWS``, default 50 000)."""
+    return int(os.environ.get("TFMLOPS_OPTIMIZE_SAMPLE_ROWS", "50000"))
+
+
 def model_problem(model: dict, data) -> tuple:
     """What the steps of a version work on: its model spec (the one it was registered with; a
     version registered before specs is the default module's MNIST MLP), the module, and the
     module's data — ``data.uri`` when the form names one, else the dataset the version was trained
-    on (``dataset_uri`` on its run)."""
+    on (``dataset_uri`` on its run). A dataset that streams (larger than memory) becomes a seeded
+    sample of :func:`sample_rows` rows per split (:func:`tfmlops.model_data.sampled`): the
+    fine-tuning, int8 calibration, scores and format checks work on that sample."""
     from tfmlops import modelspec
 
     spec = modelspec.ModelSpec.from_dict(model["model_spec"]) if model.get("model_spec") else \
@@ -62,7 +71,7 @@ def model_problem(model: dict, data) -> tuple:
     module = modelspec.import_module(spec.module)
     loaded, _ = model_data.load(spec, module, uri, data.sample_fraction, data.seed, s3_client=data.s3_client,
                                 max_overlap_fraction=data.max_overlap_fraction)
-    return spec, module, loaded
+    return spec, module, model_data.sampled(loaded, sample_rows(), data.seed)
 
 
 def _keras_predict(keras_model):
