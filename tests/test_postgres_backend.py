@@ -167,8 +167,9 @@ def test_offline_retrain_on_postgres(postgres, pg_mlflow, serving_server, tmp_pa
     assert run.returncode == 0 and lines, run.stdout[-3000:] + run.stderr[-3000:]
     result = json.loads(lines[-1].removeprefix("RESULT "))
     assert result["state"] == "success", (result, run.stdout[-4000:] + run.stderr[-4000:])
-    assert {t: s for t, s in result["tasks"].items() if s != "success"} == {  # no failure
-        "approve_rollout": "skipped", "approve": "skipped", "conclude": "skipped", "watcher": "skipped"}, result
+    assert {t: s for t, s in result["tasks"].items() if s != "success"} == {  # no failure (and no search)
+        "search_worker": "skipped", "approve_rollout": "skipped", "approve": "skipped", "conclude": "skipped",
+        "watcher": "skipped"}, result
 
     # No SQLite anywhere: the Airflow home holds no database file ...
     assert not list(home.rglob("*.db")), list(home.rglob("*.db"))
@@ -180,8 +181,9 @@ def test_offline_retrain_on_postgres(postgres, pg_mlflow, serving_server, tmp_pa
             assert cur.fetchall() == [("success",)]
             cur.execute("SELECT count(*) FROM task_instance WHERE run_id = %s AND state = 'success'",
                         (result["run_id"],))
-            # all but the skipped ones (the run guard; approve_rollout, approve, conclude: no approval asked)
-            assert cur.fetchone()[0] == len(result["tasks"]) - 4
+            # all but the skipped ones (the run guard; approve_rollout, approve, conclude: no approval asked;
+            # search_worker: no search asked)
+            assert cur.fetchone()[0] == len(result["tasks"]) - 5
     # ... and so are the MLflow registered version, its champion alias and the run's metrics.
     with psycopg2.connect(host=postgres["host"], port=postgres["port"], user=postgres["user"], dbname="mlflow") as c:
         with c.cursor() as cur:

@@ -108,10 +108,13 @@ class StreamedSplit:
     layout: shards.Layout  # this split's shards under the name ``name``
     name: str
     s3_client: object = None
+    max_row_group_bytes: int = shards.DEFAULT_MAX_ROW_GROUP_BYTES  # a larger Parquet row group is refused
 
     def batches(self):
-        """(where, validated batch) in manifest order: memory of one batch."""
-        for shard, offset, features, labels in shards.shard_batches(self.spec, self.layout, self.name, self.s3_client):
+        """(where, validated batch) in manifest order, each checked (:func:`validate_split`; an error
+        names the shard and the record offset): memory of one batch."""
+        for shard, offset, features, labels in shards.shard_batches(self.spec, self.layout, self.name, self.s3_client,
+                                                                    self.max_row_group_bytes):
             if len(labels):
                 where = f"{shard.uri} (records {offset}..{offset + len(labels) - 1})"
                 yield where, validate_split(self.spec, where, self.name, Split(features, labels))

@@ -23,8 +23,9 @@ into a local temporary file, read there by TF's own TFRecord reader (CRC-checked
 and deleted once read: a few shards of local disk, no memory per dataset size.
 
 **Lineage**: the dataset's fingerprint is its manifest — every shard's URI, size and version (the
-S3 ETag, a local file's modification time) — hashed, not the data; :func:`scan` names the shard and
-the record of a corrupt or wrong-schema row, and profiles each split in one pass with bounded memory.
+S3 ETag, a local file's modification time) — hashed, not the data. :func:`shard_batches` names the
+shard and the record of a corrupt or wrong-schema row; :func:`profile_split` profiles a split in one
+pass with bounded memory (both read through :class:`tfmlops.model_data.StreamedSplit`).
 """
 
 from __future__ import annotations
@@ -279,7 +280,8 @@ def tfrecord_batches(tf, spec: ModelSpec, path: str, name: str, batch: int = SCA
 def shard_batches(spec: ModelSpec, layout: Layout, split: str, s3_client=None,
                   max_row_group_bytes: int = DEFAULT_MAX_ROW_GROUP_BYTES):
     """Every (shard, offset, features, labels) batch of ``split``, shard after shard in manifest order
-    (what :func:`scan` and fixed samples read; training reads through :func:`dataset`)."""
+    (what validation, profiles and samples read: :meth:`tfmlops.model_data.StreamedSplit.batches`;
+    training reads through :func:`dataset`)."""
     shards = layout.splits.get(split, [])
     tf = None
     if layout.format == "tfrecord":
@@ -446,39 +448,6 @@ def profile_split(spec: ModelSpec, batches, rng: np.random.Generator, reservoir:
         rows += len(batch.labels)
     return {"rows": rows, "features": {k: s.summary() for k, s in stats.items()},
             "label": label.summary() if label is not None else {"kind": "classes", "counts": classes.tolist()}}
-
-
-def scan(spec: ModelSpec, layout: Layout, s3_client=None, reservoir: int = 10_000, max_categories: int = 1_000,
-         seed: int = 0, max_row_group_bytes: int = DEFAULT_MAX_ROW_GROUP_BYTES) -> dict:
-    """Every split read once, shard by shard: each batch checked with the in-memory data checks
-    (:func:`tfmlops.model_data.validate_split`: names, dtypes, shapes, NaN/inf, labels) — an error
-    names the shard and the record offset —, empty splits refused, and each split profiled
-    (:func:`profile_split`) with its shard count and bytes."""
-    from tfmlops import model_data
-
-    rng = np.random.default_rng(seed)
-    profile = {"source": layout.source, "format": layout.format, "fingerprint": layout.fingerprint(),
-               "splits": {}}
-    for split in SPLITS:
-        if split not in layout.splits:
-            continue
-        read: set[str] = set()
-
-        def checked(split=split, read=read):
-            for shard, offset, features, labels in shard_batches(spec, layout, split, s3_client, max_row_group_bytes):
-                if len(labels):
-                    where = f"{shard.uri} (records {offset}..{offset + len(labels) - 1})"
-                    read.add(shard.uri)
-                    yield model_data.validate_split(spec, where, split, model_data.Split(features, labels))
-
-        found = profile_split(spec, checked(), rng, reservoir, max_categories)
-        if not found["rows"]:
-            raise DatasetError(f"{layout.source}: the {split} split is empty ({len(layout.splits[split])} shards, "
-                               "no rows)")
-        profile["splits"][split] = {"rows": found["rows"], "shards": len(read),
-                                    "bytes": sum(s.size for s in layout.splits[split]),
-                                    "features": found["features"], "label": found["label"]}
-    return profile
 
 
 # ------------------------------------------------------------------------------------------- writing

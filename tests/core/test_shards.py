@@ -34,6 +34,15 @@ def write(spec, data, root, fmt, rows_per_shard=97):
     return str(root)
 
 
+def scan(spec, layout, s3_client=None, reservoir=10_000, **kw):
+    """Each split of ``layout`` read once as validate_data reads a streamed dataset: checked batch by
+    batch (``StreamedSplit.batches``) and profiled (``shards.profile_split``)."""
+    rng = np.random.default_rng(0)
+    return {"splits": {name: shards.profile_split(
+        spec, (b for _, b in model_data.StreamedSplit(spec, layout, name, s3_client, **kw).batches()), rng, reservoir)
+        for name in shards.SPLITS if name in layout.splits}}
+
+
 def epoch(spec, layout, split, **kw):
     features, labels = {k: [] for k in spec.inputs}, []
     for x, y in shards.dataset(spec, layout, split, batch_size=32, **kw).as_numpy_iterator():
@@ -77,9 +86,9 @@ def test_every_row_is_read_once_per_epoch_shuffled_by_seed(name, fmt, examples, 
 def test_the_one_pass_profile_matches_numpy_on_the_whole_split(examples, tmp_path):
     spec, data = examples["churn"]
     layout = shards.discover(write(spec, data, tmp_path, "parquet"))
-    profile = shards.scan(spec, layout, reservoir=100_000)
+    profile = scan(spec, layout, reservoir=100_000)
     train = profile["splits"]["train"]
-    assert train["rows"] == len(data.train) and train["shards"] == len(layout.splits["train"])
+    assert train["rows"] == len(data.train)
     assert train["label"]["counts"] == np.bincount(data.train.labels, minlength=2).tolist()
     x = data.train.features["monthly_charges"].astype(np.float64)
     got = train["features"]["monthly_charges"]
@@ -90,7 +99,7 @@ def test_the_one_pass_profile_matches_numpy_on_the_whole_split(examples, tmp_pat
     values, counts = np.unique(data.train.features["plan"].astype(str), return_counts=True)
     assert dict(plans["top"]) == dict(zip(values.tolist(), counts.tolist())) and plans["other"] == 0
     regression, rdata = examples["diabetes"]
-    rprofile = shards.scan(regression, shards.discover(write(regression, rdata, tmp_path / "r", "tfrecord")))
+    rprofile = scan(regression, shards.discover(write(regression, rdata, tmp_path / "r", "tfrecord")))
     assert rprofile["splits"]["test"]["label"]["mean"] == pytest.approx(rdata.test.labels.mean(), rel=1e-5)
 
 
@@ -117,19 +126,19 @@ def test_bad_shards_are_refused_naming_the_shard_and_the_record(examples, tmp_pa
     good = open(victim, "rb").read()
     open(victim, "wb").write(good[:3000] + b"\0" * 64 + good[3064:])
     with pytest.raises(DatasetError, match=rf"^{victim}: cannot read tf.Example records .* record \d+"):
-        shards.scan(spec, shards.discover(root))
+        scan(spec, shards.discover(root))
 
     churn, cdata = examples["churn"]
     root = write(churn, cdata, tmp_path / "schema", "parquet")
     victim = shards.discover(root).splits["test"][0].uri
     pq.write_table(pq.read_table(victim).drop(["region"]), victim)
     with pytest.raises(DatasetError, match=rf"^{victim}: missing columns \['region'\]"):
-        shards.scan(churn, shards.discover(root))
+        scan(churn, shards.discover(root))
 
     wrong = modelspec.ModelSpec.from_dict({**spec.to_dict(), "inputs": {**spec.to_dict()["inputs"],
                                                                         "bmi": ["float32", [2]]}})
     with pytest.raises(DatasetError, match=r"train/part-00000.tfrecord: cannot read tf.Example records .* record 0"):
-        shards.scan(wrong, shards.discover(write(spec, data, tmp_path / "shape", "tfrecord")))
+        scan(wrong, shards.discover(write(spec, data, tmp_path / "shape", "tfrecord")))
 
     nan = cdata.train.take(slice(0, 60))
     nan.features["monthly_charges"] = nan.features["monthly_charges"].copy()
@@ -139,10 +148,10 @@ def test_bad_shards_are_refused_naming_the_shard_and_the_record(examples, tmp_pa
     shards.write_shards(churn, tmp_path / "nan", "test", [(nan.features, nan.labels)], fmt="parquet")
     with pytest.raises(DatasetError, match=r"train/part-00001.parquet \(records 0..19\): train split: feature "
                                            r"'monthly_charges' has NaN or inf values in 1 rows"):
-        shards.scan(churn, shards.discover(str(tmp_path / "nan")))
+        scan(churn, shards.discover(str(tmp_path / "nan")))
 
     with pytest.raises(DatasetError, match="row group 0 is .* MiB, over the 0 MiB .* row_group_size"):
-        shards.scan(churn, shards.discover(str(tmp_path / "nan")), max_row_group_bytes=100)
+        scan(churn, shards.discover(str(tmp_path / "nan")), max_row_group_bytes=100)
     (tmp_path / "mixed" / "test").mkdir(parents=True)
     write(spec, data, tmp_path / "mixed", "tfrecord")
     pq.write_table(pq.read_table(victim), tmp_path / "mixed" / "test" / "extra.parquet")
@@ -165,7 +174,7 @@ def test_a_split_column_and_split_patterns(examples, tmp_path):
         pq.write_table(table.slice(start, 150), tmp_path / "col" / f"part-{i}.parquet")
     layout = shards.discover(str(tmp_path / "col"))
     assert layout.split_column and layout.splits["train"] == layout.splits["test"]
-    profile = shards.scan(spec, layout)
+    profile = scan(spec, layout)
     counts = {s: int(np.sum(np.asarray(table.column("split").to_pylist()) == s)) for s in shards.SPLITS}
     assert {s: p["rows"] for s, p in profile["splits"].items()} == {s: n for s, n in counts.items() if n}
     features, labels = epoch(spec, layout, "test", shuffle_buffer=0)
@@ -198,7 +207,7 @@ def test_s3_shards_stream_through_a_bounded_local_cache(examples, tmp_path, s3_e
         monkeypatch.setattr(tempfile, "tempdir", str(scratch))
         features, labels = epoch(spec, remote, "train", s3_client=s3, seed=3, shuffle_buffer=50)
         assert rows(features, labels, spec) == rows(data.train.features, data.train.labels, spec)
-        got, want = shards.scan(spec, remote, s3_client=s3), shards.scan(spec, local)
+        got, want = scan(spec, remote, s3_client=s3), scan(spec, local)
         assert got["splits"]["test"]["rows"] == want["splits"]["test"]["rows"] == len(data.test)
         assert got["splits"]["train"]["label"] == want["splits"]["train"]["label"]
         # every fetched shard deleted once read (autograph may leave its generated modules there too)
@@ -219,7 +228,7 @@ def test_the_benchmarks_synthetic_dataset_is_noisy_mnist_in_shards(tmp_path):
     spec = modelspec.read_spec(modelspec.DEFAULT_MODULE)
     layout = shards.discover(str(tmp_path))
     assert [len(layout.splits[s]) for s in ("train", "test")] == [3, 3]
-    profile = shards.scan(spec, layout)
+    profile = scan(spec, layout)
     assert profile["splits"]["train"]["rows"] == 600 and profile["splits"]["test"]["rows"] == 600
     pixels = profile["splits"]["train"]["features"]["pixels"]
     assert 0.0 <= pixels["min"] and pixels["max"] <= 1.0 and 0.1 < pixels["mean"] < 0.25  # MNIST ink + noise
