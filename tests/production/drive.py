@@ -10,8 +10,9 @@ what a user of the stack does, through its published ports only.
    and its artifacts are in the S3 bucket;
 4. people in the FAB auth manager's roles (created by the admin through FAB's REST API): a viewer
    may not trigger; an operator triggers ``tf_serving_rollout`` with ``strategy=canary`` and
-   ``approval=before_rollout``; the operator's and the viewer's answers to the approval are refused,
-   an approver's is taken; the canary then takes version 1 back onto both replicas, one at a time,
+   ``approval=before_rollout``; the operator's and the viewer's answers to the approval are refused
+   through the REST API and not taken in the Airflow UI (headless Chromium, FAB's login page), an
+   approver's, clicked in the UI, is taken; the canary then takes version 1 back onto both replicas, one at a time,
    while clients send REST and gRPC requests to both: every request must succeed.
 
 Every phase's time and what it saw go to the report; a failed check raises with the numbers.
@@ -32,6 +33,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[2] / "scripts"), str(Path(_
 from rollout.load import ClientThreads  # noqa: E402  (tests/ and scripts/ are not packages on the path)
 from stack import AirflowAPI  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW = "http://127.0.0.1:8080"
 MLFLOW = "http://127.0.0.1:5000"
 MODEL = "stack_mnist"
@@ -254,7 +256,32 @@ def roles_people(admin: Airflow) -> dict[str, Airflow]:
         if answer.status_code not in (200, 201):
             raise AssertionError(f"creating the {who}: {answer.status_code} {answer.text[:500]}")
         people[who] = Airflow(AIRFLOW, f"stack-{who}", password)
+        people[who].login = (f"stack-{who}", password)
     return people
+
+
+def answer_in_browser(person: Airflow, ui: str, page: str, name: str, wait_ms: int) -> dict:
+    """``person`` logs in through FAB's login page in headless Chromium at ``ui`` (the stack's
+    ``AIRFLOW__API__BASE_URL``: FAB's login redirects there, and its session cookie is that host's),
+    opens the approval's page and clicks Approve with a note (web/scripts/approval_check.mjs); what
+    the browser saw."""
+    import shutil
+    import subprocess
+
+    out = ROOT / "var" / "test-output" / "prod-approval"
+    out.mkdir(parents=True, exist_ok=True)
+    result = out / f"{name}.json"
+    user, password = person.login
+    done = subprocess.run(
+        [shutil.which("node") or "node", str(ROOT / "web" / "scripts" / "approval_check.mjs"), "--airflow", ui,
+         "--user", user, "--password", password, "--page", page, "--option", "Approve", "--note", f"by {name}",
+         "--out", str(out), "--result", str(result), "--name", name, "--answer-wait-ms", str(wait_ms),
+         "--timeout", "30000", "--chromium", shutil.which("chromium") or "/usr/bin/chromium"],
+        capture_output=True, text=True, timeout=300)
+    if not result.exists():
+        raise AssertionError(f"the browser check of the {name} did not run: {done.stdout[-2000:]} "
+                             f"{done.stderr[-3000:]}")
+    return json.loads(result.read_text())
 
 
 def main(env_file: str, report_path: str) -> None:
@@ -310,9 +337,19 @@ def main(env_file: str, report_path: str) -> None:
     report["approval_subject"] = question["subject"]
     answer_path = f"/dags/tf_serving_rollout/dagRuns/{run_id}/taskInstances/approve_rollout/-1/hitlDetails"
     approve = {"chosen_options": ["Approve"], "params_input": {"note": "stack test"}}
-    report["answer_status"] = {who: people[who].status("PATCH", answer_path, approve)
-                               for who in ("viewer", "operator", "approver")}
+    # through the REST API: the viewer's and the operator's answers are refused
+    report["answer_status"] = {who: people[who].status("PATCH", answer_path, approve) for who in ("viewer", "operator")}
+    # ... and in the Airflow UI (FAB's login, the approval's page): theirs are not taken, the approver's is
+    ui = env.get("AIRFLOW_BASE_URL") or "http://localhost:8080"
+    page = f"{ui}/dags/tf_serving_rollout/runs/{run_id}/tasks/approve_rollout/required_actions?map_index=-1"
+    report["ui"] = {}
+    for who in ("viewer", "operator"):
+        report["ui"][who] = answer_in_browser(people[who], ui, page, who, wait_ms=8000)
+        report["ui"][who]["pending_after"] = people["approver"].call("GET", answer_path)["response_received"] is False
+    report["ui"]["approver"] = answer_in_browser(people["approver"], ui, page, "approver", wait_ms=30000)
+    # an answer that raced the deferring process's exit is asked again: answered again, over REST
     report["answers_given"] = answer_until_taken(people["approver"], run_id, answer_path, approve)
+    report["answer"] = people["approver"].call("GET", answer_path)
     phase("approval_by_role", t0)
 
     t0 = time.monotonic()

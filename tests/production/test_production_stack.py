@@ -105,7 +105,15 @@ def test_production_stack_end_to_end(docker_engine, tmp_path):
         # people in roles (FAB auth manager): a viewer may not trigger, only an approver's answer counts
         assert report["viewer_trigger_status"] == 403, report["viewer_trigger_status"]
         assert report["approval_subject"] == "Roll stack_mnist version 1 out (canary)?", report["approval_subject"]
-        assert report["answer_status"] == {"viewer": 403, "operator": 403, "approver": 200}, report["answer_status"]
+        assert report["answer_status"] == {"viewer": 403, "operator": 403}, report["answer_status"]
+        for who in ("viewer", "operator"):  # logged in through FAB's page; their click in the UI is not taken
+            ui = report["ui"][who]
+            assert ui.get("logged_in") and ui.get("answer_status") == 403, (who, ui)  # the click sent, refused
+            assert not ui.get("clicked") and ui["pending_after"], (who, ui)
+        ui = report["ui"]["approver"]  # the approver's is, with the note
+        assert ui.get("answer_status") == 200 and ui.get("clicked"), ui
+        assert "Response received" in ui["after"] and "from stack-approver" in ui["after"], ui
+        assert "stack-approver" in json.dumps(report["answer"]), report["answer"]
         assert report["canary"]["tasks"]["approve_rollout"]["state"] == "success", report["canary"]["tasks"]
 
         # both replicas serve the champion; the canary rollout lost no request
