@@ -78,12 +78,12 @@ def hparam_search(model_spec, data: dict, prepare_name: str = "Prepare the study
     return finish
 
 
-def train_to_serving(search, data: dict, train_name: str = "Train", dataset_profile=None) -> dict:
+def train_to_serving(search, data: dict, train_name: str = "Train", dataset_profile=None) -> None:
     """The tasks from training a model spec to its model card, wired. ``search``: the finish task of
     :func:`hparam_search` (its ``model_spec`` is trained, its parent run and best trial, when there
     was a search, go on the run and the version as lineage); ``data``: the data fields
     (``dataset_uri``, ``sample_fraction``); ``dataset_profile``: the validation task's profile,
-    logged with the run. Returns the tasks by id."""
+    logged with the run."""
     model = {"model_spec": search.output["model_spec"], **data}
     lineage_tags = {"search.parent_run_id": search.output["parent_run_id"],
                     "search.best_trial": search.output["best_trial"]}
@@ -111,5 +111,3 @@ def train_to_serving(search, data: dict, train_name: str = "Train", dataset_prof
         version=register.output["version"])
     gate >> export >> register >> rollout
     released >> card
-    return {"train": train, "evaluate": evaluate, "gate": gate, "export": export, "register": register,
-            "rollout": rollout, "model_card": card}

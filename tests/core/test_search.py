@@ -134,3 +134,14 @@ def test_an_infrastructure_error_fails_the_trial_and_reaches_the_worker(tmp_path
     with pytest.raises(MemoryError):
         search.work(study, crash, 3, time.time() + 60)
     assert search.summary(study)["states"]["fail"] == 1  # recorded; the worker's task is what retries
+
+
+def test_a_search_of_a_module_without_a_space_says_where_to_give_one(monkeypatch):
+    """tf_offline_retrain's search (its form has no space of its own) on a module without SEARCH_SPACE."""
+    from tfmlops import modelspec
+    from tfmlops.steps.search import SearchError, _space
+
+    spec = modelspec.read_spec("tfmlops_examples.diabetes")
+    monkeypatch.delattr(modelspec.import_module(spec.module), "SEARCH_SPACE")
+    with pytest.raises(SearchError, match="'tfmlops_examples.diabetes' has no SEARCH_SPACE .* search_space"):
+        _space(spec, "")

@@ -41,7 +41,8 @@ def _space(spec: modelspec.ModelSpec, space) -> dict:
     if space in (None, "", "None", {}):
         space = getattr(modelspec.import_module(spec.module), "SEARCH_SPACE", None)
         if not space:
-            raise SearchError(f"no search space: give one in the form, or SEARCH_SPACE in model module {spec.module!r}")
+            raise SearchError(f"no search space: model module {spec.module!r} has no SEARCH_SPACE (add one, or give "
+                              "tf_hparam_search's form a search_space)")
         where = f"SEARCH_SPACE of model module {spec.module!r}"
     else:
         where = "the search space"
