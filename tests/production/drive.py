@@ -9,8 +9,9 @@ what a user of the stack does, through its published ports only.
 3. the champion answers on both replicas over REST and gRPC; MLflow has the versions and aliases
    and its artifacts are in the S3 bucket;
 4. people in the FAB auth manager's roles (created by the admin through FAB's REST API): a viewer
-   may not trigger; an operator triggers ``tf_serving_rollout`` with ``strategy=canary`` and
-   ``approval=before_rollout``; the operator's and the viewer's answers to the approval are refused
+   may not trigger (REST API and the DAG's Trigger form in the Airflow UI); an operator triggers
+   ``tf_serving_rollout`` from its Trigger form with ``strategy=canary`` and
+   ``approval=before_rollout`` typed into it; the operator's and the viewer's answers to the approval are refused
    through the REST API and not taken in the Airflow UI (headless Chromium, FAB's login page), an
    approver's, clicked in the UI, is taken; the canary then takes version 1 back onto both replicas, one at a time,
    while clients send REST and gRPC requests to both: every request must succeed.
@@ -260,28 +261,37 @@ def roles_people(admin: Airflow) -> dict[str, Airflow]:
     return people
 
 
-def answer_in_browser(person: Airflow, ui: str, page: str, name: str, wait_ms: int) -> dict:
+def in_browser(script: str, person: Airflow, ui: str, name: str, *args: str) -> dict:
     """``person`` logs in through FAB's login page in headless Chromium at ``ui`` (the stack's
-    ``AIRFLOW__API__BASE_URL``: FAB's login redirects there, and its session cookie is that host's),
-    opens the approval's page and clicks Approve with a note (web/scripts/approval_check.mjs); what
-    the browser saw."""
+    ``AIRFLOW__API__BASE_URL``: FAB's login redirects there, and its session cookie is that host's)
+    and does what ``web/scripts/<script>`` does; what the browser saw."""
     import shutil
     import subprocess
 
-    out = ROOT / "var" / "test-output" / "prod-approval"
+    out = ROOT / "var" / "test-output" / "prod-ui"
     out.mkdir(parents=True, exist_ok=True)
     result = out / f"{name}.json"
     user, password = person.login
     done = subprocess.run(
-        [shutil.which("node") or "node", str(ROOT / "web" / "scripts" / "approval_check.mjs"), "--airflow", ui,
-         "--user", user, "--password", password, "--page", page, "--option", "Approve", "--note", f"by {name}",
-         "--out", str(out), "--result", str(result), "--name", name, "--answer-wait-ms", str(wait_ms),
-         "--timeout", "30000", "--chromium", shutil.which("chromium") or "/usr/bin/chromium"],
+        [shutil.which("node") or "node", str(ROOT / "web" / "scripts" / script), "--airflow", ui,
+         "--user", user, "--password", password, "--out", str(out), "--result", str(result), "--name", name,
+         "--timeout", "30000", "--chromium", shutil.which("chromium") or "/usr/bin/chromium", *args],
         capture_output=True, text=True, timeout=300)
     if not result.exists():
-        raise AssertionError(f"the browser check of the {name} did not run: {done.stdout[-2000:]} "
-                             f"{done.stderr[-3000:]}")
+        raise AssertionError(f"the browser check {name} did not run: {done.stdout[-2000:]} {done.stderr[-3000:]}")
     return json.loads(result.read_text())
+
+
+def trigger_in_browser(person: Airflow, ui: str, dag_id: str, conf: dict, name: str) -> dict:
+    """``person`` triggers ``dag_id`` from its page's Trigger form with ``conf`` typed into the
+    form's configuration JSON (web/scripts/trigger_check.mjs)."""
+    return in_browser("trigger_check.mjs", person, ui, name, "--dag", dag_id, "--conf", json.dumps(conf))
+
+
+def answer_in_browser(person: Airflow, ui: str, page: str, name: str, wait_ms: int) -> dict:
+    """``person`` opens the approval's page and clicks Approve with a note (web/scripts/approval_check.mjs)."""
+    return in_browser("approval_check.mjs", person, ui, name, "--page", page, "--option", "Approve",
+                      "--note", f"by {name}", "--answer-wait-ms", str(wait_ms))
 
 
 def main(env_file: str, report_path: str) -> None:
@@ -332,21 +342,30 @@ def main(env_file: str, report_path: str) -> None:
                "approval": "before_rollout", "approval_timeout_h": 1}
     report["viewer_trigger_status"] = people["viewer"].status(
         "POST", "/dags/tf_serving_rollout/dagRuns", {"logical_date": None, "conf": rollout})
-    run_id = people["operator"].trigger("tf_serving_rollout", rollout)
+    # ... and in the Airflow UI (FAB's login, the DAG's Trigger form): the viewer's is refused, the
+    # operator's starts the rollout with the settings typed into the form
+    ui = env.get("AIRFLOW_BASE_URL") or "http://localhost:8080"
+    report["ui_trigger"] = {who: trigger_in_browser(people[who], ui, "tf_serving_rollout", rollout, f"trigger_{who}")
+                            for who in ("viewer", "operator")}
+    run_id = report["ui_trigger"]["operator"].get("run_id")
+    if not run_id:
+        raise AssertionError(f"the operator's trigger in the UI started no run: {report['ui_trigger']['operator']}")
+    runs = people["operator"].call("GET", "/dags/tf_serving_rollout/dagRuns")["dag_runs"]
+    report["rollout_runs"] = {r["dag_run_id"]: {"conf": r["conf"], "run_type": r["run_type"]} for r in runs}
+    report["rollout_conf"] = rollout
     question = people["operator"].waiting_for_approval("tf_serving_rollout", run_id, "approve_rollout")
     report["approval_subject"] = question["subject"]
     answer_path = f"/dags/tf_serving_rollout/dagRuns/{run_id}/taskInstances/approve_rollout/-1/hitlDetails"
     approve = {"chosen_options": ["Approve"], "params_input": {"note": "stack test"}}
     # through the REST API: the viewer's and the operator's answers are refused
     report["answer_status"] = {who: people[who].status("PATCH", answer_path, approve) for who in ("viewer", "operator")}
-    # ... and in the Airflow UI (FAB's login, the approval's page): theirs are not taken, the approver's is
-    ui = env.get("AIRFLOW_BASE_URL") or "http://localhost:8080"
+    # ... and in the Airflow UI (the approval's page): theirs are not taken, the approver's is
     page = f"{ui}/dags/tf_serving_rollout/runs/{run_id}/tasks/approve_rollout/required_actions?map_index=-1"
     report["ui"] = {}
     for who in ("viewer", "operator"):
-        report["ui"][who] = answer_in_browser(people[who], ui, page, who, wait_ms=8000)
+        report["ui"][who] = answer_in_browser(people[who], ui, page, f"answer_{who}", wait_ms=8000)
         report["ui"][who]["pending_after"] = people["approver"].call("GET", answer_path)["response_received"] is False
-    report["ui"]["approver"] = answer_in_browser(people["approver"], ui, page, "approver", wait_ms=30000)
+    report["ui"]["approver"] = answer_in_browser(people["approver"], ui, page, "answer_approver", wait_ms=30000)
     # an answer that raced the deferring process's exit is asked again: answered again, over REST
     report["answers_given"] = answer_until_taken(people["approver"], run_id, answer_path, approve)
     report["answer"] = people["approver"].call("GET", answer_path)

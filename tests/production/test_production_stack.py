@@ -104,6 +104,13 @@ def test_production_stack_end_to_end(docker_engine, tmp_path):
 
         # people in roles (FAB auth manager): a viewer may not trigger, only an approver's answer counts
         assert report["viewer_trigger_status"] == 403, report["viewer_trigger_status"]
+        viewer, operator = report["ui_trigger"]["viewer"], report["ui_trigger"]["operator"]  # the Trigger form
+        assert viewer.get("logged_in") and viewer.get("trigger_status") == 403 and not viewer.get("run_id"), viewer
+        assert "403 Forbidden" in viewer.get("dialog_text", ""), viewer  # the form says so
+        assert operator.get("trigger_status") == 200 and operator.get("run_id"), operator
+        # the operator's run is the only one, with the settings typed into the form
+        assert report["rollout_runs"] == {operator["run_id"]: {"conf": report["rollout_conf"], "run_type": "manual"}}, (
+            report["rollout_runs"])
         assert report["approval_subject"] == "Roll stack_mnist version 1 out (canary)?", report["approval_subject"]
         assert report["answer_status"] == {"viewer": 403, "operator": 403}, report["answer_status"]
         for who in ("viewer", "operator"):  # logged in through FAB's page; their click in the UI is not taken
