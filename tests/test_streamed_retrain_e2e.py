@@ -95,9 +95,11 @@ def memory_cgroup():
 
 def run_retrain(conf: dict, memory_cgroup, **env: str) -> dict:
     """``tf_offline_retrain`` with ``conf`` in a child process (in ``memory_cgroup`` when there is
-    one), streaming from 64 MiB of shards on: its state, task states and peak RSS."""
+    one), streaming from 64 MiB of shards on (``env`` adds variables; its ``PYTHONPATH`` goes
+    first): its state, task states and peak RSS."""
     env = {**os.environ, "TFMLOPS_STREAM_MIN_MB": "64", **env, "PYTHONPATH": os.pathsep.join(
-        [str(ROOT / "include"), str(ROOT / "plugins"), str(ROOT / "dags"), os.environ.get("PYTHONPATH", "")])}
+        [str(ROOT / "include"), str(ROOT / "plugins"), str(ROOT / "dags"), env.get("PYTHONPATH", ""),
+         os.environ.get("PYTHONPATH", "")])}
     procs = None if memory_cgroup is None else str(memory_cgroup / "cgroup.procs")
     done = subprocess.run(
         [sys.executable, "-c", RUN, str(ROOT / "dags" / "tf_offline_retrain.py"), json.dumps(conf)],
@@ -190,3 +192,67 @@ def test_s3_shards_stream_through_the_retrain(airflow_db, airflow_connections, m
         split: sorted(uris) for split, uris in uploaded.items()}
     assert all(s["version"] for found in manifest["splits"].values() for s in found), manifest  # ETags
     served(serving_server, f"{MODEL}_s3")
+
+
+# the user's own tf.data pipeline over the TFRecord shards (its own parsing), as a model module
+# whose load_data returns an unbatched dataset: no validation split of its own (carved by index)
+OWN_PIPELINE = '''
+import glob
+import os
+
+import tensorflow as tf
+import tf_keras as keras
+
+TASK = "multiclass"
+INPUTS = {"pixels": ("float32", [784])}
+LABEL = "label"
+CLASS_NAMES = [str(d) for d in range(10)]
+HPARAMS = {"epochs": 1, "batch_size": 256}
+FEATURES = {"pixels": tf.io.FixedLenFeature([784], tf.float32), "label": tf.io.FixedLenFeature([], tf.int64)}
+
+
+def build_model(hparams):
+    x = keras.Input(shape=(784,), name="pixels")
+    hidden = keras.layers.Dense(64, activation="relu")(x)
+    return keras.Model(x, keras.layers.Dense(10, activation="softmax")(hidden))
+
+
+def load_data(uri, split):
+    if split == "validation":
+        return None
+    files = sorted(glob.glob(os.path.join(uri, split, "part-*.tfrecord")))  # not the other test's copies
+    parsed = tf.data.TFRecordDataset(files).map(lambda r: tf.io.parse_single_example(r, FEATURES))
+    return parsed.map(lambda e: ({"pixels": e["pixels"]}, e["label"]))
+'''
+
+
+def test_a_modules_own_tf_data_pipeline_streams_through_the_retrain(
+        airflow_db, airflow_connections, mlflow_server, serving_server, mnist_shards, memory_cgroup, tmp_path):
+    """A model module whose ``load_data`` returns its own ``tf.data`` pipeline (issue 25): over the
+    streaming threshold the run never holds a split — validation carved every 10th row, profile,
+    training, evaluation, gate, registry, serving — under the same memory bound; the dataset's
+    identity is the module's code and the URI."""
+    from mlflow import MlflowClient
+
+    package = tmp_path / "ownpipe"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "mnist_records.py").write_text(OWN_PIPELINE)
+    name = f"{MODEL}_own_pipeline"
+    run_retrain({"model_name": name, "dataset_uri": str(mnist_shards), "model_module": "ownpipe.mnist_records",
+                 "gate_threshold": 0.85}, memory_cgroup, TFMLOPS_STREAM_MIN_MB="16",
+                PYTHONPATH=str(tmp_path), TFMLOPS_MODEL_PACKAGES="ownpipe,tfmlops_examples")
+
+    mlf = MlflowClient(mlflow_server)
+    champion = mlf.get_model_version_by_alias(name, "champion")
+    run = mlf.get_run(champion.run_id)
+    # the shards hold 20 000 train, 5 000 validation and 5 000 test rows; the module reads train and test
+    assert (run.data.params["data.train_rows"], run.data.params["data.validation_rows"]) == ("18000", "2000")
+    assert run.data.params["data.test_rows"] == "5000" and "data.train_shards" not in run.data.params
+    assert run.data.metrics["test_accuracy"] >= 0.85
+    manifest = json.loads(Path(mlf.download_artifacts(champion.run_id, "data/manifest.json")).read_text())
+    assert manifest["load_data"] == "ownpipe.mnist_records.load_data" and manifest["validation_carved"]
+    assert manifest["module_sha256"] == hashlib.sha256((package / "mnist_records.py").read_bytes()).hexdigest()
+    assert champion.tags["dataset_fingerprint"] == hashlib.sha256(
+        json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    served(serving_server, name)

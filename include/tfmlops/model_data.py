@@ -29,6 +29,16 @@ last ``validation_split`` share of the train shards; a seeded share of each spli
 test/train overlap is not checked (it would hold a hash per row), and the fingerprint is the
 shards' manifest (URI, size, ETag or modification time).
 
+A module's ``load_data`` may return an unbatched ``tf.data.Dataset`` per split: it is read into
+memory unless it holds ``TFMLOPS_STREAM_MIN_MB`` of arrays or more, in which case the whole
+dataset streams (:class:`ModuleSplit`: the module's pipeline is read batch by batch each time a
+step needs it). Rows are then picked **by their index**: a ``sample_fraction`` keeps that share of
+every split evenly spaced (its phase from the seed), and a carved validation split is every
+``1/validation_split``-th row of train (evenly spaced rather than the last share: the length is
+not known before a full pass). The fingerprint is the module file's SHA-256 with the URI, the
+splits' element specs and the picks: it names the code that reads the data, not the bytes it reads
+(the profile's row counts and statistics, logged with the run, describe those).
+
 No TensorFlow import except in the TFRecord loader and for a ``tf.data`` result.
 """
 
@@ -99,16 +109,55 @@ class ModelData:
         return digest.hexdigest()
 
 
-@dataclass
 class StreamedSplit:
-    """A split read from its shards, never whole: :meth:`dataset` (``tf.data``, for training),
-    :meth:`batches` (validated NumPy batches in manifest order), :meth:`head` (its first rows)."""
+    """A split read batch by batch, never whole: :meth:`dataset` (``tf.data``, for training),
+    :meth:`batches` (validated NumPy batches in reading order), :meth:`head` (its first rows). From
+    shards (:class:`ShardSplit`) or from a model module's ``tf.data.Dataset`` (:class:`ModuleSplit`)."""
+
+    spec: ModelSpec
+    name: str
+    source: str
+
+    def batches(self):  # pragma: no cover - each kind reads its own way
+        raise NotImplementedError
+
+    def dataset(self, batch_size: int, seed: int | None = None):  # pragma: no cover
+        raise NotImplementedError
+
+    def head(self, n: int) -> Split:
+        got, rows = [], 0
+        for _, batch in self.batches():
+            got.append(batch.head(n - rows))
+            rows += len(got[-1])
+            if rows >= n:
+                break
+        if not got:
+            raise DatasetError(f"{self.source}: the {self.name} split is empty")
+        return concatenate(got)
+
+    def _in_memory(self, *_):
+        raise DatasetError(f"{self.source}: the {self.name} split streams (a dataset of "
+                           f"{stream_min_bytes() / 2**20:g} MiB or more); this step reads splits in memory and does "
+                           "not stream yet: use a smaller dataset or sample_fraction")
+
+    # what only a split in memory has: a step that would load the split whole says so
+    features = labels = property(_in_memory)
+    __len__ = take = _in_memory
+
+
+@dataclass
+class ShardSplit(StreamedSplit):
+    """A split read from its shards (:mod:`tfmlops.shards`)."""
 
     spec: ModelSpec
     layout: shards.Layout  # this split's shards under the name ``name``
     name: str
     s3_client: object = None
     max_row_group_bytes: int = shards.DEFAULT_MAX_ROW_GROUP_BYTES  # a larger Parquet row group is refused
+
+    @property
+    def source(self) -> str:
+        return self.layout.source
 
     def batches(self):
         """(where, validated batch) in manifest order, each checked (:func:`validate_split`; an error
@@ -119,30 +168,63 @@ class StreamedSplit:
                 where = f"{shard.uri} (records {offset}..{offset + len(labels) - 1})"
                 yield where, validate_split(self.spec, where, self.name, Split(features, labels))
 
-    def head(self, n: int) -> Split:
-        got, rows = [], 0
-        for _, batch in self.batches():
-            got.append(batch.head(n - rows))
-            rows += len(got[-1])
-            if rows >= n:
-                break
-        if not got:
-            raise DatasetError(f"{self.layout.source}: the {self.name} split is empty")
-        return concatenate(got)
-
     def dataset(self, batch_size: int, seed: int | None = None):
         """Batched ``(features, labels)``; shuffled (shards and a 10 000-row buffer) when ``seed`` is given."""
         return shards.dataset(self.spec, self.layout, self.name, batch_size=batch_size,
                               shuffle_buffer=0 if seed is None else 10_000, seed=seed or 0, s3_client=self.s3_client)
 
-    def _in_memory(self, *_):
-        raise DatasetError(f"{self.layout.source}: the {self.name} split streams from its shards (a dataset of "
-                           f"{stream_min_bytes() >> 20} MiB or more); this step reads splits in memory and does not "
-                           "stream yet: use a smaller dataset or sample_fraction")
 
-    # what only a split in memory has: a step that would load the split whole says so
-    features = labels = property(_in_memory)
-    __len__ = take = _in_memory
+@dataclass
+class ModuleSplit(StreamedSplit):
+    """A split of a model module's ``load_data`` result (an unbatched ``tf.data.Dataset`` of
+    ``(features, label)``), read batch by batch every time it is needed — never whole. ``picks``
+    select rows by their index, one after the other (a ``sample_fraction``, then the validation
+    carve): ``(share, phase, selected)`` keeps row ``i`` when ``floor((i+1)*share + phase) >
+    floor(i*share + phase)`` (evenly spaced, ``share`` of the rows) equals ``selected``."""
+
+    spec: ModelSpec
+    name: str
+    source: str
+    rows: object  # the module's tf.data.Dataset
+    picks: tuple = ()
+
+    def batches(self):
+        """(where, validated batch) in reading order: what the module's dataset yields, checked
+        (:func:`validate_split`; an error names the module, the split and the row offset)."""
+        where = f"{self.source}: load_data of model module {self.spec.module!r}, split {self.name!r}"
+        seen = [0] * len(self.picks)  # rows each pick has looked at
+        offset = 0
+        rows = self.rows.batch(shards.SCAN_BATCH).as_numpy_iterator()
+        while True:
+            try:
+                features, labels = next(rows)
+            except StopIteration:
+                return
+            except Exception as exc:  # the module's pipeline may raise anything (a bad record, a lost file)
+                raise DatasetError(f"{where}: reading rows from {offset} on raised {type(exc).__name__}: "
+                                   f"{str(exc)[:500]}") from exc
+            n = len(labels)
+            keep = np.ones(n, dtype=bool)
+            for k, (share, phase, selected) in enumerate(self.picks):
+                index = seen[k] + np.arange(int(keep.sum()), dtype=np.float64)
+                seen[k] += len(index)
+                keep[keep] = (np.floor((index + 1) * share + phase) > np.floor(index * share + phase)) == selected
+            here = f"{where} (rows {offset}..{offset + n - 1})"
+            offset += n
+            if keep.any():
+                yield here, validate_split(self.spec, here, self.name, Split(features, labels).take(keep))
+
+    def dataset(self, batch_size: int, seed: int | None = None):
+        """Batched ``(features, labels)`` of the validated rows; shuffled in a 10 000-row buffer when
+        ``seed`` is given."""
+        import tensorflow as tf
+
+        rows = tf.data.Dataset.from_generator(
+            lambda: ((b.features, b.labels) for _, b in self.batches()),
+            output_signature=shards.signature(tf, self.spec)).unbatch()
+        if seed is not None:
+            rows = rows.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
+        return rows.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 @dataclass
@@ -210,7 +292,7 @@ def _load_streamed(spec: ModelSpec, layout: shards.Layout, sample_fraction: floa
     if sample_fraction < 1 and layout.split_column:
         raise DatasetError(f"{uri}: sample_fraction < 1 is taken by shard when a dataset streams, and this one's "
                            "splits are a 'split' column in every shard: use sample_fraction 1")
-    split = {name: StreamedSplit(spec, shards.Layout(uri, layout.format, {name: found}, layout.split_column), name,
+    split = {name: ShardSplit(spec, shards.Layout(uri, layout.format, {name: found}, layout.split_column), name,
                                  s3_client) for name, found in chosen.items()}
     manifest = {"source": uri, "format": layout.format, "split_column": layout.split_column,
                 "validation_carved": carved, "sample_fraction": sample_fraction, "seed": seed,
@@ -253,11 +335,17 @@ def load(spec: ModelSpec, module, uri: str, sample_fraction: float = 1.0, seed: 
     if not 0 < sample_fraction <= 1:
         raise DatasetError(f"{uri}: sample fraction must be in (0, 1], got {sample_fraction}")
     uri = resolve_uri(str(uri))
-    layout = None if hasattr(module, "load_data") or not _names_shards(uri, s3_client) else \
-        shards.discover(uri, s3_client)
-    if layout is not None and _bytes(layout) >= stream_min_bytes():
-        return _load_streamed(spec, layout, sample_fraction, seed, s3_client)
-    raw = _load_shards(spec, layout, s3_client) if layout is not None else _load_raw(spec, module, uri, s3_client)
+    if hasattr(module, "load_data"):
+        raw = _load_module(spec, module, uri, sample_fraction, seed)
+        if isinstance(raw, tuple):  # it streams
+            return raw
+    elif _names_shards(uri, s3_client):
+        layout = shards.discover(uri, s3_client)
+        if _bytes(layout) >= stream_min_bytes():
+            return _load_streamed(spec, layout, sample_fraction, seed, s3_client)
+        raw = _load_shards(spec, layout, s3_client)
+    else:
+        raw = _load_raw(spec, uri, s3_client)
     rng = np.random.default_rng(seed)
     splits = {}
     for name in SPLITS:
@@ -298,22 +386,7 @@ def load(spec: ModelSpec, module, uri: str, sample_fraction: float = 1.0, seed: 
     return result, report
 
 
-def _load_raw(spec: ModelSpec, module, uri: str, s3_client) -> dict[str, Split | None]:
-    if hasattr(module, "load_data"):
-        out = {}
-        for split in SPLITS:
-            try:
-                got = module.load_data(uri, split)
-            except (DatasetError, ModelModuleError):
-                raise
-            except Exception as exc:  # the user's loader may raise anything
-                raise DatasetError(f"{uri}: load_data of model module {spec.module!r} raised for split {split!r}: "
-                                   f"{type(exc).__name__}: {exc}") from exc
-            if got is None and split != "validation":
-                raise DatasetError(f"{uri}: load_data of model module {spec.module!r} returned None for the "
-                                   f"{split} split (only 'validation' may be None: carved from train)")
-            out[split] = None if got is None else _from_module_result(spec, uri, split, got)
-        return out
+def _load_raw(spec: ModelSpec, uri: str, s3_client) -> dict[str, Split | None]:
     if uri == "mnist" or uri.split("?")[0].lower().endswith(".npz"):
         return _single_input(spec, uri, builtin.load_dataset(uri, s3_client=s3_client))
     if uri.split("?")[0].lower().endswith(".parquet"):
@@ -336,38 +409,127 @@ def _is_dir(uri: str, s3_client) -> bool:
     return os.path.isdir(uri)
 
 
-def _from_module_result(spec: ModelSpec, uri: str, split: str, got) -> Split:
-    where = f"{uri}: load_data of model module {spec.module!r}, split {split!r}"
-    if isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], dict):
+def _module_results(spec: ModelSpec, module, uri: str) -> dict:
+    """What the module's ``load_data(uri, split)`` returns for each split (``validation`` may be None)."""
+    out = {}
+    for split in SPLITS:
+        try:
+            got = module.load_data(uri, split)
+        except (DatasetError, ModelModuleError):
+            raise
+        except Exception as exc:  # the user's loader may raise anything
+            raise DatasetError(f"{uri}: load_data of model module {spec.module!r} raised for split {split!r}: "
+                               f"{type(exc).__name__}: {exc}") from exc
+        if got is None and split != "validation":
+            raise DatasetError(f"{uri}: load_data of model module {spec.module!r} returned None for the "
+                               f"{split} split (only 'validation' may be None: carved from train)")
+        if got is not None and not _is_arrays(got) and not _is_tf_dataset(got):
+            raise DatasetError(f"{uri}: load_data of model module {spec.module!r}, split {split!r}: returned "
+                               f"{type(got).__name__}; expected an unbatched tf.data.Dataset of (features_dict, "
+                               "label) or a (features_dict, labels) tuple of NumPy arrays")
+        if _is_tf_dataset(got):
+            element = got.element_spec
+            if not (isinstance(element, tuple) and len(element) == 2 and isinstance(element[0], dict)):
+                raise DatasetError(f"{uri}: load_data of model module {spec.module!r}, split {split!r}: the "
+                                   f"tf.data.Dataset must yield (features_dict, label) pairs, yields {element}")
+        out[split] = got
+    return out
+
+
+def _is_arrays(got) -> bool:
+    return isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], dict)
+
+
+def _is_tf_dataset(got) -> bool:
+    if _is_arrays(got) or got is None:
+        return False
+    import tensorflow as tf
+
+    return isinstance(got, tf.data.Dataset)
+
+
+def _from_module_result(spec: ModelSpec, uri: str, split: str, got, max_bytes: int | None = None) -> Split | None:
+    """A module's split in memory; a ``tf.data.Dataset`` is read until ``max_bytes`` of arrays
+    (None: when that is passed, the split is to stream)."""
+    if _is_arrays(got):
         features, labels = got
         return Split({k: np.asarray(v) for k, v in features.items()}, np.asarray(labels))
+    where = f"{uri}: load_data of model module {spec.module!r}, split {split!r}"
+    columns: dict[str, list] = {k: [] for k in got.element_spec[0]}
+    labels, n, size = [], 0, 0
     try:
-        import tensorflow as tf
-    except ImportError:  # pragma: no cover - TensorFlow is installed wherever modules run
-        tf = None
-    if tf is not None and isinstance(got, tf.data.Dataset):
-        return _from_tf_dataset(where, got)
-    raise DatasetError(f"{where}: returned {type(got).__name__}; expected an unbatched tf.data.Dataset of "
-                       "(features_dict, label) or a (features_dict, labels) tuple of NumPy arrays")
-
-
-def _from_tf_dataset(where: str, ds) -> Split:
-    spec = ds.element_spec
-    if not (isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], dict)):
-        raise DatasetError(f"{where}: the tf.data.Dataset must yield (features_dict, label) pairs, yields {spec}")
-    columns: dict[str, list] = {k: [] for k in spec[0]}
-    labels = []
-    n = 0
-    for batch_features, batch_labels in ds.batch(1024).as_numpy_iterator():
-        for k in columns:
-            columns[k].append(batch_features[k])
-        labels.append(batch_labels)
-        n += len(batch_labels)
-        if n > MAX_ROWS:
-            raise DatasetError(f"{where}: more than {MAX_ROWS} rows (split too large to load in memory)")
+        for batch_features, batch_labels in got.batch(1024).as_numpy_iterator():
+            for k in columns:
+                columns[k].append(batch_features[k])
+                size += batch_features[k].nbytes
+            labels.append(batch_labels)
+            n += len(batch_labels)
+            if n > MAX_ROWS:
+                raise DatasetError(f"{where}: more than {MAX_ROWS} rows (split too large to load in memory)")
+            if max_bytes is not None and size > max_bytes:
+                return None
+    except DatasetError:
+        raise
+    except Exception as exc:  # the module's pipeline may raise anything
+        raise DatasetError(f"{where}: reading rows from {n} on raised {type(exc).__name__}: {str(exc)[:500]}") from exc
     if not labels:
         return Split({k: np.zeros((0,)) for k in columns}, np.zeros((0,)))
     return Split({k: np.concatenate(v) for k, v in columns.items()}, np.concatenate(labels))
+
+
+def _load_module(spec: ModelSpec, module, uri: str, sample_fraction: float, seed: int):
+    """The module's splits in memory, or — when one of its ``tf.data.Dataset`` s holds
+    :func:`stream_min_bytes` or more — the whole dataset streamed (:class:`ModuleSplit` s) with its
+    report."""
+    results = _module_results(spec, module, uri)
+    raw = {}
+    for split, got in results.items():
+        raw[split] = None if got is None else _from_module_result(
+            spec, uri, split, got, stream_min_bytes() if _is_tf_dataset(got) else None)
+        if got is not None and raw[split] is None:
+            log.info("%s: load_data's %s split holds %g MiB or more: the dataset streams", uri, split,
+                     stream_min_bytes() / 2**20)
+            return _load_module_streamed(spec, module, uri, results, sample_fraction, seed)
+    return raw
+
+
+def _load_module_streamed(spec: ModelSpec, module, uri: str, results: dict, sample_fraction: float,
+                          seed: int) -> tuple[StreamedData, dict]:
+    """A module's dataset streamed (see the module's doc: rows picked by index, not by shard)."""
+    import tensorflow as tf
+
+    phase = float(np.random.default_rng(seed).random())
+    sampled = ((sample_fraction, phase, True),) if sample_fraction < 1 else ()
+    rows = {name: got if _is_tf_dataset(got) else tf.data.Dataset.from_tensor_slices(got)
+            for name, got in results.items() if got is not None}
+    split = {name: ModuleSplit(spec, name, uri, ds, sampled) for name, ds in rows.items()}
+    carved = "validation" not in split
+    share = float(spec.hparams.get("validation_split", 0.1))
+    if carved:
+        if not 0 < share < 1:
+            raise DatasetError(f"{uri}: load_data of model module {spec.module!r} gives no validation split and "
+                               f"validation_split is {share}: give one, or a validation_split in (0, 1)")
+        split["validation"] = ModuleSplit(spec, "validation", uri, rows["train"], (*sampled, (share, 0.0, True)))
+        split["train"] = ModuleSplit(spec, "train", uri, rows["train"], (*sampled, (share, 0.0, False)))
+    manifest = {"source": uri, "load_data": f"{spec.module}.load_data", "module_sha256": _module_digest(module),
+                "validation_carved": carved, "sample_fraction": sample_fraction, "seed": seed,
+                "validation_split": share if carved else None,
+                "splits": {name: repr(ds.element_spec) for name, ds in sorted(rows.items())}}
+    data = StreamedData(uri, split["train"], split["validation"], split["test"], carved, manifest)
+    report = {"source": uri, "module": spec.module, "streamed": True, "format": "tf.data",
+              "validation_carved": carved, "inputs": sorted(spec.inputs), "fingerprint": data.fingerprint(),
+              "train_rows": None, "validation_rows": None, "test_rows": None}
+    return data, report
+
+
+def _module_digest(module) -> str | None:
+    """SHA-256 of the module's source file (a streamed module dataset's identity, with its URI)."""
+    import inspect
+
+    try:
+        return hashlib.sha256(Path(inspect.getsourcefile(module)).read_bytes()).hexdigest()
+    except (TypeError, OSError):
+        return None
 
 
 def _single_input(spec: ModelSpec, uri: str, dataset: builtin.Dataset) -> dict[str, Split | None]:
@@ -577,7 +739,7 @@ def sample(split: Split | StreamedSplit | list, rows: int, seed: int = 0) -> Spl
                 kept[slots[i - fill]] = (seen + i, batch.take([i]))
         seen += n
     if not kept:
-        names = " and ".join(f"the {s.name} split of {s.layout.source}" if isinstance(s, StreamedSplit)
+        names = " and ".join(f"the {s.name} split of {s.source}" if isinstance(s, StreamedSplit)
                              else "rows in memory" for s in splits)
         raise DatasetError(f"nothing to sample: {names} {'is' if len(splits) == 1 else 'are'} empty")
     kept.sort(key=lambda item: item[0])

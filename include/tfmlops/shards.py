@@ -332,9 +332,6 @@ def dataset(spec: ModelSpec, layout: Layout, split: str, *, batch_size: int, shu
         return records.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
     by_uri = {s.uri: s for s in shards}
-    label_dtype = tf.float32 if spec.task == "regression" else tf.int64
-    signature = ({k: tf.TensorSpec((None, *shape), tf.string if dtype == "string" else getattr(tf, dtype))
-                  for k, (dtype, shape) in spec.inputs.items()}, tf.TensorSpec((None,), label_dtype))
 
     def batches(uri):
         shard = by_uri[uri.decode() if isinstance(uri, bytes) else uri]
@@ -343,13 +340,21 @@ def dataset(spec: ModelSpec, layout: Layout, split: str, *, batch_size: int, shu
             yield ({k: _as(features[k], spec.inputs[k][0]) for k in spec.inputs},
                    labels.astype(np.float32 if spec.task == "regression" else np.int64))
 
-    rows = uris.interleave(lambda u: tf.data.Dataset.from_generator(batches, output_signature=signature, args=(u,)),
+    element = signature(tf, spec)
+    rows = uris.interleave(lambda u: tf.data.Dataset.from_generator(batches, output_signature=element, args=(u,)),
                            cycle_length=cycle, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
     if shuffle:
         rows = rows.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         rows = rows.repeat()
     return rows.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def signature(tf, spec: ModelSpec):
+    """The ``tf.data`` element spec of validated batches of ``spec``'s inputs and label."""
+    label_dtype = tf.float32 if spec.task == "regression" else tf.int64
+    return ({k: tf.TensorSpec((None, *shape), tf.string if dtype == "string" else getattr(tf, dtype))
+             for k, (dtype, shape) in spec.inputs.items()}, tf.TensorSpec((None,), label_dtype))
 
 
 def _as(values: np.ndarray, dtype: str) -> np.ndarray:

@@ -39,7 +39,7 @@ def scan(spec, layout, s3_client=None, reservoir=10_000, **kw):
     batch (``StreamedSplit.batches``) and profiled (``shards.profile_split``)."""
     rng = np.random.default_rng(0)
     return {"splits": {name: shards.profile_split(
-        spec, (b for _, b in model_data.StreamedSplit(spec, layout, name, s3_client, **kw).batches()), rng, reservoir)
+        spec, (b for _, b in model_data.ShardSplit(spec, layout, name, s3_client, **kw).batches()), rng, reservoir)
         for name in shards.SPLITS if name in layout.splits}}
 
 
@@ -271,7 +271,7 @@ def test_a_streamed_dataset_trains_and_evaluates_like_the_same_rows_in_memory(na
     profile = model_data.profile(spec, streamed)
     assert {s: p["rows"] for s, p in profile["splits"].items()} == {
         "train": len(data.train), "validation": len(data.validation), "test": len(data.test)}
-    with pytest.raises(DatasetError, match="streams from its shards"):
+    with pytest.raises(DatasetError, match="split streams \\(a dataset of"):
         _ = streamed.test.features  # a step that would load it whole says so
 
 
@@ -304,7 +304,7 @@ def test_a_step_that_reads_splits_in_memory_refuses_a_streamed_one_clearly(examp
         shards.write_shards(spec, tmp_path, split, [(s.features, s.labels)], rows_per_shard=50)
     streamed, _ = load_streamed(spec, tmp_path, monkeypatch)
     for read in (lambda s: s.labels, len, lambda s: s.take([0])):
-        with pytest.raises(DatasetError, match=r"the test split streams from its shards .* does not stream yet"):
+        with pytest.raises(DatasetError, match=r"the test split streams \(a dataset of .* does not stream yet"):
             read(streamed.test)
 
 

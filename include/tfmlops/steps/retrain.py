@@ -116,9 +116,15 @@ def validate_data(spec: DataSpec) -> dict:
     log.info("dataset %s is valid for %s (%s): %d train, %d validation%s, %d test rows%s, fingerprint %s", spec.uri,
              model_spec.module, model_spec.task, report["train_rows"], report["validation_rows"],
              " (carved from train)" if report["validation_carved"] else "", report["test_rows"],
-             f" (streamed from {sum(report['shards'].values())} shards)" if report.get("streamed") else "",
+             _streamed_from(report) if report.get("streamed") else "",
              report["fingerprint"][:12])
     return {**report, "profile": profile, "model_spec": model_spec.to_dict()}
+
+
+def _streamed_from(report: dict) -> str:
+    if "shards" in report:
+        return f" (streamed from {sum(report['shards'].values())} shards)"
+    return f" (streamed from load_data's {report['format']})"
 
 
 def _with_overrides(spec: modelspec.ModelSpec, *configs) -> modelspec.ModelSpec:
@@ -174,7 +180,8 @@ def _row_params(loaded, profile: dict | None) -> dict:
     if isinstance(loaded, model_data.StreamedData):
         rows = {name: found["rows"] for name, found in (profile or {}).get("splits", {}).items()}
         return {**{f"data.{name}_rows": n for name, n in rows.items()},
-                **{f"data.{name}_shards": len(getattr(loaded, name).layout.splits[name]) for name in model_data.SPLITS}}
+                **{f"data.{name}_shards": len(split.layout.splits[name]) for name in model_data.SPLITS
+                   if isinstance(split := getattr(loaded, name), model_data.ShardSplit)}}
     return {f"data.{name}_rows": len(getattr(loaded, name)) for name in model_data.SPLITS}
 
 
