@@ -33,6 +33,8 @@ os.environ.update({
     "AIRFLOW__CORE__FERNET_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
     # the tests' partitions live in pytest's temporary folders
     "AIRFLOW__TFMLOPS__ALLOWED_PARTITIONS_ROOTS": tempfile.gettempdir(),
+    # samples of streamed datasets (tfmlops.sample_cache) stay with this run, not in the user's cache
+    "TFMLOPS_SAMPLE_CACHE": str(_AIRFLOW_HOME / "samples"),
 })
 for folder in ("plugins", "dags", "scripts"):  # plugins and dags as Airflow puts them on sys.path; scripts: devservers
     if str(ROOT / folder) not in sys.path:

@@ -208,6 +208,7 @@ INPUTS = {"pixels": ("float32", [784])}
 LABEL = "label"
 CLASS_NAMES = [str(d) for d in range(10)]
 HPARAMS = {"epochs": 1, "batch_size": 256}
+SEARCH_SPACE = {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}
 FEATURES = {"pixels": tf.io.FixedLenFeature([784], tf.float32), "label": tf.io.FixedLenFeature([], tf.int64)}
 
 
@@ -230,8 +231,8 @@ def test_a_modules_own_tf_data_pipeline_streams_through_the_retrain(
         airflow_db, airflow_connections, mlflow_server, serving_server, mnist_shards, memory_cgroup, tmp_path):
     """A model module whose ``load_data`` returns its own ``tf.data`` pipeline (issue 25): over the
     streaming threshold the run never holds a split — validation carved every 10th row, profile,
-    training, evaluation, gate, registry, serving — under the same memory bound; the dataset's
-    identity is the module's code and the URI."""
+    a two-trial hyperparameter search, training, evaluation, gate, registry, serving — under the
+    same memory bound; the dataset's identity is the module's code and the URI."""
     from mlflow import MlflowClient
 
     package = tmp_path / "ownpipe"
@@ -240,8 +241,8 @@ def test_a_modules_own_tf_data_pipeline_streams_through_the_retrain(
     (package / "mnist_records.py").write_text(OWN_PIPELINE)
     name = f"{MODEL}_own_pipeline"
     run_retrain({"model_name": name, "dataset_uri": str(mnist_shards), "model_module": "ownpipe.mnist_records",
-                 "gate_threshold": 0.85}, memory_cgroup, TFMLOPS_STREAM_MIN_MB="16",
-                PYTHONPATH=str(tmp_path), TFMLOPS_MODEL_PACKAGES="ownpipe,tfmlops_examples")
+                 "gate_threshold": 0.85, "search_trials": 2, "search_parallelism": 1}, memory_cgroup,
+                TFMLOPS_STREAM_MIN_MB="16", PYTHONPATH=str(tmp_path), TFMLOPS_MODEL_PACKAGES="ownpipe,tfmlops_examples")
 
     mlf = MlflowClient(mlflow_server)
     champion = mlf.get_model_version_by_alias(name, "champion")
@@ -255,4 +256,9 @@ def test_a_modules_own_tf_data_pipeline_streams_through_the_retrain(
     assert manifest["module_sha256"] == hashlib.sha256((package / "mnist_records.py").read_bytes()).hexdigest()
     assert champion.tags["dataset_fingerprint"] == hashlib.sha256(
         json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    # the search's trials trained on the same stream, each a nested run; the version carries its lineage
+    parent = champion.tags.get("search.parent_run_id") or run.data.tags["search.parent_run_id"]
+    trials = mlf.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    assert len(trials) == 2 and all(r.data.tags["search.state"] == "complete" for r in trials), trials
+    assert all("validation_accuracy" in r.data.metrics for r in trials)
     served(serving_server, name)

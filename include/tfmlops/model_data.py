@@ -50,13 +50,14 @@ import io
 import json
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tfmlops import data as builtin
-from tfmlops import shards
+from tfmlops import sample_cache, shards
 from tfmlops.data import DatasetError
 from tfmlops.modelspec import ModelModuleError, ModelSpec
 from tfmlops.storage import read_bytes
@@ -246,12 +247,29 @@ def sampled(data: ModelData | StreamedData, rows: int, seed: int = 0) -> ModelDa
     """``data`` itself when it is in memory; a streamed dataset as a seeded sample of at most ``rows``
     rows per split (:func:`sample`: each split read once through a reservoir), for a step that needs
     its rows in memory — fine-tuning on a sample, calibrating, scoring and checking formats on one —
-    with memory bounded by ``rows``, not by the dataset."""
+    with memory bounded by ``rows``, not by the dataset. A shard dataset's sample is kept on the
+    machine (:mod:`tfmlops.sample_cache`): the next task that asks for it reads that file instead of
+    the shards."""
     if isinstance(data, ModelData):
         return data
+    cached = sample_cache.path_for(data.fingerprint(), rows, seed) if isinstance(data.train, ShardSplit) else None
+    if cached is not None and cached.exists():
+        try:
+            splits = sample_cache.load(cached)
+            log.info("%s streams: its seeded sample of at most %d rows per split read from %s", data.source, rows,
+                     cached)
+            return ModelData(data.source, *(splits[name] for name in SPLITS), data.validation_carved)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # a damaged file: sample again
+            log.warning("sample cache %s unreadable (%s): sampling the shards again", cached, exc)
     log.info("%s streams: a seeded sample of at most %d rows per split is read into memory", data.source, rows)
-    return ModelData(data.source, sample(data.train, rows, seed), sample(data.validation, rows, seed + 1),
-                     sample(data.test, rows, seed + 2), data.validation_carved)
+    result = ModelData(data.source, sample(data.train, rows, seed), sample(data.validation, rows, seed + 1),
+                       sample(data.test, rows, seed + 2), data.validation_carved)
+    if cached is not None:
+        try:
+            sample_cache.save(cached, {name: getattr(result, name) for name in SPLITS})
+        except OSError as exc:  # a full or read-only disk costs the next task a new pass, nothing else
+            log.warning("sample cache %s not written: %s", cached, exc)
+    return result
 
 
 def stream_min_bytes() -> int:
@@ -460,8 +478,9 @@ def _from_module_result(spec: ModelSpec, uri: str, split: str, got, max_bytes: i
     try:
         for batch_features, batch_labels in got.batch(1024).as_numpy_iterator():
             for k in columns:
-                columns[k].append(batch_features[k])
-                size += batch_features[k].nbytes
+                x = batch_features[k]
+                columns[k].append(x)
+                size += sum(map(len, x.reshape(-1))) if x.dtype == object else x.nbytes  # strings: their bytes
             labels.append(batch_labels)
             n += len(batch_labels)
             if n > MAX_ROWS:

@@ -135,7 +135,7 @@ def test_a_small_tf_data_result_is_read_into_memory(modules, monkeypatch):
     assert data.train.features["city"].dtype == object  # strings as bytes, as every loader gives them
 
 
-def test_a_large_tf_data_result_streams_picked_by_index_and_trains(modules, monkeypatch):
+def test_a_large_tf_data_result_streams_picked_by_index_and_trains(modules, monkeypatch, tmp_path):
     from tfmlops import trainer
 
     monkeypatch.setenv("TFMLOPS_STREAM_MIN_MB", "0.05")  # 4000 rows × 36 bytes pass it
@@ -167,6 +167,13 @@ def test_a_large_tf_data_result_streams_picked_by_index_and_trains(modules, monk
     assert len(rows_of(half.test)) == 500 and len(rows_of(half.validation)) == 200
     assert half.fingerprint() != data.fingerprint()
     assert half.manifest["module_sha256"] and half.manifest["load_data"] == "streammods.tabular.load_data"
+
+    # tf_optimize_export's sample: drawn each time, never cached (the module's code is its identity, not
+    # the bytes it reads, which may change behind the same code and URI)
+    monkeypatch.setenv("TFMLOPS_SAMPLE_CACHE", str(tmp_path / "samples"))
+    sample = model_data.sampled(data, 100, seed=0)
+    assert (len(sample.train), len(sample.validation), len(sample.test)) == (100, 100, 100)
+    assert not (tmp_path / "samples").exists()
 
 
 def test_the_fingerprint_is_the_modules_code_and_the_uri(modules, monkeypatch):

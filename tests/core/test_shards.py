@@ -6,6 +6,8 @@ are refused naming the shard and the record."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -383,10 +385,50 @@ def test_a_reservoir_sample_keeps_rows_not_the_batches_they_came_from(tmp_path, 
         tracemalloc.stop()
     assert len(got) == 200 and got.features[name].shape == (200, 784)
     assert peak < 16 << 20, f"sampling 200 rows peaked at {peak >> 20} MiB of a 36 MiB split"
+    monkeypatch.setenv("TFMLOPS_SAMPLE_CACHE", str(tmp_path / "samples"))
     in_memory = model_data.sampled(streamed, 200, seed=1)  # what tf_optimize_export works on
     assert isinstance(in_memory, model_data.ModelData) and len(in_memory.train) == 200
     np.testing.assert_array_equal(in_memory.train.labels, got.labels)  # the same seeded sample every time
     assert len(in_memory.test) == 100
+    # kept on the machine: the next task reads the file, not the shards
+    assert len(list((tmp_path / "samples").glob("*.npz"))) == 1
+    monkeypatch.setattr(model_data, "sample", lambda *a, **k: pytest.fail("the shards were sampled again"))
+    again = model_data.sampled(streamed, 200, seed=1)
+    np.testing.assert_array_equal(again.train.features[name], in_memory.train.features[name])
+    np.testing.assert_array_equal(again.test.labels, in_memory.test.labels)
+
+
+def test_the_sample_cache_keeps_strings_refuses_nothing_it_cannot_read_and_keys_by_the_manifest(
+        examples, tmp_path, monkeypatch):
+    """Samples with string features round-trip through the cache file (read without pickle); a
+    damaged file is sampled again; a rewritten shard (another manifest) is another sample."""
+    from tfmlops import sample_cache
+
+    spec, data = examples["churn"]
+    write(spec, data, tmp_path / "churn", "parquet")
+    monkeypatch.setenv("TFMLOPS_SAMPLE_CACHE", str(tmp_path / "samples"))
+    streamed, _ = load_streamed(spec, tmp_path / "churn", monkeypatch)
+    first = model_data.sampled(streamed, 50, seed=2)
+    strings = [k for k, (dtype, _) in spec.inputs.items() if dtype == "string"]
+    assert strings
+    cached, = (tmp_path / "samples").glob("*.npz")
+    with np.load(cached, allow_pickle=False) as z:  # nothing in it needs unpickling
+        assert all(z[f].dtype != object for f in z.files)
+    again = model_data.sampled(streamed, 50, seed=2)
+    for key in spec.inputs:
+        assert again.train.features[key].tolist() == first.train.features[key].tolist(), key
+    assert again.train.features[strings[0]].dtype == object and isinstance(again.train.features[strings[0]][0], bytes)
+
+    cached.write_bytes(cached.read_bytes()[:100])  # damaged: sampled again, and rewritten
+    damaged = model_data.sampled(streamed, 50, seed=2)
+    np.testing.assert_array_equal(damaged.test.labels, first.test.labels)
+    assert sample_cache.load(cached)["train"].labels.tolist() == first.train.labels.tolist()
+
+    shard = sorted((tmp_path / "churn" / "train").iterdir())[0]
+    os.utime(shard, (shard.stat().st_atime, shard.stat().st_mtime + 10))  # rewritten: another manifest
+    rewritten, _ = load_streamed(spec, tmp_path / "churn", monkeypatch)
+    model_data.sampled(rewritten, 50, seed=2)
+    assert len(list((tmp_path / "samples").glob("*.npz"))) == 2
 
 
 def test_tf_optimize_export_works_on_a_seeded_sample_of_a_streamed_dataset(examples, tmp_path, monkeypatch):
