@@ -342,6 +342,10 @@ def main(env_file: str, report_path: str) -> None:
                "approval": "before_rollout", "approval_timeout_h": 1}
     report["viewer_trigger_status"] = people["viewer"].status(
         "POST", "/dags/tf_serving_rollout/dagRuns", {"logical_date": None, "conf": rollout})
+    # the operator may trigger through the REST API: a conf its form would refuse gets past the
+    # role check to the DAG's Params (400), without starting a run
+    report["operator_rest_trigger_status"] = people["operator"].status(
+        "POST", "/dags/tf_serving_rollout/dagRuns", {"logical_date": None, "conf": {**rollout, "strategy": "nope"}})
     # ... and in the Airflow UI (FAB's login, the DAG's Trigger form): the viewer's is refused, the
     # operator's starts the rollout with the settings typed into the form
     ui = env.get("AIRFLOW_BASE_URL") or "http://localhost:8080"

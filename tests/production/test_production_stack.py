@@ -104,6 +104,8 @@ def test_production_stack_end_to_end(docker_engine, tmp_path):
 
         # people in roles (FAB auth manager): a viewer may not trigger, only an approver's answer counts
         assert report["viewer_trigger_status"] == 403, report["viewer_trigger_status"]
+        status = report["operator_rest_trigger_status"]
+        assert status == 400, status  # the operator may trigger over REST: the bad conf is what is refused
         viewer, operator = report["ui_trigger"]["viewer"], report["ui_trigger"]["operator"]  # the Trigger form
         assert viewer.get("logged_in") and viewer.get("trigger_status") == 403 and not viewer.get("run_id"), viewer
         assert "403 Forbidden" in viewer.get("dialog_text", ""), viewer  # the form says so
