@@ -9,28 +9,12 @@
 // or ``trigger_status`` 403 with no run and the form's text (its error above the fields) in
 // ``dialog_text``. Screenshots PREFIX_form.png, PREFIX_after.png. The result JSON is what the
 // calling test asserts on.
-import { writeFileSync } from "node:fs";
-import { join } from "node:path";
 import { parseArgs } from "./args.mjs";
-import { launch } from "./chromium.mjs";
+import { asPerson } from "./chromium.mjs";
 
 const args = parseArgs(process.argv, ["airflow", "user", "password", "dag", "out", "result"]);
-const { context, page, consoleLines, close } = await launch(args, { width: 1400, height: 1100 });
-context.setDefaultTimeout(Number(args.timeout ?? 60000));
-const result = { screenshots: [] };
 const prefix = args.name ?? "trigger";
-const shot = async (name, target = page) => {
-  const path = join(args.out, name);
-  await target.screenshot({ path });
-  result.screenshots.push(path);
-};
-try {
-  await page.goto(args.airflow);
-  await page.locator("input[name=username]").fill(args.user);
-  await page.locator("input[name=password]").fill(args.password);
-  await page.locator("button[type=submit], input[type=submit]").first().click();
-  await page.waitForURL((url) => !url.pathname.startsWith("/auth/login"));
-  result.logged_in = true;
+await asPerson(args, { width: 1400, height: 1100 }, prefix, async ({ page, result, shot }) => {
   await page.goto(`${args.airflow}/dags/${args.dag}`);
   await page.getByText(args.dag, { exact: true }).first().waitFor();
   await page.waitForTimeout(1500);  // the header's buttons come with the DAG's details
@@ -77,14 +61,4 @@ try {
     }
     await shot(`${prefix}_after.png`);
   }
-} catch (err) {
-  result.error = `${err.name}: ${err.message}`;
-  try {
-    result.alerts = await page.locator("[role=alert], [role=status]").allInnerTexts();
-    await shot(`${prefix}_error.png`);
-  } catch { /* the page may be gone */ }
-} finally {
-  result.console = consoleLines.slice(-50);
-  writeFileSync(args.result, JSON.stringify(result, null, 1));
-  await close();
-}
+});
