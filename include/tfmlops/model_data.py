@@ -518,18 +518,18 @@ def _load_module_streamed(spec: ModelSpec, module, uri: str, results: dict, samp
     import tensorflow as tf
 
     phase = float(np.random.default_rng(seed).random())
-    sampled = ((sample_fraction, phase, True),) if sample_fraction < 1 else ()
+    picks = ((sample_fraction, phase, True),) if sample_fraction < 1 else ()
     rows = {name: got if _is_tf_dataset(got) else tf.data.Dataset.from_tensor_slices(got)
             for name, got in results.items() if got is not None}
-    split = {name: ModuleSplit(spec, name, uri, ds, sampled) for name, ds in rows.items()}
+    split = {name: ModuleSplit(spec, name, uri, ds, picks) for name, ds in rows.items()}
     carved = "validation" not in split
     share = float(spec.hparams.get("validation_split", 0.1))
     if carved:
         if not 0 < share < 1:
             raise DatasetError(f"{uri}: load_data of model module {spec.module!r} gives no validation split and "
                                f"validation_split is {share}: give one, or a validation_split in (0, 1)")
-        split["validation"] = ModuleSplit(spec, "validation", uri, rows["train"], (*sampled, (share, 0.0, True)))
-        split["train"] = ModuleSplit(spec, "train", uri, rows["train"], (*sampled, (share, 0.0, False)))
+        split["validation"] = ModuleSplit(spec, "validation", uri, rows["train"], (*picks, (share, 0.0, True)))
+        split["train"] = ModuleSplit(spec, "train", uri, rows["train"], (*picks, (share, 0.0, False)))
     manifest = {"source": uri, "load_data": f"{spec.module}.load_data", "module_sha256": _module_digest(module),
                 "validation_carved": carved, "sample_fraction": sample_fraction, "seed": seed,
                 "validation_split": share if carved else None,
