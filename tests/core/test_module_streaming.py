@@ -205,6 +205,10 @@ def test_a_broken_pipeline_or_bad_rows_are_named_with_the_row_offset(modules, mo
         model_data.profile(spec, data)
     spec, (data, _) = load("regressor", "prices")
     assert model_data.profile(spec, data)["splits"]["test"]["rows"] == 2000
+    # no validation split of its own and nothing to carve one with: said before anything reads
+    spec = modelspec.read_spec("streammods.regressor", {"validation_split": 0})
+    with pytest.raises(DatasetError, match=r"gives no validation split and validation_split is 0.0: give one"):
+        model_data.load(spec, modelspec.import_module(spec.module), "prices")
 
 
 MEMORY = """
