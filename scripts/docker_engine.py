@@ -60,6 +60,7 @@ re-labelled): a new or changed pin rebuilds exactly the images that install that
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import json
@@ -101,6 +102,24 @@ class EngineUnavailable(RuntimeError):
 
 class ImageBuildError(RuntimeError):
     """A Dockerfile of the project did not build (the build's last lines in the message)."""
+
+
+class NotCached(LookupError):
+    """Under :func:`cache_only`: an image is neither in the engine nor in the image cache."""
+
+
+_builds = {"allowed": True}
+
+
+@contextlib.contextmanager
+def cache_only():
+    """Images only from the engine or the image cache: where one would be built, :class:`NotCached`
+    (the isolated engine cannot build — no network — but can load every archive itself)."""
+    _builds["allowed"] = False
+    try:
+        yield
+    finally:
+        _builds["allowed"] = True
 
 
 def log(msg: str) -> None:
@@ -364,6 +383,8 @@ def ensure_base_image(client, tag: str = BASE_IMAGE, suite: str = "bookworm") ->
                       ("include", b"ca-certificates")] + [(f"ca/{c.name}", c.read_bytes()) for c in certs])
     if _reusable(client, tag, inputs, BASE_MAX_AGE_S):
         return tag
+    if not _builds["allowed"]:
+        raise NotCached(f"{tag} ({INPUTS_LABEL}={inputs}, under a week old) is not in the image cache")
     ensure_packages(["debootstrap"])
     work = Path(tempfile.mkdtemp(prefix="rootfs-", dir=engine_dir()))
     rootfs = work / "rootfs"
@@ -476,6 +497,8 @@ def build_image(client, tag: str, dockerfile: str, inputs: str, *, context: Path
     inputs the image is archived under."""
     if _reusable(client, tag, inputs):
         return tag
+    if not _builds["allowed"]:
+        raise NotCached(f"{tag} ({INPUTS_LABEL}={inputs}) is not in the image cache")
     t0 = time.monotonic()
     cache_from = _earlier_build(client, tag)
     with tempfile.TemporaryDirectory(prefix="context-", dir=engine_dir()) as ctx:

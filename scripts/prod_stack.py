@@ -4,16 +4,19 @@ Development tooling (``make prod-up`` / ``make prod-down``, the stack test), not
 What it does, in order (each phase timed):
 
 1. **images** — on the first engine (``scripts/docker_engine.py``; the only one that reaches the
-   package registries): the local base, every stand-in of ``docker/compose.stand-ins.yaml``
-   (docker/stand-ins/), then the images compose builds itself (the Airflow image from the
-   project's ``Dockerfile``, MLflow's from ``docker/mlflow``) with the build context, Dockerfile
-   and arguments that ``docker compose config`` gives for the two files. Each image is labelled
-   with a hash of its inputs and reused while they do not change; every one goes through
-   ``docker_engine.build_image``, so it is also archived outside the clone once built and loaded
-   from there by a fresh clone (``scripts/image_cache.py``).
+   package registries; skipped when the image cache holds every image: see 2): the local base,
+   every stand-in of ``docker/compose.stand-ins.yaml`` (docker/stand-ins/), then the images compose
+   builds itself (the Airflow image from the project's ``Dockerfile``, MLflow's from
+   ``docker/mlflow``) with the build context, Dockerfile and arguments that ``docker compose
+   config`` gives for the two files. Each image is labelled with a hash of its inputs and reused
+   while they do not change; every one goes through ``docker_engine.build_image``, so it is also
+   archived outside the clone once built and loaded from there by a fresh clone
+   (``scripts/image_cache.py``).
 2. **engine** — the isolated engine (a dockerd in a network namespace of its own: Docker's bridge
    networks, service names and published ports work there and nothing reaches the machine's
-   network); the images are copied into it (``docker save | docker load``). ``images`` runs
+   network); the images are copied into it (``docker save | docker load``) — or, when the image
+   cache holds all of them, loaded into it from their archives with their inputs computed there
+   (the same hashes: the same archives give the same image ids), phase 1 skipped. ``images`` runs
    phases 1-2 alone (the test suite starts it in the background when the stack test is selected).
 3. **up** — ``docker compose -f docker-compose.yaml -f docker/compose.stand-ins.yaml up -d --wait``
    with ``--scale airflow-worker=N``, the secrets of a generated env file (``var/prod-stack/.env``,
@@ -124,9 +127,9 @@ def build_compose_images(client, config: dict) -> list[str]:
     return built
 
 
-def images(env_file: Path, times: dict) -> tuple[de.Engine, list[str]]:
+def images(engine: de.Engine, env_file: Path, times: dict) -> list[str]:
+    """Phase 1 on ``engine``: the stack's image tags, each built or reused."""
     t0 = time.monotonic()
-    engine = de.up()
     client = engine.client()
     try:
         de.ensure_images(client, stand_ins=True)
@@ -135,32 +138,51 @@ def images(env_file: Path, times: dict) -> tuple[de.Engine, list[str]]:
         config = compose_config(env_file, engine.host)
         build_compose_images(client, config)
         times["project_images_s"] = round(time.monotonic() - t0, 1)
-        tags = sorted({svc["image"] for svc in config["services"].values()})
     finally:
         client.close()
-    return engine, tags
+    return sorted({svc["image"] for svc in config["services"].values()})
 
 
-def prepare(times: dict | None = None) -> dict:
-    """Phases 1-2: the images built (or reused) on the first engine and copied into the isolated
-    one, both engines left running. Returns which engines this call started (``engine_started``,
-    ``isolated_started``) and the env file; ``images`` on the command line, which the test suite
-    runs in the background from its start so that the stack test finds everything in place."""
+def prepare(times: dict | None = None, first_engine_images: bool = False) -> dict:
+    """Phases 1-2: the images in the isolated engine — loaded there straight from the image cache
+    when it holds every one of them (their inputs computed on that engine as on the first), else
+    built (or reused) on the first engine and copied over. The engines are left running. Returns
+    which engines this call started (``engine_started``, ``isolated_started``) and the env file;
+    ``images`` on the command line, which the test suite runs in the background from its start so
+    that the stack test finds everything in place; ``first_engine_images`` (``--first-engine``):
+    also the base and tf-serving-local images on the first engine, which the suite's other engine
+    tests use."""
     times = {} if times is None else times
     env_file = write_env()
-    engine, tags = images(env_file, times)
-    t0 = time.monotonic()
     iso = de.up(isolated=True)
-    src, dst = engine.client(), iso.client()
+    engine = None
     try:
-        for tag in tags:
-            de.copy_image(src, dst, tag)
-    finally:
-        src.close()
-        dst.close()
-    times["copy_images_s"] = round(time.monotonic() - t0, 1)
+        with de.cache_only():
+            images(iso, env_file, times)
+        times["copy_images_s"] = 0.0
+        if first_engine_images:
+            t0, engine = time.monotonic(), de.up()
+            client = engine.client()
+            try:
+                de.ensure_images(client)
+            finally:
+                client.close()
+            times["first_engine_images_s"] = round(time.monotonic() - t0, 1)
+    except de.NotCached as exc:
+        log(f"{exc}: the images are built on the first engine, then copied into the isolated one")
+        engine = de.up()
+        tags = images(engine, env_file, times)
+        t0 = time.monotonic()
+        src, dst = engine.client(), iso.client()
+        try:
+            for tag in tags:
+                de.copy_image(src, dst, tag)
+        finally:
+            src.close()
+            dst.close()
+        times["copy_images_s"] = round(time.monotonic() - t0, 1)
     return {"env_file": str(env_file), "netns": iso.netns, "docker_host": iso.host,
-            "engine_started": engine.started, "isolated_started": iso.started}
+            "engine_started": bool(engine and engine.started), "isolated_started": iso.started}
 
 
 def up(workers: int = 2, times: dict | None = None, timeout_s: int = 900) -> dict:
@@ -194,9 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_up = sub.add_parser("up", help="build what is missing, start the stack, wait until it is healthy")
     p_up.add_argument("--workers", type=int, default=2, help="Celery workers (default 2)")
-    p_images = sub.add_parser("images", help="phases 1-2 only: build what is missing, copy it into the isolated "
-                                             "engine (both engines stay up)")
+    p_images = sub.add_parser("images", help="phases 1-2 only: the images into the isolated engine, from the image "
+                                             "cache or built on the first engine and copied (the engines stay up)")
     p_images.add_argument("--report", type=Path, help="write the phases' times and what was started here (JSON)")
+    p_images.add_argument("--first-engine", action="store_true",
+                          help="also the base and tf-serving-local images on the first engine (the test suite's)")
     p_down = sub.add_parser("down", help="stop the stack and remove its containers, networks and volumes")
     p_down.add_argument("--keep-volumes", action="store_true")
     args = parser.parse_args(argv)
@@ -208,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "images":
             times: dict = {}
             t0 = time.monotonic()
-            report = {**prepare(times), "times": times, "wall_s": round(time.monotonic() - t0, 1)}
+            report = {**prepare(times, args.first_engine), "times": times, "wall_s": round(time.monotonic() - t0, 1)}
             if args.report:
                 args.report.parent.mkdir(parents=True, exist_ok=True)
                 args.report.write_text(json.dumps(report, indent=1))

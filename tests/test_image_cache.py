@@ -232,6 +232,25 @@ def test_engine_reuses_its_image_else_loads_the_archive_else_builds(tmp_path, mo
     assert [p.name for p in (tmp_path / "images").iterdir()] == ["local_debian_bookworm-aaaaaaaaaaaaaaaa.tar"]
 
 
+def test_cache_only_loads_what_the_cache_holds_and_names_what_it_would_build(tmp_path, monkeypatch):
+    """The production stack's isolated engine (no network: it cannot build) takes its images from
+    the archives when the cache holds every one: under ``cache_only`` a missing image raises
+    ``NotCached`` naming it, instead of building (scripts/prod_stack.py then builds on the first engine)."""
+    monkeypatch.setenv(ic.CACHE_ENV, str(tmp_path / "images"))
+    first = FakeClient()
+    first.add("local/redis:7.0", "aaaaaaaaaaaaaaaa", time.time(), image_id="sha256:redis")
+    de._archive(first, "local/redis:7.0", "aaaaaaaaaaaaaaaa")
+    isolated = FakeClient()
+    with de.cache_only():
+        assert de.build_image(isolated, "local/redis:7.0", "Dockerfile", "aaaaaaaaaaaaaaaa") == "local/redis:7.0"
+        assert isolated.images.get("local/redis:7.0").id == "sha256:redis"  # the same image as the first engine's
+        with pytest.raises(de.NotCached, match=r"local/redis:7\.0 \(tfmlops.inputs=bbbbbbbbbbbbbbbb\)"):
+            de.build_image(isolated, "local/redis:7.0", "Dockerfile", "bbbbbbbbbbbbbbbb")  # changed inputs
+        with pytest.raises(de.NotCached, match="local/debian:bookworm"):
+            de.ensure_base_image(FakeClient())  # not archived: would be debootstrapped
+    assert de._builds["allowed"]  # outside, images are built again
+
+
 def test_images_from_the_base_follow_its_id(monkeypatch):
     """A rebuilt (week-old) base has a new id: every stand-in's inputs change, so they are rebuilt too."""
     seen = []
