@@ -34,7 +34,8 @@ def main() -> None:
 
     mlflow_port, rest, grpc = devservers.free_port(), devservers.free_port(), devservers.free_port()
     run_dir = work / "run"
-    devservers.start("mlflow", devservers.mlflow_server_argv(work / "mlflow", mlflow_port), run_dir)
+    devservers.start("mlflow", devservers.mlflow_server_argv(work / "mlflow", mlflow_port), run_dir,
+                     env=devservers.mlflow_server_env())
     devservers.start("serving", devservers.serving_argv(work / "serving" / "models.config", rest, grpc), run_dir)
     try:
         subprocess.run([str(devservers.BIN / "airflow"), "db", "migrate"], check=True, stdout=subprocess.DEVNULL)

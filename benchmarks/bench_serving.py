@@ -498,7 +498,8 @@ def main() -> int:
     checks: dict = {}
     timings: dict = {}
     try:
-        devservers.start("mlflow", devservers.mlflow_server_argv(work / "mlflow", mlflow_port), run_dir)
+        devservers.start("mlflow", devservers.mlflow_server_argv(work / "mlflow", mlflow_port), run_dir,
+                         env=devservers.mlflow_server_env())
         services.append("mlflow")
 
         # ---- model: train, export, publish (while the MLflow server starts)

@@ -207,7 +207,7 @@ def up() -> None:
 
     webhook_key = secret_file(VAR / "mlflow" / "webhook_encryption_key", lambda: Fernet.generate_key().decode())
     _start("mlflow", devservers.mlflow_server_argv(VAR / "mlflow", PORTS["mlflow"]),
-           env=devservers.mlflow_webhook_env(webhook_key))
+           env=devservers.mlflow_server_env(webhook_key))
     # supervised: restarted with back-off when it dies (make status shows the restarts)
     _start("tf-serving-local", [*devservers.serving_argv(CONFIG_FILE, PORTS["rest"], PORTS["grpc"]),
                                 f"--monitoring_config_file={MONITORING_CONFIG}"],

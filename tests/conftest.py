@@ -84,12 +84,12 @@ def airflow_db():
 @contextlib.contextmanager
 def mlflow_process(root, backend_store_uri: str | None = None, timeout_s: float = 120):
     """A real ``mlflow server`` on a free port (SQLite under ``root`` unless a backend is given),
-    able to deliver webhooks to receivers on loopback (``devservers.mlflow_webhook_env``)."""
+    able to deliver webhooks to receivers on loopback (``devservers.mlflow_server_env``)."""
     from cryptography.fernet import Fernet
 
     port = devservers.free_port()
     devservers.start("mlflow", devservers.mlflow_server_argv(root, port, backend_store_uri), root,
-                     env=devservers.mlflow_webhook_env(Fernet.generate_key().decode(), cache_ttl_s=1))
+                     env=devservers.mlflow_server_env(Fernet.generate_key().decode(), cache_ttl_s=1))
     url = f"http://127.0.0.1:{port}"
     try:
         devservers.wait_http(f"{url}/health", timeout_s, "mlflow", root)

@@ -328,6 +328,7 @@ def test_mlflow_and_s3_connections_point_at_the_stack(services, monkeypatch):
     mlflow_env = environment(services["mlflow"])
     assert mlflow_env["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
     assert "mlflow:5000" in mlflow_env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+    assert mlflow_env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"  # the job runner's idle CPU: devservers.py
     bucket = flags["artifacts-destination"].removeprefix("s3://").split("/")[0]
     assert bucket in environment(services["minio-init"])["MINIO_BUCKETS"].split()
 

@@ -26,9 +26,9 @@ def auth_mlflow(tmp_path_factory):
     password = secrets.token_urlsafe(16)
     port = devservers.free_port()
     argv = [*devservers.mlflow_server_argv(root, port), "--app-name", "basic-auth"]
-    devservers.start("mlflow", argv, root, env={"MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"),
-                                              "MLFLOW_AUTH_ADMIN_PASSWORD": password,
-                                              "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(16)})
+    env = {**devservers.mlflow_server_env(), "MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"),
+           "MLFLOW_AUTH_ADMIN_PASSWORD": password, "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(16)}
+    devservers.start("mlflow", argv, root, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         devservers.wait_http(f"{url}/health", 120, "mlflow", root)
