@@ -326,11 +326,17 @@ def _image_label(client, tag: str) -> str | None:
 
 def _reusable(client, tag: str, inputs: str, max_age_s: float | None = None) -> bool:
     """The engine holds ``tag`` built from ``inputs`` (no older than ``max_age_s``), or it was just
-    loaded from the image cache's archive of them: nothing to build."""
+    loaded from the image cache's archive of them: nothing to build. Under :func:`cache_only`,
+    :class:`NotCached` instead of False (the caller would build)."""
     if ic.is_current(client, tag, inputs, max_age_s):
         return True
     cache = ic.ImageCache.from_env(log)
-    return cache is not None and cache.load(client, tag, inputs, max_age_s)
+    if cache is not None and cache.load(client, tag, inputs, max_age_s):
+        return True
+    if not _builds["allowed"]:
+        age = f", under {max_age_s / 86400:.0f} days old" if max_age_s else ""
+        raise NotCached(f"{tag} ({INPUTS_LABEL}={inputs}{age}) is not in the image cache")
+    return False
 
 
 def _archive(client, tag: str, inputs: str) -> None:
@@ -383,8 +389,6 @@ def ensure_base_image(client, tag: str = BASE_IMAGE, suite: str = "bookworm") ->
                       ("include", b"ca-certificates")] + [(f"ca/{c.name}", c.read_bytes()) for c in certs])
     if _reusable(client, tag, inputs, BASE_MAX_AGE_S):
         return tag
-    if not _builds["allowed"]:
-        raise NotCached(f"{tag} ({INPUTS_LABEL}={inputs}, under a week old) is not in the image cache")
     ensure_packages(["debootstrap"])
     work = Path(tempfile.mkdtemp(prefix="rootfs-", dir=engine_dir()))
     rootfs = work / "rootfs"
@@ -497,8 +501,6 @@ def build_image(client, tag: str, dockerfile: str, inputs: str, *, context: Path
     inputs the image is archived under."""
     if _reusable(client, tag, inputs):
         return tag
-    if not _builds["allowed"]:
-        raise NotCached(f"{tag} ({INPUTS_LABEL}={inputs}) is not in the image cache")
     t0 = time.monotonic()
     cache_from = _earlier_build(client, tag)
     with tempfile.TemporaryDirectory(prefix="context-", dir=engine_dir()) as ctx:
